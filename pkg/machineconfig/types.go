@@ -1,0 +1,130 @@
+package machineconfig
+
+import (
+	"encoding/base64"
+	"fmt"
+
+	"go.yaml.in/yaml/v4"
+)
+
+// Machine types, as Talos spells them.
+const (
+	TypeInit         = "init"
+	TypeControlPlane = "controlplane"
+	TypeWorker       = "worker"
+)
+
+// Document is the typed view of the v1alpha1 fields nodepki reads.
+//
+// It is decoded from the full document, which keeps every field nodepki does not know;
+// write through patches (or Generate), never by re-encoding a Document.
+type Document struct {
+	Version string          `yaml:"version"`
+	Machine *MachineSection `yaml:"machine,omitempty"`
+	Cluster *ClusterSection `yaml:"cluster,omitempty"`
+}
+
+// MachineSection holds the PKI fields of .machine.
+type MachineSection struct {
+	Type  string `yaml:"type"`
+	Token string `yaml:"token"`
+	// AcceptedTokens is a nodepki extension: extra trustd tokens accepted besides Token, so the
+	// join token can rotate without a window in which workers are refused.
+	AcceptedTokens []string           `yaml:"acceptedTokens,omitempty"`
+	CA             *CertificateAndKey `yaml:"ca,omitempty"`
+	AcceptedCAs    []*Certificate     `yaml:"acceptedCAs,omitempty"`
+	CertSANs       []string           `yaml:"certSANs,omitempty"`
+}
+
+// ClusterSection holds the PKI fields of .cluster.
+type ClusterSection struct {
+	ID                        string             `yaml:"id,omitempty"`
+	Secret                    string             `yaml:"secret,omitempty"`
+	ControlPlane              *ControlPlane      `yaml:"controlPlane,omitempty"`
+	ClusterName               string             `yaml:"clusterName,omitempty"`
+	Token                     string             `yaml:"token,omitempty"`
+	SecretboxEncryptionSecret string             `yaml:"secretboxEncryptionSecret,omitempty"`
+	AESCBCEncryptionSecret    string             `yaml:"aescbcEncryptionSecret,omitempty"`
+	CA                        *CertificateAndKey `yaml:"ca,omitempty"`
+	AcceptedCAs               []*Certificate     `yaml:"acceptedCAs,omitempty"`
+	AggregatorCA              *CertificateAndKey `yaml:"aggregatorCA,omitempty"`
+	// AcceptedAggregatorCAs is a nodepki extension (Talos has none): aggregator CAs trusted
+	// besides AggregatorCA, for graceful rotation of the front-proxy root.
+	AcceptedAggregatorCAs []*Certificate `yaml:"acceptedAggregatorCAs,omitempty"`
+	ServiceAccount        *Key           `yaml:"serviceAccount,omitempty"`
+	// AcceptedServiceAccountKeys is a nodepki extension: PEM public (or private) keys whose
+	// service-account tokens are still verified, for graceful rotation of the signing key.
+	AcceptedServiceAccountKeys []*Key `yaml:"acceptedServiceAccountKeys,omitempty"`
+	Etcd                       *Etcd  `yaml:"etcd,omitempty"`
+}
+
+// ControlPlane is .cluster.controlPlane.
+type ControlPlane struct {
+	Endpoint string `yaml:"endpoint"`
+}
+
+// Etcd is the PKI part of .cluster.etcd.
+type Etcd struct {
+	CA *CertificateAndKey `yaml:"ca,omitempty"`
+	// AcceptedCAs is a nodepki extension: etcd CAs trusted besides CA, for graceful rotation.
+	AcceptedCAs []*Certificate `yaml:"acceptedCAs,omitempty"`
+}
+
+// CertificateAndKey is a {crt, key} pair of base64-encoded PEM blocks, as in Talos.
+type CertificateAndKey struct {
+	Crt PEM `yaml:"crt"`
+	Key PEM `yaml:"key"`
+}
+
+// Certificate is a {crt} entry of base64-encoded PEM, as in acceptedCAs.
+type Certificate struct {
+	Crt PEM `yaml:"crt"`
+}
+
+// Key is a {key} entry of base64-encoded PEM, as in cluster.serviceAccount.
+type Key struct {
+	Key PEM `yaml:"key"`
+}
+
+// Redacted is the placeholder Talos writes for secrets in redacted configs; it is kept verbatim.
+const Redacted = "******"
+
+// PEM is PEM text; in YAML it is the standard base64 encoding of that text.
+type PEM []byte
+
+// MarshalYAML implements yaml.Marshaler.
+func (p PEM) MarshalYAML() (any, error) {
+	if string(p) == Redacted {
+		return Redacted, nil
+	}
+
+	return base64.StdEncoding.EncodeToString(p), nil
+}
+
+// UnmarshalYAML implements yaml.Unmarshaler.
+func (p *PEM) UnmarshalYAML(node *yaml.Node) error {
+	var s string
+	if err := node.Decode(&s); err != nil {
+		return err
+	}
+
+	if s == Redacted {
+		*p = PEM(s)
+
+		return nil
+	}
+
+	decoded, err := base64.StdEncoding.DecodeString(s)
+	if err != nil {
+		return fmt.Errorf("not valid base64 (line %d): %w", node.Line, err)
+	}
+
+	*p = decoded
+
+	return nil
+}
+
+// IsControlPlane reports whether the machine type may hold CA keys and issue certificates.
+func (m *MachineSection) IsControlPlane() bool {
+	return m != nil && (m.Type == TypeInit || m.Type == TypeControlPlane)
+}

@@ -1,0 +1,42 @@
+// Package pki holds the resources of the "pki" namespace: roots derived from the machine config,
+// the trust pools built from them, the node's leaf certificates and their status.
+//
+// Types holding private keys (RootSecrets, NodeCertificates) are sensitive: only os:admin reads
+// them through the API. AcceptedCAs, CertSANs and CertificateStatuses hold no secrets.
+package pki
+
+import "github.com/cosi-project/runtime/pkg/resource"
+
+// NamespaceName is the namespace of PKI resources.
+const NamespaceName resource.Namespace = "pki"
+
+// Root IDs: one per root of trust in the machine config. RootSecrets and AcceptedCAs use them.
+const (
+	RootOS             = resource.ID("os")
+	RootKubernetes     = resource.ID("kubernetes")
+	RootEtcd           = resource.ID("etcd")
+	RootAggregator     = resource.ID("aggregator")
+	RootServiceAccount = resource.ID("service-account")
+)
+
+// AllRoots lists every root ID in a stable order.
+var AllRoots = []resource.ID{RootOS, RootKubernetes, RootEtcd, RootAggregator, RootServiceAccount}
+
+// CertSANs IDs.
+const (
+	SANsAPI        = resource.ID("api")
+	SANsKubernetes = resource.ID("kubernetes")
+	SANsEtcd       = resource.ID("etcd")
+)
+
+// Leaf certificate IDs: NodeCertificates and CertificateStatuses use them.
+const (
+	CertAPI                        = resource.ID("api")
+	CertTrustd                     = resource.ID("trustd")
+	CertEtcdServer                 = resource.ID("etcd-server")
+	CertEtcdPeer                   = resource.ID("etcd-peer")
+	CertEtcdClient                 = resource.ID("etcd-client")
+	CertKubeAPIServer              = resource.ID("kube-apiserver")
+	CertKubeAPIServerKubeletClient = resource.ID("kube-apiserver-kubelet-client")
+	CertFrontProxyClient           = resource.ID("front-proxy-client")
+)
