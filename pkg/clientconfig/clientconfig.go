@@ -6,6 +6,8 @@ package clientconfig
 type Config struct {
 	Context  string              `yaml:"context"`
 	Contexts map[string]*Context `yaml:"contexts"`
+	// Extra keeps top-level keys nodepki does not use, so rewriting a file loses nothing.
+	Extra map[string]any `yaml:",inline"`
 }
 
 // Context is one named cluster connection. CA, Crt and Key are the standard base64 encoding of
@@ -16,4 +18,7 @@ type Context struct {
 	CA        string   `yaml:"ca,omitempty"`
 	Crt       string   `yaml:"crt,omitempty"`
 	Key       string   `yaml:"key,omitempty"`
+	// Extra keeps keys nodepki does not use (Talos's auth and cluster, for Omni), so rewriting
+	// a file written by talosctl loses nothing.
+	Extra map[string]any `yaml:",inline"`
 }

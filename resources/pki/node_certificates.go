@@ -29,6 +29,9 @@ type NodeCertificateSpec struct {
 	Request string `yaml:"request" protobuf:"6"`
 	// RenewAt is when the certificate is due for renewal (RFC 3339): 2/3 of its life minus jitter.
 	RenewAt string `yaml:"renewAt" protobuf:"7"`
+	// LastError is why the latest attempt to obtain the certificate failed (empty once it succeeds);
+	// Certificate and Key keep the previous certificate, if any, meanwhile.
+	LastError string `yaml:"lastError,omitempty" protobuf:"8"`
 }
 
 // NewNodeCertificate initializes a NodeCertificate resource.

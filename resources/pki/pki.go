@@ -32,6 +32,7 @@ const (
 // Leaf certificate IDs: NodeCertificates and CertificateStatuses use them.
 const (
 	CertAPI                        = resource.ID("api")
+	CertAPIClient                  = resource.ID("api-client")
 	CertTrustd                     = resource.ID("trustd")
 	CertEtcdServer                 = resource.ID("etcd-server")
 	CertEtcdPeer                   = resource.ID("etcd-peer")

@@ -1,0 +1,67 @@
+// Command nodepkid is the nodepki node daemon: it runs the certificate controllers for one node,
+// serves the node API (mTLS, :50000) and, on control-plane nodes, trustd (:50001).
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"os/signal"
+	"syscall"
+
+	"github.com/spf13/cobra"
+)
+
+func main() {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+
+	if err := newRootCmd().ExecuteContext(ctx); err != nil {
+		if !errors.Is(err, context.Canceled) {
+			fmt.Fprintln(os.Stderr, "error:", err)
+		}
+
+		os.Exit(1)
+	}
+}
+
+func newRootCmd() *cobra.Command {
+	var opts daemonOptions
+
+	cmd := &cobra.Command{
+		Use:   "nodepkid --config FILE --state-dir DIR --address IP",
+		Short: "Run the nodepki node daemon",
+		Long: `nodepkid runs the nodepki certificate subsystem of one node.
+
+On first boot it takes the machine config from --config, validates it and persists it under
+--state-dir; later boots use the persisted config (a config applied through the API survives a
+restart) and ignore the file. It serves the node API on --address:--api-port with mutual TLS and,
+on control-plane nodes, trustd on --address:--trustd-port for workers' certificate requests.`,
+		Example: `  nodepkid --config controlplane.yaml --state-dir /var/lib/nodepki --address 127.0.0.2`,
+		Args:    cobra.NoArgs,
+		SilenceUsage:  true,
+		SilenceErrors: true,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			return run(cmd.Context(), opts)
+		},
+	}
+
+	flags := cmd.Flags()
+	flags.StringVar(&opts.configPath, "config", "", "machine config file used on first boot")
+	flags.StringVar(&opts.stateDir, "state-dir", "", "directory for persisted state (created 0700)")
+	flags.StringVar(&opts.address, "address", "", "IP address this node serves on and is known by")
+	flags.IntVar(&opts.apiPort, "api-port", 50000, "node API port")
+	flags.IntVar(&opts.trustdPort, "trustd-port", 50001, "trustd port (control-plane nodes)")
+	flags.StringSliceVar(&opts.trustdEndpoints, "trustd-endpoint", nil,
+		"extra trustd endpoints for workers (host or host:port), besides cluster.controlPlane.endpoint's host")
+	flags.BoolVar(&opts.hostAddresses, "host-addresses", true,
+		"add the host's non-loopback addresses to the node addresses (certificate SANs)")
+	flags.StringVar(&opts.logLevel, "log-level", "info", "log level: debug, info, warn, error")
+
+	for _, name := range []string{"state-dir", "address"} {
+		_ = cmd.MarkFlagRequired(name)
+	}
+
+	return cmd
+}

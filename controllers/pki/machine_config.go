@@ -1,0 +1,100 @@
+package pki
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+
+	"github.com/cosi-project/runtime/pkg/controller"
+	"github.com/cosi-project/runtime/pkg/resource"
+	"github.com/cosi-project/runtime/pkg/safe"
+	"github.com/cosi-project/runtime/pkg/state"
+	"github.com/siderolabs/gen/optional"
+	"go.yaml.in/yaml/v4"
+
+	"github.com/nodepki/nodepki/pkg/machineconfig"
+	"github.com/nodepki/nodepki/resources/config"
+)
+
+// documentVersion is the version of the machine config document nodepki reads.
+const documentVersion = "v1alpha1"
+
+// machineConfigInput is the input every controller that reads the active machine config declares.
+func machineConfigInput() controller.Input {
+	return controller.Input{
+		Namespace: config.NamespaceName,
+		Type:      config.MachineConfigType,
+		ID:        optional.Some(config.ActiveID),
+		Kind:      controller.InputWeak,
+	}
+}
+
+// readMachineConfig returns the typed view of the active machine config, or nil if there is none.
+//
+// The config was validated before it was written, so decoding is enough; the decoded document is
+// cached by resource version because several controllers wake on every unrelated event.
+func readMachineConfig(ctx context.Context, r controller.Reader, cache *machineConfigCache) (*machineconfig.Document, error) {
+	mc, err := safe.ReaderGetByID[*config.MachineConfig](ctx, r, config.ActiveID)
+	if err != nil {
+		if state.IsNotFoundError(err) {
+			return nil, nil
+		}
+
+		return nil, fmt.Errorf("error reading machine config: %w", err)
+	}
+
+	if cache.doc != nil && cache.version.Equal(mc.Metadata().Version()) {
+		return cache.doc, nil
+	}
+
+	doc, err := decodeMachineConfig(mc.TypedSpec().Raw)
+	if err != nil {
+		return nil, fmt.Errorf("error decoding machine config version %s: %w", mc.Metadata().Version(), err)
+	}
+
+	cache.doc, cache.version = doc, mc.Metadata().Version()
+
+	return doc, nil
+}
+
+// machineConfigCache remembers the last decoded machine config of one controller.
+type machineConfigCache struct {
+	doc     *machineconfig.Document
+	version resource.Version
+}
+
+// decodeMachineConfig decodes the v1alpha1 document (the one without a kind) of a machine config file.
+func decodeMachineConfig(raw []byte) (*machineconfig.Document, error) {
+	dec := yaml.NewDecoder(bytes.NewReader(raw))
+
+	for {
+		var node yaml.Node
+
+		if err := dec.Decode(&node); err != nil {
+			if errors.Is(err, io.EOF) {
+				return nil, errors.New("no v1alpha1 document (a document with `version: v1alpha1` and no kind)")
+			}
+
+			return nil, err
+		}
+
+		var header struct {
+			Kind    string `yaml:"kind"`
+			Version string `yaml:"version"`
+		}
+
+		if err := node.Decode(&header); err != nil || header.Kind != "" || header.Version != documentVersion {
+			continue
+		}
+
+		var doc machineconfig.Document
+
+		if err := node.Decode(&doc); err != nil {
+			return nil, err
+		}
+
+		return &doc, nil
+	}
+}

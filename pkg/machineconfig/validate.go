@@ -1,0 +1,240 @@
+package machineconfig
+
+import (
+	"crypto/x509"
+	"errors"
+	"fmt"
+	"net/url"
+
+	"github.com/nodepki/nodepki/pkg/certs"
+)
+
+// Validate checks the PKI part of the config: Talos's rules plus parseable PEM, CA certificates with
+// matching keys, the roots a control plane needs and no CA key on a worker. It reports every problem
+// (errors.Join), each naming the field path and what to do.
+func (c *Config) Validate() error {
+	v := &validator{}
+	d := c.doc
+
+	if d.Version != Version {
+		v.fail("version", "is %q, want %q: set `version: v1alpha1`", d.Version, Version)
+	}
+
+	if d.Machine == nil {
+		v.fail("machine", "is missing: add the machine section (type, token, ca)")
+	} else {
+		v.machine(d.Machine)
+	}
+
+	if d.Cluster == nil {
+		v.fail("cluster", "is missing: add the cluster section (controlPlane.endpoint, ca, ...)")
+	} else {
+		v.cluster(d.Cluster, d.Machine.IsControlPlane())
+	}
+
+	return errors.Join(v.errs...)
+}
+
+type validator struct {
+	errs []error
+}
+
+func (v *validator) fail(path, format string, args ...any) {
+	v.errs = append(v.errs, fmt.Errorf("%s: %s", path, fmt.Sprintf(format, args...)))
+}
+
+func (v *validator) machine(m *MachineSection) {
+	switch m.Type {
+	case TypeInit, TypeControlPlane, TypeWorker:
+	case "":
+		v.fail("machine.type", "is missing: set it to one of init, controlplane, worker")
+	default:
+		v.fail("machine.type", "unknown machine type %q: set it to one of init, controlplane, worker", m.Type)
+	}
+
+	if m.Token == "" {
+		v.fail("machine.token", "the trustd join token is missing: set it to trustdinfo.token of the cluster's secrets.yaml")
+	}
+
+	for i, token := range m.AcceptedTokens {
+		if token == "" {
+			v.fail(fmt.Sprintf("machine.acceptedTokens[%d]", i), "is empty: remove the entry")
+		}
+	}
+
+	if m.CA == nil && len(m.AcceptedCAs) == 0 {
+		v.fail("machine.ca", "an issuing CA or some accepted CAs are required (machine.ca, machine.acceptedCAs): set machine.ca from certs.os of secrets.yaml")
+	}
+
+	v.acceptedCAs("machine.acceptedCAs", m.AcceptedCAs)
+
+	switch {
+	case m.IsControlPlane():
+		v.issuingCA("machine.ca", m.CA, "the OS (Talos API) CA", "certs.os")
+	case m.Type == TypeWorker:
+		if m.CA == nil {
+			break
+		}
+
+		if len(m.CA.Key) > 0 {
+			v.fail("machine.ca.key", "the OS CA key is not allowed on worker nodes: remove it (key: \"\"); only control planes issue certificates")
+		}
+
+		if len(m.CA.Crt) == 0 {
+			if len(m.AcceptedCAs) == 0 {
+				v.fail("machine.ca.crt", "trusted CA certificates are required on worker nodes (machine.ca.crt, machine.acceptedCAs): set machine.ca.crt to the OS CA certificate")
+			}
+		} else {
+			v.caCertificate("machine.ca.crt", m.CA.Crt)
+		}
+	}
+}
+
+func (v *validator) cluster(c *ClusterSection, controlPlane bool) {
+	v.endpoint(c.ControlPlane)
+
+	v.acceptedCAs("cluster.acceptedCAs", c.AcceptedCAs)
+	v.acceptedCAs("cluster.acceptedAggregatorCAs", c.AcceptedAggregatorCAs)
+
+	for i, k := range c.AcceptedServiceAccountKeys {
+		path := fmt.Sprintf("cluster.acceptedServiceAccountKeys[%d].key", i)
+		if k == nil || len(k.Key) == 0 {
+			v.fail(path, "is empty: set it to a PEM public key or remove the entry")
+
+			continue
+		}
+
+		if _, err := certs.ParsePublicKey(k.Key); err != nil {
+			v.fail(path, "%v: set it to the base64 of a PEM public (or private) key", err)
+		}
+	}
+
+	var etcdCA *CertificateAndKey
+
+	if c.Etcd != nil {
+		etcdCA = c.Etcd.CA
+		v.acceptedCAs("cluster.etcd.acceptedCAs", c.Etcd.AcceptedCAs)
+	}
+
+	if controlPlane {
+		v.issuingCA("cluster.ca", c.CA, "the Kubernetes CA", "certs.k8s")
+		v.issuingCA("cluster.aggregatorCA", c.AggregatorCA, "the aggregator (front-proxy) CA", "certs.k8saggregator")
+		v.issuingCA("cluster.etcd.ca", etcdCA, "the etcd CA", "certs.etcd")
+		v.serviceAccount(c.ServiceAccount)
+
+		return
+	}
+
+	v.workerRoot("cluster.ca", c.CA, "Kubernetes")
+	v.workerRoot("cluster.aggregatorCA", c.AggregatorCA, "aggregator")
+	v.workerRoot("cluster.etcd.ca", etcdCA, "etcd")
+
+	if c.ServiceAccount != nil && len(c.ServiceAccount.Key) > 0 {
+		v.fail("cluster.serviceAccount.key", "the service-account signing key is not allowed on worker nodes: remove cluster.serviceAccount")
+	}
+}
+
+func (v *validator) endpoint(cp *ControlPlane) {
+	const path = "cluster.controlPlane.endpoint"
+
+	if cp == nil || cp.Endpoint == "" {
+		v.fail(path, "is missing: set it to the Kubernetes API URL, e.g. https://cp.example.com:6443")
+
+		return
+	}
+
+	u, err := url.Parse(cp.Endpoint)
+	if err != nil || u.Scheme != "https" || u.Hostname() == "" {
+		v.fail(path, "%q is not an https URL: set it to the Kubernetes API URL, e.g. https://cp.example.com:6443", cp.Endpoint)
+	}
+}
+
+// issuingCA checks a CA a control plane issues with: present, a CA certificate, its matching key.
+func (v *validator) issuingCA(path string, ca *CertificateAndKey, what, bundleField string) {
+	if ca == nil || len(ca.Crt) == 0 {
+		v.fail(path+".crt", "%s certificate is required on control-plane nodes: set it from %s.crt of secrets.yaml", what, bundleField)
+
+		return
+	}
+
+	crt, ok := v.caCertificate(path+".crt", ca.Crt)
+
+	if len(ca.Key) == 0 {
+		v.fail(path+".key", "%s key is required on control-plane nodes: set it from %s.key of secrets.yaml", what, bundleField)
+
+		return
+	}
+
+	key, err := certs.ParsePrivateKey(ca.Key)
+	if err != nil {
+		v.fail(path+".key", "%v: set it to the base64 of the PEM private key of %s.crt", err, path)
+
+		return
+	}
+
+	if ok && !certs.KeyMatchesCertificate(crt, key) {
+		v.fail(path+".key", "does not match the certificate in %s.crt: set the key that was generated with that certificate", path)
+	}
+}
+
+// workerRoot checks a root on a worker: the certificate (if any) is a CA, and there is no key.
+func (v *validator) workerRoot(path string, ca *CertificateAndKey, what string) {
+	if ca == nil {
+		return
+	}
+
+	if len(ca.Key) > 0 {
+		v.fail(path+".key", "the %s CA key is not allowed on worker nodes: remove it (key: \"\"); only control planes hold CA keys", what)
+	}
+
+	if len(ca.Crt) > 0 {
+		v.caCertificate(path+".crt", ca.Crt)
+	}
+}
+
+func (v *validator) serviceAccount(sa *Key) {
+	const path = "cluster.serviceAccount.key"
+
+	if sa == nil || len(sa.Key) == 0 {
+		v.fail(path, "the service-account signing key is required on control-plane nodes: set it from certs.k8sserviceaccount.key of secrets.yaml")
+
+		return
+	}
+
+	if _, err := certs.ParsePrivateKey(sa.Key); err != nil {
+		v.fail(path, "%v: set it to the base64 of a PEM private key (ECDSA or RSA)", err)
+	}
+}
+
+func (v *validator) acceptedCAs(path string, list []*Certificate) {
+	for i, entry := range list {
+		entryPath := fmt.Sprintf("%s[%d].crt", path, i)
+		if entry == nil || len(entry.Crt) == 0 {
+			v.fail(entryPath, "is empty: set it to the base64 of a PEM CA certificate or remove the entry")
+
+			continue
+		}
+
+		if _, err := certs.ParseCertificates(entry.Crt); err != nil {
+			v.fail(entryPath, "%v: set it to the base64 of a PEM CA certificate", err)
+		}
+	}
+}
+
+// caCertificate checks that data is a PEM CA certificate and returns it.
+func (v *validator) caCertificate(path string, data []byte) (*x509.Certificate, bool) {
+	crt, err := certs.ParseCertificate(data)
+	if err != nil {
+		v.fail(path, "%v: set it to the base64 of the PEM CA certificate", err)
+
+		return nil, false
+	}
+
+	if !crt.IsCA {
+		v.fail(path, "the certificate (subject %q) is not a CA (basic constraints CA:FALSE): use the CA certificate, not a leaf", crt.Subject.String())
+
+		return crt, false
+	}
+
+	return crt, true
+}
