@@ -64,8 +64,10 @@ type VersionResponse struct {
 	state   protoimpl.MessageState `protogen:"open.v1"`
 	Version string                 `protobuf:"bytes,1,opt,name=version,proto3" json:"version,omitempty"`
 	// node is the address the node knows itself by (its --address).
-	Node          string `protobuf:"bytes,2,opt,name=node,proto3" json:"node,omitempty"`
-	MachineType   string `protobuf:"bytes,3,opt,name=machine_type,json=machineType,proto3" json:"machine_type,omitempty"`
+	Node        string `protobuf:"bytes,2,opt,name=node,proto3" json:"node,omitempty"`
+	MachineType string `protobuf:"bytes,3,opt,name=machine_type,json=machineType,proto3" json:"machine_type,omitempty"`
+	// unix_time_nanos is the node's clock when it answered, for clock-skew checks.
+	UnixTimeNanos int64 `protobuf:"varint,4,opt,name=unix_time_nanos,json=unixTimeNanos,proto3" json:"unix_time_nanos,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -119,6 +121,13 @@ func (x *VersionResponse) GetMachineType() string {
 		return x.MachineType
 	}
 	return ""
+}
+
+func (x *VersionResponse) GetUnixTimeNanos() int64 {
+	if x != nil {
+		return x.UnixTimeNanos
+	}
+	return 0
 }
 
 type ApplyConfigurationRequest struct {
@@ -372,11 +381,12 @@ var File_node_node_proto protoreflect.FileDescriptor
 const file_node_node_proto_rawDesc = "" +
 	"\n" +
 	"\x0fnode/node.proto\x12\x0fnodepki.node.v1\"\x10\n" +
-	"\x0eVersionRequest\"b\n" +
+	"\x0eVersionRequest\"\x8a\x01\n" +
 	"\x0fVersionResponse\x12\x18\n" +
 	"\aversion\x18\x01 \x01(\tR\aversion\x12\x12\n" +
 	"\x04node\x18\x02 \x01(\tR\x04node\x12!\n" +
-	"\fmachine_type\x18\x03 \x01(\tR\vmachineType\"b\n" +
+	"\fmachine_type\x18\x03 \x01(\tR\vmachineType\x12&\n" +
+	"\x0funix_time_nanos\x18\x04 \x01(\x03R\runixTimeNanos\"b\n" +
 	"\x19ApplyConfigurationRequest\x12\x12\n" +
 	"\x04data\x18\x01 \x01(\fR\x04data\x12\x18\n" +
 	"\apatches\x18\x02 \x03(\fR\apatches\x12\x17\n" +
