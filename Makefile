@@ -18,8 +18,14 @@ test:
 bench: build
 	$(GO) test -run '^$$' -bench . -benchtime 20x -timeout 20m ./...
 
+PROTOC_GEN_GO := google.golang.org/protobuf/cmd/protoc-gen-go@v1.36.11
+PROTOC_GEN_GO_GRPC := google.golang.org/grpc/cmd/protoc-gen-go-grpc@v1.5.1
+
+# Needs protoc (Debian: apt-get install -y protobuf-compiler); the Go plugins are installed here.
 generate:
-	$(GO) generate ./...
+	GOBIN=$(CURDIR)/$(BIN)/tools $(GO) install $(PROTOC_GEN_GO)
+	GOBIN=$(CURDIR)/$(BIN)/tools $(GO) install $(PROTOC_GEN_GO_GRPC)
+	PATH=$(CURDIR)/$(BIN)/tools:$$PATH $(GO) generate ./...
 
 lint:
 	$(GO) vet ./...

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"io"
 	"path/filepath"
+	"text/tabwriter"
 
 	"github.com/spf13/cobra"
 
@@ -104,7 +105,10 @@ func runGenSecrets(cmd *cobra.Command, opts genSecretsOptions) error {
 
 // describeRoots prints where each root came from and its SPKI fingerprint, so an operator can
 // match the bundle against what nodes report without ever printing key material.
-func describeRoots(w io.Writer, b *bundle.Bundle, kubernetesPKI string) {
+func describeRoots(out io.Writer, b *bundle.Bundle, kubernetesPKI string) {
+	w := tabwriter.NewWriter(out, 0, 0, 2, ' ', 0)
+	defer w.Flush() //nolint:errcheck
+
 	from := func(file string) string {
 		if kubernetesPKI == "" {
 			return "generated"
@@ -128,8 +132,8 @@ func describeRoots(w io.Writer, b *bundle.Bundle, kubernetesPKI string) {
 			continue
 		}
 
-		fmt.Fprintf(w, "  %-17s %-40s fingerprint %s, expires %s\n",
-			root.name+":", root.source, certs.Fingerprint(crt), crt.NotAfter.UTC().Format("2006-01-02"))
+		fmt.Fprintf(w, "  %s:\t%s\tSPKI sha256 %s\texpires %s\n",
+			root.name, root.source, certs.Fingerprint(crt), crt.NotAfter.UTC().Format("2006-01-02"))
 	}
 
 	pub, err := certs.ParsePublicKey(b.Certs.K8sServiceAccount.Key)
@@ -138,6 +142,6 @@ func describeRoots(w io.Writer, b *bundle.Bundle, kubernetesPKI string) {
 	}
 
 	if fp, err := certs.PublicKeyFingerprint(pub); err == nil {
-		fmt.Fprintf(w, "  %-17s %-40s fingerprint %s\n", "service account:", from("sa.key"), fp)
+		fmt.Fprintf(w, "  service-account key:\t%s\tSPKI sha256 %s\t\n", from("sa.key"), fp)
 	}
 }

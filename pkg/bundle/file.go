@@ -7,11 +7,12 @@ import (
 	"fmt"
 	"io/fs"
 	"os"
-	"path/filepath"
 	"reflect"
 	"slices"
 	"strings"
 	"time"
+
+	"github.com/nodepki/nodepki/pkg/atomicfile"
 
 	"go.yaml.in/yaml/v4"
 
@@ -241,37 +242,5 @@ func (b *Bundle) WriteFile(path string, force bool) error {
 		}
 	}
 
-	return writeFileAtomic(path, data)
-}
-
-// writeFileAtomic writes data to a temporary file beside path and renames it into place, so a
-// crash leaves either the old file or the new one, never a partial one.
-func writeFileAtomic(path string, data []byte) (err error) {
-	tmp, err := os.CreateTemp(filepath.Dir(path), "."+filepath.Base(path)+".tmp-*")
-	if err != nil {
-		return fmt.Errorf("writing %q: %w", path, err)
-	}
-
-	defer func() {
-		if err != nil {
-			tmp.Close()           //nolint:errcheck
-			os.Remove(tmp.Name()) //nolint:errcheck
-		}
-	}()
-
-	steps := []func() error{
-		func() error { return tmp.Chmod(0o600) },
-		func() error { _, werr := tmp.Write(data); return werr },
-		tmp.Sync,
-		tmp.Close,
-		func() error { return os.Rename(tmp.Name(), path) },
-	}
-
-	for _, step := range steps {
-		if err = step(); err != nil {
-			return fmt.Errorf("writing %q: %w", path, err)
-		}
-	}
-
-	return nil
+	return atomicfile.WriteFile(path, data)
 }

@@ -1,13 +1,12 @@
 package bundle
 
 import (
+	stdx509 "crypto/x509"
 	"encoding/base64"
 	"fmt"
 	"slices"
 	"strings"
 	"time"
-
-	stdx509 "crypto/x509"
 
 	"github.com/nodepki/nodepki/pkg/certs"
 	"github.com/nodepki/nodepki/pkg/machineconfig"

@@ -275,7 +275,7 @@ type Profile struct {
 // Issue generates a key of the CA's family (Ed25519 for Ed25519, P-256 for ECDSA, RSA for RSA)
 // and signs a certificate for it with the profile. NotBefore is backdated by Backdate.
 func (ca *CA) Issue(p Profile, now time.Time) (crtPEM, keyPEM []byte, err error) {
-	key, keyPEM, err := newKeyLike(ca.Key)
+	key, keyPEM, err := NewKeyLike(ca.Crt.PublicKey)
 	if err != nil {
 		return nil, nil, err
 	}
@@ -348,20 +348,22 @@ func ClientProfile(roles []string, ttl time.Duration) Profile {
 	}
 }
 
-func newKeyLike(caKey crypto.Signer) (crypto.Signer, []byte, error) {
+// NewKeyLike generates a leaf key of the family of a CA's public key (Ed25519 for Ed25519, P-256
+// for ECDSA, RSA-2048 for RSA) and returns it with its PEM encoding, as Issue does.
+func NewKeyLike(caPublicKey crypto.PublicKey) (crypto.Signer, []byte, error) {
 	var (
 		key   crypto.Signer
 		block *pem.Block
 		err   error
 	)
 
-	switch caKey.(type) {
-	case ed25519.PrivateKey:
+	switch caPublicKey.(type) {
+	case ed25519.PublicKey:
 		_, key, err = ed25519.GenerateKey(rand.Reader)
 		if err == nil {
 			block, err = pkcs8Block(key)
 		}
-	case *ecdsa.PrivateKey:
+	case *ecdsa.PublicKey:
 		var k *ecdsa.PrivateKey
 
 		k, err = ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
@@ -373,7 +375,7 @@ func newKeyLike(caKey crypto.Signer) (crypto.Signer, []byte, error) {
 			der, err = stdx509.MarshalECPrivateKey(k)
 			block = &pem.Block{Type: "EC PRIVATE KEY", Bytes: der}
 		}
-	case *rsa.PrivateKey:
+	case *rsa.PublicKey:
 		var k *rsa.PrivateKey
 
 		k, err = rsa.GenerateKey(rand.Reader, 2048)
@@ -382,7 +384,7 @@ func newKeyLike(caKey crypto.Signer) (crypto.Signer, []byte, error) {
 			block = &pem.Block{Type: "RSA PRIVATE KEY", Bytes: stdx509.MarshalPKCS1PrivateKey(k)}
 		}
 	default:
-		return nil, nil, fmt.Errorf("unsupported CA key type %T", caKey)
+		return nil, nil, fmt.Errorf("unsupported CA key type %T", caPublicKey)
 	}
 
 	if err != nil {

@@ -10,6 +10,8 @@ import (
 	"slices"
 	"strings"
 
+	"github.com/nodepki/nodepki/pkg/atomicfile"
+
 	"go.yaml.in/yaml/v4"
 )
 
@@ -128,7 +130,7 @@ func (c *Config) Save(path string) error {
 		return fmt.Errorf("creating the talosconfig directory: %w", err)
 	}
 
-	return writeFileAtomic(path, data)
+	return atomicfile.WriteFile(path, data)
 }
 
 // Current returns the current context.
@@ -242,36 +244,4 @@ func decodePEMField(field, value string) ([]byte, error) {
 	}
 
 	return out, nil
-}
-
-// writeFileAtomic writes data to a temporary file beside path and renames it into place, so a
-// crash leaves either the old file or the new one, never a partial one.
-func writeFileAtomic(path string, data []byte) (err error) {
-	tmp, err := os.CreateTemp(filepath.Dir(path), "."+filepath.Base(path)+".tmp-*")
-	if err != nil {
-		return fmt.Errorf("writing %q: %w", path, err)
-	}
-
-	defer func() {
-		if err != nil {
-			tmp.Close()           //nolint:errcheck
-			os.Remove(tmp.Name()) //nolint:errcheck
-		}
-	}()
-
-	steps := []func() error{
-		func() error { return tmp.Chmod(0o600) },
-		func() error { _, werr := tmp.Write(data); return werr },
-		tmp.Sync,
-		tmp.Close,
-		func() error { return os.Rename(tmp.Name(), path) },
-	}
-
-	for _, step := range steps {
-		if err = step(); err != nil {
-			return fmt.Errorf("writing %q: %w", path, err)
-		}
-	}
-
-	return nil
 }

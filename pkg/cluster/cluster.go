@@ -15,6 +15,8 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/nodepki/nodepki/pkg/atomicfile"
+
 	"go.yaml.in/yaml/v4"
 )
 
@@ -71,7 +73,7 @@ func (c *Cluster) save() error {
 		return err
 	}
 
-	return writeFileAtomic(filepath.Join(c.Dir, descriptorName), data)
+	return atomicfile.WriteFile(filepath.Join(c.Dir, descriptorName), data)
 }
 
 // ControlPlanes returns the addresses of the control-plane nodes.
@@ -184,31 +186,4 @@ func (n *Node) kill() error {
 	}
 
 	return fmt.Errorf("node %s (pid %d) did not exit after SIGKILL", n.Name, n.PID)
-}
-
-func writeFileAtomic(path string, data []byte) error {
-	tmp, err := os.CreateTemp(filepath.Dir(path), "."+filepath.Base(path)+".*")
-	if err != nil {
-		return err
-	}
-
-	defer os.Remove(tmp.Name()) //nolint:errcheck
-
-	if _, err = tmp.Write(data); err != nil {
-		tmp.Close() //nolint:errcheck
-
-		return err
-	}
-
-	if err = tmp.Chmod(0o600); err != nil {
-		tmp.Close() //nolint:errcheck
-
-		return err
-	}
-
-	if err = tmp.Close(); err != nil {
-		return err
-	}
-
-	return os.Rename(tmp.Name(), path)
 }

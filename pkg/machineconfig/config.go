@@ -31,6 +31,10 @@ type Config struct {
 // v1alpha1 document (`version: v1alpha1`, no kind) is required and decoded into the typed view.
 func Parse(data []byte) (*Config, error) {
 	docs, err := parseDocuments(data)
+	if errors.Is(err, errNoDocuments) {
+		return nil, errors.New("the config is empty: want a YAML document with version: v1alpha1")
+	}
+
 	if err != nil {
 		return nil, err
 	}
@@ -75,6 +79,9 @@ func newConfig(docs []*yaml.Node) (*Config, error) {
 	return &Config{docs: docs, v1: v1, doc: doc}, nil
 }
 
+// errNoDocuments is returned by parseDocuments for input that holds only comments or nothing.
+var errNoDocuments = errors.New("no YAML document found")
+
 // parseDocuments reads every non-empty YAML document of data.
 func parseDocuments(data []byte) ([]*yaml.Node, error) {
 	dec := yaml.NewDecoder(bytes.NewReader(data))
@@ -105,7 +112,7 @@ func parseDocuments(data []byte) ([]*yaml.Node, error) {
 	}
 
 	if len(docs) == 0 {
-		return nil, errors.New("the config is empty: want a YAML document with version: v1alpha1")
+		return nil, errNoDocuments
 	}
 
 	return docs, nil

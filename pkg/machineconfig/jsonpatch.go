@@ -14,24 +14,24 @@ import (
 // decodeJSONPatch parses an RFC 6902 JSON patch and checks every operation up front, so a typo is
 // reported when the patch is loaded rather than half-way through applying it.
 func decodeJSONPatch(data []byte) (Patch, error) {
-	var syntax []map[string]json.RawMessage
-	if err := json.Unmarshal(data, &syntax); err != nil {
+	var ops jsonpatch.Patch
+	if err := json.Unmarshal(data, &ops); err != nil {
 		return Patch{}, fmt.Errorf("invalid JSON patch: %w: want a list of operations like [{\"op\": \"add\", \"path\": \"/machine/certSANs/-\", \"value\": \"10.0.0.1\"}]", err)
+	}
+
+	if len(ops) == 0 {
+		return Patch{}, errors.New("invalid JSON patch: the list of operations is empty")
+	}
+
+	for i, op := range ops {
+		if err := checkOperation(op); err != nil {
+			return Patch{}, fmt.Errorf("invalid JSON patch: operation %d: %w", i+1, err)
+		}
 	}
 
 	p, err := jsonpatch.DecodePatch(data)
 	if err != nil {
 		return Patch{}, fmt.Errorf("invalid JSON patch: %w", err)
-	}
-
-	if len(p) == 0 {
-		return Patch{}, errors.New("invalid JSON patch: the list of operations is empty")
-	}
-
-	for i, op := range p {
-		if err := checkOperation(op); err != nil {
-			return Patch{}, fmt.Errorf("invalid JSON patch: operation %d: %w", i+1, err)
-		}
 	}
 
 	return Patch{json: p}, nil

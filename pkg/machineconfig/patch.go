@@ -28,8 +28,10 @@ func (p Patch) IsJSONPatch() bool {
 	return p.json != nil
 }
 
-// LoadPatch parses a patch as Talos does: a JSON array, or a YAML list, of operations is an RFC 6902
-// JSON patch; anything else is a strategic merge patch (one or more partial documents).
+// LoadPatch parses a patch as Talos does: a JSON array, or a YAML block list, of operations is an
+// RFC 6902 JSON patch; anything else is a strategic merge patch (one or more partial documents).
+// Input starting with '[' must be valid JSON, so that a JSON typo is reported rather than read as
+// YAML with a silently null value.
 func LoadPatch(data []byte) (Patch, error) {
 	trimmed := bytes.TrimSpace(data)
 	if len(trimmed) == 0 {
@@ -37,22 +39,14 @@ func LoadPatch(data []byte) (Patch, error) {
 	}
 
 	if trimmed[0] == '[' {
-		p, jsonErr := decodeJSONPatch(trimmed)
-		if jsonErr == nil {
-			return p, nil
-		}
-
-		// A YAML flow list of operations also starts with '['; if it is not YAML either, the JSON
-		// error is the useful one.
-		docs, yamlErr := parseDocuments(trimmed)
-		if yamlErr != nil || len(docs) != 1 || docs[0].Content[0].Kind != yaml.SequenceNode {
-			return Patch{}, jsonErr
-		}
-
-		return yamlJSONPatch(docs[0].Content[0])
+		return decodeJSONPatch(trimmed)
 	}
 
 	docs, err := parseDocuments(trimmed)
+	if errors.Is(err, errNoDocuments) {
+		return Patch{}, errors.New("the patch is empty")
+	}
+
 	if err != nil {
 		return Patch{}, fmt.Errorf("invalid patch: %w", err)
 	}
@@ -190,6 +184,10 @@ func applyStrategic(docs, patchDocs []*yaml.Node) ([]*yaml.Node, error) {
 
 		switch {
 		case isDelete(src):
+			if id == Version {
+				return nil, errors.New("the v1alpha1 document cannot be deleted: delete fields of it instead")
+			}
+
 			if target < 0 {
 				return nil, fmt.Errorf("%s: nothing to delete: the config has no such document", id)
 			}
@@ -272,7 +270,7 @@ func mergeMapping(dst, src *yaml.Node, path string) error {
 				return err
 			}
 
-			dst.Content = append(dst.Content, cloneNode(key), merged)
+			dst.Content = append(dst.Content, fromPatch(key), merged)
 
 			continue
 		}
@@ -290,22 +288,43 @@ func mergeMapping(dst, src *yaml.Node, path string) error {
 
 // mergeValue returns the merge of src into dst (dst may be nil: src is new).
 func mergeValue(dst, src *yaml.Node, path string) (*yaml.Node, error) {
+	// Anchors of a patch mean nothing in the config: merge what an alias stands for.
+	if src.Kind == yaml.AliasNode && src.Alias != nil {
+		src = src.Alias
+	}
+
 	switch src.Kind {
 	case yaml.MappingNode:
 		if dst == nil || dst.Kind != yaml.MappingNode {
-			dst = &yaml.Node{Kind: yaml.MappingNode, Tag: "!!map", Style: src.Style}
+			dst = &yaml.Node{Kind: yaml.MappingNode, Tag: "!!map"}
 		}
+
+		// An empty `{}` in the config would otherwise stay in flow style once it has content.
+		dst.Style &^= yaml.FlowStyle
 
 		return dst, mergeMapping(dst, src, path)
 	case yaml.SequenceNode:
 		if dst == nil || dst.Kind != yaml.SequenceNode {
-			dst = &yaml.Node{Kind: yaml.SequenceNode, Tag: "!!seq", Style: src.Style}
+			dst = &yaml.Node{Kind: yaml.SequenceNode, Tag: "!!seq"}
 		}
+
+		dst.Style &^= yaml.FlowStyle
 
 		return dst, mergeSequence(dst, src, path)
 	default:
-		return cloneNode(src), nil
+		return fromPatch(src), nil
 	}
+}
+
+// fromPatch copies a scalar of a patch for the config. Quoting and flow style are
+// dropped, since they come from how the patch was written (e.g. as JSON); the encoder still quotes
+// what needs it. Block scalars (| and >) keep their style.
+func fromPatch(n *yaml.Node) *yaml.Node {
+	c := cloneNode(n)
+	c.Style &^= yaml.DoubleQuotedStyle | yaml.SingleQuotedStyle | yaml.FlowStyle
+	c.Anchor = ""
+
+	return c
 }
 
 // mergeSequence appends src's elements to dst; an element carrying "$patch: delete" instead deletes

@@ -1,0 +1,174 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"encoding/base64"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+
+	"github.com/spf13/cobra"
+	"github.com/spf13/pflag"
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
+	"github.com/nodepki/nodepki/pkg/client/clienttest"
+	"github.com/nodepki/nodepki/pkg/clientconfig"
+)
+
+// syncBuffer is a bytes.Buffer safe to read while a command writes to it.
+type syncBuffer struct {
+	mu  sync.Mutex
+	buf bytes.Buffer
+}
+
+func (b *syncBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+
+	return b.buf.Write(p)
+}
+
+func (b *syncBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+
+	return b.buf.String()
+}
+
+// resetCommands returns every flag of the command tree to its default and forgets the context of
+// the previous run, so that one test does not leak into the next: rootCmd is global, pflag keeps
+// values between runs and cobra hands a subcommand the root's context only if it has none.
+func resetCommands(t *testing.T, cmd *cobra.Command) {
+	t.Helper()
+
+	cmd.SetContext(nil) //nolint:staticcheck // nil is how cobra tells "no context yet"
+
+	reset := func(f *pflag.Flag) {
+		if slice, ok := f.Value.(pflag.SliceValue); ok {
+			var def []string
+
+			if trimmed := strings.Trim(f.DefValue, "[]"); trimmed != "" {
+				def = strings.Split(trimmed, ",")
+			}
+
+			require.NoError(t, slice.Replace(def))
+		} else {
+			require.NoError(t, f.Value.Set(f.DefValue))
+		}
+
+		f.Changed = false
+	}
+
+	cmd.Flags().VisitAll(reset)
+	cmd.PersistentFlags().VisitAll(reset)
+
+	for _, sub := range cmd.Commands() {
+		resetCommands(t, sub)
+	}
+}
+
+// runCLI runs nodepkictl in-process with args and returns what it printed.
+func runCLI(ctx context.Context, t *testing.T, args ...string) (stdout, stderr string, err error) {
+	t.Helper()
+
+	var out, errOut syncBuffer
+
+	err = runCLIWith(ctx, t, &out, &errOut, args...)
+
+	return out.String(), errOut.String(), err
+}
+
+func runCLIWith(ctx context.Context, t *testing.T, out, errOut *syncBuffer, args ...string) error {
+	t.Helper()
+
+	resetCommands(t, rootCmd)
+	rootCmd.SetArgs(args)
+	rootCmd.SetOut(out)
+	rootCmd.SetErr(errOut)
+
+	t.Cleanup(func() {
+		rootCmd.SetArgs(nil)
+		rootCmd.SetOut(nil)
+		rootCmd.SetErr(nil)
+	})
+
+	return rootCmd.ExecuteContext(ctx)
+}
+
+// startNode runs a test node API and writes a talosconfig for it with the given context nodes.
+func startNode(t *testing.T, nodes ...string) (*clienttest.Server, string) {
+	t.Helper()
+
+	srv := clienttest.Start(t, clienttest.Options{KnownNodes: []string{"node1", "node2"}})
+	path := filepath.Join(t.TempDir(), "talosconfig")
+	require.NoError(t, srv.Config(nodes...).Save(path))
+
+	return srv, path
+}
+
+func TestConnectErrors(t *testing.T) {
+	srv, _ := startNode(t)
+	dir := t.TempDir()
+
+	write := func(name string, edit func(c *clientconfig.Config)) string {
+		cfg := srv.Config()
+		edit(cfg)
+
+		path := filepath.Join(dir, name)
+		require.NoError(t, cfg.Save(path))
+
+		return path
+	}
+
+	missing := filepath.Join(dir, "nope", "talosconfig")
+	noCrt := write("nocrt", func(c *clientconfig.Config) { c.Contexts["test"].Crt = "" })
+	noKey := write("nokey", func(c *clientconfig.Config) { c.Contexts["test"].Key = "" })
+	noEndpoints := write("noendpoints", func(c *clientconfig.Config) { c.Contexts["test"].Endpoints = nil })
+	badKey := write("badkey", func(c *clientconfig.Config) { c.Contexts["test"].Key = base64.StdEncoding.EncodeToString([]byte("junk")) })
+
+	for _, tc := range []struct {
+		name    string
+		args    []string
+		wantErr []string
+	}{
+		{name: "missing file", args: []string{"--talosconfig", missing, "version"},
+			wantErr: []string{missing, "does not exist", "nodepkictl gen config", "nodepkictl cluster create"}},
+		{name: "no crt", args: []string{"--talosconfig", noCrt, "version"}, wantErr: []string{`context "test" in ` + noCrt + " has no crt"}},
+		{name: "no key", args: []string{"--talosconfig", noKey, "version"}, wantErr: []string{"has no key"}},
+		{name: "no endpoints", args: []string{"--talosconfig", noEndpoints, "version"}, wantErr: []string{"has no endpoints", "--endpoints"}},
+		{name: "bad key", args: []string{"--talosconfig", badKey, "version"}, wantErr: []string{"context key: not PEM"}},
+		{name: "unknown context", args: []string{"--talosconfig", noCrt, "--context", "prod", "version"}, wantErr: []string{`context "prod" is not defined`}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			_, _, err := runCLI(t.Context(), t, tc.args...)
+			require.Error(t, err)
+
+			for _, want := range tc.wantErr {
+				assert.ErrorContains(t, err, want)
+			}
+
+			assert.NotContains(t, err.Error(), "PRIVATE KEY")
+		})
+	}
+}
+
+func TestEndpointsAndNodesFlagsOverrideTheContext(t *testing.T) {
+	srv, path := startNode(t, "node-that-does-not-exist")
+	srv.Node.Set(func(n *clienttest.NodeService) { n.ServerVersion = "v1.0.0" })
+
+	// The context's endpoint is dead; --endpoints points at the server, --nodes replaces the context nodes.
+	cfg, err := clientconfig.Open(path)
+	require.NoError(t, err)
+
+	cfg.Contexts["test"].Endpoints = []string{"127.0.0.1:1"}
+	require.NoError(t, cfg.Save(path))
+
+	out, _, err := runCLI(t.Context(), t, "--talosconfig", path, "-e", srv.Addr, "-n", "node1", "-n", "node2", "version")
+	require.NoError(t, err)
+	assert.Contains(t, out, "NODE: node1")
+	assert.Contains(t, out, "NODE: node2")
+	assert.Equal(t, []string{"node1", "node2"}, srv.Nodes())
+}

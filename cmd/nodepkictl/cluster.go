@@ -1,0 +1,163 @@
+package main
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"text/tabwriter"
+
+	"github.com/spf13/cobra"
+
+	"github.com/nodepki/nodepki/pkg/cluster"
+)
+
+func init() {
+	rootCmd.AddCommand(newClusterCmd())
+}
+
+func newClusterCmd() *cobra.Command {
+	cmd := &cobra.Command{
+		Use:   "cluster",
+		Short: "Run a local cluster of real nodepkid processes on loopback addresses",
+		Long: `A local cluster is a secrets bundle, machine configs and one nodepkid process per node, listening
+on 127.0.0.2, 127.0.0.3, ... Everything lives in the --state directory: secrets.yaml, talosconfig,
+cluster.yaml and nodes/<name>{.yaml,.log,/} for each node.`,
+	}
+
+	cmd.PersistentFlags().String("state", defaultClusterState(), "directory holding the cluster's state")
+
+	cmd.AddCommand(newClusterCreateCmd(), newClusterShowCmd(), newClusterDestroyCmd())
+
+	return cmd
+}
+
+func defaultClusterState() string {
+	home, err := os.UserHomeDir()
+	if err != nil {
+		return ".nodepki-cluster"
+	}
+
+	return filepath.Join(home, ".nodepki", "cluster")
+}
+
+func newClusterCreateCmd() *cobra.Command {
+	var (
+		opts   cluster.Options
+		daemon string
+	)
+
+	cmd := &cobra.Command{
+		Use:   "create",
+		Short: "Create and start a local cluster",
+		Example: `  nodepkictl cluster create --workers 2
+  nodepkictl cluster create --name demo --controlplanes 1 --workers 2 --state ./_out/cluster`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			var err error
+
+			opts.Dir, _ = cmd.Flags().GetString("state")
+			opts.Progress = cmd.ErrOrStderr()
+
+			if opts.Daemon, err = findDaemon(daemon); err != nil {
+				return err
+			}
+
+			c, err := cluster.Create(cmd.Context(), opts)
+			if err != nil {
+				return err
+			}
+
+			fmt.Fprintf(cmd.OutOrStdout(), `
+cluster %q is up: %d control plane(s), %d worker(s)
+
+talosconfig: %s
+  nodepkictl --talosconfig %s get certificatestatuses
+  nodepkictl --talosconfig %s get acceptedcas -o yaml
+  nodepkictl cluster show --state %s
+  nodepkictl cluster destroy --state %s
+`, c.Name, opts.ControlPlanes, opts.Workers, c.Talosconfig, c.Talosconfig, c.Talosconfig, c.Dir, c.Dir)
+
+			return nil
+		},
+	}
+
+	flags := cmd.Flags()
+	flags.StringVar(&opts.Name, "name", "nodepki", "cluster name (talosconfig context)")
+	flags.IntVar(&opts.ControlPlanes, "controlplanes", 1, "number of control-plane nodes")
+	flags.IntVar(&opts.Workers, "workers", 2, "number of worker nodes")
+	flags.StringVar(&daemon, "daemon", "", "path of the nodepkid binary (default: next to nodepkictl, then $PATH)")
+
+	return cmd
+}
+
+func newClusterShowCmd() *cobra.Command {
+	return &cobra.Command{
+		Use:   "show",
+		Short: "Show the nodes of the local cluster and whether they run",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			dir, _ := cmd.Flags().GetString("state")
+
+			c, err := cluster.Load(dir)
+			if err != nil {
+				return err
+			}
+
+			w := tabwriter.NewWriter(cmd.OutOrStdout(), 0, 0, 3, ' ', 0)
+			fmt.Fprintf(w, "cluster %s (%s)\ntalosconfig %s\n\nNAME\tADDRESS\tTYPE\tPID\tRUNNING\tLOG\n", c.Name, c.Dir, c.Talosconfig)
+
+			for _, n := range c.Nodes {
+				fmt.Fprintf(w, "%s\t%s\t%s\t%d\t%t\t%s\n", n.Name, n.Address, n.Type, n.PID, n.Running(), n.Log)
+			}
+
+			return w.Flush()
+		},
+	}
+}
+
+func newClusterDestroyCmd() *cobra.Command {
+	return &cobra.Command{
+		Use:   "destroy",
+		Short: "Stop every node of the local cluster and remove its state directory",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			dir, _ := cmd.Flags().GetString("state")
+
+			c, err := cluster.Load(dir)
+			if err != nil {
+				return err
+			}
+
+			if err = c.Destroy(); err != nil {
+				return err
+			}
+
+			fmt.Fprintf(cmd.ErrOrStderr(), "cluster %q destroyed, %s removed\n", c.Name, c.Dir)
+
+			return nil
+		},
+	}
+}
+
+// findDaemon locates nodepkid: the flag, next to this executable, or on $PATH.
+func findDaemon(flag string) (string, error) {
+	if flag != "" {
+		return filepath.Abs(flag)
+	}
+
+	if self, err := os.Executable(); err == nil {
+		candidate := filepath.Join(filepath.Dir(self), "nodepkid")
+		if _, err = os.Stat(candidate); err == nil {
+			return candidate, nil
+		}
+	}
+
+	path, err := exec.LookPath("nodepkid")
+	if err != nil {
+		return "", errors.New("nodepkid not found next to nodepkictl or on $PATH: build it with `make build` or pass --daemon")
+	}
+
+	return filepath.Abs(path)
+}

@@ -1,0 +1,154 @@
+package pki_test
+
+import (
+	"net/netip"
+	"testing"
+
+	"github.com/cosi-project/runtime/pkg/resource"
+	"github.com/cosi-project/runtime/pkg/resource/rtestutils"
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
+	"github.com/nodepki/nodepki/controllers/ctest"
+	ctrlnetwork "github.com/nodepki/nodepki/controllers/network"
+	ctrlpki "github.com/nodepki/nodepki/controllers/pki"
+	"github.com/nodepki/nodepki/pkg/machineconfig"
+	"github.com/nodepki/nodepki/resources/pki"
+)
+
+func TestCertSANs(t *testing.T) {
+	t.Parallel()
+
+	s := ctest.NewSecrets(t)
+
+	kubernetesDNS := []string{
+		"kubernetes", "kubernetes.default", "kubernetes.default.svc", "kubernetes.default.svc.cluster.local", "localhost", testHostname,
+	}
+
+	for _, tc := range []struct {
+		name string
+		doc  func() *machineconfig.Document
+		want map[resource.ID]pki.CertSANSpec
+	}{
+		{
+			name: "control plane",
+			doc: func() *machineconfig.Document {
+				doc := ctest.ControlPlane(s)
+				doc.Machine.CertSANs = []string{"lb.example.test.", "192.0.2.10", testHostname, "10.5.0.2"}
+
+				return doc
+			},
+			want: map[resource.ID]pki.CertSANSpec{
+				pki.SANsAPI: {
+					IPs:      []string{"10.5.0.2", "192.0.2.10", "2001:db8::2"},
+					DNSNames: []string{"lb.example.test", testHostname},
+				},
+				pki.SANsKubernetes: {
+					IPs:      []string{"10.5.0.2", "10.96.0.1", "127.0.0.1", "2001:db8::2"},
+					DNSNames: append([]string{"cluster.example.test"}, kubernetesDNS...),
+				},
+				pki.SANsEtcd: {
+					IPs:      []string{"10.5.0.2", "127.0.0.1", "::1", "2001:db8::2"},
+					DNSNames: []string{"localhost", testHostname},
+				},
+			},
+		},
+		{
+			name: "control plane with an IP endpoint",
+			doc: func() *machineconfig.Document {
+				doc := ctest.ControlPlane(s)
+				doc.Cluster.ControlPlane.Endpoint = "https://[2001:db8::100]:6443"
+
+				return doc
+			},
+			want: map[resource.ID]pki.CertSANSpec{
+				pki.SANsAPI: {IPs: []string{"10.5.0.2", "2001:db8::2"}, DNSNames: []string{testHostname}},
+				pki.SANsKubernetes: {
+					IPs:      []string{"10.5.0.2", "10.96.0.1", "127.0.0.1", "2001:db8::2", "2001:db8::100"},
+					DNSNames: kubernetesDNS,
+				},
+				pki.SANsEtcd: {
+					IPs:      []string{"10.5.0.2", "127.0.0.1", "::1", "2001:db8::2"},
+					DNSNames: []string{"localhost", testHostname},
+				},
+			},
+		},
+		{
+			name: "worker has the api SANs only",
+			doc: func() *machineconfig.Document {
+				doc := ctest.Worker(s)
+				doc.Machine.CertSANs = []string{"worker.example.test"}
+
+				return doc
+			},
+			want: map[resource.ID]pki.CertSANSpec{
+				pki.SANsAPI: {IPs: []string{"10.5.0.2", "2001:db8::2"}, DNSNames: []string{testHostname, "worker.example.test"}},
+			},
+		},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+
+			env := ctest.Run(t,
+				&ctrlnetwork.NodeAddressesController{Addresses: testAddresses},
+				&ctrlpki.CertSANsController{Hostname: testHostname},
+			)
+			env.SetMachineConfig(t, tc.doc())
+
+			assertCertSANs(t, env, tc.want)
+		})
+	}
+}
+
+func assertCertSANs(t *testing.T, env *ctest.Env, want map[resource.ID]pki.CertSANSpec) {
+	t.Helper()
+
+	for id, spec := range want {
+		rtestutils.AssertResource(env.Ctx, t, env.State, id, func(res *pki.CertSAN, a *assert.Assertions) {
+			a.Equal(spec, *res.TypedSpec())
+		})
+	}
+
+	for _, id := range []resource.ID{pki.SANsAPI, pki.SANsKubernetes, pki.SANsEtcd} {
+		if _, ok := want[id]; !ok {
+			rtestutils.AssertNoResource[*pki.CertSAN](env.Ctx, t, env.State, id)
+		}
+	}
+}
+
+func TestCertSANsFollowInputs(t *testing.T) {
+	t.Parallel()
+
+	s := ctest.NewSecrets(t)
+	env := ctest.Run(t,
+		&ctrlnetwork.NodeAddressesController{Addresses: []netip.Addr{netip.MustParseAddr("10.5.0.2")}},
+		&ctrlpki.CertSANsController{Hostname: testHostname},
+	)
+
+	env.SetMachineConfig(t, ctest.ControlPlane(s))
+	rtestutils.AssertLength[*pki.CertSAN](env.Ctx, t, env.State, 3)
+
+	before := versions[*pki.CertSAN](t, env)
+
+	doc := ctest.ControlPlane(s)
+	doc.Cluster.ClusterName = "renamed"
+	doc.Machine.CertSANs = []string{"api.example.test"}
+	env.SetMachineConfig(t, doc)
+
+	rtestutils.AssertResource(env.Ctx, t, env.State, pki.SANsAPI, func(res *pki.CertSAN, a *assert.Assertions) {
+		a.Equal([]string{"api.example.test", testHostname}, res.TypedSpec().DNSNames)
+	})
+
+	after := versions[*pki.CertSAN](t, env)
+	delete(before, pki.SANsAPI)
+	delete(after, pki.SANsAPI)
+	require.Equal(t, before, after, "SANs were rewritten without a change")
+
+	env.SetMachineConfig(t, ctest.Worker(s))
+	assertCertSANs(t, env, map[resource.ID]pki.CertSANSpec{
+		pki.SANsAPI: {IPs: []string{"10.5.0.2"}, DNSNames: []string{testHostname}},
+	})
+
+	env.DeleteMachineConfig(t)
+	assertCertSANs(t, env, nil)
+}

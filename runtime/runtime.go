@@ -1,0 +1,246 @@
+// Package runtime owns assembling the nodepki subsystem: it builds the state (in memory, with the
+// machine config persisted in a bolt database under the node's state directory), registers the
+// resource types and every controller of the resource graph, and runs them.
+//
+// A node OS embeds the subsystem by calling New, RegisterController for its own controllers,
+// and Run; it feeds the machine config with SetMachineConfig.
+package runtime
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"time"
+
+	"github.com/cosi-project/runtime/pkg/controller"
+	cosiruntime "github.com/cosi-project/runtime/pkg/controller/runtime"
+	"github.com/cosi-project/runtime/pkg/resource"
+	"github.com/cosi-project/runtime/pkg/safe"
+	"github.com/cosi-project/runtime/pkg/state"
+	"github.com/cosi-project/runtime/pkg/state/impl/inmem"
+	"github.com/cosi-project/runtime/pkg/state/impl/namespaced"
+	"github.com/cosi-project/runtime/pkg/state/impl/store"
+	"github.com/cosi-project/runtime/pkg/state/impl/store/bolt"
+	"go.etcd.io/bbolt"
+	"go.uber.org/zap"
+
+	"github.com/nodepki/nodepki/controllers/network"
+	"github.com/nodepki/nodepki/controllers/pki"
+	"github.com/nodepki/nodepki/resources"
+	"github.com/nodepki/nodepki/resources/config"
+)
+
+// StateFile is the name of the bolt database in the state directory.
+const StateFile = "state.db"
+
+// History sizing of every (namespace, type) collection of the in-memory state.
+//
+// The largest burst a single pass writes to one type is one NodeCertificates or
+// CertificateStatuses pass (about ten resources), and boot registers a few dozen resource
+// definitions in meta. The slowest watchers are API clients (`get --watch` over gRPC), which may
+// fall behind by many passes during a rotation; 1024 events is two orders of magnitude above a
+// pass, and a watcher that falls further behind gets an error and re-subscribes, while a runtime
+// watch that overruns stops every controller. Memory grows on demand from historyInitial. The gap
+// (about 6%) keeps readers clear of the slot being overwritten, as the inmem package recommends.
+const (
+	historyInitial = 8
+	historyMax     = 1024
+	historyGap     = 64
+)
+
+// boltOpenTimeout bounds the wait for the database file lock, so a second process on the same
+// state directory fails with an error instead of hanging.
+const boltOpenTimeout = 5 * time.Second
+
+// Options configures a Runtime.
+type Options struct {
+	// StateDir holds the persisted state (created 0700; the database is 0600). "" keeps everything in memory.
+	StateDir string
+	// Logger receives the runtime's and the controllers' logs; nil discards them.
+	Logger *zap.Logger
+	// Addresses are the node's configured addresses.
+	Addresses []netip.Addr
+	// HostAddresses adds the host's interface addresses to Addresses.
+	HostAddresses bool
+	// Hostname is the node's hostname; "" uses os.Hostname.
+	Hostname string
+	// Lifetimes overrides the lifetime of leaf certificates by NodeCertificate ID.
+	Lifetimes map[resource.ID]time.Duration
+	// Clock overrides time.Now for certificate issuance and status.
+	Clock func() time.Time
+}
+
+// Runtime is the nodepki subsystem of one node.
+type Runtime struct {
+	state   state.State
+	runtime *cosiruntime.Runtime
+	store   *bolt.BackingStore
+}
+
+// New builds the state and the controller runtime with every nodepki controller registered.
+// Close releases the state directory.
+func New(opts Options) (*Runtime, error) {
+	logger := opts.Logger
+	if logger == nil {
+		logger = zap.NewNop()
+	}
+
+	hostname := opts.Hostname
+	if hostname == "" {
+		var err error
+
+		if hostname, err = os.Hostname(); err != nil {
+			return nil, fmt.Errorf("error reading the hostname (set Options.Hostname): %w", err)
+		}
+	}
+
+	rt := &Runtime{}
+
+	if opts.StateDir != "" {
+		var err error
+
+		if rt.store, err = openStore(opts.StateDir); err != nil {
+			return nil, err
+		}
+	}
+
+	rt.state = state.WrapCore(namespaced.NewState(func(ns resource.Namespace) state.CoreState {
+		stateOptions := []inmem.StateOption{
+			inmem.WithHistoryInitialCapacity(historyInitial),
+			inmem.WithHistoryMaxCapacity(historyMax),
+			inmem.WithHistoryGap(historyGap),
+		}
+
+		if ns == config.NamespaceName && rt.store != nil {
+			stateOptions = append(stateOptions, inmem.WithBackingStore(rt.store.WithNamespace(ns)))
+		}
+
+		return inmem.NewStateWithOptions(stateOptions...)(ns)
+	}))
+
+	if err := rt.setup(logger, hostname, opts); err != nil {
+		return nil, errors.Join(err, rt.Close())
+	}
+
+	return rt, nil
+}
+
+func (rt *Runtime) setup(logger *zap.Logger, hostname string, opts Options) error {
+	if err := resources.Register(context.Background(), rt.state); err != nil {
+		return fmt.Errorf("error registering resources: %w", err)
+	}
+
+	var err error
+
+	if rt.runtime, err = cosiruntime.NewRuntime(rt.state, logger); err != nil {
+		return fmt.Errorf("error creating controller runtime: %w", err)
+	}
+
+	for _, ctrl := range []controller.Controller{
+		&network.NodeAddressesController{Addresses: opts.Addresses, HostAddresses: opts.HostAddresses},
+		&pki.RootSecretsController{},
+		&pki.AcceptedCAsController{},
+		&pki.CertSANsController{Hostname: hostname},
+		&pki.NodeCertificatesController{Hostname: hostname, Lifetimes: opts.Lifetimes, Clock: opts.Clock},
+		&pki.CertificateStatusesController{Clock: opts.Clock},
+	} {
+		if err = rt.RegisterController(ctrl); err != nil {
+			return err
+		}
+	}
+
+	return nil
+}
+
+// openStore opens (or creates) the bolt database in dir, tightening permissions that are too open.
+func openStore(dir string) (*bolt.BackingStore, error) {
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return nil, fmt.Errorf("error creating state directory: %w", err)
+	}
+
+	// MkdirAll leaves an existing directory as it is; the state holds CA keys.
+	if err := os.Chmod(dir, 0o700); err != nil {
+		return nil, fmt.Errorf("error setting state directory permissions: %w", err)
+	}
+
+	path := filepath.Join(dir, StateFile)
+
+	backingStore, err := bolt.NewBackingStore(func() (*bbolt.DB, error) {
+		return bbolt.Open(path, 0o600, &bbolt.Options{Timeout: boltOpenTimeout})
+	}, store.ProtobufMarshaler{})
+	if err != nil {
+		return nil, fmt.Errorf("error opening state database %s (is another process using the state directory?): %w", path, err)
+	}
+
+	if err = os.Chmod(path, 0o600); err != nil {
+		return nil, errors.Join(fmt.Errorf("error setting state database permissions: %w", err), backingStore.Close())
+	}
+
+	return backingStore, nil
+}
+
+// State is the state the controllers run on: read resources, watch them, or serve them over the API.
+func (rt *Runtime) State() state.State {
+	return rt.state
+}
+
+// RegisterController adds a controller, before or while Run runs.
+func (rt *Runtime) RegisterController(ctrl controller.Controller) error {
+	if err := rt.runtime.RegisterController(ctrl); err != nil {
+		return fmt.Errorf("error registering controller %s: %w", ctrl.Name(), err)
+	}
+
+	return nil
+}
+
+// Run runs the controllers until ctx is done. An error means the runtime stopped (for example
+// a watch overran its history) and the subsystem must be restarted.
+func (rt *Runtime) Run(ctx context.Context) error {
+	if err := rt.runtime.Run(ctx); err != nil {
+		return fmt.Errorf("controller runtime stopped: %w", err)
+	}
+
+	return nil
+}
+
+// Close closes the state database; call it after Run returned.
+func (rt *Runtime) Close() error {
+	if rt.store == nil {
+		return nil
+	}
+
+	if err := rt.store.Close(); err != nil {
+		return fmt.Errorf("error closing state database: %w", err)
+	}
+
+	return nil
+}
+
+// SetMachineConfig creates or replaces the machine config the node runs with (owner "": user input).
+// The caller validates raw first; an identical config writes nothing.
+func (rt *Runtime) SetMachineConfig(ctx context.Context, raw []byte) error {
+	if err := safe.StateModify(ctx, rt.state, config.NewMachineConfig(config.ActiveID), func(mc *config.MachineConfig) error {
+		mc.TypedSpec().Raw = bytes.Clone(raw)
+
+		return nil
+	}); err != nil {
+		return fmt.Errorf("error writing machine config: %w", err)
+	}
+
+	return nil
+}
+
+// MachineConfig returns the machine config the node runs with; the error satisfies
+// state.IsNotFoundError when there is none.
+func (rt *Runtime) MachineConfig(ctx context.Context) ([]byte, error) {
+	mc, err := safe.StateGetByID[*config.MachineConfig](ctx, rt.state, config.ActiveID)
+	if err != nil {
+		return nil, fmt.Errorf("error reading machine config: %w", err)
+	}
+
+	return mc.TypedSpec().Raw, nil
+}

@@ -1,0 +1,162 @@
+package trustd
+
+import (
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"errors"
+	"fmt"
+	"net"
+	"strings"
+	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials"
+
+	trustdapi "github.com/nodepki/nodepki/api/trustd"
+	"github.com/nodepki/nodepki/pkg/certs"
+)
+
+// AttemptTimeout bounds one request to one endpoint, so a dead endpoint does not hold up the next.
+const AttemptTimeout = 10 * time.Second
+
+// RequestCertificate sends csrPEM to trustd with the join token and returns the CA bundle and the
+// signed certificate. Endpoints (host or host:port, port 50001 by default) are tried in order
+// until one answers; the server must present a certificate that chains to rootCAsPEM. The error
+// names every endpoint that failed and why.
+func RequestCertificate(ctx context.Context, endpoints []string, rootCAsPEM []byte, token string, csrPEM []byte) (caPEM, crtPEM []byte, err error) {
+	if len(endpoints) == 0 {
+		return nil, nil, errors.New("no trustd endpoint: set the control-plane endpoint in the machine config or pass one explicitly")
+	}
+
+	if token == "" {
+		return nil, nil, errors.New("no join token: machine.token is empty")
+	}
+
+	roots, err := certs.ParseCertificates(rootCAsPEM)
+	if err != nil {
+		return nil, nil, fmt.Errorf("error reading the OS CAs trustd must present: %w", err)
+	}
+
+	pool := x509.NewCertPool()
+	for _, root := range roots {
+		pool.AddCert(root)
+	}
+
+	var errs endpointErrors
+
+	for _, endpoint := range endpoints {
+		caPEM, crtPEM, err = requestFrom(ctx, endpoint, pool, token, csrPEM)
+		if err == nil {
+			return caPEM, crtPEM, nil
+		}
+
+		errs = append(errs, fmt.Errorf("trustd endpoint %q: %w", endpoint, err))
+
+		if ctx.Err() != nil {
+			break
+		}
+	}
+
+	return nil, nil, errs
+}
+
+// endpointErrors are the failures of every endpoint tried, on one line (it ends up in LastError).
+type endpointErrors []error
+
+func (e endpointErrors) Error() string {
+	messages := make([]string, 0, len(e))
+	for _, err := range e {
+		messages = append(messages, err.Error())
+	}
+
+	return strings.Join(messages, "; ")
+}
+
+func (e endpointErrors) Unwrap() []error {
+	return e
+}
+
+func requestFrom(ctx context.Context, endpoint string, roots *x509.CertPool, token string, csrPEM []byte) (caPEM, crtPEM []byte, err error) {
+	address, host, err := endpointAddress(endpoint)
+	if err != nil {
+		return nil, nil, err
+	}
+
+	tlsConfig := &tls.Config{
+		MinVersion: tls.VersionTLS13,
+		RootCAs:    roots,
+		ServerName: host,
+	}
+
+	conn, err := grpc.NewClient(address,
+		grpc.WithTransportCredentials(credentials.NewTLS(tlsConfig)),
+		grpc.WithPerRPCCredentials(tokenCredentials(token)),
+	)
+	if err != nil {
+		return nil, nil, fmt.Errorf("error creating the connection: %w", err)
+	}
+
+	defer conn.Close() //nolint:errcheck
+
+	ctx, cancel := context.WithTimeout(ctx, AttemptTimeout)
+	defer cancel()
+
+	resp, err := trustdapi.NewTrustdServiceClient(conn).Certificate(ctx, &trustdapi.CertificateRequest{Csr: csrPEM})
+	if err != nil {
+		return nil, nil, err
+	}
+
+	if _, err := certs.ParseCertificate(resp.GetCrt()); err != nil {
+		return nil, nil, fmt.Errorf("trustd returned an unusable certificate: %w", err)
+	}
+
+	if _, err := certs.ParseCertificates(resp.GetCa()); err != nil {
+		return nil, nil, fmt.Errorf("trustd returned an unusable CA bundle: %w", err)
+	}
+
+	return resp.GetCa(), resp.GetCrt(), nil
+}
+
+// endpointAddress turns "host", "host:port", "[v6]" or a bare IPv6 address into a dial address and
+// the host name the server certificate must carry.
+func endpointAddress(endpoint string) (address, host string, err error) {
+	endpoint = strings.TrimSpace(endpoint)
+
+	if endpoint == "" || strings.Contains(endpoint, "/") {
+		return "", "", fmt.Errorf("invalid endpoint %q: want host or host:port", endpoint)
+	}
+
+	if ip := net.ParseIP(strings.Trim(endpoint, "[]")); ip != nil {
+		return net.JoinHostPort(ip.String(), DefaultPort), ip.String(), nil
+	}
+
+	host, port, err := net.SplitHostPort(endpoint)
+	if err != nil {
+		// No port (or not host:port at all): the whole endpoint is the host.
+		if strings.Contains(endpoint, ":") {
+			return "", "", fmt.Errorf("invalid endpoint %q: want host or host:port", endpoint)
+		}
+
+		return net.JoinHostPort(endpoint, DefaultPort), endpoint, nil
+	}
+
+	if host == "" || port == "" {
+		return "", "", fmt.Errorf("invalid endpoint %q: want host or host:port", endpoint)
+	}
+
+	return endpoint, host, nil
+}
+
+// tokenCredentials sends the join token as per-RPC metadata, only over a secure transport.
+type tokenCredentials string
+
+// GetRequestMetadata implements credentials.PerRPCCredentials.
+func (t tokenCredentials) GetRequestMetadata(context.Context, ...string) (map[string]string, error) {
+	return map[string]string{TokenMetadataKey: string(t)}, nil
+}
+
+// RequireTransportSecurity implements credentials.PerRPCCredentials.
+func (tokenCredentials) RequireTransportSecurity() bool {
+	return true
+}

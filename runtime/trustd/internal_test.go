@@ -1,0 +1,86 @@
+package trustd
+
+import (
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+)
+
+func TestEndpointAddress(t *testing.T) {
+	t.Parallel()
+
+	for _, tc := range []struct {
+		endpoint, address, host, err string
+	}{
+		{endpoint: "10.0.0.1", address: "10.0.0.1:50001", host: "10.0.0.1"},
+		{endpoint: "10.0.0.1:6000", address: "10.0.0.1:6000", host: "10.0.0.1"},
+		{endpoint: "cp.example.com", address: "cp.example.com:50001", host: "cp.example.com"},
+		{endpoint: "cp.example.com:6000", address: "cp.example.com:6000", host: "cp.example.com"},
+		{endpoint: "fd00::1", address: "[fd00::1]:50001", host: "fd00::1"},
+		{endpoint: "[fd00::1]", address: "[fd00::1]:50001", host: "fd00::1"},
+		{endpoint: "[fd00::1]:6000", address: "[fd00::1]:6000", host: "fd00::1"},
+		{endpoint: "", err: "want host or host:port"},
+		{endpoint: "https://cp.example.com:6443", err: "want host or host:port"},
+		{endpoint: "a:b:c", err: "want host or host:port"},
+		{endpoint: ":6000", err: "want host or host:port"},
+	} {
+		t.Run(tc.endpoint, func(t *testing.T) {
+			t.Parallel()
+
+			address, host, err := endpointAddress(tc.endpoint)
+			if tc.err != "" {
+				require.ErrorContains(t, err, tc.err)
+
+				return
+			}
+
+			require.NoError(t, err)
+			assert.Equal(t, tc.address, address)
+			assert.Equal(t, tc.host, host)
+		})
+	}
+}
+
+func TestTokenAccepted(t *testing.T) {
+	t.Parallel()
+
+	for _, tc := range []struct {
+		name      string
+		presented string
+		tokens    []string
+		want      bool
+	}{
+		{name: "first", presented: "a.b", tokens: []string{"a.b", "c.d"}, want: true},
+		{name: "second", presented: "c.d", tokens: []string{"a.b", "c.d"}, want: true},
+		{name: "unknown", presented: "e.f", tokens: []string{"a.b", "c.d"}},
+		{name: "prefix", presented: "a.", tokens: []string{"a.b"}},
+		{name: "empty presented", presented: "", tokens: []string{"", "a.b"}},
+		{name: "no tokens", presented: "a.b"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+
+			assert.Equal(t, tc.want, tokenAccepted(tc.presented, tc.tokens))
+		})
+	}
+}
+
+func TestPeerLimiterForgetsIdlePeers(t *testing.T) {
+	t.Parallel()
+
+	limiter := newPeerLimiter(1, 2)
+	now := time.Now()
+
+	assert.True(t, limiter.allow("a", now))
+	assert.True(t, limiter.allow("a", now))
+	assert.False(t, limiter.allow("a", now), "past the burst")
+	assert.True(t, limiter.allow("b", now), "peers have separate buckets")
+
+	limiter.forgetIdle(now)
+	assert.Len(t, limiter.buckets, 2, "buckets still refilling are kept")
+
+	limiter.forgetIdle(now.Add(time.Minute))
+	assert.Empty(t, limiter.buckets, "full buckets are forgotten")
+}

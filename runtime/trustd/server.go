@@ -1,0 +1,338 @@
+package trustd
+
+import (
+	"context"
+	"crypto/sha256"
+	"crypto/subtle"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"net"
+	"strings"
+	"time"
+
+	"github.com/cosi-project/runtime/pkg/safe"
+	"github.com/cosi-project/runtime/pkg/state"
+	"go.uber.org/zap"
+	"golang.org/x/time/rate"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials"
+	"google.golang.org/grpc/metadata"
+	"google.golang.org/grpc/peer"
+	"google.golang.org/grpc/status"
+
+	trustdapi "github.com/nodepki/nodepki/api/trustd"
+	"github.com/nodepki/nodepki/pkg/certs"
+	"github.com/nodepki/nodepki/resources/pki"
+)
+
+// Server limits.
+const (
+	maxRequestBytes   = 64 << 10 // a CSR is well under 4 KiB
+	handshakeTimeout  = 10 * time.Second
+	gracefulStopLimit = 10 * time.Second
+)
+
+// Options configure a Server.
+type Options struct {
+	// State holds the pki resources the server reads: RootSecrets/os (CA and tokens),
+	// AcceptedCAs/os (the bundle returned to workers) and NodeCertificates/trustd (its TLS certificate).
+	State  state.State
+	Logger *zap.Logger
+
+	// RateLimit and RateBurst bound requests per peer IP; zero means DefaultRateLimit / DefaultRateBurst.
+	RateLimit rate.Limit
+	RateBurst int
+}
+
+// Server is the trustd gRPC server. Create it with New and run it with Serve.
+type Server struct {
+	state       state.State
+	logger      *zap.Logger
+	certificate *certificateSource
+	limiter     *peerLimiter
+}
+
+// New checks the options and builds a Server; nothing runs until Serve.
+func New(opts Options) (*Server, error) {
+	if opts.State == nil {
+		return nil, errors.New("trustd: Options.State is required")
+	}
+
+	logger := opts.Logger
+	if logger == nil {
+		logger = zap.NewNop()
+	}
+
+	limit, burst := opts.RateLimit, opts.RateBurst
+	if limit == 0 {
+		limit = DefaultRateLimit
+	}
+
+	if burst == 0 {
+		burst = DefaultRateBurst
+	}
+
+	if limit < 0 || burst < 0 {
+		return nil, fmt.Errorf("trustd: rate limit %v and burst %d must not be negative", limit, burst)
+	}
+
+	return &Server{
+		state:       opts.State,
+		logger:      logger,
+		certificate: newCertificateSource(),
+		limiter:     newPeerLimiter(limit, burst),
+	}, nil
+}
+
+// Serve serves trustd on lis until ctx is cancelled, then stops gracefully (in-flight requests
+// finish, bounded by a grace period) and returns nil. It returns an error if serving fails.
+// Handshakes fail until the NodeCertificate "trustd" exists; see WaitReady.
+func (s *Server) Serve(ctx context.Context, lis net.Listener) error {
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+
+	tlsConfig := &tls.Config{
+		MinVersion:     tls.VersionTLS13,
+		ClientAuth:     tls.NoClientCert,
+		GetCertificate: s.certificate.GetCertificate,
+	}
+
+	server := grpc.NewServer(
+		grpc.Creds(credentials.NewTLS(tlsConfig)),
+		grpc.ChainUnaryInterceptor(s.rateLimit, s.authenticate),
+		grpc.MaxRecvMsgSize(maxRequestBytes),
+		grpc.ConnectionTimeout(handshakeTimeout),
+	)
+	trustdapi.RegisterTrustdServiceServer(server, &service{server: s})
+
+	watchErr := make(chan error, 1)
+
+	go func() { watchErr <- s.certificate.watch(ctx, s.state, s.logger) }()
+
+	serveErr := make(chan error, 1)
+
+	go func() { serveErr <- server.Serve(lis) }()
+
+	s.logger.Info("trustd serving", zap.Stringer("address", lis.Addr()))
+
+	select {
+	case <-ctx.Done():
+		stopGracefully(server)
+		<-serveErr
+
+		return nil
+	case err := <-serveErr:
+		cancel()
+
+		return fmt.Errorf("trustd: error serving on %s: %w", lis.Addr(), err)
+	case err := <-watchErr:
+		server.Stop()
+		<-serveErr
+
+		return fmt.Errorf("trustd: %w", err)
+	}
+}
+
+// WaitReady blocks until the server has a TLS certificate to serve (Serve must be running), or ctx is done.
+func (s *Server) WaitReady(ctx context.Context) error {
+	select {
+	case <-s.certificate.ready:
+		return nil
+	case <-ctx.Done():
+		return fmt.Errorf("trustd: waiting for the server certificate: %w", context.Cause(ctx))
+	}
+}
+
+func stopGracefully(server *grpc.Server) {
+	stopped := make(chan struct{})
+
+	go func() {
+		server.GracefulStop()
+		close(stopped)
+	}()
+
+	select {
+	case <-stopped:
+	case <-time.After(gracefulStopLimit):
+		server.Stop()
+		<-stopped
+	}
+}
+
+// rateLimit runs before authentication so that token guessing is limited too.
+func (s *Server) rateLimit(ctx context.Context, req any, _ *grpc.UnaryServerInfo, handler grpc.UnaryHandler) (any, error) {
+	if !s.limiter.allow(peerHost(ctx), time.Now()) {
+		return nil, status.Error(codes.ResourceExhausted, "too many requests from this address: retry later")
+	}
+
+	return handler(ctx, req)
+}
+
+// authenticate accepts a request whose "token" metadata is one of the os root's tokens, read per
+// request so that a token change applies at once.
+func (s *Server) authenticate(ctx context.Context, req any, _ *grpc.UnaryServerInfo, handler grpc.UnaryHandler) (any, error) {
+	root, err := s.osRoot(ctx)
+	if err != nil {
+		return nil, err
+	}
+
+	var presented string
+
+	if values := metadata.ValueFromIncomingContext(ctx, TokenMetadataKey); len(values) > 0 {
+		presented = values[0]
+	}
+
+	if !tokenAccepted(presented, root.TypedSpec().Tokens) {
+		s.logger.Warn("trustd request refused: invalid join token", zap.String("peer", peerHost(ctx)))
+
+		return nil, status.Error(codes.Unauthenticated, "invalid join token")
+	}
+
+	return handler(ctx, req)
+}
+
+// tokenAccepted compares digests in constant time, so neither the content nor the length of a
+// configured token leaks through timing. Empty tokens never match.
+func tokenAccepted(presented string, tokens []string) bool {
+	if presented == "" {
+		return false
+	}
+
+	presentedSum := sha256.Sum256([]byte(presented))
+	accepted := 0
+
+	for _, token := range tokens {
+		if token == "" {
+			continue
+		}
+
+		sum := sha256.Sum256([]byte(token))
+		accepted |= subtle.ConstantTimeCompare(presentedSum[:], sum[:])
+	}
+
+	return accepted == 1
+}
+
+// service is the gRPC face of Server; it is only reachable through Serve's interceptors.
+type service struct {
+	trustdapi.UnimplementedTrustdServiceServer
+
+	server *Server
+}
+
+// Certificate implements trustdapi.TrustdServiceServer.
+func (svc *service) Certificate(ctx context.Context, req *trustdapi.CertificateRequest) (*trustdapi.CertificateResponse, error) {
+	return svc.server.sign(ctx, req.GetCsr())
+}
+
+// sign signs a PEM CSR under the server policy and returns the OS CA bundle with the certificate.
+func (s *Server) sign(ctx context.Context, csrPEM []byte) (*trustdapi.CertificateResponse, error) {
+	csr, err := parseCSR(csrPEM)
+	if err != nil {
+		return nil, status.Error(codes.InvalidArgument, err.Error())
+	}
+
+	root, err := s.osRoot(ctx)
+	if err != nil {
+		return nil, err
+	}
+
+	if root.TypedSpec().IssuingKey == "" {
+		return nil, status.Error(codes.FailedPrecondition, "this node holds no OS CA key and cannot sign: send the request to a control-plane node")
+	}
+
+	ca, err := certs.LoadCA([]byte(root.TypedSpec().IssuingCert), []byte(root.TypedSpec().IssuingKey))
+	if err != nil {
+		s.logger.Error("trustd cannot load the OS CA", zap.Error(err))
+
+		return nil, status.Error(codes.Internal, "the OS CA of this node is unusable")
+	}
+
+	profile, err := serverProfile(csr, ca)
+	if err != nil {
+		return nil, status.Error(codes.InvalidArgument, err.Error())
+	}
+
+	caBundle, err := s.acceptedCABundle(ctx)
+	if err != nil {
+		return nil, err
+	}
+
+	crtPEM, err := ca.SignCSR(csr, profile, time.Now())
+	if err != nil {
+		s.logger.Error("trustd failed to sign a CSR", zap.Error(err))
+
+		return nil, status.Error(codes.Internal, "error signing the certificate")
+	}
+
+	crt, err := certs.ParseCertificate(crtPEM)
+	if err != nil {
+		return nil, status.Error(codes.Internal, "error reading back the signed certificate")
+	}
+
+	s.logger.Info("trustd signed a certificate",
+		zap.String("peer", peerHost(ctx)),
+		zap.String("cn", crt.Subject.CommonName),
+		zap.Strings("dns_names", crt.DNSNames),
+		zap.Stringers("ip_addresses", crt.IPAddresses),
+		zap.String("serial", crt.SerialNumber.Text(16)),
+		zap.Time("not_after", crt.NotAfter),
+	)
+
+	return &trustdapi.CertificateResponse{Ca: caBundle, Crt: crtPEM}, nil
+}
+
+func (s *Server) osRoot(ctx context.Context) (*pki.RootSecret, error) {
+	root, err := safe.StateGetByID[*pki.RootSecret](ctx, s.state, pki.RootOS)
+	if err != nil {
+		if state.IsNotFoundError(err) {
+			return nil, status.Error(codes.Unavailable, "trustd is not ready: the os root is not loaded yet")
+		}
+
+		return nil, status.Error(codes.Internal, "error reading the os root")
+	}
+
+	return root, nil
+}
+
+// acceptedCABundle is the PEM bundle of the OS CAs the worker's API must trust for clients.
+func (s *Server) acceptedCABundle(ctx context.Context) ([]byte, error) {
+	accepted, err := safe.StateGetByID[*pki.AcceptedCA](ctx, s.state, pki.RootOS)
+	if err != nil {
+		if state.IsNotFoundError(err) {
+			return nil, status.Error(codes.Unavailable, "trustd is not ready: the accepted OS CAs are not loaded yet")
+		}
+
+		return nil, status.Error(codes.Internal, "error reading the accepted OS CAs")
+	}
+
+	var bundle strings.Builder
+
+	for _, crt := range accepted.TypedSpec().Certificates {
+		bundle.WriteString(strings.TrimSpace(crt))
+		bundle.WriteByte('\n')
+	}
+
+	if bundle.Len() == 0 {
+		return nil, status.Error(codes.Unavailable, "trustd is not ready: no accepted OS CA")
+	}
+
+	return []byte(bundle.String()), nil
+}
+
+// peerHost is the peer's IP address (without port), the key of the rate limiter and of the logs.
+func peerHost(ctx context.Context) string {
+	p, ok := peer.FromContext(ctx)
+	if !ok || p.Addr == nil {
+		return "unknown"
+	}
+
+	host, _, err := net.SplitHostPort(p.Addr.String())
+	if err != nil {
+		return p.Addr.String()
+	}
+
+	return host
+}

@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# `make run`: start a local cluster of real nodepkid processes on loopback and show it working.
+set -euo pipefail
+
+bin=$1
+state=$2
+ctl="$bin/nodepkictl"
+
+if [ -f "$state/cluster.yaml" ]; then
+  echo "==> destroying the previous local cluster in $state"
+  "$ctl" cluster destroy --state "$state"
+fi
+
+echo "==> creating a local cluster: 1 control plane (127.0.0.2) and 2 workers (127.0.0.3, 127.0.0.4)"
+"$ctl" cluster create --name demo --controlplanes 1 --workers 2 --state "$state"
+
+echo
+echo "==> certificate statuses of every node (through the control plane's API)"
+"$ctl" --talosconfig "$state/talosconfig" get certificatestatuses
+
+echo
+echo "==> accepted CAs"
+"$ctl" --talosconfig "$state/talosconfig" get acceptedcas
+
+cat <<MSG
+
+The cluster keeps running. Try:
+  $ctl --talosconfig $state/talosconfig get rd
+  $ctl --talosconfig $state/talosconfig get certificatestatuses -w
+  $ctl --talosconfig $state/talosconfig rotate-ca --os
+  $ctl cluster destroy --state $state
+MSG
