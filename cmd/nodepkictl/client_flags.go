@@ -10,25 +10,43 @@ import (
 	"strings"
 
 	"github.com/spf13/cobra"
+	"github.com/spf13/pflag"
 
 	"github.com/nodepki/nodepki/pkg/client"
 	"github.com/nodepki/nodepki/pkg/clientconfig"
 )
 
-// clientFlags are the connection overrides every node API command shares.
-var clientFlags struct {
+func init() {
+	addClientFlags(rootCmd.PersistentFlags())
+}
+
+// addClientFlags defines the connection overrides every node API command shares. Commands read
+// them back from their own flag set (see clientOverrides), so a test can build a fresh tree.
+func addClientFlags(flags *pflag.FlagSet) {
+	flags.StringSliceP("endpoints", "e", nil,
+		"node API endpoints to connect to (host, host:port or https://host:port; default port 50000), overriding the context's")
+	flags.StringSliceP("nodes", "n", nil,
+		"nodes to run the command on, addressed through the endpoints, overriding the context's")
+	flags.String("context", "", "context of the talosconfig to use instead of its current one")
+}
+
+// clientOverrides are the values of the flags addClientFlags defines; a flag the command tree
+// lacks counts as not given.
+type clientOverrides struct {
 	endpoints []string
 	nodes     []string
 	context   string
 }
 
-func init() {
-	flags := rootCmd.PersistentFlags()
-	flags.StringSliceVarP(&clientFlags.endpoints, "endpoints", "e", nil,
-		"node API endpoints to connect to (host, host:port or https://host:port; default port 50000), overriding the context's")
-	flags.StringSliceVarP(&clientFlags.nodes, "nodes", "n", nil,
-		"nodes to run the command on, addressed through the endpoints, overriding the context's")
-	flags.StringVar(&clientFlags.context, "context", "", "context of the talosconfig to use instead of its current one")
+func readClientOverrides(cmd *cobra.Command) clientOverrides {
+	var o clientOverrides
+
+	flags := cmd.Flags()
+	o.endpoints, _ = flags.GetStringSlice("endpoints") //nolint:errcheck // absent flag: no override
+	o.nodes, _ = flags.GetStringSlice("nodes")         //nolint:errcheck
+	o.context, _ = flags.GetString("context")          //nolint:errcheck
+
+	return o
 }
 
 // target is one node a command runs on.
@@ -57,6 +75,8 @@ func connect(ctx context.Context, cmd *cobra.Command) (*session, error) {
 		return nil, fmt.Errorf("cannot locate the client config: pass --talosconfig or set $%s", clientconfig.EnvVar)
 	}
 
+	overrides := readClientOverrides(cmd)
+
 	cfg, err := clientconfig.Open(path)
 	if errors.Is(err, fs.ErrNotExist) {
 		return nil, fmt.Errorf("client config %s does not exist: `nodepkictl gen config` writes one (./talosconfig) "+
@@ -69,14 +89,14 @@ func connect(ctx context.Context, cmd *cobra.Command) (*session, error) {
 	}
 
 	contextName := cfg.Context
-	if clientFlags.context != "" {
-		contextName = clientFlags.context
+	if overrides.context != "" {
+		contextName = overrides.context
 	}
 
 	var cctx *clientconfig.Context
 
-	if clientFlags.context != "" {
-		cctx, err = cfg.Lookup(clientFlags.context)
+	if overrides.context != "" {
+		cctx, err = cfg.Lookup(overrides.context)
 	} else {
 		cctx, err = cfg.Current()
 	}
@@ -100,8 +120,8 @@ func connect(ctx context.Context, cmd *cobra.Command) (*session, error) {
 	}
 
 	endpoints := slices.Clone(cctx.Endpoints)
-	if len(clientFlags.endpoints) > 0 {
-		endpoints = slices.Clone(clientFlags.endpoints)
+	if len(overrides.endpoints) > 0 {
+		endpoints = slices.Clone(overrides.endpoints)
 	}
 
 	if len(endpoints) == 0 {
@@ -110,8 +130,8 @@ func connect(ctx context.Context, cmd *cobra.Command) (*session, error) {
 	}
 
 	nodes := cctx.Nodes
-	if len(clientFlags.nodes) > 0 {
-		nodes = clientFlags.nodes
+	if len(overrides.nodes) > 0 {
+		nodes = overrides.nodes
 	}
 
 	allEndpoints := slices.Clone(endpoints)

@@ -127,7 +127,9 @@ func TestConnectErrors(t *testing.T) {
 	noCrt := write("nocrt", func(c *clientconfig.Config) { c.Contexts["test"].Crt = "" })
 	noKey := write("nokey", func(c *clientconfig.Config) { c.Contexts["test"].Key = "" })
 	noEndpoints := write("noendpoints", func(c *clientconfig.Config) { c.Contexts["test"].Endpoints = nil })
-	badKey := write("badkey", func(c *clientconfig.Config) { c.Contexts["test"].Key = base64.StdEncoding.EncodeToString([]byte("junk")) })
+	badKey := write("badkey", func(c *clientconfig.Config) {
+		c.Contexts["test"].Key = base64.StdEncoding.EncodeToString([]byte("junk"))
+	})
 
 	for _, tc := range []struct {
 		name    string

@@ -64,11 +64,18 @@ Use "nodepkictl config merge PATH" to add the new context to your client config.
 				path = args[0]
 			}
 
+			// The default is applied here rather than as the flag's default, so that an explicit
+			// empty --roles is refused instead of silently becoming os:admin.
+			if !cmd.Flags().Changed("roles") {
+				roles = []string{bundle.RoleAdmin}
+			}
+
 			return runConfigNew(cmd, path, roles, crtTTL)
 		},
 	}
 
-	cmd.Flags().StringSliceVar(&roles, "roles", []string{bundle.RoleAdmin}, "roles of the new client certificate: "+strings.Join(bundle.ClientRoles, ", "))
+	cmd.Flags().StringSliceVar(&roles, "roles", nil,
+		"roles of the new client certificate, comma-separated: "+strings.Join(bundle.ClientRoles, ", ")+" (default "+bundle.RoleAdmin+")")
 	cmd.Flags().DurationVar(&crtTTL, "crt-ttl", certs.ClientLifetime, "lifetime of the new client certificate")
 
 	return cmd

@@ -83,7 +83,7 @@ func runGenConfig(cmd *cobra.Command, name, endpoint string, opts genConfigOptio
 	}
 
 	if !opts.force {
-		if err := refuseExisting(targets); err != nil {
+		if err := refuseExistingTargets(targets); err != nil {
 			return err
 		}
 	}
@@ -113,7 +113,7 @@ func runGenConfig(cmd *cobra.Command, name, endpoint string, opts genConfigOptio
 }
 
 // refuseExisting names every target that exists, so nothing is overwritten by accident.
-func refuseExisting(targets []string) error {
+func refuseExistingTargets(targets []string) error {
 	var existing []string
 
 	for _, path := range targets {

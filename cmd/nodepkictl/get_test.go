@@ -148,10 +148,10 @@ func TestGetYAML(t *testing.T) {
 
 	for i, wantID := range []string{"api", "etcd-server"} {
 		var doc struct {
-			Node     string            `yaml:"node"`
-			Metadata map[string]any    `yaml:"metadata"`
-			Spec     map[string]any    `yaml:"spec"`
-			Extra    map[string]any    `yaml:",inline"`
+			Node     string         `yaml:"node"`
+			Metadata map[string]any `yaml:"metadata"`
+			Spec     map[string]any `yaml:"spec"`
+			Extra    map[string]any `yaml:",inline"`
 		}
 
 		require.NoError(t, yaml.Unmarshal([]byte(docs[i]), &doc))

@@ -38,8 +38,8 @@ On first boot it takes the machine config from --config, validates it and persis
 --state-dir; later boots use the persisted config (a config applied through the API survives a
 restart) and ignore the file. It serves the node API on --address:--api-port with mutual TLS and,
 on control-plane nodes, trustd on --address:--trustd-port for workers' certificate requests.`,
-		Example: `  nodepkid --config controlplane.yaml --state-dir /var/lib/nodepki --address 127.0.0.2`,
-		Args:    cobra.NoArgs,
+		Example:       `  nodepkid --config controlplane.yaml --state-dir /var/lib/nodepki --address 127.0.0.2`,
+		Args:          cobra.NoArgs,
 		SilenceUsage:  true,
 		SilenceErrors: true,
 		RunE: func(cmd *cobra.Command, _ []string) error {

@@ -288,7 +288,7 @@ func (ctrl *NodeCertificatesController) leafSpec(
 		return spec, nil, nil
 	}
 
-	crtPEM, keyPEM, err := ca.ca.Issue(leaf.profile, now)
+	crtPEM, keyPEM, err := ca.ca.Issue(leaf.profile, issuanceTime(now))
 	if err != nil {
 		spec.LastError = fmt.Sprintf("error issuing certificate: %v", err)
 

@@ -41,7 +41,19 @@ func renewalTime(crt *stdx509.Certificate) time.Time {
 	fraction := float64(binary.BigEndian.Uint64(sum[:8])) / (1 << 64)
 	jitter := time.Duration(fraction * float64(lifetime) * maxJitterPercent / 100)
 
-	return issued.Add(lifetime*renewalNumerator/renewalDenominator - jitter)
+	// Specs carry RenewAt with a resolution of one second; rounding here keeps the timer and the
+	// spec in agreement.
+	return issued.Add(lifetime*renewalNumerator/renewalDenominator - jitter).Round(time.Second)
+}
+
+// issuanceTime is now rounded up to a whole second. Certificate times have a resolution of one
+// second, so issuing on a whole second makes the lifetime read back from the certificate exact.
+func issuanceTime(now time.Time) time.Time {
+	if rounded := now.Truncate(time.Second); rounded.Before(now) {
+		return rounded.Add(time.Second)
+	}
+
+	return now
 }
 
 // expiringTime is when crt enters the last expiringPercent of its life.

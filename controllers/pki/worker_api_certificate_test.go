@@ -31,6 +31,8 @@ const workerHostname = "worker-1"
 // the join token, the accepted OS CAs and trustd's own server certificate for 127.0.0.1.
 type trustdControlPlane struct {
 	state state.State
+	// lifetime of the certificates trustd signs; zero for trustd's default.
+	lifetime time.Duration
 }
 
 func newTrustdControlPlane(t *testing.T, s *ctest.Secrets) *trustdControlPlane {
@@ -79,7 +81,7 @@ func (cp *trustdControlPlane) setOSRoot(t *testing.T, issuing ctest.CA, accepted
 func (cp *trustdControlPlane) serve(t *testing.T, addr string) (boundAddr string, stop func()) {
 	t.Helper()
 
-	srv, err := trustd.New(trustd.Options{State: cp.state, Logger: zaptest.NewLogger(t).Named("trustd")})
+	srv, err := trustd.New(trustd.Options{State: cp.state, Logger: zaptest.NewLogger(t).Named("trustd"), Lifetime: cp.lifetime})
 	require.NoError(t, err)
 
 	lis, err := net.Listen("tcp", addr)
@@ -269,6 +271,32 @@ func TestWorkerAPICertificate(t *testing.T) {
 	}))
 
 	rtestutils.AssertNoResource[*pki.NodeCertificate](env.Ctx, t, env.State, pki.CertAPI)
+}
+
+func TestWorkerAPICertificateRenewsAtRenewAt(t *testing.T) {
+	t.Parallel()
+
+	s := ctest.NewSecrets(t)
+	cp := newTrustdControlPlane(t, s)
+	cp.lifetime = 4 * time.Second // renewed about 2.5 s after issuance
+	addr, _ := cp.serve(t, "127.0.0.1:0")
+
+	sans := pki.CertSANSpec{IPs: []string{"10.5.0.3"}, DNSNames: []string{workerHostname}}
+	env := startWorker(t, s, []string{addr}, sans)
+
+	first := assertIssued(t, env, sans, s.OS, []ctest.CA{s.OS})
+
+	renewAt, err := time.Parse(time.RFC3339, first.RenewAt)
+	require.NoError(t, err)
+
+	rtestutils.AssertResource(env.Ctx, t, env.State, pki.CertAPI, func(res *pki.NodeCertificate, a *assert.Assertions) {
+		a.NotEqual(first.Certificate, res.TypedSpec().Certificate, "no input changed: only the renewal timer can reissue")
+		a.Empty(res.TypedSpec().LastError)
+	})
+
+	assert.False(t, time.Now().Before(renewAt), "renewed before RenewAt %s", renewAt)
+
+	assertIssued(t, env, sans, s.OS, []ctest.CA{s.OS})
 }
 
 func TestWorkerAPICertificateLeavesControlPlaneCertificate(t *testing.T) {

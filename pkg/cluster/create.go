@@ -14,10 +14,12 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/nodepki/nodepki/pkg/atomicfile"
 	"github.com/nodepki/nodepki/pkg/bundle"
 	"github.com/nodepki/nodepki/pkg/certs"
 	"github.com/nodepki/nodepki/pkg/clientconfig"
 	"github.com/nodepki/nodepki/pkg/machineconfig"
+	"github.com/nodepki/nodepki/pkg/machineconfig/generate"
 )
 
 // Options configure Create.
@@ -163,7 +165,7 @@ func (c *Cluster) generate(opts Options, addresses []netip.Addr) error {
 
 	endpoint := (&url.URL{Scheme: "https", Host: netip.AddrPortFrom(addresses[0], 6443).String()}).String()
 
-	controlPlane, worker, err := machineconfig.Generate(machineconfig.GenerateInput{
+	controlPlane, worker, err := generate.Generate(generate.Input{
 		ClusterName: opts.Name,
 		Endpoint:    endpoint,
 		Bundle:      b,
@@ -198,7 +200,7 @@ func (c *Cluster) generate(opts Options, addresses []netip.Addr) error {
 			return err
 		}
 
-		if err = writeFileAtomic(node.Config, data); err != nil {
+		if err = atomicfile.WriteFile(node.Config, data); err != nil {
 			return fmt.Errorf("error writing %s: %w", node.Config, err)
 		}
 

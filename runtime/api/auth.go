@@ -78,7 +78,7 @@ func hasAnyRole(roles, allowed []string) bool {
 // authenticate verifies the caller's client certificate against the current accepted OS CAs and
 // returns the roles the call runs with.
 //
-// The TLS handshake only asks for a certificate (RequireAnyClientCert) and leaves the chain
+// The TLS handshake only asks for a certificate (RequestClientCert) and leaves the chain
 // unverified; the check happens here, per call, for three reasons:
 //   - a handshake failure reaches the client as an opaque TLS alert ("bad certificate", or in TLS 1.3
 //     a reset after the handshake that gRPC retries as Unavailable), while a gRPC status carries the
@@ -88,7 +88,9 @@ func hasAnyRole(roles, allowed []string) bool {
 //   - every call sees the current CA pool, so removing a CA takes effect on established
 //     connections too, while adding one never disturbs them.
 //
-// Possession of the leaf's key is still proven in the handshake (CertificateVerify).
+// A connection without any certificate completes the handshake (so that `openssl s_client` can
+// inspect the server certificate) but every call on it is refused here. Possession of the leaf's
+// key is still proven in the handshake (CertificateVerify).
 func authenticate(ctx context.Context, pool *x509.CertPool, now time.Time) ([]string, error) {
 	p, ok := peer.FromContext(ctx)
 	if !ok {

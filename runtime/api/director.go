@@ -27,7 +27,7 @@ func (s *Server) direct(ctx context.Context, fullMethod string) (proxy.Mode, []p
 
 	roles, err := authenticate(ctx, s.material.clientCAs(), time.Now())
 	if err != nil {
-		logger.Debug("call refused", zap.Error(err))
+		logger.Info("call refused", zap.Error(err))
 
 		return proxy.One2One, nil, err
 	}

@@ -224,12 +224,12 @@ func (s *Server) Serve(ctx context.Context, lis net.Listener) error {
 }
 
 // tlsConfig builds the public server's TLS: 1.3 only, the current certificate on every handshake,
-// a client certificate required but verified per call (see authenticate). Session tickets are off
+// a client certificate requested and verified per call (see authenticate). Session tickets are off
 // so that every connection does a full handshake and sees the current certificate.
 func (s *Server) tlsConfig() *tls.Config {
 	return &tls.Config{
 		MinVersion:             tls.VersionTLS13,
-		ClientAuth:             tls.RequireAnyClientCert,
+		ClientAuth:             tls.RequestClientCert,
 		GetCertificate:         s.material.getServerCertificate,
 		SessionTicketsDisabled: true,
 	}

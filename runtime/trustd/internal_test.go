@@ -4,6 +4,9 @@ import (
 	"testing"
 	"time"
 
+	"github.com/cosi-project/runtime/pkg/state"
+	"github.com/cosi-project/runtime/pkg/state/impl/inmem"
+	"github.com/cosi-project/runtime/pkg/state/impl/namespaced"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 )
@@ -83,4 +86,23 @@ func TestPeerLimiterForgetsIdlePeers(t *testing.T) {
 
 	limiter.forgetIdle(now.Add(time.Minute))
 	assert.Empty(t, limiter.buckets, "full buckets are forgotten")
+}
+
+func TestNewRateLimitDefaults(t *testing.T) {
+	t.Parallel()
+
+	st := state.WrapCore(namespaced.NewState(inmem.Build))
+
+	srv, err := New(Options{State: st})
+	require.NoError(t, err)
+	assert.Equal(t, DefaultRateLimit, srv.limiter.limit)
+	assert.Equal(t, DefaultRateBurst, srv.limiter.burst)
+
+	assert.Equal(t, CertificateLifetime, srv.lifetime)
+
+	_, err = New(Options{State: st, RateBurst: -1})
+	require.ErrorContains(t, err, "must not be negative")
+
+	_, err = New(Options{State: st, Lifetime: CertificateLifetime + time.Second})
+	require.ErrorContains(t, err, "at most 24h0m0s")
 }

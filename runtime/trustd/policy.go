@@ -48,7 +48,7 @@ func parseCSR(csrPEM []byte) (*x509.CertificateRequest, error) {
 
 // serverProfile applies the signing policy to a verified CSR and returns the profile to sign it with:
 // the CSR's CN and validated DNS/IP SANs, no Organization (so the certificate carries no role), EKU
-// server auth only, 24 h. It refuses a key of another family than the CA's, an empty or wildcard SAN
+// server auth only, CertificateLifetime (the server may shorten it). It refuses a key of another family than the CA's, an empty or wildcard SAN
 // set, and SAN kinds a node API certificate never needs.
 func serverProfile(csr *x509.CertificateRequest, ca *certs.CA) (certs.Profile, error) {
 	if err := checkKeyFamily(csr, ca); err != nil {

@@ -44,6 +44,8 @@ type Options struct {
 	// RateLimit and RateBurst bound requests per peer IP; zero means DefaultRateLimit / DefaultRateBurst.
 	RateLimit rate.Limit
 	RateBurst int
+	// Lifetime of the signed certificates; zero means CertificateLifetime, which is also the maximum.
+	Lifetime time.Duration
 }
 
 // Server is the trustd gRPC server. Create it with New and run it with Serve.
@@ -52,6 +54,7 @@ type Server struct {
 	logger      *zap.Logger
 	certificate *certificateSource
 	limiter     *peerLimiter
+	lifetime    time.Duration
 }
 
 // New checks the options and builds a Server; nothing runs until Serve.
@@ -78,11 +81,21 @@ func New(opts Options) (*Server, error) {
 		return nil, fmt.Errorf("trustd: rate limit %v and burst %d must not be negative", limit, burst)
 	}
 
+	lifetime := opts.Lifetime
+	if lifetime == 0 {
+		lifetime = CertificateLifetime
+	}
+
+	if lifetime < 0 || lifetime > CertificateLifetime {
+		return nil, fmt.Errorf("trustd: certificate lifetime %s must be positive and at most %s", lifetime, CertificateLifetime)
+	}
+
 	return &Server{
 		state:       opts.State,
 		logger:      logger,
 		certificate: newCertificateSource(),
 		limiter:     newPeerLimiter(limit, burst),
+		lifetime:    lifetime,
 	}, nil
 }
 
@@ -254,6 +267,8 @@ func (s *Server) sign(ctx context.Context, csrPEM []byte) (*trustdapi.Certificat
 	if err != nil {
 		return nil, status.Error(codes.InvalidArgument, err.Error())
 	}
+
+	profile.Lifetime = s.lifetime
 
 	caBundle, err := s.acceptedCABundle(ctx)
 	if err != nil {

@@ -18,7 +18,9 @@ import (
 	"github.com/stretchr/testify/require"
 	"go.uber.org/zap"
 	"go.uber.org/zap/zapcore"
+	"go.uber.org/zap/zaptest"
 	"go.uber.org/zap/zaptest/observer"
+	"golang.org/x/time/rate"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials"
@@ -311,27 +313,27 @@ func TestServerRateLimit(t *testing.T) {
 	t.Parallel()
 
 	cp := newControlPlane(t, certs.RootOS)
-	addr := startServer(t, cp.state, nil)
+
+	// A refill slow enough that no token comes back during the test, however slow the machine.
+	const burst = 5
+
+	srv, err := trustd.New(trustd.Options{State: cp.state, Logger: zaptest.NewLogger(t), RateLimit: rate.Every(time.Hour), RateBurst: burst})
+	require.NoError(t, err)
+
+	addr := serve(t, srv)
 	csr := makeCSR(t, csrRequest{commonName: "worker-1", dnsNames: []string{"worker-1"}})
 
-	// The burst (20) is served at once; requests past it come faster than the 10/s refill.
-	for i := range trustd.DefaultRateBurst {
+	for i := range burst {
 		_, err := rawCertificate(t, addr, bundle(cp.accepted), machineToken, csr)
 		require.NoError(t, err, "request %d is within the burst", i)
 	}
 
-	exhausted := false
+	_, err = rawCertificate(t, addr, bundle(cp.accepted), machineToken, csr)
+	assert.Equal(t, codes.ResourceExhausted, status.Code(err), "a request past the burst: %v", err)
 
-	for range 2 * trustd.DefaultRateBurst {
-		_, err := rawCertificate(t, addr, bundle(cp.accepted), machineToken, csr)
-		if status.Code(err) == codes.ResourceExhausted {
-			exhausted = true
-
-			break
-		}
-	}
-
-	assert.True(t, exhausted, "requests past the burst must get ResourceExhausted")
+	// The limit applies before authentication, so token guessing is limited too.
+	_, err = rawCertificate(t, addr, bundle(cp.accepted), "guess", csr)
+	assert.Equal(t, codes.ResourceExhausted, status.Code(err), "%v", err)
 }
 
 func TestServerSwapsCertificatePerHandshake(t *testing.T) {

@@ -1,0 +1,267 @@
+package pki_test
+
+import (
+	stdx509 "crypto/x509"
+	"net"
+	"testing"
+	"time"
+
+	"github.com/cosi-project/runtime/pkg/resource"
+	"github.com/cosi-project/runtime/pkg/resource/rtestutils"
+	"github.com/cosi-project/runtime/pkg/safe"
+	"github.com/cosi-project/runtime/pkg/state"
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
+	"github.com/nodepki/nodepki/controllers/ctest"
+	ctrlpki "github.com/nodepki/nodepki/controllers/pki"
+	"github.com/nodepki/nodepki/pkg/certs"
+	"github.com/nodepki/nodepki/resources/pki"
+)
+
+// issue signs a server certificate for node-1 with ca, as if issued at issuedAt.
+func issue(t *testing.T, ca ctest.CA, issuedAt time.Time, lifetime time.Duration) (crtPEM, keyPEM string) {
+	t.Helper()
+
+	loaded, err := certs.LoadCA(ca.Crt, ca.Key)
+	require.NoError(t, err)
+
+	crt, key, err := loaded.Issue(certs.Profile{
+		CommonName:  testHostname,
+		DNSNames:    []string{testHostname},
+		IPAddresses: []net.IP{net.ParseIP("10.5.0.2")},
+		KeyUsage:    stdx509.KeyUsageDigitalSignature,
+		ExtKeyUsage: []stdx509.ExtKeyUsage{stdx509.ExtKeyUsageServerAuth},
+		Lifetime:    lifetime,
+	}, issuedAt)
+	require.NoError(t, err)
+
+	return string(crt), string(key)
+}
+
+func setAcceptedCAs(t *testing.T, env *ctest.Env, root resource.ID, cas ...ctest.CA) {
+	t.Helper()
+
+	require.NoError(t, safe.StateModify(env.Ctx, env.State, pki.NewAcceptedCA(root), func(res *pki.AcceptedCA) error {
+		spec := pki.AcceptedCASpec{}
+		for _, ca := range cas {
+			spec.Certificates = append(spec.Certificates, string(ca.Crt))
+			spec.Fingerprints = append(spec.Fingerprints, ca.Fingerprint(t))
+		}
+
+		*res.TypedSpec() = spec
+
+		return nil
+	}))
+}
+
+func setNodeCertificate(t *testing.T, env *ctest.Env, id resource.ID, spec pki.NodeCertificateSpec) {
+	t.Helper()
+
+	require.NoError(t, safe.StateModify(env.Ctx, env.State, pki.NewNodeCertificate(id), func(res *pki.NodeCertificate) error {
+		*res.TypedSpec() = spec
+
+		return nil
+	}))
+}
+
+func TestCertificateStatuses(t *testing.T) {
+	t.Parallel()
+
+	accepted, other := ctest.NewCA(t, certs.RootEtcd), ctest.NewCA(t, certs.RootEtcd)
+	now := time.Now()
+
+	for _, tc := range []struct {
+		name        string
+		root        resource.ID
+		spec        func() pki.NodeCertificateSpec
+		wantState   string
+		wantTrusted bool
+		wantIssuer  string
+		wantError   string
+	}{
+		{
+			name: "valid",
+			spec: func() pki.NodeCertificateSpec {
+				crt, key := issue(t, accepted, now, time.Hour)
+
+				// The reported issuer is the CA that verifiably signed it, not what the spec claims.
+				return pki.NodeCertificateSpec{Certificate: crt, Key: key, IssuerFingerprint: "claimed"}
+			},
+			wantState: pki.StateValid, wantTrusted: true, wantIssuer: accepted.Fingerprint(t),
+		},
+		{
+			name: "renewing past RenewAt",
+			spec: func() pki.NodeCertificateSpec {
+				crt, key := issue(t, accepted, now.Add(-50*time.Minute), time.Hour)
+
+				return pki.NodeCertificateSpec{Certificate: crt, Key: key}
+			},
+			wantState: pki.StateRenewing, wantTrusted: true, wantIssuer: accepted.Fingerprint(t),
+		},
+		{
+			name: "expiring in the last 10% of its life",
+			spec: func() pki.NodeCertificateSpec {
+				crt, key := issue(t, accepted, now.Add(-57*time.Minute), time.Hour)
+
+				return pki.NodeCertificateSpec{Certificate: crt, Key: key}
+			},
+			wantState: pki.StateExpiring, wantTrusted: true, wantIssuer: accepted.Fingerprint(t),
+		},
+		{
+			name: "expired",
+			spec: func() pki.NodeCertificateSpec {
+				crt, key := issue(t, accepted, now.Add(-2*time.Hour), time.Hour)
+
+				return pki.NodeCertificateSpec{Certificate: crt, Key: key}
+			},
+			wantState: pki.StateExpired, wantTrusted: true, wantIssuer: accepted.Fingerprint(t),
+		},
+		{
+			name: "not valid yet",
+			spec: func() pki.NodeCertificateSpec {
+				crt, key := issue(t, accepted, now.Add(2*time.Hour), time.Hour)
+
+				return pki.NodeCertificateSpec{Certificate: crt, Key: key}
+			},
+			wantState: pki.StateExpired, wantTrusted: true, wantIssuer: accepted.Fingerprint(t),
+		},
+		{
+			name: "signed by a CA that is no longer accepted",
+			spec: func() pki.NodeCertificateSpec {
+				crt, key := issue(t, other, now, time.Hour)
+
+				return pki.NodeCertificateSpec{Certificate: crt, Key: key, CABundle: string(other.Crt)}
+			},
+			wantState: pki.StateUntrusted, wantIssuer: other.Fingerprint(t),
+		},
+		{
+			name: "root without accepted CAs",
+			root: pki.RootAggregator,
+			spec: func() pki.NodeCertificateSpec {
+				crt, key := issue(t, accepted, now, time.Hour)
+
+				return pki.NodeCertificateSpec{Certificate: crt, Key: key, IssuerFingerprint: "claimed"}
+			},
+			wantState: pki.StateUntrusted, wantIssuer: "claimed",
+		},
+		{
+			name: "not issued yet",
+			spec: func() pki.NodeCertificateSpec {
+				return pki.NodeCertificateSpec{LastError: "trustd unreachable"}
+			},
+			wantState: pki.StatePending, wantError: "trustd unreachable",
+		},
+		{
+			name: "unreadable certificate",
+			spec: func() pki.NodeCertificateSpec {
+				return pki.NodeCertificateSpec{Certificate: "garbage"}
+			},
+			wantState: pki.StatePending, wantError: "certificate: not PEM",
+		},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+
+			env := ctest.Run(t, &ctrlpki.CertificateStatusesController{})
+			setAcceptedCAs(t, env, pki.RootEtcd, accepted)
+
+			spec := tc.spec()
+			spec.Root = pki.RootEtcd
+
+			if tc.root != "" {
+				spec.Root = tc.root
+			}
+
+			setNodeCertificate(t, env, pki.CertEtcdServer, spec)
+
+			rtestutils.AssertResource(env.Ctx, t, env.State, pki.CertEtcdServer, func(res *pki.CertificateStatus, a *assert.Assertions) {
+				status := res.TypedSpec()
+
+				a.Equal(tc.wantState, status.State)
+				a.Equal(tc.wantTrusted, status.Trusted)
+				a.Equal(tc.wantIssuer, status.IssuerFingerprint)
+				a.Contains(status.LastError, tc.wantError)
+				a.Equal(spec.Root, status.Root)
+
+				if tc.wantState == pki.StatePending {
+					a.Empty(status.Serial)
+
+					return
+				}
+
+				crt := parseCertificate(t, spec.Certificate)
+
+				a.Equal("CN="+testHostname, status.Subject)
+				a.Equal([]string{testHostname}, status.DNSNames)
+				a.Equal([]string{"10.5.0.2"}, status.IPAddresses)
+				a.Equal(crt.SerialNumber.Text(16), status.Serial)
+				a.Equal(crt.Issuer.String(), status.Issuer)
+				a.Equal(crt.NotBefore.UTC().Format(time.RFC3339), status.NotBefore)
+				a.Equal(crt.NotAfter.UTC().Format(time.RFC3339), status.NotAfter)
+				a.NotEmpty(status.RenewAt)
+			})
+		})
+	}
+}
+
+func TestCertificateStatusesFollowTimeAndTrust(t *testing.T) {
+	t.Parallel()
+
+	ca, next := ctest.NewCA(t, certs.RootOS), ctest.NewCA(t, certs.RootOS)
+	env := ctest.Run(t, &ctrlpki.CertificateStatusesController{})
+	setAcceptedCAs(t, env, pki.RootOS, ca)
+
+	// Collect every state the status goes through.
+	events := make(chan safe.WrappedStateEvent[*pki.CertificateStatus], 64)
+	require.NoError(t, safe.StateWatch(env.Ctx, env.State, pki.NewCertificateStatus(pki.CertAPI).Metadata(), events))
+
+	// A 3 s certificate issued on a whole second: renewing at 2 s, expiring at 2.7 s, expired at 3 s.
+	issuedAt := time.Now().Truncate(time.Second).Add(time.Second)
+	crt, key := issue(t, ca, issuedAt, 3*time.Second)
+	setNodeCertificate(t, env, pki.CertAPI, pki.NodeCertificateSpec{Root: pki.RootOS, Certificate: crt, Key: key})
+
+	var states []string
+
+	for len(states) == 0 || states[len(states)-1] != pki.StateExpired {
+		select {
+		case ev := <-events:
+			if ev.Type() != state.Created && ev.Type() != state.Updated {
+				continue
+			}
+
+			res, err := ev.Resource()
+			require.NoError(t, err)
+
+			if s := res.TypedSpec().State; len(states) == 0 || states[len(states)-1] != s {
+				states = append(states, s)
+			}
+		case <-env.Ctx.Done():
+			t.Fatalf("timeout; states so far: %v", states)
+		}
+	}
+
+	require.Equal(t, []string{pki.StateValid, pki.StateRenewing, pki.StateExpiring, pki.StateExpired}, states)
+
+	// Trust follows the accepted CAs.
+	crt, key = issue(t, ca, time.Now(), time.Hour)
+	setNodeCertificate(t, env, pki.CertAPI, pki.NodeCertificateSpec{Root: pki.RootOS, Certificate: crt, Key: key})
+	rtestutils.AssertResource(env.Ctx, t, env.State, pki.CertAPI, func(res *pki.CertificateStatus, a *assert.Assertions) {
+		a.Equal(pki.StateValid, res.TypedSpec().State)
+	})
+
+	setAcceptedCAs(t, env, pki.RootOS, next)
+	rtestutils.AssertResource(env.Ctx, t, env.State, pki.CertAPI, func(res *pki.CertificateStatus, a *assert.Assertions) {
+		a.Equal(pki.StateUntrusted, res.TypedSpec().State)
+		a.False(res.TypedSpec().Trusted)
+	})
+
+	setAcceptedCAs(t, env, pki.RootOS, ca, next)
+	rtestutils.AssertResource(env.Ctx, t, env.State, pki.CertAPI, func(res *pki.CertificateStatus, a *assert.Assertions) {
+		a.Equal(pki.StateValid, res.TypedSpec().State)
+		a.True(res.TypedSpec().Trusted)
+	})
+
+	require.NoError(t, env.State.Destroy(env.Ctx, pki.NewNodeCertificate(pki.CertAPI).Metadata()))
+	rtestutils.AssertNoResource[*pki.CertificateStatus](env.Ctx, t, env.State, pki.CertAPI)
+}
