@@ -21,6 +21,8 @@ const testDiff = `--- a/config
 `
 
 func TestApplyConfig(t *testing.T) {
+	t.Parallel()
+
 	srv, path := startNode(t, "node1", "node2")
 
 	config := filepath.Join(t.TempDir(), "controlplane.yaml")

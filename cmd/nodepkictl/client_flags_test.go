@@ -5,12 +5,10 @@ import (
 	"context"
 	"encoding/base64"
 	"path/filepath"
-	"strings"
 	"sync"
 	"testing"
 
 	"github.com/spf13/cobra"
-	"github.com/spf13/pflag"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
@@ -38,36 +36,19 @@ func (b *syncBuffer) String() string {
 	return b.buf.String()
 }
 
-// resetCommands returns every flag of the command tree to its default and forgets the context of
-// the previous run, so that one test does not leak into the next: rootCmd is global, pflag keeps
-// values between runs and cobra hands a subcommand the root's context only if it has none.
-func resetCommands(t *testing.T, cmd *cobra.Command) {
-	t.Helper()
+// newTestRoot builds a fresh command tree with the commands of this area, as main wires them,
+// so that tests can run in parallel without sharing flag values.
+func newTestRoot() *cobra.Command {
+	root := &cobra.Command{Use: "nodepkictl", SilenceUsage: true, SilenceErrors: true}
+	root.PersistentFlags().String("talosconfig", "", "")
+	addClientFlags(root.PersistentFlags())
 
-	cmd.SetContext(nil) //nolint:staticcheck // nil is how cobra tells "no context yet"
+	config := &cobra.Command{Use: "config"}
+	config.AddCommand(newConfigNewCmd())
 
-	reset := func(f *pflag.Flag) {
-		if slice, ok := f.Value.(pflag.SliceValue); ok {
-			var def []string
+	root.AddCommand(newGetCmd(), newApplyConfigCmd(), newPatchCmd(), newVersionCmd(), config)
 
-			if trimmed := strings.Trim(f.DefValue, "[]"); trimmed != "" {
-				def = strings.Split(trimmed, ",")
-			}
-
-			require.NoError(t, slice.Replace(def))
-		} else {
-			require.NoError(t, f.Value.Set(f.DefValue))
-		}
-
-		f.Changed = false
-	}
-
-	cmd.Flags().VisitAll(reset)
-	cmd.PersistentFlags().VisitAll(reset)
-
-	for _, sub := range cmd.Commands() {
-		resetCommands(t, sub)
-	}
+	return root
 }
 
 // runCLI runs nodepkictl in-process with args and returns what it printed.
@@ -76,26 +57,35 @@ func runCLI(ctx context.Context, t *testing.T, args ...string) (stdout, stderr s
 
 	var out, errOut syncBuffer
 
-	err = runCLIWith(ctx, t, &out, &errOut, args...)
+	err = runCLIWith(ctx, &out, &errOut, args...)
 
 	return out.String(), errOut.String(), err
 }
 
-func runCLIWith(ctx context.Context, t *testing.T, out, errOut *syncBuffer, args ...string) error {
-	t.Helper()
+func runCLIWith(ctx context.Context, out, errOut *syncBuffer, args ...string) error {
+	root := newTestRoot()
+	root.SetArgs(args)
+	root.SetOut(out)
+	root.SetErr(errOut)
 
-	resetCommands(t, rootCmd)
-	rootCmd.SetArgs(args)
-	rootCmd.SetOut(out)
-	rootCmd.SetErr(errOut)
+	return root.ExecuteContext(ctx)
+}
 
-	t.Cleanup(func() {
-		rootCmd.SetArgs(nil)
-		rootCmd.SetOut(nil)
-		rootCmd.SetErr(nil)
-	})
+func TestCommandsAreWiredIntoRoot(t *testing.T) {
+	t.Parallel()
 
-	return rootCmd.ExecuteContext(ctx)
+	for _, path := range [][]string{
+		{"get"}, {"apply-config"}, {"patch", "machineconfig"}, {"patch", "mc"}, {"version"}, {"config", "new"},
+	} {
+		cmd, _, err := rootCmd.Find(path)
+		require.NoError(t, err, "%v", path)
+		assert.NotEmpty(t, cmd.Long, "%v has no help text", path)
+		assert.NotEmpty(t, cmd.Example, "%v has no examples", path)
+	}
+
+	for _, flag := range []string{"endpoints", "nodes", "context", "talosconfig"} {
+		assert.NotNil(t, rootCmd.PersistentFlags().Lookup(flag), flag)
+	}
 }
 
 // startNode runs a test node API and writes a talosconfig for it with the given context nodes.
@@ -110,6 +100,8 @@ func startNode(t *testing.T, nodes ...string) (*clienttest.Server, string) {
 }
 
 func TestConnectErrors(t *testing.T) {
+	t.Parallel()
+
 	srv, _ := startNode(t)
 	dir := t.TempDir()
 
@@ -145,6 +137,8 @@ func TestConnectErrors(t *testing.T) {
 		{name: "unknown context", args: []string{"--talosconfig", noCrt, "--context", "prod", "version"}, wantErr: []string{`context "prod" is not defined`}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+
 			_, _, err := runCLI(t.Context(), t, tc.args...)
 			require.Error(t, err)
 
@@ -158,6 +152,8 @@ func TestConnectErrors(t *testing.T) {
 }
 
 func TestEndpointsAndNodesFlagsOverrideTheContext(t *testing.T) {
+	t.Parallel()
+
 	srv, path := startNode(t, "node-that-does-not-exist")
 	srv.Node.Set(func(n *clienttest.NodeService) { n.ServerVersion = "v1.0.0" })
 

@@ -14,6 +14,8 @@ import (
 )
 
 func TestConfigNew(t *testing.T) {
+	t.Parallel()
+
 	srv, path := startNode(t, "node1")
 	dir := t.TempDir()
 

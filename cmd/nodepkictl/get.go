@@ -170,7 +170,7 @@ type nodeEvent struct {
 }
 
 // watchRetryDelay is the pause before re-subscribing after a watch broke.
-var watchRetryDelay = time.Second
+const watchRetryDelay = time.Second
 
 // watchResources prints the current resources of every target, then their changes, until ctx
 // is done. Each node has its own watch; all events go through this goroutine so output from

@@ -12,6 +12,8 @@ import (
 )
 
 func TestPatchMachineConfig(t *testing.T) {
+	t.Parallel()
+
 	srv, path := startNode(t, "node1")
 
 	const filePatch = "machine:\n    certSANs:\n        - api.example.com\n"

@@ -12,6 +12,8 @@ import (
 )
 
 func TestVersion(t *testing.T) {
+	t.Parallel()
+
 	srv, path := startNode(t, "node1", "node2")
 	srv.Node.Set(func(n *clienttest.NodeService) { n.ServerVersion = "v1.2.3" })
 

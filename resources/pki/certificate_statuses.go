@@ -68,7 +68,7 @@ func (CertificateStatusExtension) ResourceDefinition() meta.ResourceDefinitionSp
 	return meta.ResourceDefinitionSpec{
 		Type:             CertificateStatusesType,
 		DefaultNamespace: NamespaceName,
-		Aliases:          []resource.Type{"certstatus", "cs"},
+		Aliases:          []resource.Type{"certstatus"},
 		PrintColumns: []meta.PrintColumn{
 			{Name: "Issuer", JSONPath: "{.issuerFingerprint}"},
 			{Name: "Not-After", JSONPath: "{.notAfter}"},

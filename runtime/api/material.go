@@ -144,8 +144,15 @@ func nodeCertificateSpec(r resource.Resource) (*pki.NodeCertificateSpec, bool) {
 func (m *material) setServerCert(r resource.Resource) {
 	spec, ok := nodeCertificateSpec(r)
 	if !ok {
-		// Keep serving the last certificate: refusing every handshake would help no one.
-		m.logger.Warn("node API server certificate is gone, keeping the last one")
+		// Keep serving the last certificate: refusing every handshake would help no one. Before
+		// the first certificate this is just the initial "not there yet" event.
+		m.mu.RLock()
+		loaded := m.serverCert != nil
+		m.mu.RUnlock()
+
+		if loaded {
+			m.logger.Warn("node API server certificate is gone, keeping the last one")
+		}
 
 		return
 	}

@@ -201,7 +201,7 @@ func (s *Server) Serve(ctx context.Context, lis net.Listener) error {
 		grpc.UnknownServiceHandler(proxy.TransparentHandler(s.direct)),
 	)
 
-	s.logger.Info("node API serving", zap.Stringer("address", lis.Addr()))
+	s.logger.Info("node API listening", zap.Stringer("address", lis.Addr()))
 
 	serveErr := make(chan error, 1)
 

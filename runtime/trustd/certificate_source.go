@@ -76,8 +76,9 @@ func (c *certificateSource) watchOnce(ctx context.Context, st state.State, logge
 		case state.Destroyed:
 			// The node no longer holds a trustd certificate (it stopped being a control plane):
 			// refuse handshakes rather than keep serving a certificate nobody renews.
-			c.current.Store(nil)
-			logger.Info("trustd server certificate removed")
+			if c.current.Swap(nil) != nil {
+				logger.Info("trustd server certificate removed")
+			}
 		case state.Errored:
 			logger.Warn("trustd certificate watch failed, re-subscribing", zap.Error(event.Error))
 
