@@ -4,12 +4,14 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"os"
 	"os/signal"
 	"syscall"
 	"time"
 
 	"github.com/cosi-project/runtime/pkg/resource"
+	"github.com/cosi-project/runtime/pkg/resource/meta"
 	"github.com/cosi-project/runtime/pkg/state"
 	"github.com/spf13/cobra"
 
@@ -105,16 +107,10 @@ func runGet(cmd *cobra.Command, args []string, opts getOptions) error {
 	defer s.Close()
 
 	st := s.client.COSI()
-	first := s.targets[0]
 
-	rd, namespace, err := client.ResolveResourceKind(client.WithNode(ctx, first.node), st, args[0], resource.Namespace(opts.namespace))
+	rd, namespace, err := resolveKind(ctx, st, s.targets, args[0], resource.Namespace(opts.namespace))
 	if err != nil {
-		var unknown *client.UnknownResourceError
-		if errors.As(err, &unknown) {
-			return fmt.Errorf("%w: `nodepkictl get rd` lists the registered types and their aliases", err)
-		}
-
-		return fmt.Errorf("%s: resolving resource type %q: %w", first.label, args[0], err)
+		return err
 	}
 
 	kind := resource.NewMetadata(namespace, rd.TypedSpec().Type, "", resource.VersionUndefined)
@@ -129,7 +125,7 @@ func runGet(cmd *cobra.Command, args []string, opts getOptions) error {
 	}
 
 	if opts.watch {
-		return watchResources(ctx, cmd, s, printer, kind, id)
+		return watchResources(ctx, cmd.ErrOrStderr(), st, s.targets, printer, kind, id)
 	}
 
 	getErr := s.forEachTarget(ctx, func(ctx context.Context, t target) error {
@@ -160,6 +156,36 @@ func runGet(cmd *cobra.Command, args []string, opts getOptions) error {
 	return errors.Join(printer.Flush(), getErr)
 }
 
+// resolveKind asks the targets in turn which type word names, so that one unreachable node
+// does not stop the command; an answer that the word is unknown or ambiguous is final.
+func resolveKind(ctx context.Context, st state.State, targets []target, word string, namespace resource.Namespace) (*meta.ResourceDefinition, resource.Namespace, error) {
+	var firstErr error
+
+	for _, t := range targets {
+		rd, ns, err := client.ResolveResourceKind(client.WithNode(ctx, t.node), st, word, namespace)
+
+		var (
+			unknown   *client.UnknownResourceError
+			ambiguous *client.AmbiguousResourceError
+		)
+
+		switch {
+		case err == nil:
+			return rd, ns, nil
+		case errors.As(err, &unknown):
+			return nil, "", fmt.Errorf("%w: `nodepkictl get rd` lists the registered types and their aliases", err)
+		case errors.As(err, &ambiguous):
+			return nil, "", fmt.Errorf("%w: use the full type", err)
+		case ctx.Err() != nil:
+			return nil, "", err
+		case firstErr == nil:
+			firstErr = fmt.Errorf("%s: resolving resource type %q: %w", t.label, word, err)
+		}
+	}
+
+	return nil, "", firstErr
+}
+
 // nodeEvent is a watch event, or a watch failure, from one node.
 type nodeEvent struct {
 	target target
@@ -175,19 +201,18 @@ const watchRetryDelay = time.Second
 // watchResources prints the current resources of every target, then their changes, until ctx
 // is done. Each node has its own watch; all events go through this goroutine so output from
 // different nodes never interleaves within a row.
-func watchResources(ctx context.Context, cmd *cobra.Command, s *session, printer resourcePrinter, kind resource.Kind, id resource.ID) error {
+func watchResources(ctx context.Context, stderr io.Writer, st state.State, targets []target, printer resourcePrinter, kind resource.Kind, id resource.ID) error {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 
 	events := make(chan nodeEvent)
 
-	for _, t := range s.targets {
-		go watchTarget(ctx, s.client.COSI(), t, kind, id, events)
+	for _, t := range targets {
+		go watchTarget(ctx, st, t, kind, id, events)
 	}
 
-	stderr := cmd.ErrOrStderr()
 	bootstrapped := map[string]bool{}
-	running := len(s.targets)
+	running := len(targets)
 
 	var failed nodeErrors
 

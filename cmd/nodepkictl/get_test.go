@@ -3,16 +3,22 @@ package main
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
+	"github.com/cosi-project/runtime/pkg/resource"
+	"github.com/cosi-project/runtime/pkg/resource/meta"
 	"github.com/cosi-project/runtime/pkg/safe"
 	"github.com/cosi-project/runtime/pkg/state"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 	"go.yaml.in/yaml/v4"
+	"google.golang.org/grpc/metadata"
 
+	"github.com/nodepki/nodepki/pkg/client"
 	"github.com/nodepki/nodepki/pkg/client/clienttest"
 	"github.com/nodepki/nodepki/resources/pki"
 )
@@ -249,6 +255,9 @@ func TestGetErrors(t *testing.T) {
 		{name: "one node unreachable", args: []string{"-n", "node1,node9,node2", "get", "cs", "api"},
 			wantErr: []string{`node9: rpc error: code = Unavailable desc = node "node9" is not reachable`},
 			wantOut: "node2"},
+		{name: "first node unreachable", args: []string{"-n", "node9,node1", "get", "cs", "api"},
+			wantErr: []string{`node9: rpc error: code = Unavailable desc = node "node9" is not reachable`},
+			wantOut: "node1"},
 		{name: "no type", args: []string{"get"}, wantErr: []string{"accepts between 1 and 2 arg(s)"}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
@@ -264,6 +273,7 @@ func TestGetErrors(t *testing.T) {
 			if tc.wantOut != "" {
 				assert.Contains(t, out, tc.wantOut)
 				assert.Contains(t, out, "node1")
+				assert.NotContains(t, out, "node9")
 			}
 		})
 	}
@@ -433,4 +443,108 @@ func TestGetWatchReportsAnUnreachableNode(t *testing.T) {
 	require.Error(t, err, "a node that could not be watched makes the exit status non-zero")
 	assert.ErrorContains(t, err, "node9")
 	assert.NotContains(t, err.Error(), "node1")
+}
+
+// flakyState serves WatchKind from a script: the first subscription of node "refused" fails,
+// every other node's first subscription breaks after one event, and later ones work.
+type flakyState struct {
+	state.State
+
+	mu    sync.Mutex
+	calls map[string]int
+}
+
+func (f *flakyState) WatchKind(ctx context.Context, _ resource.Kind, ch chan<- state.Event, _ ...state.WatchKindOption) error {
+	node := nodeFromOutgoing(ctx)
+
+	f.mu.Lock()
+	f.calls[node]++
+	call := f.calls[node]
+	f.mu.Unlock()
+
+	if node == "refused" {
+		return errors.New("permission denied")
+	}
+
+	status := pki.NewCertificateStatus("api")
+	status.Metadata().SetVersion(resource.VersionUndefined.Next())
+	status.TypedSpec().State = pki.StateValid
+
+	events := []state.Event{{Type: state.Created, Resource: status}, {Type: state.Errored, Error: errors.New("stream reset")}}
+	if call > 1 {
+		events = []state.Event{{Type: state.Created, Resource: status}, {Type: state.Bootstrapped}}
+	}
+
+	go func() {
+		for _, ev := range events {
+			select {
+			case ch <- ev:
+			case <-ctx.Done():
+				return
+			}
+		}
+	}()
+
+	return nil
+}
+
+func nodeFromOutgoing(ctx context.Context) string {
+	md, _ := metadata.FromOutgoingContext(ctx)
+
+	if values := md.Get(client.NodeMetadataKey); len(values) > 0 {
+		return values[0]
+	}
+
+	return ""
+}
+
+func TestWatchResubscribesAfterAnError(t *testing.T) {
+	t.Parallel()
+
+	st := &flakyState{calls: map[string]int{}}
+
+	rd, err := meta.NewResourceDefinition(pki.CertificateStatusExtension{}.ResourceDefinition())
+	require.NoError(t, err)
+
+	var out, errOut syncBuffer
+
+	printer, err := newResourcePrinter("table", &out, true)
+	require.NoError(t, err)
+	require.NoError(t, printer.WriteHeader(rd))
+
+	ctx, cancel := context.WithCancel(t.Context())
+	defer cancel()
+
+	done := make(chan error, 1)
+	kind := resource.NewMetadata(pki.NamespaceName, pki.CertificateStatusesType, "", resource.VersionUndefined)
+
+	go func() {
+		done <- watchResources(ctx, &errOut, st, []target{{node: "node1", label: "node1"}, {node: "refused", label: "refused"}}, printer, kind, "")
+	}()
+
+	// node1's first watch breaks; the resubscription replays the resource.
+	waitFor(t, &out, done, func(rows [][]string) bool {
+		count := 0
+
+		for _, row := range rows {
+			if len(row) > 4 && row[0] == "node1" && row[1] == "+" && row[4] == "api" {
+				count++
+			}
+		}
+
+		return count == 2
+	})
+
+	cancel()
+
+	err = <-done
+	require.Error(t, err)
+	assert.EqualError(t, err, "refused: permission denied", "the refused subscription is reported, the broken one is not")
+	assert.Contains(t, errOut.String(), "node1: watch interrupted, re-subscribing: stream reset\n")
+	assert.Contains(t, errOut.String(), "refused: permission denied\n")
+
+	st.mu.Lock()
+	defer st.mu.Unlock()
+
+	assert.Equal(t, map[string]int{"node1": 2, "refused": 1}, st.calls)
 }

@@ -7,7 +7,6 @@ import (
 	stdx509 "crypto/x509"
 	"net"
 	"slices"
-	"strings"
 	"testing"
 	"time"
 
@@ -362,14 +361,4 @@ func TestNodeCertificatesRenewal(t *testing.T) {
 		a.NotEqual(firstCrt.SerialNumber.Text(16), res.TypedSpec().Serial)
 		a.Equal(pki.StateValid, res.TypedSpec().State)
 	})
-}
-
-// bundleOf joins PEM certificates.
-func bundleOf(cas ...ctest.CA) string {
-	var b strings.Builder
-	for _, ca := range cas {
-		b.Write(ca.Crt)
-	}
-
-	return b.String()
 }
