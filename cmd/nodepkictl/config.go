@@ -89,6 +89,7 @@ $TALOSCONFIG if set, else ~/.talos/config. It is rewritten atomically with mode 
 		newConfigEndpointCmd(),
 		newConfigNodeCmd(),
 		newConfigContextsCmd(),
+		newConfigNewCmd(),
 	)
 
 	return cmd

@@ -18,19 +18,6 @@ import (
 	"github.com/nodepki/nodepki/pkg/clientconfig"
 )
 
-// init runs after config.go's (files initialise in name order), so the config command exists.
-func init() {
-	for _, cmd := range rootCmd.Commands() {
-		if cmd.Name() == "config" {
-			cmd.AddCommand(newConfigNewCmd())
-
-			return
-		}
-	}
-
-	panic("config_new.go: the config command is not registered; config.go must add it to rootCmd")
-}
-
 func newConfigNewCmd() *cobra.Command {
 	var (
 		roles  []string

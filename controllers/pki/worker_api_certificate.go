@@ -40,8 +40,8 @@ const (
 
 // WorkerAPICertificateController obtains the node API server certificate (pki.NodeCertificate
 // "api") from trustd on nodes whose os root has no issuing key (workers): it generates a key of
-// the OS CA's family, sends a CSR with the node's hostname and CertSAN "api" signed with the join
-// token, and checks that the answer chains to an accepted OS CA.
+// the OS CA's family, sends a CSR for the node's hostname and CertSAN "api" with the join token,
+// and checks that the answer is for that key and those SANs and chains to an accepted OS CA.
 //
 // The round trip runs outside the reconcile: an input change cancels it and starts over with the
 // new inputs. While it fails, the error is published in LastError with exponential backoff and
@@ -148,7 +148,12 @@ func (ctrl *WorkerAPICertificateController) reconcile(ctx context.Context, r con
 			return time.Time{}, nil
 		}
 
-		return time.Time{}, ctrl.removeOwn(ctx, r, logger)
+		reason := "the node issues its own api certificate"
+		if root == nil {
+			reason = "the os root is gone"
+		}
+
+		return time.Time{}, ctrl.removeOwn(ctx, r, logger.With(zap.String("reason", reason)))
 	}
 
 	if current != nil && owner != ctrl.Name() {
@@ -200,13 +205,15 @@ func (ctrl *WorkerAPICertificateController) reconcile(ctx context.Context, r con
 		logger.Warn("error obtaining the API certificate from trustd",
 			zap.Error(err), zap.Int("failures", ctrl.failures), zap.Time("retry_at", ctrl.retryAt))
 
-		if err := ctrl.write(ctx, r, func(s *pki.NodeCertificateSpec) {
+		lastError := err.Error()
+
+		if err = ctrl.write(ctx, r, func(s *pki.NodeCertificateSpec) {
 			if current != nil {
 				*s = *current
 			}
 
 			s.Root = pki.RootOS
-			s.LastError = err.Error()
+			s.LastError = lastError
 		}); err != nil {
 			return time.Time{}, err
 		}
@@ -218,6 +225,15 @@ func (ctrl *WorkerAPICertificateController) reconcile(ctx context.Context, r con
 
 	if err := ctrl.write(ctx, r, func(s *pki.NodeCertificateSpec) { *s = spec }); err != nil {
 		return time.Time{}, err
+	}
+
+	if crt, err := certs.ParseCertificate([]byte(spec.Certificate)); err == nil {
+		logger.Info("obtained the API certificate from trustd",
+			zap.String("serial", crt.SerialNumber.Text(16)),
+			zap.String("issuer_fingerprint", spec.IssuerFingerprint),
+			zap.Time("not_after", crt.NotAfter),
+			zap.String("renew_at", spec.RenewAt),
+		)
 	}
 
 	return renewAtOf(spec), nil
@@ -245,7 +261,7 @@ func (ctrl *WorkerAPICertificateController) removeOwn(ctx context.Context, r con
 		return fmt.Errorf("error removing the api certificate: %w", err)
 	}
 
-	logger.Info("removed the trustd-issued api certificate: this node issues its own")
+	logger.Info("removed the trustd-issued api certificate")
 
 	return nil
 }

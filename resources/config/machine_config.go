@@ -73,7 +73,6 @@ type MachineConfigExtension struct{}
 func (MachineConfigExtension) ResourceDefinition() meta.ResourceDefinitionSpec {
 	return meta.ResourceDefinitionSpec{
 		Type:             MachineConfigType,
-		Aliases:          []resource.Type{"mc"},
 		DefaultNamespace: NamespaceName,
 		Sensitivity:      meta.Sensitive,
 	}
