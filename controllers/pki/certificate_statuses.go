@@ -7,6 +7,7 @@ import (
 	"net"
 	"slices"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/cosi-project/runtime/pkg/controller"
@@ -26,30 +27,36 @@ type CertificateStatusesController struct {
 	// Clock overrides time.Now.
 	Clock func() time.Time
 
-	// verified caches parsing and chain verification by certificate and pool: a pass recomputes
-	// every status, but only changed certificates or pools need the cryptography again.
-	verified map[verificationKey]verification
-	pools    map[resource.ID]trustPool
+	// verified caches parsing and chain verification by certificate PEM: a pass recomputes every
+	// status, but only new certificates, or certificates whose signer left the pool, need the
+	// cryptography again.
+	verified map[string]*verification
+	pools    map[resource.ID]*trustPool
 }
 
-type verificationKey struct {
-	certificate string
-	pool        string
-}
-
+// verification is the outcome of verifying one certificate against its root's pool.
 type verification struct {
-	crt               *stdx509.Certificate
+	crt *stdx509.Certificate
+	// err is why the certificate could not be read at all.
+	err               error
 	trusted           bool
 	issuerFingerprint string
-	// recheckAt is when a CA of the chain expires, which can change the outcome.
+	// signerFingerprint is the pool CA that verified it; while that CA stays in the pool, other
+	// pool changes do not change the outcome.
+	signerFingerprint string
+	// poolKey identifies the pool verified against.
+	poolKey string
+	// recheckAt is when a CA of the chain expires, which changes the outcome.
 	recheckAt time.Time
 }
 
-// trustPool is the parsed AcceptedCAs of one root; key identifies its contents.
+// trustPool is the parsed AcceptedCAs of one root.
 type trustPool struct {
-	key  string
-	pool *stdx509.CertPool
-	cas  []*stdx509.Certificate
+	// key identifies the set of CAs (sorted fingerprints): the order does not change trust.
+	key          string
+	fingerprints []string
+	pool         *stdx509.CertPool
+	cas          []*stdx509.Certificate
 }
 
 // Name implements controller.Controller interface.
@@ -121,26 +128,25 @@ func (ctrl *CertificateStatusesController) reconcile(ctx context.Context, r cont
 	ctrl.refreshPools(accepted)
 
 	now := ctrl.now()
-	verified := map[verificationKey]verification{}
+	verifications := ctrl.verifyAll(certificates, now)
 
 	var next time.Time
 
 	r.StartTrackingOutputs()
 
 	for certificate := range certificates.All() {
-		spec, transition := ctrl.status(certificate.TypedSpec(), now, verified)
+		id := certificate.Metadata().ID()
+		spec, transition := status(certificate.TypedSpec(), verifications[id], now)
 		next = earliest(next, transition)
 
-		if err = safe.WriterModify(ctx, r, pki.NewCertificateStatus(certificate.Metadata().ID()), func(res *pki.CertificateStatus) error {
+		if err = safe.WriterModify(ctx, r, pki.NewCertificateStatus(id), func(res *pki.CertificateStatus) error {
 			*res.TypedSpec() = spec
 
 			return nil
 		}); err != nil {
-			return time.Time{}, fmt.Errorf("error updating certificate status %q: %w", certificate.Metadata().ID(), err)
+			return time.Time{}, fmt.Errorf("error updating certificate status %q: %w", id, err)
 		}
 	}
-
-	ctrl.verified = verified
 
 	if err = safe.CleanupOutputs[*pki.CertificateStatus](ctx, r); err != nil {
 		return time.Time{}, fmt.Errorf("error cleaning up certificate statuses: %w", err)
@@ -150,11 +156,14 @@ func (ctrl *CertificateStatusesController) reconcile(ctx context.Context, r cont
 }
 
 func (ctrl *CertificateStatusesController) refreshPools(accepted safe.List[*pki.AcceptedCA]) {
-	pools := map[resource.ID]trustPool{}
+	pools := map[resource.ID]*trustPool{}
 
 	for res := range accepted.All() {
 		spec := res.TypedSpec()
-		key := strings.Join(spec.Fingerprints, ",")
+
+		fingerprints := slices.Clone(spec.Fingerprints)
+		slices.Sort(fingerprints)
+		key := strings.Join(fingerprints, ",")
 
 		if cached, ok := ctrl.pools[res.Metadata().ID()]; ok && cached.key == key {
 			pools[res.Metadata().ID()] = cached
@@ -162,7 +171,7 @@ func (ctrl *CertificateStatusesController) refreshPools(accepted safe.List[*pki.
 			continue
 		}
 
-		p := trustPool{key: key, pool: stdx509.NewCertPool()}
+		p := &trustPool{key: key, fingerprints: fingerprints, pool: stdx509.NewCertPool()}
 
 		for _, crtPEM := range spec.Certificates {
 			// AcceptedCAs only holds certificates that parsed when the pool was built.
@@ -178,88 +187,73 @@ func (ctrl *CertificateStatusesController) refreshPools(accepted safe.List[*pki.
 	ctrl.pools = pools
 }
 
-// status computes the status of one certificate at now and when it next changes state.
-func (ctrl *CertificateStatusesController) status(
-	crt *pki.NodeCertificateSpec, now time.Time, verified map[verificationKey]verification,
-) (pki.CertificateStatusSpec, time.Time) {
-	status := pki.CertificateStatusSpec{Root: crt.Root, LastError: crt.LastError}
+// verifyAll returns the verification of every certificate with one, by ID, reusing cached
+// outcomes that still hold and verifying the others concurrently.
+func (ctrl *CertificateStatusesController) verifyAll(certificates safe.List[*pki.NodeCertificate], now time.Time) map[resource.ID]*verification {
+	out := map[resource.ID]*verification{}
+	verified := map[string]*verification{}
 
-	if crt.Certificate == "" {
-		status.State = pki.StatePending
+	var wg sync.WaitGroup
 
-		return status, time.Time{}
-	}
-
-	pool := ctrl.pools[crt.Root]
-	key := verificationKey{certificate: crt.Certificate, pool: pool.key}
-
-	v, ok := ctrl.verified[key]
-	if !ok || (!v.recheckAt.IsZero() && !now.Before(v.recheckAt)) {
-		var err error
-
-		v, err = verify(crt, pool, now)
-		if err != nil {
-			status.State = pki.StatePending
-			status.LastError = strings.TrimPrefix(strings.Join([]string{crt.LastError, err.Error()}, "; "), "; ")
-
-			return status, time.Time{}
+	for certificate := range certificates.All() {
+		spec := certificate.TypedSpec()
+		if spec.Certificate == "" {
+			continue
 		}
-	}
 
-	verified[key] = v
-
-	leaf := v.crt
-
-	renewAt, err := time.Parse(time.RFC3339, crt.RenewAt)
-	if err != nil {
-		renewAt = renewalTime(leaf)
-	}
-
-	status.Subject = leaf.Subject.String()
-	status.DNSNames = leaf.DNSNames
-	status.IPAddresses = ipStrings(leaf.IPAddresses)
-	status.Serial = leaf.SerialNumber.Text(16)
-	status.Issuer = leaf.Issuer.String()
-	status.IssuerFingerprint = v.issuerFingerprint
-	status.NotBefore = formatTime(leaf.NotBefore)
-	status.NotAfter = formatTime(leaf.NotAfter)
-	status.RenewAt = formatTime(renewAt)
-	status.Trusted = v.trusted
-
-	var next time.Time
-
-	for _, t := range []time.Time{leaf.NotBefore, renewAt, expiringTime(leaf), leaf.NotAfter, v.recheckAt} {
-		if t.After(now) {
-			next = earliest(next, t)
+		pool := ctrl.pools[spec.Root]
+		if pool == nil {
+			pool = &trustPool{}
 		}
+
+		v, ok := verified[spec.Certificate]
+		if !ok {
+			if cached := ctrl.verified[spec.Certificate]; cached.stillHolds(pool, now) {
+				v = cached
+			} else {
+				v = &verification{}
+
+				wg.Go(func() { *v = verify(spec, pool, now) })
+			}
+
+			verified[spec.Certificate] = v
+		}
+
+		out[certificate.Metadata().ID()] = v
 	}
 
+	wg.Wait()
+
+	ctrl.verified = verified
+
+	return out
+}
+
+// stillHolds reports whether a cached verification applies to pool at now.
+func (v *verification) stillHolds(pool *trustPool, now time.Time) bool {
 	switch {
-	case !v.trusted:
-		status.State = pki.StateUntrusted
-	case now.Before(leaf.NotBefore) || !now.Before(leaf.NotAfter):
-		status.State = pki.StateExpired
-	case !now.Before(expiringTime(leaf)):
-		status.State = pki.StateExpiring
-	case !now.Before(renewAt):
-		status.State = pki.StateRenewing
+	case v == nil:
+		return false
+	case !v.recheckAt.IsZero() && !now.Before(v.recheckAt):
+		return false
+	case v.poolKey == pool.key:
+		return true
 	default:
-		status.State = pki.StateValid
+		// The signature does not depend on the rest of the pool.
+		return v.trusted && slices.Contains(pool.fingerprints, v.signerFingerprint)
 	}
-
-	return status, next
 }
 
 // verify parses the certificate and checks that it chains to the root's accepted CAs. Validity
 // is checked at a moment within the leaf's own validity: expiry is reported by the state, trust
 // answers only "does it chain to a CA accepted now".
-func verify(crt *pki.NodeCertificateSpec, pool trustPool, now time.Time) (verification, error) {
+func verify(crt *pki.NodeCertificateSpec, pool *trustPool, now time.Time) verification {
 	leaf, err := certs.ParseCertificate([]byte(crt.Certificate))
 	if err != nil {
-		return verification{}, fmt.Errorf("certificate: %w", err)
+		return verification{err: fmt.Errorf("certificate: %w", err)}
 	}
 
-	v := verification{crt: leaf, issuerFingerprint: crt.IssuerFingerprint}
+	v := verification{crt: leaf, issuerFingerprint: crt.IssuerFingerprint, poolKey: pool.key}
 
 	at := now
 	if at.Before(leaf.NotBefore) {
@@ -279,6 +273,7 @@ func verify(crt *pki.NodeCertificateSpec, pool trustPool, now time.Time) (verifi
 		if err == nil && len(chains) > 0 && len(chains[0]) > 1 {
 			v.trusted = true
 			v.issuerFingerprint = certs.Fingerprint(chains[0][1])
+			v.signerFingerprint = v.issuerFingerprint
 
 			for _, ca := range chains[0][1:] {
 				if v.recheckAt.IsZero() || ca.NotAfter.Before(v.recheckAt) {
@@ -286,7 +281,7 @@ func verify(crt *pki.NodeCertificateSpec, pool trustPool, now time.Time) (verifi
 				}
 			}
 
-			return v, nil
+			return v
 		}
 	}
 
@@ -306,7 +301,69 @@ func verify(crt *pki.NodeCertificateSpec, pool trustPool, now time.Time) (verifi
 		}
 	}
 
-	return v, nil
+	return v
+}
+
+// status computes the status of one certificate at now and when it next changes state.
+func status(crt *pki.NodeCertificateSpec, v *verification, now time.Time) (pki.CertificateStatusSpec, time.Time) {
+	status := pki.CertificateStatusSpec{Root: crt.Root, LastError: crt.LastError}
+
+	if v == nil || v.err != nil {
+		status.State = pki.StatePending
+
+		if v != nil {
+			status.LastError = joinErrors(crt.LastError, v.err.Error())
+		}
+
+		return status, time.Time{}
+	}
+
+	leaf := v.crt
+
+	renewAt, err := time.Parse(time.RFC3339, crt.RenewAt)
+	if err != nil {
+		renewAt = renewalTime(leaf)
+	}
+
+	expiringAt := expiringTime(leaf)
+
+	status.Subject = leaf.Subject.String()
+	status.DNSNames = leaf.DNSNames
+	status.IPAddresses = ipStrings(leaf.IPAddresses)
+	status.Serial = leaf.SerialNumber.Text(16)
+	status.Issuer = leaf.Issuer.String()
+	status.IssuerFingerprint = v.issuerFingerprint
+	status.NotBefore = formatTime(leaf.NotBefore)
+	status.NotAfter = formatTime(leaf.NotAfter)
+	status.RenewAt = formatTime(renewAt)
+	status.Trusted = v.trusted
+
+	switch {
+	case !v.trusted:
+		status.State = pki.StateUntrusted
+	case now.Before(leaf.NotBefore) || !now.Before(leaf.NotAfter):
+		status.State = pki.StateExpired
+	case !now.Before(expiringAt):
+		status.State = pki.StateExpiring
+	case !now.Before(renewAt):
+		status.State = pki.StateRenewing
+	default:
+		status.State = pki.StateValid
+	}
+
+	var next time.Time
+
+	for _, t := range []time.Time{leaf.NotBefore, renewAt, expiringAt, leaf.NotAfter, v.recheckAt} {
+		if t.After(now) {
+			next = earliest(next, t)
+		}
+	}
+
+	return status, next
+}
+
+func joinErrors(messages ...string) string {
+	return strings.Join(slices.DeleteFunc(messages, func(s string) bool { return s == "" }), "; ")
 }
 
 func ipStrings(ips []net.IP) []string {

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/cosi-project/runtime/pkg/controller"
@@ -111,8 +112,6 @@ func (ctrl *NodeCertificatesController) now() time.Time {
 }
 
 // reconcile brings the certificates in line with the inputs and returns the earliest RenewAt.
-//
-//nolint:gocyclo,cyclop
 func (ctrl *NodeCertificatesController) reconcile(ctx context.Context, r controller.Runtime, logger *zap.Logger) (time.Time, error) {
 	in, err := ctrl.readInputs(ctx, r)
 	if err != nil {
@@ -120,17 +119,12 @@ func (ctrl *NodeCertificatesController) reconcile(ctx context.Context, r control
 	}
 
 	now := ctrl.now()
+	desired := map[resource.ID]struct{}{}
 
-	var (
-		next    time.Time
-		errs    []error
-		desired = map[resource.ID]struct{}{}
-	)
+	var works []*leafWork
 
 	for _, leaf := range planLeaves(in.controlPlane, in.roots, in.node, ctrl.Lifetimes) {
 		desired[leaf.id] = struct{}{}
-
-		current, exists := in.existing[leaf.id]
 
 		accepted, hasPool := in.accepted[leaf.root]
 		if !leaf.ready || !hasPool {
@@ -139,30 +133,51 @@ func (ctrl *NodeCertificatesController) reconcile(ctx context.Context, r control
 			continue
 		}
 
-		spec, issued, err := ctrl.leafSpec(leaf, in.roots[leaf.root], accepted, current, exists, now)
-		if err != nil {
-			errs = append(errs, fmt.Errorf("certificate %q: %w", leaf.id, err))
+		current, exists := in.existing[leaf.id]
+		works = append(works, ctrl.prepare(leaf, in.roots[leaf.root], accepted, current, exists, now))
+	}
+
+	// Key generation and signing dominate a pass that issues; certificates are independent, so
+	// they are issued concurrently.
+	var wg sync.WaitGroup
+
+	for _, work := range works {
+		if work.due {
+			wg.Go(func() { work.issue(now) })
+		}
+	}
+
+	wg.Wait()
+
+	var (
+		next time.Time
+		errs []error
+	)
+
+	for _, work := range works {
+		if work.err != nil {
+			errs = append(errs, fmt.Errorf("certificate %q: %w", work.leaf.id, work.err))
 		}
 
-		if err = safe.WriterModify(ctx, r, pki.NewNodeCertificate(leaf.id), func(res *pki.NodeCertificate) error {
-			*res.TypedSpec() = spec
+		if err = safe.WriterModify(ctx, r, pki.NewNodeCertificate(work.leaf.id), func(res *pki.NodeCertificate) error {
+			*res.TypedSpec() = work.spec
 
 			return nil
 		}); err != nil {
-			return time.Time{}, fmt.Errorf("error updating certificate %q: %w", leaf.id, err)
+			return time.Time{}, fmt.Errorf("error updating certificate %q: %w", work.leaf.id, err)
 		}
 
-		if issued != nil {
+		if work.issued != nil {
 			logger.Info("issued certificate",
-				zap.String("id", leaf.id),
-				zap.String("root", leaf.root),
-				zap.String("serial", issued.serial),
-				zap.String("issuer_fingerprint", spec.IssuerFingerprint),
-				zap.Time("not_after", issued.notAfter),
+				zap.String("id", work.leaf.id),
+				zap.String("root", work.leaf.root),
+				zap.String("serial", work.issued.serial),
+				zap.String("issuer_fingerprint", work.spec.IssuerFingerprint),
+				zap.Time("not_after", work.issued.notAfter),
 			)
 		}
 
-		next = earliest(next, renewAtOf(spec))
+		next = earliest(next, renewAtOf(work.spec))
 	}
 
 	for id := range in.existing {
@@ -258,59 +273,78 @@ func (ctrl *NodeCertificatesController) readInputs(ctx context.Context, r contro
 	return in, nil
 }
 
+// leafWork is one certificate in a pass: the spec it ends up with and, if it is due, how it gets there.
+type leafWork struct {
+	leaf    plannedLeaf
+	ca      loadedCA
+	request string
+	// spec starts as the current spec with the CA bundle refreshed.
+	spec pki.NodeCertificateSpec
+	due  bool
+	// issued is set once a new certificate was issued; err when loading the CA or issuing failed.
+	issued *issuedCertificate
+	err    error
+}
+
 // issuedCertificate is what the "issued certificate" log line reports.
 type issuedCertificate struct {
 	serial   string
 	notAfter time.Time
 }
 
-// leafSpec returns the spec the certificate should have: the current one with the CA bundle
-// refreshed, or a newly issued one when it is missing, was issued for something else or is due.
-// On error the spec keeps the current certificate and carries the error.
-func (ctrl *NodeCertificatesController) leafSpec(
+// prepare decides whether a certificate must be (re)issued: when it is missing, when it was
+// issued for something else (profile, SANs or issuing CA) or when it is due for renewal.
+// A CA that does not load leaves the current certificate in place, with the error.
+func (ctrl *NodeCertificatesController) prepare(
 	leaf plannedLeaf, root pki.RootSecretSpec, accepted pki.AcceptedCASpec,
 	current pki.NodeCertificateSpec, exists bool, now time.Time,
-) (pki.NodeCertificateSpec, *issuedCertificate, error) {
-	spec := current
-	spec.Root = leaf.root
-	spec.CABundle = strings.Join(accepted.Certificates, "")
+) *leafWork {
+	work := &leafWork{leaf: leaf, spec: current}
+	work.spec.Root = leaf.root
+	work.spec.CABundle = strings.Join(accepted.Certificates, "")
 
 	ca, err := ctrl.loadCA(leaf.root, root)
 	if err != nil {
-		spec.LastError = err.Error()
+		work.err = err
+		work.spec.LastError = err.Error()
 
-		return spec, nil, err
+		return work
 	}
 
-	request := requestDigest(leaf.profile, ca.fingerprint)
+	work.ca = ca
+	work.request = requestDigest(leaf.profile, ca.fingerprint)
+	work.due = !exists || current.Request != work.request || current.LastError != "" || due(current, now)
 
-	if exists && current.Request == request && current.LastError == "" && !due(current, now) {
-		return spec, nil, nil
-	}
+	return work
+}
 
-	crtPEM, keyPEM, err := ca.ca.Issue(leaf.profile, issuanceTime(now))
+// issue issues the certificate; it only touches work, so works can be issued concurrently.
+func (work *leafWork) issue(now time.Time) {
+	crtPEM, keyPEM, err := work.ca.ca.Issue(work.leaf.profile, issuanceTime(now))
 	if err != nil {
-		spec.LastError = fmt.Sprintf("error issuing certificate: %v", err)
+		work.err = err
+		work.spec.LastError = fmt.Sprintf("error issuing certificate: %v", err)
 
-		return spec, nil, err
+		return
 	}
 
 	crt, err := certs.ParseCertificate(crtPEM)
 	if err != nil {
-		return spec, nil, fmt.Errorf("error parsing issued certificate: %w", err)
+		work.err = fmt.Errorf("error parsing issued certificate: %w", err)
+
+		return
 	}
 
-	spec = pki.NodeCertificateSpec{
-		Root:              leaf.root,
+	work.spec = pki.NodeCertificateSpec{
+		Root:              work.leaf.root,
 		Certificate:       string(crtPEM),
 		Key:               string(keyPEM),
-		CABundle:          spec.CABundle,
-		IssuerFingerprint: ca.fingerprint,
-		Request:           request,
+		CABundle:          work.spec.CABundle,
+		IssuerFingerprint: work.ca.fingerprint,
+		Request:           work.request,
 		RenewAt:           formatTime(renewalTime(crt)),
 	}
-
-	return spec, &issuedCertificate{serial: crt.SerialNumber.Text(16), notAfter: crt.NotAfter}, nil
+	work.issued = &issuedCertificate{serial: crt.SerialNumber.Text(16), notAfter: crt.NotAfter}
 }
 
 func (ctrl *NodeCertificatesController) loadCA(id resource.ID, root pki.RootSecretSpec) (loadedCA, error) {

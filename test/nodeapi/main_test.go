@@ -51,7 +51,7 @@ func run(m *testing.M) int {
 
 // startCluster creates a local cluster of real processes whose first node is firstAddress; it is
 // destroyed when the test ends.
-func startCluster(t *testing.T, firstAddress string, workers int) *cluster.Cluster {
+func startCluster(t testing.TB, firstAddress string, workers int) *cluster.Cluster {
 	t.Helper()
 
 	dir := t.TempDir()
@@ -84,7 +84,7 @@ func startCluster(t *testing.T, firstAddress string, workers int) *cluster.Clust
 	return c
 }
 
-func loadBundle(t *testing.T, c *cluster.Cluster) *bundle.Bundle {
+func loadBundle(t testing.TB, c *cluster.Cluster) *bundle.Bundle {
 	t.Helper()
 
 	b, err := bundle.Load(filepath.Join(c.Dir, "secrets.yaml"))
