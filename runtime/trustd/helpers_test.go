@@ -41,7 +41,7 @@ type controlPlane struct {
 
 // newControlPlane builds an inmem state with RootSecret os, AcceptedCA os and the trustd server
 // certificate for 127.0.0.1, issued by a fresh CA of the given root kind (os: Ed25519, etcd: ECDSA).
-func newControlPlane(t *testing.T, caKind string) *controlPlane {
+func newControlPlane(t testing.TB, caKind string) *controlPlane {
 	t.Helper()
 
 	ctx := t.Context()
@@ -72,7 +72,7 @@ func newControlPlane(t *testing.T, caKind string) *controlPlane {
 	return cp
 }
 
-func newCA(t *testing.T, kind string) *certs.CA {
+func newCA(t testing.TB, kind string) *certs.CA {
 	t.Helper()
 
 	crtPEM, keyPEM, err := certs.NewRootCA(kind)
@@ -84,7 +84,7 @@ func newCA(t *testing.T, kind string) *certs.CA {
 	return ca
 }
 
-func issueServerCert(t *testing.T, ca *certs.CA) (crtPEM, keyPEM string) {
+func issueServerCert(t testing.TB, ca *certs.CA) (crtPEM, keyPEM string) {
 	t.Helper()
 
 	crt, key, err := ca.Issue(certs.Profile{
@@ -113,7 +113,7 @@ func startServer(t *testing.T, st state.State, logger *zap.Logger) string {
 	return serve(t, srv)
 }
 
-func serve(t *testing.T, srv *trustd.Server) string {
+func serve(t testing.TB, srv *trustd.Server) string {
 	t.Helper()
 
 	lis, err := net.Listen("tcp", "127.0.0.1:0")
@@ -145,7 +145,7 @@ type csrRequest struct {
 	ips          []string
 }
 
-func makeCSR(t *testing.T, req csrRequest) []byte {
+func makeCSR(t testing.TB, req csrRequest) []byte {
 	t.Helper()
 
 	key := req.key
@@ -168,7 +168,7 @@ func makeCSR(t *testing.T, req csrRequest) []byte {
 	return pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE REQUEST", Bytes: der})
 }
 
-func newEd25519Key(t *testing.T) crypto.Signer {
+func newEd25519Key(t testing.TB) crypto.Signer {
 	t.Helper()
 
 	_, key, err := ed25519.GenerateKey(rand.Reader)
