@@ -123,4 +123,3 @@ func BenchmarkTrustd64Clients(b *testing.B) {
 	require.Zero(b, failed.Load(), "every request is signed")
 	b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "signs/s")
 }
-
