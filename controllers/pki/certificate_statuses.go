@@ -1,6 +1,7 @@
 package pki
 
 import (
+	"bytes"
 	"context"
 	stdx509 "crypto/x509"
 	"fmt"
@@ -265,11 +266,7 @@ func verify(crt *pki.NodeCertificateSpec, pool *trustPool, now time.Time) verifi
 	}
 
 	if pool.pool != nil {
-		chains, err := leaf.Verify(stdx509.VerifyOptions{
-			Roots:       pool.pool,
-			CurrentTime: at,
-			KeyUsages:   []stdx509.ExtKeyUsage{stdx509.ExtKeyUsageAny},
-		})
+		chains, err := verifyChains(leaf, pool, at)
 		if err == nil && len(chains) > 0 && len(chains[0]) > 1 {
 			v.trusted = true
 			v.issuerFingerprint = certs.Fingerprint(chains[0][1])
@@ -302,6 +299,31 @@ func verify(crt *pki.NodeCertificateSpec, pool *trustPool, now time.Time) verifi
 	}
 
 	return v
+}
+
+// verifyChains verifies leaf against the pool. During a rotation the pool holds CAs with the same
+// subject, and x509 checks the signature of every CA with the issuer's name; trying the CA whose
+// key ID the leaf names first needs one signature check instead of one per CA.
+func verifyChains(leaf *stdx509.Certificate, pool *trustPool, at time.Time) ([][]*stdx509.Certificate, error) {
+	opts := stdx509.VerifyOptions{Roots: pool.pool, CurrentTime: at, KeyUsages: []stdx509.ExtKeyUsage{stdx509.ExtKeyUsageAny}}
+
+	if len(leaf.AuthorityKeyId) > 0 {
+		for _, ca := range pool.cas {
+			if !bytes.Equal(ca.SubjectKeyId, leaf.AuthorityKeyId) {
+				continue
+			}
+
+			named := opts
+			named.Roots = stdx509.NewCertPool()
+			named.Roots.AddCert(ca)
+
+			if chains, err := leaf.Verify(named); err == nil {
+				return chains, nil
+			}
+		}
+	}
+
+	return leaf.Verify(opts)
 }
 
 // status computes the status of one certificate at now and when it next changes state.

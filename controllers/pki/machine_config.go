@@ -3,9 +3,11 @@ package pki
 import (
 	"bytes"
 	"context"
+	"crypto/sha256"
 	"errors"
 	"fmt"
 	"io"
+	"sync"
 
 	"github.com/cosi-project/runtime/pkg/controller"
 	"github.com/cosi-project/runtime/pkg/resource"
@@ -32,9 +34,11 @@ func machineConfigInput() controller.Input {
 }
 
 // readMachineConfig returns the typed view of the active machine config, or nil if there is none.
+// The document is shared between controllers: never modify it.
 //
-// The config was validated before it was written, so decoding is enough; the decoded document is
-// cached by resource version because several controllers wake on every unrelated event.
+// The config was validated before it was written, so decoding is enough. Every controller that
+// reads the config wakes on each change of it, so the decoded document is remembered per
+// controller (by resource version) and across controllers (by content): one decode per change.
 func readMachineConfig(ctx context.Context, r controller.Reader, cache *machineConfigCache) (*machineconfig.Document, error) {
 	mc, err := safe.ReaderGetByID[*config.MachineConfig](ctx, r, config.ActiveID)
 	if err != nil {
@@ -49,7 +53,7 @@ func readMachineConfig(ctx context.Context, r controller.Reader, cache *machineC
 		return cache.doc, nil
 	}
 
-	doc, err := decodeMachineConfig(mc.TypedSpec().Raw)
+	doc, err := lastDecoded.decode(mc.TypedSpec().Raw)
 	if err != nil {
 		return nil, fmt.Errorf("error decoding machine config version %s: %w", mc.Metadata().Version(), err)
 	}
@@ -63,6 +67,37 @@ func readMachineConfig(ctx context.Context, r controller.Reader, cache *machineC
 type machineConfigCache struct {
 	doc     *machineconfig.Document
 	version resource.Version
+}
+
+// lastDecoded is the machine config most recently decoded in this process.
+var lastDecoded decodedMachineConfig
+
+type decodedMachineConfig struct {
+	mu  sync.Mutex
+	sum [sha256.Size]byte
+	doc *machineconfig.Document
+}
+
+// decode returns the document of raw, decoding it only if it is not the last one decoded. The
+// lock is held while decoding, so controllers woken by the same change wait for one decode.
+func (d *decodedMachineConfig) decode(raw []byte) (*machineconfig.Document, error) {
+	sum := sha256.Sum256(raw)
+
+	d.mu.Lock()
+	defer d.mu.Unlock()
+
+	if d.doc != nil && d.sum == sum {
+		return d.doc, nil
+	}
+
+	doc, err := decodeMachineConfig(raw)
+	if err != nil {
+		return nil, err
+	}
+
+	d.sum, d.doc = sum, doc
+
+	return doc, nil
 }
 
 // decodeMachineConfig decodes the v1alpha1 document (the one without a kind) of a machine config file.
