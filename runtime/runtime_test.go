@@ -26,11 +26,11 @@ import (
 
 var nodeAddresses = []netip.Addr{netip.MustParseAddr("10.5.0.2")}
 
-// start runs rt until the test ends.
-func start(t testing.TB, rt *runtime.Runtime) context.Context {
+// start runs rt until the test ends or the timeout passes.
+func start(t testing.TB, rt *runtime.Runtime, timeout time.Duration) context.Context {
 	t.Helper()
 
-	ctx, cancel := context.WithTimeout(t.Context(), ctest.DefaultTimeout)
+	ctx, cancel := context.WithTimeout(t.Context(), timeout)
 	done := make(chan error, 1)
 
 	go func() { done <- rt.Run(ctx) }()
@@ -54,7 +54,7 @@ func TestRuntimeBuildsTheGraph(t *testing.T) {
 	rt, err := runtime.New(runtime.Options{Logger: zaptest.NewLogger(t), Addresses: nodeAddresses, Hostname: "node-1"})
 	require.NoError(t, err)
 
-	ctx := start(t, rt)
+	ctx := start(t, rt, ctest.DefaultTimeout)
 
 	_, err = rt.MachineConfig(ctx)
 	require.True(t, state.IsNotFoundError(err), "want NotFound, got %v", err)
@@ -101,7 +101,7 @@ func TestRuntimeLifetimes(t *testing.T) {
 	})
 	require.NoError(t, err)
 
-	ctx := start(t, rt)
+	ctx := start(t, rt, ctest.DefaultTimeout)
 	require.NoError(t, rt.SetMachineConfig(ctx, ctest.Marshal(t, ctest.ControlPlane(ctest.NewSecrets(t)))))
 
 	rtestutils.AssertResource(ctx, t, rt.State(), pki.CertAPI, func(res *pki.NodeCertificate, a *assert.Assertions) {
@@ -133,7 +133,7 @@ func TestRuntimePersistence(t *testing.T) {
 	rt, err = runtime.New(runtime.Options{StateDir: dir, Hostname: "node-1"})
 	require.NoError(t, err)
 
-	ctx := start(t, rt)
+	ctx := start(t, rt, ctest.DefaultTimeout)
 
 	got, err := rt.MachineConfig(ctx)
 	require.NoError(t, err)
@@ -275,7 +275,7 @@ func TestRuntimeReissuesOnIssuerSwitch(t *testing.T) {
 	rt, err := runtime.New(runtime.Options{Addresses: nodeAddresses, Hostname: "node-1"})
 	require.NoError(t, err)
 
-	ctx := start(t, rt)
+	ctx := start(t, rt, ctest.DefaultTimeout)
 	a, b, issuerA, issuerB := rotationConfigs(t)
 	w := newReissueWaiter(ctx, t, rt.State())
 
@@ -295,7 +295,7 @@ func BenchmarkConfigUpdateReissue(b *testing.B) {
 	rt, err := runtime.New(runtime.Options{Addresses: nodeAddresses, Hostname: "node-1"})
 	require.NoError(b, err)
 
-	ctx := start(b, rt)
+	ctx := start(b, rt, 10*time.Minute)
 	configA, configB, issuerA, issuerB := rotationConfigs(b)
 	w := newReissueWaiter(ctx, b, rt.State())
 

@@ -59,6 +59,8 @@ func (ctrl *NodeAddressesController) Run(ctx context.Context, r controller.Runti
 		tick = ticker.C
 	}
 
+	var previous []string
+
 	for {
 		select {
 		case <-ctx.Done():
@@ -73,15 +75,17 @@ func (ctrl *NodeAddressesController) Run(ctx context.Context, r controller.Runti
 		}
 
 		if err = safe.WriterModify(ctx, r, network.NewNodeAddresses(network.CurrentID), func(res *network.NodeAddresses) error {
-			if !slices.Equal(res.TypedSpec().Addresses, addresses) {
-				logger.Info("node addresses changed", zap.Strings("addresses", addresses))
-			}
-
 			res.TypedSpec().Addresses = addresses
 
 			return nil
 		}); err != nil {
 			return fmt.Errorf("error updating node addresses: %w", err)
+		}
+
+		if !slices.Equal(previous, addresses) {
+			logger.Info("node addresses", zap.Strings("addresses", addresses))
+
+			previous = addresses
 		}
 
 		r.ResetRestartBackoff()

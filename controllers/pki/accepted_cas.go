@@ -22,6 +22,7 @@ import (
 // accepted public keys, then the signing key's public key last.
 type AcceptedCAsController struct {
 	config machineConfigCache
+	parsed parsedPEM
 }
 
 // Name implements controller.Controller interface.
@@ -53,7 +54,9 @@ func (ctrl *AcceptedCAsController) Run(ctx context.Context, r controller.Runtime
 			return err
 		}
 
-		pools, err := acceptedCAs(doc)
+		pools, err := acceptedCAs(doc, &ctrl.parsed)
+		ctrl.parsed.endPass()
+
 		if err != nil {
 			return fmt.Errorf("error building accepted CAs: %w", err)
 		}
@@ -77,7 +80,7 @@ func (ctrl *AcceptedCAsController) Run(ctx context.Context, r controller.Runtime
 }
 
 // acceptedCAs maps the machine config to the trust pool of every root it defines; empty pools are left out.
-func acceptedCAs(doc *machineconfig.Document) (map[resource.ID]pki.AcceptedCASpec, error) {
+func acceptedCAs(doc *machineconfig.Document, parsed *parsedPEM) (map[resource.ID]pki.AcceptedCASpec, error) {
 	out := map[resource.ID]pki.AcceptedCASpec{}
 
 	if doc == nil {
@@ -113,7 +116,7 @@ func acceptedCAs(doc *machineconfig.Document) (map[resource.ID]pki.AcceptedCASpe
 	}
 
 	for _, root := range roots {
-		spec, err := certificatePool(root.field, root.accepted, root.issuingField, root.issuing)
+		spec, err := certificatePool(parsed, root.field, root.accepted, root.issuingField, root.issuing)
 		if err != nil {
 			return nil, err
 		}
@@ -123,7 +126,7 @@ func acceptedCAs(doc *machineconfig.Document) (map[resource.ID]pki.AcceptedCASpe
 		}
 	}
 
-	spec, err := publicKeyPool(cluster.AcceptedServiceAccountKeys, cluster.ServiceAccount)
+	spec, err := publicKeyPool(parsed, cluster.AcceptedServiceAccountKeys, cluster.ServiceAccount)
 	if err != nil {
 		return nil, err
 	}
@@ -158,7 +161,7 @@ func (p *pool) addLast(entry, fingerprint string) {
 	p.add(entry, fingerprint)
 }
 
-func certificatePool(field string, accepted []*machineconfig.Certificate, issuingField string, issuing *machineconfig.CertificateAndKey) (pki.AcceptedCASpec, error) {
+func certificatePool(parsed *parsedPEM, field string, accepted []*machineconfig.Certificate, issuingField string, issuing *machineconfig.CertificateAndKey) (pki.AcceptedCASpec, error) {
 	var p pool
 
 	for i, entry := range accepted {
@@ -166,32 +169,32 @@ func certificatePool(field string, accepted []*machineconfig.Certificate, issuin
 			continue
 		}
 
-		crts, err := certs.ParseCertificates(entry.Crt)
+		crts, err := parsed.get(certificateBundle, entry.Crt)
 		if err != nil {
 			return pki.AcceptedCASpec{}, fmt.Errorf("%s[%d].crt: %w", field, i, err)
 		}
 
 		for _, crt := range crts {
-			p.add(certificatePEM(crt), certs.Fingerprint(crt))
+			p.add(crt.pem, crt.fingerprint)
 		}
 	}
 
 	var issuingFingerprint string
 
 	if issuing != nil && len(issuing.Crt) > 0 {
-		crt, err := certs.ParseCertificate(issuing.Crt)
+		crts, err := parsed.get(singleCertificate, issuing.Crt)
 		if err != nil {
 			return pki.AcceptedCASpec{}, fmt.Errorf("%s.crt: %w", issuingField, err)
 		}
 
-		issuingFingerprint = certs.Fingerprint(crt)
-		p.addLast(certificatePEM(crt), issuingFingerprint)
+		issuingFingerprint = crts[0].fingerprint
+		p.addLast(crts[0].pem, issuingFingerprint)
 	}
 
 	return pki.AcceptedCASpec{Certificates: p.entries, Fingerprints: p.fingerprints, IssuingFingerprint: issuingFingerprint}, nil
 }
 
-func publicKeyPool(accepted []*machineconfig.Key, signing *machineconfig.Key) (pki.AcceptedCASpec, error) {
+func publicKeyPool(parsed *parsedPEM, accepted []*machineconfig.Key, signing *machineconfig.Key) (pki.AcceptedCASpec, error) {
 	var p pool
 
 	for i, entry := range accepted {
@@ -199,48 +202,137 @@ func publicKeyPool(accepted []*machineconfig.Key, signing *machineconfig.Key) (p
 			continue
 		}
 
-		keyPEM, fingerprint, err := publicKey(entry.Key)
+		keys, err := parsed.get(publicKey, entry.Key)
 		if err != nil {
 			return pki.AcceptedCASpec{}, fmt.Errorf("cluster.acceptedServiceAccountKeys[%d].key: %w", i, err)
 		}
 
-		p.add(keyPEM, fingerprint)
+		p.add(keys[0].pem, keys[0].fingerprint)
 	}
 
 	var issuingFingerprint string
 
 	if signing != nil && len(signing.Key) > 0 {
-		keyPEM, fingerprint, err := publicKey(signing.Key)
+		keys, err := parsed.get(publicKey, signing.Key)
 		if err != nil {
 			return pki.AcceptedCASpec{}, fmt.Errorf("cluster.serviceAccount.key: %w", err)
 		}
 
-		issuingFingerprint = fingerprint
-		p.addLast(keyPEM, fingerprint)
+		issuingFingerprint = keys[0].fingerprint
+		p.addLast(keys[0].pem, issuingFingerprint)
 	}
 
 	return pki.AcceptedCASpec{PublicKeys: p.entries, Fingerprints: p.fingerprints, IssuingFingerprint: issuingFingerprint}, nil
 }
 
-// publicKey normalises a PEM public or private key to its PKIX PEM public key, so that both forms
-// of the same key compare equal.
-func publicKey(data []byte) (keyPEM, fingerprint string, err error) {
+// pemEntry is one canonical PEM block and its SPKI fingerprint.
+type pemEntry struct {
+	pem, fingerprint string
+}
+
+// pemKind is how a config entry is parsed.
+type pemKind int
+
+const (
+	certificateBundle pemKind = iota // one or more certificates (acceptedCAs entries)
+	singleCertificate                // exactly the first certificate (issuing CAs)
+	publicKey                        // a public or private key, published as its public key
+)
+
+func (k pemKind) parse(data []byte) ([]pemEntry, error) {
+	switch k {
+	case certificateBundle:
+		return parseCertificates(data)
+	case singleCertificate:
+		return parseCertificate(data)
+	default:
+		return parsePublicKey(data)
+	}
+}
+
+// parsedPEM remembers parsed config entries across passes: most config changes leave the CAs
+// alone, and parsing every certificate and key again would dominate the pass. Only the entries of
+// the last pass are kept.
+type parsedPEM struct {
+	previous, current map[pemKey]parsedEntry
+}
+
+type pemKey struct {
+	kind pemKind
+	data string
+}
+
+type parsedEntry struct {
+	entries []pemEntry
+	err     error
+}
+
+func (c *parsedPEM) get(kind pemKind, data []byte) ([]pemEntry, error) {
+	key := pemKey{kind: kind, data: string(data)}
+
+	e, ok := c.current[key]
+	if !ok {
+		if e, ok = c.previous[key]; !ok {
+			e.entries, e.err = kind.parse(data)
+		}
+
+		if c.current == nil {
+			c.current = map[pemKey]parsedEntry{}
+		}
+
+		c.current[key] = e
+	}
+
+	return e.entries, e.err
+}
+
+// endPass forgets the entries the pass did not use.
+func (c *parsedPEM) endPass() {
+	c.previous, c.current = c.current, nil
+}
+
+func parseCertificates(data []byte) ([]pemEntry, error) {
+	crts, err := certs.ParseCertificates(data)
+	if err != nil {
+		return nil, err
+	}
+
+	out := make([]pemEntry, 0, len(crts))
+	for _, crt := range crts {
+		out = append(out, pemEntry{pem: certificatePEM(crt), fingerprint: certs.Fingerprint(crt)})
+	}
+
+	return out, nil
+}
+
+func parseCertificate(data []byte) ([]pemEntry, error) {
+	crt, err := certs.ParseCertificate(data)
+	if err != nil {
+		return nil, err
+	}
+
+	return []pemEntry{{pem: certificatePEM(crt), fingerprint: certs.Fingerprint(crt)}}, nil
+}
+
+// parsePublicKey normalises a PEM public or private key to its PKIX PEM public key, so that both
+// forms of the same key compare equal.
+func parsePublicKey(data []byte) ([]pemEntry, error) {
 	pub, err := certs.ParsePublicKey(data)
 	if err != nil {
-		return "", "", err
+		return nil, err
 	}
 
 	der, err := stdx509.MarshalPKIXPublicKey(pub)
 	if err != nil {
-		return "", "", fmt.Errorf("error encoding public key: %w", err)
+		return nil, fmt.Errorf("error encoding public key: %w", err)
 	}
 
-	fingerprint, err = certs.PublicKeyFingerprint(pub)
+	fingerprint, err := certs.PublicKeyFingerprint(pub)
 	if err != nil {
-		return "", "", err
+		return nil, err
 	}
 
-	return string(pem.EncodeToMemory(&pem.Block{Type: "PUBLIC KEY", Bytes: der})), fingerprint, nil
+	return []pemEntry{{pem: string(pem.EncodeToMemory(&pem.Block{Type: "PUBLIC KEY", Bytes: der})), fingerprint: fingerprint}}, nil
 }
 
 // certificatePEM re-encodes a certificate, dropping whatever surrounded it in the config

@@ -41,7 +41,7 @@ func TestAcceptedCAsRejectsBadEntries(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			t.Parallel()
 
-			_, err := acceptedCAs(tc.doc)
+			_, err := acceptedCAs(tc.doc, &parsedPEM{})
 			require.ErrorContains(t, err, tc.wantErr)
 		})
 	}

@@ -36,8 +36,7 @@ type NodeCertificatesController struct {
 	// Clock overrides time.Now.
 	Clock func() time.Time
 
-	config machineConfigCache
-	cas    map[resource.ID]loadedCA
+	cas map[resource.ID]loadedCA
 }
 
 // loadedCA caches a parsed issuing CA, keyed by the PEM it was parsed from.
@@ -55,7 +54,6 @@ func (ctrl *NodeCertificatesController) Name() string {
 // Inputs implements controller.Controller interface.
 func (ctrl *NodeCertificatesController) Inputs() []controller.Input {
 	return []controller.Input{
-		machineConfigInput(),
 		safe.Input[*pki.RootSecret](controller.InputWeak),
 		safe.Input[*pki.AcceptedCA](controller.InputWeak),
 		safe.Input[*pki.CertSAN](controller.InputWeak),
@@ -134,7 +132,10 @@ func (ctrl *NodeCertificatesController) reconcile(ctx context.Context, r control
 		}
 
 		current, exists := in.existing[leaf.id]
-		works = append(works, ctrl.prepare(leaf, in.roots[leaf.root], accepted, current, exists, now))
+
+		if work := ctrl.prepare(leaf, in.roots[leaf.root], accepted, current, exists, now); work != nil {
+			works = append(works, work)
+		}
 	}
 
 	// Key generation and signing dominate a pass that issues; certificates are independent, so
@@ -216,13 +217,6 @@ func (ctrl *NodeCertificatesController) readInputs(ctx context.Context, r contro
 		existing: map[resource.ID]pki.NodeCertificateSpec{},
 	}
 
-	doc, err := readMachineConfig(ctx, r, &ctrl.config)
-	if err != nil {
-		return in, err
-	}
-
-	in.controlPlane = doc != nil && doc.Machine.IsControlPlane()
-
 	roots, err := safe.ReaderListAll[*pki.RootSecret](ctx, r)
 	if err != nil {
 		return in, fmt.Errorf("error listing root secrets: %w", err)
@@ -231,6 +225,11 @@ func (ctrl *NodeCertificatesController) readInputs(ctx context.Context, r contro
 	for root := range roots.All() {
 		in.roots[root.Metadata().ID()] = *root.TypedSpec()
 	}
+
+	// Root secrets carry keys only on control planes, so holding the os key is what makes this node
+	// a control plane here. Reading the machine config instead would wake this controller on every
+	// config change, before the roots it depends on have followed.
+	in.controlPlane = in.roots[pki.RootOS].IssuingKey != ""
 
 	accepted, err := safe.ReaderListAll[*pki.AcceptedCA](ctx, r)
 	if err != nil {
@@ -295,6 +294,9 @@ type issuedCertificate struct {
 // prepare decides whether a certificate must be (re)issued: when it is missing, when it was
 // issued for something else (profile, SANs or issuing CA) or when it is due for renewal.
 // A CA that does not load leaves the current certificate in place, with the error.
+//
+// It returns nil while the root's trust pool does not have the issuing CA yet (the two follow the
+// config separately): a certificate is only published with a bundle that trusts its issuer.
 func (ctrl *NodeCertificatesController) prepare(
 	leaf plannedLeaf, root pki.RootSecretSpec, accepted pki.AcceptedCASpec,
 	current pki.NodeCertificateSpec, exists bool, now time.Time,
@@ -309,6 +311,10 @@ func (ctrl *NodeCertificatesController) prepare(
 		work.spec.LastError = err.Error()
 
 		return work
+	}
+
+	if accepted.IssuingFingerprint != ca.fingerprint {
+		return nil
 	}
 
 	work.ca = ca

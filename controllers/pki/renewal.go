@@ -77,7 +77,7 @@ func requestDigest(p certs.Profile, issuerFingerprint string) string {
 	}
 
 	// Marshalling a struct of plain fields cannot fail, and its field order is fixed.
-	data, _ := json.Marshal(struct { //nolint:errchkjson
+	data, _ := json.Marshal(struct { //nolint:errchkjson // see above
 		CommonName   string
 		Organization []string
 		DNSNames     []string

@@ -100,10 +100,10 @@ func rootSecrets(doc *machineconfig.Document) map[resource.ID]pki.RootSecretSpec
 		}
 	}
 
-	os := issuing(machine.CA, mayIssue)
-	os.Tokens = tokens(machine.Token, machine.AcceptedTokens)
+	osRoot := issuing(machine.CA, mayIssue)
+	osRoot.Tokens = tokens(machine.Token, machine.AcceptedTokens)
 
-	add(pki.RootOS, os)
+	add(pki.RootOS, osRoot)
 	add(pki.RootKubernetes, issuing(cluster.CA, mayIssue))
 	add(pki.RootEtcd, issuing(etcdCA, mayIssue))
 	add(pki.RootAggregator, issuing(cluster.AggregatorCA, mayIssue))

@@ -1,6 +1,8 @@
 package rotate
 
 import (
+	"encoding/pem"
+	"errors"
 	"fmt"
 	"slices"
 	"strings"
@@ -15,11 +17,11 @@ type Root string
 
 // The roots, in the order rotate-ca handles and prints them.
 const (
-	RootOS             Root = pki.RootOS
-	RootKubernetes     Root = pki.RootKubernetes
-	RootEtcd           Root = pki.RootEtcd
-	RootAggregator     Root = pki.RootAggregator
-	RootServiceAccount Root = pki.RootServiceAccount
+	RootOS             Root = Root(pki.RootOS)
+	RootKubernetes     Root = Root(pki.RootKubernetes)
+	RootEtcd           Root = Root(pki.RootEtcd)
+	RootAggregator     Root = Root(pki.RootAggregator)
+	RootServiceAccount Root = Root(pki.RootServiceAccount)
 )
 
 // AllRoots lists every root rotate-ca can rotate, in order.
@@ -248,4 +250,17 @@ func shortFingerprint(fingerprint string) string {
 	}
 
 	return fingerprint
+}
+
+// publicKeyPEM returns the PEM public key of a PEM private key; a PEM public key is returned as is.
+func publicKeyPEM(keyPEM []byte) ([]byte, error) {
+	if len(keyPEM) == 0 {
+		return nil, errors.New("key is empty")
+	}
+
+	if block, _ := pem.Decode(keyPEM); block != nil && block.Type == "PUBLIC KEY" {
+		return keyPEM, nil
+	}
+
+	return certs.PublicKeyPEM(keyPEM)
 }

@@ -44,9 +44,10 @@ func (n *nodeService) Version(ctx context.Context, _ *node.VersionRequest) (*nod
 	}
 
 	return &node.VersionResponse{
-		Version:     version.Version,
-		Node:        n.server.nodeName(),
-		MachineType: machineType,
+		Version:       version.Version,
+		Node:          n.server.nodeName(),
+		MachineType:   machineType,
+		UnixTimeNanos: time.Now().UnixNano(),
 	}, nil
 }
 

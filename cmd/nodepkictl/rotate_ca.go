@@ -1,0 +1,241 @@
+package main
+
+import (
+	"errors"
+	"fmt"
+	"io/fs"
+	"os"
+	"os/signal"
+	"path/filepath"
+	"slices"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"github.com/nodepki/nodepki/pkg/clientconfig"
+	"github.com/nodepki/nodepki/pkg/rotate"
+)
+
+func init() {
+	rootCmd.AddCommand(newRotateCACmd())
+}
+
+// rootFlag is the flag that selects a root.
+type rootFlag struct {
+	root  rotate.Root
+	flag  string
+	usage string
+}
+
+var rootFlags = []rootFlag{
+	{rotate.RootOS, "os", "rotate the OS (node API) CA: machine.ca, machine.acceptedCAs"},
+	{rotate.RootKubernetes, "kubernetes", "rotate the Kubernetes CA: cluster.ca, cluster.acceptedCAs"},
+	{rotate.RootEtcd, "etcd", "rotate the etcd CA: cluster.etcd.ca, cluster.etcd.acceptedCAs"},
+	{rotate.RootAggregator, "aggregator", "rotate the aggregator (front-proxy) CA: cluster.aggregatorCA, cluster.acceptedAggregatorCAs"},
+	{rotate.RootServiceAccount, "service-account", "rotate the service-account signing key: cluster.serviceAccount, cluster.acceptedServiceAccountKeys"},
+}
+
+func newRotateCACmd() *cobra.Command {
+	var (
+		dryRun      bool
+		force       bool
+		planPath    string
+		secrets     string
+		output      string
+		maxSkew     time.Duration
+		waitTimeout time.Duration
+		clientGrace time.Duration
+		roots       = make([]bool, len(rootFlags))
+	)
+
+	cmd := &cobra.Command{
+		Use:   "rotate-ca [--dry-run=false] [--os] [--kubernetes] [--etcd] [--aggregator] [--service-account]",
+		Short: "Rotate CAs (and the service-account key) across every node of the cluster",
+		Long: `Replace one or more roots of trust on every node, without downtime:
+
+  preflight  every node reachable (through the endpoints and on its own address), clocks within
+             --max-clock-skew, no expired or untrusted certificate, configs consistent
+  plan       new CAs generated and written to the plan file (mode 0600) before any node is touched
+  accept     the new CA is added to every node's accepted CAs (control planes first), and every
+             node is checked to accept a client certificate from it
+  switch     the new CA becomes the issuing one (the old stays accepted; workers get the
+             certificate only), until every node's leaves are issued by it and trusted
+  retire     the old CA is removed, and every node is checked to refuse it
+  output     talosconfig, --with-secrets secrets.yaml, plan marked complete
+
+Without a root flag, --os and --kubernetes are rotated (as talosctl does). --os is the node API
+(Talos API) CA: the talosconfig is then updated in place, atomically, at the moments it must change:
+transitional (trusting the old and new CA, with a client certificate of the new CA) once every node
+accepts the new CA, final (new CA only) once every node serves a certificate of the new CA. A client
+that reads the talosconfig before each call never sees a failed call.
+
+The nodes are --nodes, else the nodes of the talosconfig context: list every node of the cluster
+(rotate-ca cannot discover workers: control planes keep no list of them). Calls go through the
+endpoints; each node is also dialed on its own address (port 50000) to verify it.
+
+Every step is derived from the nodes' configs, so an interrupted rotation is resumed by running the
+same command again: the plan file is loaded (no second CA is ever generated) and only the nodes that
+are behind get a patch. A complete plan is never reused: move it away to rotate again. To rotate to
+a CA of your own, write a plan with roots.<root>.new.crt and .key (see docs/rotation.md).
+
+--dry-run is the default: it prints the plan and every patch it would apply, and changes nothing.`,
+		Example: `  # preview, then rotate the OS and Kubernetes CAs of the current context's nodes
+  nodepkictl rotate-ca
+  nodepkictl rotate-ca --dry-run=false
+
+  # rotate the etcd CA only, updating secrets.yaml (a backup is kept)
+  nodepkictl rotate-ca --etcd --with-secrets secrets.yaml --dry-run=false
+
+  # everything, on explicit nodes, with the plan somewhere else
+  nodepkictl -n 10.5.0.2,10.5.0.3,10.5.0.4 rotate-ca --os --kubernetes --etcd --aggregator \
+      --service-account --plan /secure/rotate-plan.yaml --dry-run=false`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			var selected []rotate.Root
+
+			for i, rf := range rootFlags {
+				if roots[i] {
+					selected = append(selected, rf.root)
+				}
+			}
+
+			if len(selected) == 0 {
+				if slices.ContainsFunc(rootFlags, func(rf rootFlag) bool { return cmd.Flags().Changed(rf.flag) }) {
+					return errors.New("every root flag is false: choose at least one of --os, --kubernetes, --etcd, --aggregator, --service-account")
+				}
+
+				selected = rotate.DefaultRoots
+			}
+
+			return runRotateCA(cmd, rotateCAInput{
+				roots: selected, dryRun: dryRun, force: force, plan: planPath, secrets: secrets, output: output,
+				maxSkew: maxSkew, waitTimeout: waitTimeout, clientGrace: clientGrace,
+			})
+		},
+	}
+
+	flags := cmd.Flags()
+	flags.BoolVar(&dryRun, "dry-run", true, "print the plan and the patches, change nothing; --dry-run=false rotates")
+
+	for i, rf := range rootFlags {
+		flags.BoolVar(&roots[i], rf.flag, false, rf.usage)
+	}
+
+	flags.StringVar(&planPath, "plan", "", "rotation plan file (default: "+rotate.DefaultPlanName+" beside the talosconfig)")
+	flags.StringVar(&secrets, "with-secrets", "", "secrets.yaml to update with the new roots at the end (a timestamped backup is kept)")
+	flags.StringVarP(&output, "output", "o", "", "talosconfig to keep up to date (default: the talosconfig in use, updated in place)")
+	flags.BoolVar(&force, "force", false, "rotate despite preflight problems (clock skew, expired certificates, inconsistent configs)")
+	flags.DurationVar(&maxSkew, "max-clock-skew", rotate.DefaultMaxClockSkew, "largest accepted difference between a node's clock and this machine's")
+	flags.DurationVar(&waitTimeout, "wait-timeout", rotate.DefaultWaitTimeout, "how long to wait for the nodes to converge at each step")
+	flags.DurationVar(&clientGrace, "client-grace", rotate.DefaultClientGrace,
+		"pause between writing the transitional talosconfig and switching the issuing CA, for clients to pick it up")
+
+	return cmd
+}
+
+type rotateCAInput struct {
+	roots                             []rotate.Root
+	dryRun, force                     bool
+	plan, secrets, output             string
+	maxSkew, waitTimeout, clientGrace time.Duration
+}
+
+func runRotateCA(cmd *cobra.Command, in rotateCAInput) error {
+	path := talosconfigPath(cmd)
+	if path == "" {
+		return fmt.Errorf("cannot locate the client config: pass --talosconfig or set $%s", clientconfig.EnvVar)
+	}
+
+	cfg, err := clientconfig.Open(path)
+	if errors.Is(err, fs.ErrNotExist) {
+		return fmt.Errorf("client config %s does not exist: pass the cluster's talosconfig with --talosconfig or $%s", path, clientconfig.EnvVar)
+	}
+
+	if err != nil {
+		return err
+	}
+
+	overrides := readClientOverrides(cmd)
+
+	contextName := cfg.Context
+
+	var cctx *clientconfig.Context
+
+	if overrides.context != "" {
+		contextName = overrides.context
+		cctx, err = cfg.Lookup(contextName)
+	} else {
+		cctx, err = cfg.Current()
+	}
+
+	if err != nil {
+		return fmt.Errorf("%s: %w", path, err)
+	}
+
+	endpoints := cctx.Endpoints
+	if len(overrides.endpoints) > 0 {
+		endpoints = overrides.endpoints
+	}
+
+	if len(endpoints) == 0 {
+		return fmt.Errorf("context %q in %s has no endpoints: pass --endpoints or set them with `nodepkictl config endpoint HOST...`", contextName, path)
+	}
+
+	nodes := cctx.Nodes
+	if len(overrides.nodes) > 0 {
+		nodes = overrides.nodes
+	}
+
+	if len(nodes) == 0 {
+		return fmt.Errorf("no nodes: rotate-ca changes every node of the cluster; list them all with --nodes, or set the context's nodes in %s", path)
+	}
+
+	output := in.output
+	if output == "" {
+		output = path
+	}
+
+	planPath := in.plan
+	if planPath == "" {
+		planPath = filepath.Join(filepath.Dir(output), rotate.DefaultPlanName)
+	}
+
+	ctx, stop := signal.NotifyContext(cmd.Context(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+
+	api := rotate.NewNodeAPI(rotate.NodeAPIOptions{Endpoints: endpoints})
+	defer api.Close() //nolint:errcheck
+
+	err = rotate.Run(ctx, api, rotate.Options{
+		Roots:           in.roots,
+		Nodes:           trimAll(nodes),
+		Endpoints:       endpoints,
+		DryRun:          in.dryRun,
+		Force:           in.force,
+		PlanPath:        planPath,
+		TalosconfigPath: output,
+		ContextName:     contextName,
+		Context:         cctx,
+		SecretsPath:     in.secrets,
+		Out:             cmd.OutOrStdout(),
+		MaxClockSkew:    in.maxSkew,
+		WaitTimeout:     in.waitTimeout,
+		ClientGrace:     in.clientGrace,
+	})
+	if err != nil {
+		return fmt.Errorf("rotate-ca: %w", err)
+	}
+
+	return nil
+}
+
+func trimAll(values []string) []string {
+	out := make([]string, 0, len(values))
+	for _, v := range values {
+		out = append(out, strings.TrimSpace(v))
+	}
+
+	return out
+}

@@ -1,0 +1,144 @@
+package integration
+
+import (
+	"bytes"
+	"context"
+	"flag"
+	"fmt"
+	"net/netip"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/require"
+
+	"github.com/nodepki/nodepki/pkg/client"
+	"github.com/nodepki/nodepki/pkg/clientconfig"
+	"github.com/nodepki/nodepki/pkg/cluster"
+)
+
+// The binaries under test, built by TestMain.
+var (
+	nodepkid   string
+	nodepkictl string
+)
+
+func TestMain(m *testing.M) {
+	flag.Parse()
+
+	os.Exit(runMain(m))
+}
+
+func runMain(m *testing.M) int {
+	if testing.Short() {
+		fmt.Println("integration: skipped in -short mode (they run real processes)")
+
+		return 0
+	}
+
+	dir, err := os.MkdirTemp("", "nodepki-integration-*")
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "integration:", err)
+
+		return 1
+	}
+
+	defer os.RemoveAll(dir) //nolint:errcheck
+
+	build := exec.Command("go", "build", "-o", dir+string(filepath.Separator),
+		"github.com/nodepki/nodepki/cmd/nodepkid", "github.com/nodepki/nodepki/cmd/nodepkictl")
+	build.Stdout, build.Stderr = os.Stdout, os.Stderr
+
+	if err = build.Run(); err != nil {
+		fmt.Fprintln(os.Stderr, "integration: building the binaries:", err)
+
+		return 1
+	}
+
+	nodepkid = filepath.Join(dir, "nodepkid")
+	nodepkictl = filepath.Join(dir, "nodepkictl")
+
+	return m.Run()
+}
+
+// startCluster creates a local cluster of real nodepkid processes on addresses from first; it is
+// destroyed when the test ends.
+func startCluster(t testing.TB, first string, controlPlanes, workers int) *cluster.Cluster {
+	t.Helper()
+
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+
+	c, err := cluster.Create(ctx, cluster.Options{
+		Name:          "it",
+		ControlPlanes: controlPlanes,
+		Workers:       workers,
+		Dir:           filepath.Join(t.TempDir(), "cluster"),
+		Daemon:        nodepkid,
+		FirstAddress:  netip.MustParseAddr(first),
+		ReadyTimeout:  90 * time.Second,
+	})
+	if c != nil {
+		t.Cleanup(func() {
+			if err := c.Destroy(); err != nil {
+				t.Errorf("destroying the cluster: %v", err)
+			}
+		})
+	}
+
+	require.NoError(t, err)
+
+	return c
+}
+
+// nodepkictlCmd prepares a nodepkictl run with the cluster's talosconfig.
+func nodepkictlCmd(c *cluster.Cluster, args ...string) *exec.Cmd {
+	return exec.Command(nodepkictl, append([]string{"--talosconfig", c.Talosconfig}, args...)...)
+}
+
+// runCLI runs nodepkictl to the end and returns its combined output.
+func runCLI(t testing.TB, c *cluster.Cluster, args ...string) (string, error) {
+	t.Helper()
+
+	out, err := nodepkictlCmd(c, args...).CombinedOutput()
+
+	return string(out), err
+}
+
+// connect opens a client with the talosconfig at path, through the given endpoints.
+func connect(t testing.TB, path string, endpoints ...string) *client.Client {
+	t.Helper()
+
+	cfg, err := clientconfig.Open(path)
+	require.NoError(t, err)
+
+	c, err := client.New(t.Context(), client.ClientOptions{Config: cfg, Endpoints: endpoints})
+	require.NoError(t, err)
+
+	t.Cleanup(func() { c.Close() }) //nolint:errcheck
+
+	return c
+}
+
+// syncBuffer is a bytes.Buffer safe for a writer process and a reading test.
+type syncBuffer struct {
+	mu  sync.Mutex
+	buf bytes.Buffer
+}
+
+func (b *syncBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+
+	return b.buf.Write(p)
+}
+
+func (b *syncBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+
+	return b.buf.String()
+}
