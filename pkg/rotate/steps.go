@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io/fs"
 	"maps"
 	"slices"
 	"strings"
@@ -13,6 +14,7 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
+	"github.com/nodepki/nodepki/pkg/clientconfig"
 	"github.com/nodepki/nodepki/pkg/machineconfig"
 	"github.com/nodepki/nodepki/resources/pki"
 )
@@ -42,13 +44,19 @@ func (r *rotation) accept(ctx context.Context) error {
 		return nil
 	}
 
-	changed, err := r.writeTalosconfig(*r.creds.transitional,
-		"transitional (trusts the old and the new OS CA, client certificate of the new CA)")
-	if err != nil {
+	if err := r.cl.UseCredentials(ctx, []Credentials{*r.creds.transitional}); err != nil {
 		return err
 	}
 
-	if err = r.cl.UseCredentials(ctx, []Credentials{*r.creds.transitional}); err != nil {
+	// A rerun after the switch finds the final talosconfig already written: it stays.
+	final, err := r.talosconfigHolds(*r.creds.final)
+	if err != nil || final {
+		return err
+	}
+
+	changed, err := r.writeTalosconfig(*r.creds.transitional,
+		"transitional (trusts the old and the new OS CA, client certificate of the new CA)")
+	if err != nil {
 		return err
 	}
 
@@ -78,7 +86,7 @@ func (r *rotation) switchCA(ctx context.Context) error {
 			return err
 		}
 
-		r.out.printf("  wait: leaves issued by the new roots and trusted\n")
+		r.out.printf("  wait: %s' leaves issued by the new roots and trusted\n", groupName(group))
 
 		if err := r.waitNodes(ctx, group, r.checkIssued); err != nil {
 			return fmt.Errorf("%s: %w", StepSwitch, err)
@@ -98,6 +106,14 @@ func (r *rotation) switchCA(ctx context.Context) error {
 	_, err := r.writeTalosconfig(*r.creds.final, "final (trusts the new OS CA only)")
 
 	return err
+}
+
+func groupName(group []*node) string {
+	if group[0].controlPlane {
+		return "control planes"
+	}
+
+	return "workers"
 }
 
 // retire removes the old roots and verifies that they are gone (for os: a client certificate of
@@ -176,6 +192,31 @@ func (r *rotation) writeTalosconfig(creds Credentials, what string) (bool, error
 	}
 
 	return changed, nil
+}
+
+// talosconfigHolds reports whether the talosconfig's context has these credentials.
+func (r *rotation) talosconfigHolds(creds Credentials) (bool, error) {
+	if r.opts.TalosconfigPath == "" {
+		return false, nil
+	}
+
+	cfg, err := clientconfig.Open(r.opts.TalosconfigPath)
+
+	switch {
+	case errors.Is(err, fs.ErrNotExist):
+		return false, nil
+	case err != nil:
+		return false, err
+	}
+
+	cctx := cfg.Contexts[r.opts.ContextName]
+	if cctx == nil {
+		return false, nil
+	}
+
+	want := creds.Context(nil)
+
+	return cctx.CA == want.CA && cctx.Crt == want.Crt && cctx.Key == want.Key, nil
 }
 
 // applyPhase takes the control planes, then the workers, to the phase.

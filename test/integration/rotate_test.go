@@ -65,7 +65,8 @@ func TestRotateOSUnderLoad(t *testing.T) {
 	load.stop()
 
 	assert.Zero(t, load.failed.Load(), "failed calls during the rotation:\n%s", strings.Join(load.failures(), "\n"))
-	t.Logf("load: %d calls, %d failed", load.ok.Load(), load.failed.Load())
+	t.Logf("load: %d calls, %d failed, with %d talosconfigs", load.ok.Load(), load.failed.Load(), load.configs())
+	assert.Equal(t, 3, load.configs(), "the calls used the old, the transitional and the final talosconfig")
 
 	plan, err := rotate.LoadPlan(filepath.Join(c.Dir, rotate.DefaultPlanName))
 	require.NoError(t, err)
@@ -319,6 +320,8 @@ type load struct {
 
 	mu     sync.Mutex
 	errors []string
+	// used counts the successful calls per talosconfig content.
+	used map[string]int
 }
 
 type loadTarget struct {
@@ -329,7 +332,7 @@ func startLoad(t *testing.T, c *cluster.Cluster) *load {
 	t.Helper()
 
 	ctx, cancel := context.WithCancel(t.Context())
-	l := &load{cancel: cancel}
+	l := &load{cancel: cancel, used: map[string]int{}}
 
 	var targets []loadTarget
 
@@ -385,13 +388,25 @@ func (l *load) call(ctx context.Context, talosconfig string, target loadTarget, 
 
 	if useVersion {
 		_, err = cl.Node().Version(callCtx, &nodeapi.VersionRequest{})
-
-		return err
+	} else {
+		_, err = safe.StateGetByID[*pki.CertificateStatus](callCtx, cl.COSI(), pki.CertAPI)
 	}
 
-	_, err = safe.StateGetByID[*pki.CertificateStatus](callCtx, cl.COSI(), pki.CertAPI)
+	if err == nil {
+		l.mu.Lock()
+		l.used[string(data)]++
+		l.mu.Unlock()
+	}
 
 	return err
+}
+
+// configs is the number of different talosconfigs calls succeeded with.
+func (l *load) configs() int {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+
+	return len(l.used)
 }
 
 func (l *load) waitCalls(t *testing.T, n int64) {
