@@ -390,6 +390,11 @@ func generateMaterial(root Root) (Material, error) {
 func (p *Plan) fill(current map[Root]Material, clientRoles []string, now time.Time) (bool, error) {
 	changed := false
 
+	if p.Created.IsZero() {
+		p.Created = now.UTC().Truncate(time.Second)
+		changed = true
+	}
+
 	for _, root := range p.Roots.List() {
 		rp := p.Roots.Get(root)
 		if rp.Old.Fingerprint != "" {

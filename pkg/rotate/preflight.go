@@ -101,10 +101,10 @@ func (r *rotation) inspect(ctx context.Context, name string) *inspection {
 		return in
 	}
 
-	n := &node{name: name, machineType: version.MachineType, controlPlane: cfg.IsControlPlane(), cfg: cfg, phases: map[Root]Phase{}}
+	n := &node{name: name, controlPlane: cfg.IsControlPlane(), cfg: cfg, phases: map[Root]Phase{}}
 	in.node = n
 
-	in.notes = append(in.notes, cfg.Document().Machine.Type)
+	in.notes = append(in.notes, version.MachineType)
 	r.checkClock(in, version)
 	r.checkCertificates(ctx, in)
 
@@ -389,12 +389,15 @@ func (r *rotation) report(inspections []*inspection, clusterFatal, clusterProble
 	for i, in := range inspections {
 		name := r.opts.Nodes[i]
 
-		switch {
-		case len(in.fatal) > 0:
+		if len(in.fatal) > 0 {
 			r.out.node(name, "FAILED: "+strings.Join(in.fatal, "; "))
-		case len(in.problems) > 0:
+		}
+
+		if len(in.problems) > 0 {
 			r.out.node(name, "PROBLEM: "+strings.Join(in.problems, "; "))
-		default:
+		}
+
+		if len(in.fatal)+len(in.problems) == 0 {
 			r.out.node(name, "OK ("+strings.Join(in.notes, ", ")+")")
 		}
 

@@ -171,7 +171,6 @@ type rotation struct {
 // node is one node of the rotation.
 type node struct {
 	name         string
-	machineType  string
 	controlPlane bool
 	// cfg is the config read in preflight.
 	cfg *machineconfig.Config

@@ -483,7 +483,7 @@ func TestRunSuppliedCA(t *testing.T) {
 	crt, key, err := certs.NewRootCA(certs.RootOS)
 	require.NoError(t, err)
 
-	plan := "version: 1\ncreated: 2026-01-01T00:00:00Z\nroots:\n    os:\n        new:\n            crt: " +
+	plan := "version: 1\nroots:\n    os:\n        new:\n            crt: " +
 		base64.StdEncoding.EncodeToString(crt) + "\n            key: " + base64.StdEncoding.EncodeToString(key) + "\n"
 	require.NoError(t, os.WriteFile(r.plan, []byte(plan), 0o600))
 
@@ -491,6 +491,7 @@ func TestRunSuppliedCA(t *testing.T) {
 	require.NoError(t, err, out)
 
 	loaded := r.loadPlan(t)
+	assert.False(t, loaded.Created.IsZero())
 	assert.Equal(t, crt, []byte(loaded.Roots.OS.New.Crt))
 	assert.Equal(t, []byte(cluster.bundle.Certs.OS.Crt), []byte(loaded.Roots.OS.Old.Crt))
 	assertConverged(t, r, loaded)

@@ -1,0 +1,92 @@
+package main
+
+import (
+	"path/filepath"
+	"testing"
+
+	"github.com/spf13/cobra"
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
+	"github.com/nodepki/nodepki/pkg/clientconfig"
+	"github.com/nodepki/nodepki/pkg/rotate"
+)
+
+func newRotateCATestRoot() *cobra.Command {
+	root := &cobra.Command{Use: "nodepkictl", SilenceUsage: true, SilenceErrors: true}
+	root.PersistentFlags().String("talosconfig", "", "")
+	addClientFlags(root.PersistentFlags())
+	root.AddCommand(newRotateCACmd())
+
+	return root
+}
+
+func TestRotateCARefusesBadInvocations(t *testing.T) {
+	t.Parallel()
+
+	dir := t.TempDir()
+
+	withNodes := filepath.Join(dir, "with-nodes")
+	cfg := clientconfig.New("prod", []string{"10.5.0.2"}, []byte("ca"), []byte("crt"), []byte("key"))
+	cfg.Contexts["prod"].Nodes = []string{"10.5.0.2"}
+	require.NoError(t, cfg.Save(withNodes))
+
+	withoutNodes := filepath.Join(dir, "without-nodes")
+	require.NoError(t, clientconfig.New("prod", []string{"10.5.0.2"}, []byte("ca"), []byte("crt"), []byte("key")).Save(withoutNodes))
+
+	withoutEndpoints := filepath.Join(dir, "without-endpoints")
+	require.NoError(t, clientconfig.New("prod", nil, []byte("ca"), []byte("crt"), []byte("key")).Save(withoutEndpoints))
+
+	tests := []struct {
+		name string
+		args []string
+		want string
+	}{
+		{"every root flag false", []string{"--talosconfig", withNodes, "rotate-ca", "--os=false", "--kubernetes=false"}, "every root flag is false"},
+		{"missing talosconfig", []string{"--talosconfig", filepath.Join(dir, "nope"), "rotate-ca"}, "does not exist"},
+		{"no nodes", []string{"--talosconfig", withoutNodes, "rotate-ca"}, "no nodes: rotate-ca changes every node"},
+		{"no endpoints", []string{"--talosconfig", withoutEndpoints, "-n", "10.5.0.2", "rotate-ca"}, "has no endpoints"},
+		{"unknown context", []string{"--talosconfig", withNodes, "--context", "staging", "rotate-ca"}, `context "staging" is not defined`},
+		{"arguments", []string{"--talosconfig", withNodes, "rotate-ca", "os"}, "unknown command"},
+	}
+
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+
+			root := newRotateCATestRoot()
+			root.SetArgs(tc.args)
+
+			var out syncBuffer
+
+			root.SetOut(&out)
+			root.SetErr(&out)
+
+			err := root.ExecuteContext(t.Context())
+			require.Error(t, err)
+			assert.Contains(t, err.Error(), tc.want)
+		})
+	}
+}
+
+func TestRotateCAFlags(t *testing.T) {
+	t.Parallel()
+
+	cmd := newRotateCACmd()
+
+	assert.Equal(t, "true", cmd.Flags().Lookup("dry-run").DefValue, "--dry-run is the default, as in Talos")
+	assert.Equal(t, "o", cmd.Flags().Lookup("output").Shorthand)
+
+	for _, root := range rotate.AllRoots {
+		assert.NotNil(t, cmd.Flags().Lookup(string(root)), "no flag for root %s", root)
+	}
+
+	for _, flag := range []string{"plan", "with-secrets", "force", "max-clock-skew", "wait-timeout", "client-grace"} {
+		assert.NotNil(t, cmd.Flags().Lookup(flag), flag)
+	}
+
+	found, _, err := rootCmd.Find([]string{"rotate-ca"})
+	require.NoError(t, err)
+	assert.Equal(t, "rotate-ca", found.Name())
+	assert.NotEmpty(t, found.Example)
+}
