@@ -10,6 +10,7 @@ import (
 	"github.com/cosi-project/runtime/pkg/state"
 	"github.com/cosi-project/runtime/pkg/state/registry"
 
+	"github.com/nodepki/nodepki/resources/cluster"
 	"github.com/nodepki/nodepki/resources/config"
 	"github.com/nodepki/nodepki/resources/network"
 	"github.com/nodepki/nodepki/resources/pki"
@@ -20,6 +21,7 @@ var Namespaces = map[string]string{
 	config.NamespaceName:  "Machine configuration.",
 	network.NamespaceName: "Node addresses.",
 	pki.NamespaceName:     "Roots, trust pools, leaf certificates and their status.",
+	cluster.NamespaceName: "Nodes of the cluster known to this control plane.",
 }
 
 // Definitions lists one empty resource of every type.
@@ -32,6 +34,7 @@ func Definitions() []meta.ResourceWithRD {
 		&pki.CertSAN{},
 		&pki.NodeCertificate{},
 		&pki.CertificateStatus{},
+		&cluster.Member{},
 	}
 }
 

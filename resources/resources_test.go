@@ -1,16 +1,21 @@
 package resources_test
 
 import (
+	"strings"
 	"testing"
 
 	"github.com/cosi-project/runtime/pkg/resource"
+	"github.com/cosi-project/runtime/pkg/resource/meta"
 	"github.com/cosi-project/runtime/pkg/resource/protobuf"
+	"github.com/cosi-project/runtime/pkg/safe"
 	"github.com/cosi-project/runtime/pkg/state"
 	"github.com/cosi-project/runtime/pkg/state/impl/inmem"
 	"github.com/cosi-project/runtime/pkg/state/impl/namespaced"
+	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
 	"github.com/nodepki/nodepki/resources"
+	"github.com/nodepki/nodepki/resources/cluster"
 	"github.com/nodepki/nodepki/resources/config"
 	"github.com/nodepki/nodepki/resources/pki"
 )
@@ -18,6 +23,19 @@ import (
 func TestRegisterAll(t *testing.T) {
 	st := state.WrapCore(namespaced.NewState(inmem.Build))
 	require.NoError(t, resources.Register(t.Context(), st))
+
+	// Every type lives in a registered namespace, or the API refuses to serve it.
+	for _, r := range resources.Definitions() {
+		rd := r.ResourceDefinition()
+		_, err := st.Get(t.Context(), resource.NewMetadata(meta.NamespaceName, meta.NamespaceType, rd.DefaultNamespace, resource.VersionUndefined))
+		require.NoError(t, err, "%s: namespace %q is not registered", rd.Type, rd.DefaultNamespace)
+	}
+
+	members, err := safe.StateGet[*meta.ResourceDefinition](t.Context(), st,
+		resource.NewMetadata(meta.NamespaceName, meta.ResourceDefinitionType, strings.ToLower(cluster.MemberType), resource.VersionUndefined))
+	require.NoError(t, err)
+	assert.Equal(t, meta.NonSensitive, members.TypedSpec().Sensitivity, "members are readable by os:reader")
+	assert.Contains(t, members.TypedSpec().AllAliases, "members", "`get members` resolves")
 }
 
 func TestProtobufRoundTrip(t *testing.T) {
@@ -28,7 +46,13 @@ func TestProtobufRoundTrip(t *testing.T) {
 	status.TypedSpec().DNSNames = []string{"a", "b"}
 	status.TypedSpec().Trusted = true
 
-	for _, r := range []resource.Resource{mc, status} {
+	member := cluster.NewMember("10.0.0.5")
+	member.TypedSpec().Addresses = []string{"10.0.0.5", "2001:db8::5"}
+	member.TypedSpec().Hostname = "worker-1"
+	member.TypedSpec().MachineType = "worker"
+	member.TypedSpec().LastSeen = "2025-01-02T03:04:05Z"
+
+	for _, r := range []resource.Resource{mc, status, member} {
 		p, err := protobuf.FromResource(r)
 		require.NoError(t, err)
 

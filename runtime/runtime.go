@@ -1,6 +1,6 @@
 // Package runtime owns assembling the nodepki subsystem: it builds the state (in memory, with the
-// machine config persisted in a bolt database under the node's state directory), registers the
-// resource types and every controller of the resource graph, and runs them.
+// machine config and the cluster members persisted in a bolt database under the node's state
+// directory), registers the resource types and every controller of the resource graph, and runs them.
 //
 // A node OS embeds the subsystem by calling New, RegisterController for its own controllers,
 // and Run; it feeds the machine config with SetMachineConfig.
@@ -28,9 +28,11 @@ import (
 	"go.etcd.io/bbolt"
 	"go.uber.org/zap"
 
+	ctrlcluster "github.com/nodepki/nodepki/controllers/cluster"
 	"github.com/nodepki/nodepki/controllers/network"
 	"github.com/nodepki/nodepki/controllers/pki"
 	"github.com/nodepki/nodepki/resources"
+	"github.com/nodepki/nodepki/resources/cluster"
 	"github.com/nodepki/nodepki/resources/config"
 )
 
@@ -115,7 +117,8 @@ func New(opts Options) (*Runtime, error) {
 			inmem.WithHistoryGap(historyGap),
 		}
 
-		if ns == config.NamespaceName && rt.store != nil {
+		// The machine config and the cluster members survive a restart.
+		if (ns == config.NamespaceName || ns == cluster.NamespaceName) && rt.store != nil {
 			stateOptions = append(stateOptions, inmem.WithBackingStore(rt.store.WithNamespace(ns)))
 		}
 
@@ -142,6 +145,7 @@ func (rt *Runtime) setup(logger *zap.Logger, hostname string, opts Options) erro
 
 	for _, ctrl := range []controller.Controller{
 		&network.NodeAddressesController{Addresses: opts.Addresses, HostAddresses: opts.HostAddresses},
+		&ctrlcluster.SelfMemberController{Hostname: hostname, Clock: opts.Clock},
 		&pki.RootSecretsController{},
 		&pki.AcceptedCAsController{},
 		&pki.CertSANsController{Hostname: hostname},

@@ -20,6 +20,7 @@ import (
 	"github.com/nodepki/nodepki/controllers/ctest"
 	"github.com/nodepki/nodepki/pkg/certs"
 	"github.com/nodepki/nodepki/pkg/machineconfig"
+	"github.com/nodepki/nodepki/resources/cluster"
 	"github.com/nodepki/nodepki/resources/pki"
 	"github.com/nodepki/nodepki/runtime"
 )
@@ -147,6 +148,65 @@ func TestRuntimePersistence(t *testing.T) {
 		a.Empty(res.TypedSpec().IssuingKey)
 		a.NotEmpty(res.TypedSpec().IssuingCert)
 	})
+}
+
+// TestRuntimePersistsMembers restarts a control plane: the members it recorded (itself and a
+// worker trustd signed for) are still there, and its own lastSeen is not renewed before its time.
+func TestRuntimePersistsMembers(t *testing.T) {
+	t.Parallel()
+
+	dir := filepath.Join(t.TempDir(), "state")
+	// Certificates are issued with this clock too: it must be within the fresh CAs' validity.
+	seen := time.Now().UTC().Truncate(time.Second)
+	worker := cluster.MemberSpec{Addresses: []string{"10.5.0.7"}, Hostname: "worker-1", MachineType: "worker", LastSeen: "2025-03-01T00:00:00Z"}
+
+	rt, err := runtime.New(runtime.Options{StateDir: dir, Addresses: nodeAddresses, Hostname: "cp-1", Clock: func() time.Time { return seen }})
+	require.NoError(t, err)
+
+	ctx, cancel := context.WithTimeout(t.Context(), ctest.DefaultTimeout)
+	done := make(chan error, 1)
+
+	go func() { done <- rt.Run(ctx) }()
+
+	require.NoError(t, rt.SetMachineConfig(ctx, ctest.Marshal(t, ctest.ControlPlane(ctest.NewSecrets(t)))))
+	require.NoError(t, safe.StateModify(ctx, rt.State(), cluster.NewMember("10.5.0.7"), func(m *cluster.Member) error {
+		*m.TypedSpec() = worker
+
+		return nil
+	}, state.WithUpdateOwner("trustd")))
+
+	rtestutils.AssertResource(ctx, t, rt.State(), "10.5.0.2", func(m *cluster.Member, a *assert.Assertions) {
+		a.Equal(seen.Format(time.RFC3339), m.TypedSpec().LastSeen)
+	})
+
+	cancel()
+	require.NoError(t, <-done)
+	require.NoError(t, rt.Close())
+
+	rt, err = runtime.New(runtime.Options{StateDir: dir, Addresses: nodeAddresses, Hostname: "cp-1", Clock: func() time.Time { return seen.Add(time.Hour) }})
+	require.NoError(t, err)
+
+	ctx = start(t, rt, ctest.DefaultTimeout)
+
+	// The certificates are issued again from the persisted config, so the controllers have run.
+	rtestutils.AssertResource(ctx, t, rt.State(), pki.CertAPI, func(res *pki.CertificateStatus, a *assert.Assertions) {
+		a.Equal(pki.StateValid, res.TypedSpec().State)
+	})
+
+	members, err := safe.StateListAll[*cluster.Member](ctx, rt.State())
+	require.NoError(t, err)
+	require.Equal(t, 2, members.Len())
+
+	self, ok := members.Find(func(m *cluster.Member) bool { return m.Metadata().ID() == "10.5.0.2" })
+	require.True(t, ok)
+	assert.Equal(t, cluster.MemberSpec{
+		Addresses: []string{"10.5.0.2"}, Hostname: "cp-1", MachineType: "controlplane", LastSeen: seen.Format(time.RFC3339),
+	}, *self.TypedSpec())
+
+	other, ok := members.Find(func(m *cluster.Member) bool { return m.Metadata().ID() == "10.5.0.7" })
+	require.True(t, ok)
+	assert.Equal(t, worker, *other.TypedSpec())
+	assert.Equal(t, "trustd", other.Metadata().Owner())
 }
 
 func assertMode(t *testing.T, path string, want os.FileMode) {

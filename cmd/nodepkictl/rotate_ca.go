@@ -71,9 +71,13 @@ transitional (trusting the old and new CA, with a client certificate of the new 
 accepts the new CA, final (new CA only) once every node serves a certificate of the new CA. A client
 that reads the talosconfig before each call never sees a failed call.
 
-The nodes are --nodes, else the nodes of the talosconfig context: list every node of the cluster
-(rotate-ca cannot discover workers: control planes keep no list of them). Calls go through the
-endpoints; each node is also dialed on its own address (port 50000) to verify it.
+The nodes are --nodes when given. Otherwise they are discovered through the control plane: each
+endpoint lists the cluster members it knows (itself, and every worker its trustd signed a node API
+certificate for: nodepkictl get members), and the union is rotated. Members not seen for 48 h (a
+running worker renews every ~16 h) are left out and reported: pass --nodes to include them. Every
+endpoint must answer. If no member is found (nodes of an older version record none), the nodes of
+the talosconfig context are used. Calls go through the endpoints; each node is also dialed on its
+own address (port 50000) to verify it.
 
 Every step is derived from the nodes' configs, so an interrupted rotation is resumed by running the
 same command again: the plan file is loaded (no second CA is ever generated) and only the nodes that
@@ -87,6 +91,9 @@ a CA of your own, write a plan with roots.<root>.new.crt and .key (see docs/rota
 
   # rotate the etcd CA only, updating secrets.yaml (a backup is kept)
   nodepkictl rotate-ca --etcd --with-secrets secrets.yaml --dry-run=false
+
+  # see which nodes discovery finds (what rotate-ca rotates without --nodes)
+  nodepkictl get members
 
   # everything, on explicit nodes, with the plan somewhere else
   nodepkictl -n 10.5.0.2,10.5.0.3,10.5.0.4 rotate-ca --os --kubernetes --etcd --aggregator \
@@ -183,15 +190,6 @@ func runRotateCA(cmd *cobra.Command, in rotateCAInput) error {
 		return fmt.Errorf("context %q in %s has no endpoints: pass --endpoints or set them with `nodepkictl config endpoint HOST...`", contextName, path)
 	}
 
-	nodes := cctx.Nodes
-	if len(overrides.nodes) > 0 {
-		nodes = overrides.nodes
-	}
-
-	if len(nodes) == 0 {
-		return fmt.Errorf("no nodes: rotate-ca changes every node of the cluster; list them all with --nodes, or set the context's nodes in %s", path)
-	}
-
 	output := in.output
 	if output == "" {
 		output = path
@@ -210,7 +208,8 @@ func runRotateCA(cmd *cobra.Command, in rotateCAInput) error {
 
 	err = rotate.Run(ctx, api, rotate.Options{
 		Roots:           in.roots,
-		Nodes:           trimAll(nodes),
+		Nodes:           trimAll(overrides.nodes),
+		FallbackNodes:   trimAll(cctx.Nodes),
 		Endpoints:       endpoints,
 		DryRun:          in.dryRun,
 		Force:           in.force,

@@ -31,9 +31,6 @@ func TestRotateCARefusesBadInvocations(t *testing.T) {
 	cfg.Contexts["prod"].Nodes = []string{"10.5.0.2"}
 	require.NoError(t, cfg.Save(withNodes))
 
-	withoutNodes := filepath.Join(dir, "without-nodes")
-	require.NoError(t, clientconfig.New("prod", []string{"10.5.0.2"}, []byte("ca"), []byte("crt"), []byte("key")).Save(withoutNodes))
-
 	withoutEndpoints := filepath.Join(dir, "without-endpoints")
 	require.NoError(t, clientconfig.New("prod", nil, []byte("ca"), []byte("crt"), []byte("key")).Save(withoutEndpoints))
 
@@ -44,7 +41,6 @@ func TestRotateCARefusesBadInvocations(t *testing.T) {
 	}{
 		{"every root flag false", []string{"--talosconfig", withNodes, "rotate-ca", "--os=false", "--kubernetes=false"}, "every root flag is false"},
 		{"missing talosconfig", []string{"--talosconfig", filepath.Join(dir, "nope"), "rotate-ca"}, "does not exist"},
-		{"no nodes", []string{"--talosconfig", withoutNodes, "rotate-ca"}, "no nodes: rotate-ca changes every node"},
 		{"no endpoints", []string{"--talosconfig", withoutEndpoints, "-n", "10.5.0.2", "rotate-ca"}, "has no endpoints"},
 		{"unknown context", []string{"--talosconfig", withNodes, "--context", "staging", "rotate-ca"}, `context "staging" is not defined`},
 		{"arguments", []string{"--talosconfig", withNodes, "rotate-ca", "os"}, "unknown command"},
@@ -84,6 +80,8 @@ func TestRotateCAFlags(t *testing.T) {
 	for _, flag := range []string{"plan", "with-secrets", "force", "max-clock-skew", "wait-timeout", "client-grace"} {
 		assert.NotNil(t, cmd.Flags().Lookup(flag), flag)
 	}
+
+	assert.Contains(t, cmd.Long, "discovered through the control plane", "--help tells where the nodes come from without --nodes")
 
 	found, _, err := rootCmd.Find([]string{"rotate-ca"})
 	require.NoError(t, err)

@@ -6,16 +6,21 @@ import (
 	"fmt"
 	"net"
 	"strconv"
+	"strings"
 	"sync"
 	"time"
 
+	"github.com/cosi-project/runtime/pkg/resource"
+	"github.com/cosi-project/runtime/pkg/resource/meta"
 	"github.com/cosi-project/runtime/pkg/safe"
+	"github.com/cosi-project/runtime/pkg/state"
 	"go.uber.org/zap"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
 	nodeapi "github.com/nodepki/nodepki/api/node"
 	"github.com/nodepki/nodepki/pkg/client"
+	"github.com/nodepki/nodepki/resources/cluster"
 	"github.com/nodepki/nodepki/resources/config"
 	"github.com/nodepki/nodepki/resources/pki"
 )
@@ -40,6 +45,19 @@ type Cluster interface {
 	// handshake in each direction): dialing the node itself when direct, else through the
 	// endpoints with `node` metadata.
 	Probe(ctx context.Context, node string, creds Credentials, direct bool) error
+	// Members lists the cluster members the control plane behind one endpoint knows. A node
+	// that does not record members (an older version) yields none and no error.
+	Members(ctx context.Context, endpoint string) ([]Member, error)
+}
+
+// Member is a node of the cluster as a control plane records it (a cluster.Member).
+type Member struct {
+	// Address is the member's ID: the address its node API is reached on.
+	Address     string
+	Hostname    string
+	MachineType string
+	// LastSeen is when the member last registered or renewed; zero when it does not say.
+	LastSeen time.Time
 }
 
 // NodeVersion is a node's answer to Version.
@@ -267,4 +285,61 @@ func (a *NodeAPI) Probe(ctx context.Context, node string, creds Credentials, dir
 	_, err = c.Node().Version(callCtx, &nodeapi.VersionRequest{})
 
 	return err
+}
+
+// Members implements Cluster: the call goes through the endpoints, addressed with `node`
+// metadata to the endpoint's host, so that each endpoint's control plane answers for itself.
+func (a *NodeAPI) Members(ctx context.Context, endpoint string) ([]Member, error) {
+	parsed, err := client.ParseEndpoint(endpoint)
+	if err != nil {
+		return nil, err
+	}
+
+	var out []Member
+
+	err = a.do(func(c *client.Client) error {
+		callCtx := client.WithNode(ctx, parsed.Host)
+
+		list, err := safe.StateListAll[*cluster.Member](callCtx, c.COSI())
+		if err != nil {
+			if known, rdErr := knowsMembers(callCtx, c); rdErr == nil && !known {
+				return nil
+			}
+
+			return err
+		}
+
+		out = make([]Member, 0, list.Len())
+
+		for res := range list.All() {
+			spec := res.TypedSpec()
+			m := Member{Address: res.Metadata().ID(), Hostname: spec.Hostname, MachineType: spec.MachineType}
+
+			if seen, err := time.Parse(time.RFC3339, spec.LastSeen); err == nil {
+				m.LastSeen = seen
+			}
+
+			out = append(out, m)
+		}
+
+		return nil
+	})
+
+	return out, err
+}
+
+// knowsMembers reports whether the node registers the Members type; a node of a version before
+// it refuses to list them, which is not an error for discovery.
+func knowsMembers(ctx context.Context, c *client.Client) (bool, error) {
+	_, err := safe.StateGet[*meta.ResourceDefinition](ctx, c.COSI(),
+		resource.NewMetadata(meta.NamespaceName, meta.ResourceDefinitionType, strings.ToLower(cluster.MemberType), resource.VersionUndefined))
+
+	switch {
+	case err == nil:
+		return true, nil
+	case state.IsNotFoundError(err):
+		return false, nil
+	default:
+		return false, err
+	}
 }

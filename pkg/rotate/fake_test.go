@@ -49,6 +49,11 @@ type fakeCluster struct {
 	initialOS string
 	// afterApply, when set, runs after every applied patch (under the cluster's lock).
 	afterApply func()
+	// members is what Members answers on each node; a node without an entry records none (an
+	// older version).
+	members map[string][]Member
+	// membersCalls counts the Members calls.
+	membersCalls int
 }
 
 var errCrash = errors.New("simulated crash")
@@ -86,7 +91,7 @@ func newTestCluster(t testing.TB, controlPlanes, workers int) *testCluster {
 
 	fc := &fakeCluster{
 		nodes: map[string]*fakeNode{}, unreachable: map[string]bool{},
-		clockOffset: map[string]time.Duration{}, expired: map[string]string{},
+		clockOffset: map[string]time.Duration{}, expired: map[string]string{}, members: map[string][]Member{},
 	}
 
 	tc := &testCluster{bundle: b, fake: fc}
@@ -112,6 +117,17 @@ func newTestCluster(t testing.TB, controlPlanes, workers int) *testCluster {
 	}
 
 	fc.initialOS = fc.nodes[fc.entry].leaves["api"].issuer
+
+	// Each control plane knows itself and the workers it signed for (here: all of them).
+	now := time.Now()
+
+	for _, cp := range tc.nodes[:controlPlanes] {
+		fc.members[cp] = append(fc.members[cp], Member{Address: cp, Hostname: "host-" + cp, MachineType: machineconfig.TypeControlPlane, LastSeen: now})
+
+		for _, w := range tc.nodes[controlPlanes:] {
+			fc.members[cp] = append(fc.members[cp], Member{Address: w, Hostname: "host-" + w, MachineType: machineconfig.TypeWorker, LastSeen: now})
+		}
+	}
 
 	crt, key, err := b.NewClientCertificate([]string{adminRole}, time.Hour)
 	require.NoError(t, err)
@@ -428,6 +444,19 @@ func (f *fakeCluster) Probe(_ context.Context, node string, creds Credentials, d
 	_, err := f.call(creds, entry, node)
 
 	return err
+}
+
+func (f *fakeCluster) Members(_ context.Context, endpoint string) ([]Member, error) {
+	var out []Member
+
+	err := f.do(endpoint, func(n *fakeNode) error {
+		f.membersCalls++
+		out = slices.Clone(f.members[n.name])
+
+		return nil
+	})
+
+	return out, err
 }
 
 // configOf returns a node's current config.

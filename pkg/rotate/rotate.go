@@ -52,9 +52,17 @@ const (
 type Options struct {
 	// Roots to rotate; empty means DefaultRoots.
 	Roots []Root
-	// Nodes are every node of the cluster, addressed through the endpoints.
+	// Nodes are every node of the cluster, addressed through the endpoints. When empty, they are
+	// discovered: the members the control planes behind the endpoints know (Cluster.Members),
+	// without those not seen for MemberStaleAfter, else FallbackNodes.
 	Nodes []string
-	// Endpoints are shown in the intro; the Cluster already uses them.
+	// FallbackNodes are the nodes when Nodes is empty and discovery finds no member (the
+	// talosconfig context's nodes).
+	FallbackNodes []string
+	// MemberStaleAfter is the age past which a discovered member is left out (default
+	// DefaultMemberStaleAfter).
+	MemberStaleAfter time.Duration
+	// Endpoints are the endpoints the Cluster calls through: discovery asks each of them.
 	Endpoints []string
 	// DryRun prints the plan and every patch, and changes nothing (no plan file either).
 	DryRun bool
@@ -92,22 +100,16 @@ func (o *Options) setDefaults() error {
 
 	o.Roots = sortRoots(o.Roots)
 
-	if len(o.Nodes) == 0 {
-		return errors.New("no nodes: list every node of the cluster with --nodes, or set the context's nodes (`nodepkictl config node ...`)")
+	if err := checkNodeList(o.Nodes); err != nil {
+		return err
 	}
 
-	seen := map[string]bool{}
+	if len(o.Nodes) == 0 && len(o.Endpoints) == 0 {
+		return errors.New("no nodes and no endpoints to discover them through: pass --endpoints, or list every node with --nodes")
+	}
 
-	for _, n := range o.Nodes {
-		if strings.TrimSpace(n) == "" {
-			return errors.New("empty node name in the node list")
-		}
-
-		if seen[n] {
-			return fmt.Errorf("node %s is listed twice", n)
-		}
-
-		seen[n] = true
+	if o.MemberStaleAfter == 0 {
+		o.MemberStaleAfter = DefaultMemberStaleAfter
 	}
 
 	if o.PlanPath == "" {
@@ -188,11 +190,20 @@ func (r *rotation) run(ctx context.Context) error {
 
 	r.creds.current = current
 
+	nodes := "discovered through the endpoints"
+	if len(r.opts.Nodes) > 0 {
+		nodes = strings.Join(r.opts.Nodes, ", ")
+	}
+
 	r.out.printf("rotating %s of context %q (endpoints %s; nodes %s)%s\n", rootNames(r.opts.Roots), r.opts.ContextName,
-		strings.Join(r.opts.Endpoints, ", "), strings.Join(r.opts.Nodes, ", "), dryRunSuffix(r.opts.DryRun))
+		strings.Join(r.opts.Endpoints, ", "), nodes, dryRunSuffix(r.opts.DryRun))
 
 	done, err := r.loadPlan()
 	if err != nil || done {
+		return err
+	}
+
+	if err = r.resolveNodes(ctx); err != nil {
 		return err
 	}
 

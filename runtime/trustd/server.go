@@ -37,7 +37,8 @@ const (
 // Options configure a Server.
 type Options struct {
 	// State holds the pki resources the server reads: RootSecrets/os (CA and tokens),
-	// AcceptedCAs/os (the bundle returned to workers) and NodeCertificates/trustd (its TLS certificate).
+	// AcceptedCAs/os (the bundle returned to workers) and NodeCertificates/trustd (its TLS
+	// certificate); the server records each worker it signs for there as a cluster.Member.
 	State  state.State
 	Logger *zap.Logger
 
@@ -275,7 +276,9 @@ func (s *Server) sign(ctx context.Context, csrPEM []byte) (*trustdapi.Certificat
 		return nil, err
 	}
 
-	crtPEM, err := ca.SignCSR(csr, profile, time.Now())
+	signedAt := time.Now()
+
+	crtPEM, err := ca.SignCSR(csr, profile, signedAt)
 	if err != nil {
 		s.logger.Error("trustd failed to sign a CSR", zap.Error(err))
 
@@ -295,6 +298,8 @@ func (s *Server) sign(ctx context.Context, csrPEM []byte) (*trustdapi.Certificat
 		zap.String("serial", crt.SerialNumber.Text(16)),
 		zap.Time("not_after", crt.NotAfter),
 	)
+
+	s.recordMember(ctx, crt, signedAt)
 
 	return &trustdapi.CertificateResponse{Ca: caBundle, Crt: crtPEM}, nil
 }

@@ -1,6 +1,7 @@
 // Package trustd owns the certificate-signing service of control-plane nodes (the trustd role,
 // :50001) and its client: workers send a CSR with the join token and get back a server
-// certificate for their node API, signed by the OS CA under a strict policy.
+// certificate for their node API, signed by the OS CA under a strict policy. Each worker signed
+// for is recorded as a cluster.Member, which is how rotate-ca finds the workers.
 package trustd
 
 import "time"
