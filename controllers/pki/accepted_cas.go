@@ -237,6 +237,8 @@ const (
 	certificateBundle pemKind = iota // one or more certificates (acceptedCAs entries)
 	singleCertificate                // exactly the first certificate (issuing CAs)
 	publicKey                        // a public or private key, published as its public key
+
+	pemKinds // the number of kinds
 )
 
 func (k pemKind) parse(data []byte) ([]pemEntry, error) {
@@ -251,39 +253,57 @@ func (k pemKind) parse(data []byte) ([]pemEntry, error) {
 }
 
 // parsedPEM remembers parsed config entries across passes: most config changes leave the CAs
-// alone, and parsing every certificate and key again would dominate the pass. Only the entries of
-// the last pass are kept.
+// alone, and parsing every certificate and key again would dominate the pass. Entries are keyed
+// by their text alone, so a CA that moves between the issuing CA and acceptedCAs (as it does at
+// every rotation step) is not parsed again. Only the entries of the last pass are kept.
 type parsedPEM struct {
-	previous, current map[pemKey]parsedEntry
+	previous, current map[string]*parsedEntry
 }
 
-type pemKey struct {
-	kind pemKind
-	data string
-}
-
+// parsedEntry holds the outcome of parsing one text as each kind asked for so far.
 type parsedEntry struct {
+	results [pemKinds]*parseResult
+}
+
+type parseResult struct {
 	entries []pemEntry
 	err     error
 }
 
 func (c *parsedPEM) get(kind pemKind, data []byte) ([]pemEntry, error) {
-	key := pemKey{kind: kind, data: string(data)}
-
-	e, ok := c.current[key]
+	e, ok := c.current[string(data)]
 	if !ok {
-		if e, ok = c.previous[key]; !ok {
-			e.entries, e.err = kind.parse(data)
+		if e, ok = c.previous[string(data)]; !ok {
+			e = &parsedEntry{}
 		}
 
 		if c.current == nil {
-			c.current = map[pemKey]parsedEntry{}
+			c.current = map[string]*parsedEntry{}
 		}
 
-		c.current[key] = e
+		c.current[string(data)] = e
 	}
 
-	return e.entries, e.err
+	return e.as(kind, data)
+}
+
+func (e *parsedEntry) as(kind pemKind, data []byte) ([]pemEntry, error) {
+	if r := e.results[kind]; r != nil {
+		return r.entries, r.err
+	}
+
+	r := &parseResult{}
+
+	if bundle := e.results[certificateBundle]; kind == singleCertificate && bundle != nil && bundle.err == nil {
+		// Both start with the first PEM block, which parsed as a certificate.
+		r.entries = bundle.entries[:1]
+	} else {
+		r.entries, r.err = kind.parse(data)
+	}
+
+	e.results[kind] = r
+
+	return r.entries, r.err
 }
 
 // endPass forgets the entries the pass did not use.

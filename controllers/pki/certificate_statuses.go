@@ -4,8 +4,11 @@ import (
 	"bytes"
 	"context"
 	stdx509 "crypto/x509"
+	"crypto/x509/pkix"
 	"fmt"
+	"maps"
 	"net"
+	"reflect"
 	"slices"
 	"strings"
 	"sync"
@@ -14,6 +17,7 @@ import (
 	"github.com/cosi-project/runtime/pkg/controller"
 	"github.com/cosi-project/runtime/pkg/resource"
 	"github.com/cosi-project/runtime/pkg/safe"
+	"github.com/cosi-project/runtime/pkg/state"
 	"go.uber.org/zap"
 
 	"github.com/nodepki/nodepki/pkg/certs"
@@ -33,11 +37,20 @@ type CertificateStatusesController struct {
 	// cryptography again.
 	verified map[string]*verification
 	pools    map[resource.ID]*trustPool
+
+	// written is every status as the controller last wrote it, by ID, since Run started; nil until
+	// a pass has written them all and removed the others. Most passes change few statuses or
+	// none (a pool change that does not change trust), so only changed ones are written.
+	written map[resource.ID]*pki.CertificateStatus
 }
 
 // verification is the outcome of verifying one certificate against its root's pool.
 type verification struct {
 	crt *stdx509.Certificate
+	// summary holds the fields of a status read from the certificate alone, rendered once.
+	summary pki.CertificateStatusSpec
+	// expiringAt and defaultRenewAt are the certificate's expiringTime and renewalTime.
+	expiringAt, defaultRenewAt time.Time
 	// err is why the certificate could not be read at all.
 	err               error
 	trusted           bool
@@ -85,6 +98,9 @@ func (ctrl *CertificateStatusesController) Run(ctx context.Context, r controller
 
 	defer transition.Stop()
 
+	// The state may hold statuses of an earlier run that ended with an error half way.
+	ctrl.written = nil
+
 	for {
 		select {
 		case <-ctx.Done():
@@ -114,16 +130,50 @@ func (ctrl *CertificateStatusesController) now() time.Time {
 	return time.Now()
 }
 
+// maxRecomputes bounds how many times a pass starts over because its inputs changed meanwhile.
+const maxRecomputes = 3
+
 // reconcile writes every status and returns the time of the next state transition.
+//
+// Certificates change in bursts (a rotation step reissues a dozen, written one by one), and the
+// pass starts with the first of them. If more arrived while the statuses were computed, computing
+// again is cheaper than writing statuses that the next pass rewrites at once.
 func (ctrl *CertificateStatusesController) reconcile(ctx context.Context, r controller.Runtime) (time.Time, error) {
+	for attempt := 0; ; attempt++ {
+		statuses, next, err := ctrl.compute(ctx, r)
+		if err != nil {
+			return time.Time{}, err
+		}
+
+		if attempt < maxRecomputes && inputsChanged(r) {
+			continue
+		}
+
+		return next, ctrl.write(ctx, r, statuses)
+	}
+}
+
+// inputsChanged consumes a pending notification of an input change; the caller then reads the
+// inputs again, which covers it.
+func inputsChanged(r controller.Runtime) bool {
+	select {
+	case <-r.EventCh():
+		return true
+	default:
+		return false
+	}
+}
+
+// compute reads the inputs and returns every status and the time of the next state transition.
+func (ctrl *CertificateStatusesController) compute(ctx context.Context, r controller.Runtime) (map[resource.ID]*pki.CertificateStatusSpec, time.Time, error) {
 	certificates, err := safe.ReaderListAll[*pki.NodeCertificate](ctx, r)
 	if err != nil {
-		return time.Time{}, fmt.Errorf("error listing node certificates: %w", err)
+		return nil, time.Time{}, fmt.Errorf("error listing node certificates: %w", err)
 	}
 
 	accepted, err := safe.ReaderListAll[*pki.AcceptedCA](ctx, r)
 	if err != nil {
-		return time.Time{}, fmt.Errorf("error listing accepted CAs: %w", err)
+		return nil, time.Time{}, fmt.Errorf("error listing accepted CAs: %w", err)
 	}
 
 	ctrl.refreshPools(accepted)
@@ -133,27 +183,65 @@ func (ctrl *CertificateStatusesController) reconcile(ctx context.Context, r cont
 
 	var next time.Time
 
-	r.StartTrackingOutputs()
+	statuses := make(map[resource.ID]*pki.CertificateStatusSpec, certificates.Len())
 
 	for certificate := range certificates.All() {
 		id := certificate.Metadata().ID()
 		spec, transition := status(certificate.TypedSpec(), verifications[id], now)
 		next = earliest(next, transition)
+		statuses[id] = &spec
+	}
 
-		if err = safe.WriterModify(ctx, r, pki.NewCertificateStatus(id), func(res *pki.CertificateStatus) error {
-			*res.TypedSpec() = spec
+	return statuses, next, nil
+}
 
-			return nil
-		}); err != nil {
-			return time.Time{}, fmt.Errorf("error updating certificate status %q: %w", id, err)
+// write makes the statuses in the state those of statuses: all of them and a cleanup of the
+// others on the first pass of a run, only the differences afterwards.
+func (ctrl *CertificateStatusesController) write(ctx context.Context, r controller.Runtime, statuses map[resource.ID]*pki.CertificateStatusSpec) error {
+	first := ctrl.written == nil
+	if first {
+		r.StartTrackingOutputs()
+	}
+
+	written := make(map[resource.ID]*pki.CertificateStatus, len(statuses))
+
+	for _, id := range slices.Sorted(maps.Keys(statuses)) {
+		spec := statuses[id]
+
+		last, ok := ctrl.written[id]
+		if ok && reflect.DeepEqual(last.TypedSpec(), spec) {
+			written[id] = last
+
+			continue
+		}
+
+		res, err := writeSpec(ctx, r, last, pki.NewCertificateStatus(id), *spec)
+		if err != nil {
+			return fmt.Errorf("error updating certificate status %q: %w", id, err)
+		}
+
+		written[id] = res
+	}
+
+	if first {
+		if err := safe.CleanupOutputs[*pki.CertificateStatus](ctx, r); err != nil {
+			return fmt.Errorf("error cleaning up certificate statuses: %w", err)
 		}
 	}
 
-	if err = safe.CleanupOutputs[*pki.CertificateStatus](ctx, r); err != nil {
-		return time.Time{}, fmt.Errorf("error cleaning up certificate statuses: %w", err)
+	for id := range ctrl.written {
+		if _, ok := statuses[id]; ok {
+			continue
+		}
+
+		if err := r.Destroy(ctx, pki.NewCertificateStatus(id).Metadata()); err != nil && !state.IsNotFoundError(err) {
+			return fmt.Errorf("error removing certificate status %q: %w", id, err)
+		}
 	}
 
-	return next, nil
+	ctrl.written = written
+
+	return nil
 }
 
 func (ctrl *CertificateStatusesController) refreshPools(accepted safe.List[*pki.AcceptedCA]) {
@@ -209,9 +297,15 @@ func (ctrl *CertificateStatusesController) verifyAll(certificates safe.List[*pki
 
 		v, ok := verified[spec.Certificate]
 		if !ok {
-			if cached := ctrl.verified[spec.Certificate]; cached.stillHolds(pool, now) {
+			switch cached := ctrl.verified[spec.Certificate]; {
+			case cached.stillHolds(pool, now):
 				v = cached
-			} else {
+			case parsedLeaves.has(spec.Certificate):
+				// Issued or verified by this process, so parsed and with its signature remembered:
+				// verifying it takes less than handing it to another goroutine.
+				v = &verification{}
+				*v = verify(spec, pool, now)
+			default:
 				v = &verification{}
 
 				wg.Go(func() { *v = verify(spec, pool, now) })
@@ -249,12 +343,19 @@ func (v *verification) stillHolds(pool *trustPool, now time.Time) bool {
 // is checked at a moment within the leaf's own validity: expiry is reported by the state, trust
 // answers only "does it chain to a CA accepted now".
 func verify(crt *pki.NodeCertificateSpec, pool *trustPool, now time.Time) verification {
-	leaf, err := certs.ParseCertificate([]byte(crt.Certificate))
+	leaf, err := parseLeaf(crt.Certificate)
 	if err != nil {
 		return verification{err: fmt.Errorf("certificate: %w", err)}
 	}
 
-	v := verification{crt: leaf, issuerFingerprint: crt.IssuerFingerprint, poolKey: pool.key}
+	v := verification{
+		crt:               leaf,
+		summary:           summarize(leaf),
+		expiringAt:        expiringTime(leaf),
+		defaultRenewAt:    renewalTime(leaf),
+		issuerFingerprint: crt.IssuerFingerprint,
+		poolKey:           pool.key,
+	}
 
 	at := now
 	if at.Before(leaf.NotBefore) {
@@ -266,13 +367,12 @@ func verify(crt *pki.NodeCertificateSpec, pool *trustPool, now time.Time) verifi
 	}
 
 	if pool.pool != nil {
-		chains, err := verifyChains(leaf, pool, at)
-		if err == nil && len(chains) > 0 && len(chains[0]) > 1 {
+		if chain, ok := trustedChain(leaf, pool, at); ok {
 			v.trusted = true
-			v.issuerFingerprint = certs.Fingerprint(chains[0][1])
+			v.issuerFingerprint = certs.Fingerprint(chain[1])
 			v.signerFingerprint = v.issuerFingerprint
 
-			for _, ca := range chains[0][1:] {
+			for _, ca := range chain[1:] {
 				if v.recheckAt.IsZero() || ca.NotAfter.Before(v.recheckAt) {
 					v.recheckAt = ca.NotAfter
 				}
@@ -299,6 +399,24 @@ func verify(crt *pki.NodeCertificateSpec, pool *trustPool, now time.Time) verifi
 	}
 
 	return v
+}
+
+// trustedChain is the chain from leaf to a CA of the pool x509 verification finds at the time at;
+// ok is false when there is none. A leaf whose signature by a pool CA's key is already known (see
+// verifiedSignatures) skips the signature check, not the rest of the verification.
+func trustedChain(leaf *stdx509.Certificate, pool *trustPool, at time.Time) (chain []*stdx509.Certificate, ok bool) {
+	if ca, ok := signedByAcceptedCA(leaf, pool.cas, at); ok {
+		return []*stdx509.Certificate{leaf, ca}, true
+	}
+
+	chains, err := verifyChains(leaf, pool, at)
+	if err != nil || len(chains) == 0 || len(chains[0]) < 2 {
+		return nil, false
+	}
+
+	rememberSignature(leaf, chains[0][1])
+
+	return chains[0], true
 }
 
 // verifyChains verifies leaf against the pool. During a rotation the pool holds CAs with the same
@@ -340,23 +458,17 @@ func status(crt *pki.NodeCertificateSpec, v *verification, now time.Time) (pki.C
 		return status, time.Time{}
 	}
 
-	leaf := v.crt
+	leaf, expiringAt := v.crt, v.expiringAt
 
 	renewAt, err := time.Parse(time.RFC3339, crt.RenewAt)
 	if err != nil {
-		renewAt = renewalTime(leaf)
+		renewAt = v.defaultRenewAt
 	}
 
-	expiringAt := expiringTime(leaf)
-
-	status.Subject = leaf.Subject.String()
-	status.DNSNames = leaf.DNSNames
-	status.IPAddresses = ipStrings(leaf.IPAddresses)
-	status.Serial = leaf.SerialNumber.Text(16)
-	status.Issuer = leaf.Issuer.String()
+	status = v.summary
+	status.Root = crt.Root
+	status.LastError = crt.LastError
 	status.IssuerFingerprint = v.issuerFingerprint
-	status.NotBefore = formatTime(leaf.NotBefore)
-	status.NotAfter = formatTime(leaf.NotAfter)
 	status.RenewAt = formatTime(renewAt)
 	status.Trusted = v.trusted
 
@@ -382,6 +494,35 @@ func status(crt *pki.NodeCertificateSpec, v *verification, now time.Time) (pki.C
 	}
 
 	return status, next
+}
+
+// summarize renders the fields of a status that depend on the certificate alone.
+func summarize(leaf *stdx509.Certificate) pki.CertificateStatusSpec {
+	return pki.CertificateStatusSpec{
+		Subject:     nameString(leaf.RawSubject, leaf.Subject),
+		DNSNames:    leaf.DNSNames,
+		IPAddresses: ipStrings(leaf.IPAddresses),
+		Serial:      leaf.SerialNumber.Text(16),
+		Issuer:      nameString(leaf.RawIssuer, leaf.Issuer),
+		NotBefore:   formatTime(leaf.NotBefore),
+		NotAfter:    formatTime(leaf.NotAfter),
+	}
+}
+
+// renderedNames remembers distinguished names rendered as strings, by DER: a reissued certificate
+// has the subject and the issuer of the one it replaces, and rendering one takes a dozen allocations.
+var renderedNames = newBoundedMemo[string, string](64)
+
+// nameString is name.String() for the name that der encodes.
+func nameString(der []byte, name pkix.Name) string {
+	if s, ok := renderedNames.get(string(der)); ok {
+		return s
+	}
+
+	s := name.String()
+	renderedNames.put(string(der), s)
+
+	return s
 }
 
 func joinErrors(messages ...string) string {

@@ -4,6 +4,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"reflect"
+	"slices"
 	"strings"
 	"sync"
 	"time"
@@ -28,6 +30,11 @@ import (
 // A certificate is reissued only when it is missing, when what it was issued for changed (the
 // Request digest: profile, SANs and issuing CA) or when its RenewAt has passed; the CA bundle is
 // updated in place. Renewal is driven by a timer set to the earliest RenewAt.
+//
+// A certificate is only published once the root's trust pool has its issuing CA, so that its
+// bundle trusts its issuer. The root and the pool follow the config separately; when the issuing
+// CA changes, the certificates are issued as soon as the root has the new CA and kept back until
+// the pool has it too, so that the issuance does not wait for the pool.
 type NodeCertificatesController struct {
 	// Hostname is the node's hostname, the common name of its server certificates.
 	Hostname string
@@ -36,14 +43,60 @@ type NodeCertificatesController struct {
 	// Clock overrides time.Now.
 	Clock func() time.Time
 
-	cas map[resource.ID]loadedCA
+	cas map[resource.ID]*issuingCA
+	// heldBack are certificates issued ahead of the trust pool, by ID.
+	heldBack map[resource.ID]*leafWork
+	requests map[resource.ID]requestMemo
 }
 
-// loadedCA caches a parsed issuing CA, keyed by the PEM it was parsed from.
-type loadedCA struct {
+// issuingCA is the issuing CA of a root, loaded from the PEM it keeps: the certificate as soon as
+// the root changes, since every certificate of the root depends on its fingerprint, and the key in
+// the background. Parsing a key derives its public key, which costs about as much as a signature,
+// and a rotation step changes every root at once: issuance waits for the key of its own root only.
+type issuingCA struct {
 	crt, key    string
-	ca          *certs.CA
 	fingerprint string
+	// err is why the certificate is unusable; nothing is loaded then.
+	err error
+	// loaded is closed once ca or keyErr is set.
+	loaded chan struct{}
+	ca     *certs.CA
+	keyErr error
+}
+
+func loadIssuingCA(id resource.ID, root pki.RootSecretSpec) *issuingCA {
+	ca := &issuingCA{crt: root.IssuingCert, key: root.IssuingKey, loaded: make(chan struct{})}
+
+	crt, err := certs.ParseCertificate([]byte(ca.crt))
+	if err != nil {
+		ca.err = fmt.Errorf("error loading the %s issuing CA: crt: %w", id, err)
+		close(ca.loaded)
+
+		return ca
+	}
+
+	ca.fingerprint = certs.Fingerprint(crt)
+
+	go func() {
+		defer close(ca.loaded)
+
+		if ca.ca, ca.keyErr = certs.LoadCA([]byte(ca.crt), []byte(ca.key)); ca.keyErr != nil {
+			ca.keyErr = fmt.Errorf("error loading the %s issuing CA: %w", id, ca.keyErr)
+		}
+	}()
+
+	return ca
+}
+
+// wait returns the loaded CA, or why it does not load.
+func (ca *issuingCA) wait() (*certs.CA, error) {
+	<-ca.loaded
+
+	if ca.err != nil {
+		return nil, ca.err
+	}
+
+	return ca.ca, ca.keyErr
 }
 
 // Name implements controller.Controller interface.
@@ -121,20 +174,43 @@ func (ctrl *NodeCertificatesController) reconcile(ctx context.Context, r control
 
 	var works []*leafWork
 
-	for _, leaf := range planLeaves(in.controlPlane, in.roots, in.node, ctrl.Lifetimes) {
+	leaves := planLeaves(in.controlPlane, in.roots, in.node, ctrl.Lifetimes)
+	issuingRoots := map[resource.ID]struct{}{}
+
+	for _, leaf := range leaves {
+		if leaf.ready {
+			issuingRoots[leaf.root] = struct{}{}
+		}
+	}
+
+	ctrl.loadCAs(in.roots, issuingRoots)
+
+	for _, leaf := range leaves {
 		desired[leaf.id] = struct{}{}
 
-		accepted, hasPool := in.accepted[leaf.root]
-		if !leaf.ready || !hasPool {
+		if !leaf.ready {
 			// Keep what exists and wait for the missing input, whose arrival wakes the controller;
 			// arming the timer for a certificate that cannot be renewed yet would only spin.
 			continue
 		}
 
-		current, exists := in.existing[leaf.id]
+		var current pki.NodeCertificateSpec
 
-		if work := ctrl.prepare(leaf, in.roots[leaf.root], accepted, current, exists, now); work != nil {
+		res, exists := in.existing[leaf.id]
+		if exists {
+			current = *res.TypedSpec()
+		}
+
+		pool, hasPool := in.accepted[leaf.root]
+
+		if work := ctrl.prepare(leaf, pool, hasPool, current, exists, now); work != nil {
 			works = append(works, work)
+		}
+	}
+
+	for id := range ctrl.heldBack {
+		if _, ok := desired[id]; !ok {
+			delete(ctrl.heldBack, id)
 		}
 	}
 
@@ -150,22 +226,41 @@ func (ctrl *NodeCertificatesController) reconcile(ctx context.Context, r control
 
 	wg.Wait()
 
+	// A key that does not load is reported even when nothing needed issuing.
+	for _, work := range works {
+		if work.err == nil && work.ca != nil {
+			if _, err = work.ca.wait(); err != nil {
+				work.fail(err)
+			}
+		}
+	}
+
+	if err = ctrl.catchUp(ctx, r, works); err != nil {
+		return time.Time{}, err
+	}
+
 	var (
 		next time.Time
 		errs []error
 	)
 
 	for _, work := range works {
+		if !work.publish {
+			ctrl.holdBack(work)
+
+			continue
+		}
+
+		delete(ctrl.heldBack, work.leaf.id)
+
 		if work.err != nil {
 			errs = append(errs, fmt.Errorf("certificate %q: %w", work.leaf.id, work.err))
 		}
 
-		if err = safe.WriterModify(ctx, r, pki.NewNodeCertificate(work.leaf.id), func(res *pki.NodeCertificate) error {
-			*res.TypedSpec() = work.spec
-
-			return nil
-		}); err != nil {
-			return time.Time{}, fmt.Errorf("error updating certificate %q: %w", work.leaf.id, err)
+		if current, ok := in.existing[work.leaf.id]; !ok || *current.TypedSpec() != work.spec {
+			if _, err = writeSpec(ctx, r, current, pki.NewNodeCertificate(work.leaf.id), work.spec); err != nil {
+				return time.Time{}, fmt.Errorf("error updating certificate %q: %w", work.leaf.id, err)
+			}
 		}
 
 		if work.issued != nil {
@@ -203,18 +298,17 @@ func (ctrl *NodeCertificatesController) reconcile(ctx context.Context, r control
 type nodeCertificatesInputs struct {
 	controlPlane bool
 	roots        map[resource.ID]pki.RootSecretSpec
-	accepted     map[resource.ID]pki.AcceptedCASpec
+	accepted     map[resource.ID]acceptedPool
 	node         nodeIdentity
-	// existing are the certificates this controller owns.
-	existing map[resource.ID]pki.NodeCertificateSpec
+	// existing are the certificates this controller owns, as read.
+	existing map[resource.ID]*pki.NodeCertificate
 }
 
 func (ctrl *NodeCertificatesController) readInputs(ctx context.Context, r controller.Runtime) (nodeCertificatesInputs, error) {
 	in := nodeCertificatesInputs{
 		roots:    map[resource.ID]pki.RootSecretSpec{},
-		accepted: map[resource.ID]pki.AcceptedCASpec{},
 		node:     nodeIdentity{hostname: ctrl.Hostname, sans: map[resource.ID]pki.CertSANSpec{}},
-		existing: map[resource.ID]pki.NodeCertificateSpec{},
+		existing: map[resource.ID]*pki.NodeCertificate{},
 	}
 
 	roots, err := safe.ReaderListAll[*pki.RootSecret](ctx, r)
@@ -231,13 +325,8 @@ func (ctrl *NodeCertificatesController) readInputs(ctx context.Context, r contro
 	// config change, before the roots it depends on have followed.
 	in.controlPlane = in.roots[pki.RootOS].IssuingKey != ""
 
-	accepted, err := safe.ReaderListAll[*pki.AcceptedCA](ctx, r)
-	if err != nil {
-		return in, fmt.Errorf("error listing accepted CAs: %w", err)
-	}
-
-	for pool := range accepted.All() {
-		in.accepted[pool.Metadata().ID()] = *pool.TypedSpec()
+	if in.accepted, err = readAcceptedCAs(ctx, r); err != nil {
+		return in, err
 	}
 
 	sans, err := safe.ReaderListAll[*pki.CertSAN](ctx, r)
@@ -265,21 +354,93 @@ func (ctrl *NodeCertificatesController) readInputs(ctx context.Context, r contro
 
 	for crt := range existing.All() {
 		if crt.Metadata().Owner() == ctrl.Name() {
-			in.existing[crt.Metadata().ID()] = *crt.TypedSpec()
+			in.existing[crt.Metadata().ID()] = crt
 		}
 	}
 
 	return in, nil
 }
 
+// acceptedPool is what the certificates of a root take from its trust pool.
+type acceptedPool struct {
+	issuingFingerprint string
+	// bundle is the CA bundle of the root's certificates: every accepted CA.
+	bundle string
+}
+
+func readAcceptedCAs(ctx context.Context, r controller.Reader) (map[resource.ID]acceptedPool, error) {
+	list, err := safe.ReaderListAll[*pki.AcceptedCA](ctx, r)
+	if err != nil {
+		return nil, fmt.Errorf("error listing accepted CAs: %w", err)
+	}
+
+	accepted := make(map[resource.ID]acceptedPool, list.Len())
+
+	for pool := range list.All() {
+		spec := pool.TypedSpec()
+		accepted[pool.Metadata().ID()] = acceptedPool{issuingFingerprint: spec.IssuingFingerprint, bundle: strings.Join(spec.Certificates, "")}
+	}
+
+	return accepted, nil
+}
+
+// requestDigest is requestDigest of the certificate's profile, remembered per certificate:
+// profiles are rebuilt on every pass and rarely change, and comparing one costs less than hashing it.
+func (ctrl *NodeCertificatesController) requestDigest(leaf plannedLeaf, issuerFingerprint string) string {
+	if memo, ok := ctrl.requests[leaf.id]; ok && memo.issuerFingerprint == issuerFingerprint && reflect.DeepEqual(memo.profile, leaf.profile) {
+		return memo.digest
+	}
+
+	digest := requestDigest(leaf.profile, issuerFingerprint)
+
+	if ctrl.requests == nil {
+		ctrl.requests = map[resource.ID]requestMemo{}
+	}
+
+	ctrl.requests[leaf.id] = requestMemo{profile: leaf.profile, issuerFingerprint: issuerFingerprint, digest: digest}
+
+	return digest
+}
+
+type requestMemo struct {
+	profile                   certs.Profile
+	issuerFingerprint, digest string
+}
+
+// catchUp publishes the certificates a pass issued ahead of their trust pool if the pool has
+// caught up meanwhile, as it usually has: it follows the same config change, and issuing takes
+// longer than building it. This saves a pass between issuance and publication.
+func (ctrl *NodeCertificatesController) catchUp(ctx context.Context, r controller.Reader, works []*leafWork) error {
+	if !slices.ContainsFunc(works, func(work *leafWork) bool { return !work.publish && work.issued != nil }) {
+		return nil
+	}
+
+	accepted, err := readAcceptedCAs(ctx, r)
+	if err != nil {
+		return err
+	}
+
+	for _, work := range works {
+		if pool, ok := accepted[work.leaf.root]; ok && !work.publish && work.issued != nil && pool.issuingFingerprint == work.ca.fingerprint {
+			work.publish = true
+			work.spec.CABundle = pool.bundle
+		}
+	}
+
+	return nil
+}
+
 // leafWork is one certificate in a pass: the spec it ends up with and, if it is due, how it gets there.
 type leafWork struct {
 	leaf    plannedLeaf
-	ca      loadedCA
+	ca      *issuingCA
 	request string
 	// spec starts as the current spec with the CA bundle refreshed.
 	spec pki.NodeCertificateSpec
-	due  bool
+	// publish is false while the root's trust pool does not have the issuing CA: the certificate
+	// is issued but held back.
+	publish bool
+	due     bool
 	// issued is set once a new certificate was issued; err when loading the CA or issuing failed.
 	issued *issuedCertificate
 	err    error
@@ -292,41 +453,97 @@ type issuedCertificate struct {
 }
 
 // prepare decides whether a certificate must be (re)issued: when it is missing, when it was
-// issued for something else (profile, SANs or issuing CA) or when it is due for renewal.
+// issued for something else (profile, SANs or issuing CA) or when it is due for renewal. A
+// certificate held back for the same request is used instead of issuing another one.
 // A CA that does not load leaves the current certificate in place, with the error.
 //
-// It returns nil while the root's trust pool does not have the issuing CA yet (the two follow the
-// config separately): a certificate is only published with a bundle that trusts its issuer.
+// While the root's trust pool does not have the issuing CA yet (the two follow the config
+// separately), a certificate that is due is issued and held back, and nothing is written: a
+// certificate is only published with a bundle that trusts its issuer. prepare returns nil when
+// there is nothing to do.
 func (ctrl *NodeCertificatesController) prepare(
-	leaf plannedLeaf, root pki.RootSecretSpec, accepted pki.AcceptedCASpec,
+	leaf plannedLeaf, pool acceptedPool, hasPool bool,
 	current pki.NodeCertificateSpec, exists bool, now time.Time,
 ) *leafWork {
-	work := &leafWork{leaf: leaf, spec: current}
+	work := &leafWork{leaf: leaf, spec: current, publish: hasPool}
 	work.spec.Root = leaf.root
-	work.spec.CABundle = strings.Join(accepted.Certificates, "")
+	work.spec.CABundle = pool.bundle
 
-	ca, err := ctrl.loadCA(leaf.root, root)
-	if err != nil {
-		work.err = err
-		work.spec.LastError = err.Error()
+	ca := ctrl.cas[leaf.root]
+	if ca.err != nil {
+		if !hasPool {
+			return nil
+		}
+
+		work.fail(ca.err)
 
 		return work
 	}
 
-	if accepted.IssuingFingerprint != ca.fingerprint {
-		return nil
+	work.ca = ca
+	work.publish = hasPool && pool.issuingFingerprint == ca.fingerprint
+	// A certificate of another issuer was issued for another request; when the issuer changes,
+	// the digest is left to the issuance, which runs concurrently.
+	work.due = !exists || current.LastError != "" || current.IssuerFingerprint != ca.fingerprint || due(current, now)
+
+	held := ctrl.heldBack[leaf.id]
+	if !work.due || held != nil {
+		work.request = ctrl.requestDigest(leaf, ca.fingerprint)
+		work.due = work.due || current.Request != work.request
 	}
 
-	work.ca = ca
-	work.request = requestDigest(leaf.profile, ca.fingerprint)
-	work.due = !exists || current.Request != work.request || current.LastError != "" || due(current, now)
+	switch {
+	case held == nil:
+	case !work.due || held.request != work.request || due(held.spec, now):
+		delete(ctrl.heldBack, leaf.id)
+	default:
+		work.spec = held.spec
+		work.spec.CABundle = pool.bundle
+		work.issued = held.issued
+		work.due = false
+	}
+
+	if !work.publish && !work.due {
+		return nil
+	}
 
 	return work
 }
 
+// holdBack keeps a certificate issued ahead of its trust pool; a failed issuance is retried when
+// the certificate can be published, and reported then.
+func (ctrl *NodeCertificatesController) holdBack(work *leafWork) {
+	if work.issued == nil {
+		return
+	}
+
+	if ctrl.heldBack == nil {
+		ctrl.heldBack = map[resource.ID]*leafWork{}
+	}
+
+	ctrl.heldBack[work.leaf.id] = work
+}
+
+// fail records why the certificate cannot be issued; the current one stays.
+func (work *leafWork) fail(err error) {
+	work.err = err
+	work.spec.LastError = err.Error()
+}
+
 // issue issues the certificate; it only touches work, so works can be issued concurrently.
 func (work *leafWork) issue(now time.Time) {
-	crtPEM, keyPEM, err := work.ca.ca.Issue(work.leaf.profile, issuanceTime(now))
+	ca, err := work.ca.wait()
+	if err != nil {
+		work.fail(err)
+
+		return
+	}
+
+	if work.request == "" {
+		work.request = requestDigest(work.leaf.profile, work.ca.fingerprint)
+	}
+
+	issued, err := ca.IssueParsed(work.leaf.profile, issuanceTime(now))
 	if err != nil {
 		work.err = err
 		work.spec.LastError = fmt.Sprintf("error issuing certificate: %v", err)
@@ -334,43 +551,35 @@ func (work *leafWork) issue(now time.Time) {
 		return
 	}
 
-	crt, err := certs.ParseCertificate(crtPEM)
-	if err != nil {
-		work.err = fmt.Errorf("error parsing issued certificate: %w", err)
-
-		return
-	}
+	crtPEM := string(issued.CrtPEM)
+	rememberLeaf(crtPEM, issued.Crt, ca.Crt)
 
 	work.spec = pki.NodeCertificateSpec{
 		Root:              work.leaf.root,
-		Certificate:       string(crtPEM),
-		Key:               string(keyPEM),
+		Certificate:       crtPEM,
+		Key:               string(issued.KeyPEM),
 		CABundle:          work.spec.CABundle,
 		IssuerFingerprint: work.ca.fingerprint,
 		Request:           work.request,
-		RenewAt:           formatTime(renewalTime(crt)),
+		RenewAt:           formatTime(renewalTime(issued.Crt)),
 	}
-	work.issued = &issuedCertificate{serial: crt.SerialNumber.Text(16), notAfter: crt.NotAfter}
+	work.issued = &issuedCertificate{serial: issued.Crt.SerialNumber.Text(16), notAfter: issued.Crt.NotAfter}
 }
 
-func (ctrl *NodeCertificatesController) loadCA(id resource.ID, root pki.RootSecretSpec) (loadedCA, error) {
-	if cached, ok := ctrl.cas[id]; ok && cached.crt == root.IssuingCert && cached.key == root.IssuingKey {
-		return cached, nil
-	}
-
-	ca, err := certs.LoadCA([]byte(root.IssuingCert), []byte(root.IssuingKey))
-	if err != nil {
-		return loadedCA{}, fmt.Errorf("error loading the %s issuing CA: %w", id, err)
-	}
-
+// loadCAs starts loading the issuing CAs of the roots whose material changed since the last pass.
+func (ctrl *NodeCertificatesController) loadCAs(roots map[resource.ID]pki.RootSecretSpec, ids map[resource.ID]struct{}) {
 	if ctrl.cas == nil {
-		ctrl.cas = map[resource.ID]loadedCA{}
+		ctrl.cas = map[resource.ID]*issuingCA{}
 	}
 
-	loaded := loadedCA{crt: root.IssuingCert, key: root.IssuingKey, ca: ca, fingerprint: certs.Fingerprint(ca.Crt)}
-	ctrl.cas[id] = loaded
+	for id := range ids {
+		root := roots[id]
+		if cached, ok := ctrl.cas[id]; ok && cached.crt == root.IssuingCert && cached.key == root.IssuingKey {
+			continue
+		}
 
-	return loaded, nil
+		ctrl.cas[id] = loadIssuingCA(id, root)
+	}
 }
 
 // due reports whether the certificate must be renewed: its RenewAt passed, or it cannot be read.

@@ -18,8 +18,10 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/nodepki/nodepki/controllers/ctest"
+	ctrlpki "github.com/nodepki/nodepki/controllers/pki"
 	"github.com/nodepki/nodepki/pkg/certs"
 	"github.com/nodepki/nodepki/pkg/machineconfig"
+	"github.com/nodepki/nodepki/resources/network"
 	"github.com/nodepki/nodepki/resources/pki"
 )
 
@@ -360,5 +362,73 @@ func TestNodeCertificatesRenewal(t *testing.T) {
 		a.NotEqual(renewed.SerialNumber.Text(16), res.TypedSpec().Serial)
 		a.NotEqual(firstCrt.SerialNumber.Text(16), res.TypedSpec().Serial)
 		a.Equal(pki.StateValid, res.TypedSpec().State)
+	})
+}
+
+// TestNodeCertificatesWaitForTheTrustPool feeds the controller a root whose trust pool does not
+// have its issuing CA yet: nothing is published until the pool has it, since a certificate is only
+// published with a bundle that trusts its issuer.
+func TestNodeCertificatesWaitForTheTrustPool(t *testing.T) {
+	t.Parallel()
+
+	s := ctest.NewSecrets(t)
+	other := ctest.NewCA(t, certs.RootOS)
+	env := ctest.Run(t, &ctrlpki.NodeCertificatesController{Hostname: testHostname})
+
+	pool := func(cas ...ctest.CA) pki.AcceptedCASpec {
+		var spec pki.AcceptedCASpec
+
+		for _, ca := range cas {
+			spec.Certificates = append(spec.Certificates, string(ca.Crt))
+			spec.Fingerprints = append(spec.Fingerprints, ca.Fingerprint(t))
+		}
+
+		spec.IssuingFingerprint = spec.Fingerprints[len(spec.Fingerprints)-1]
+
+		return spec
+	}
+
+	for _, res := range []resource.Resource{
+		pki.NewRootSecret(pki.RootOS), pki.NewCertSAN(pki.SANsAPI), network.NewNodeAddresses(network.CurrentID), pki.NewAcceptedCA(pki.RootOS),
+	} {
+		switch r := res.(type) {
+		case *pki.RootSecret:
+			*r.TypedSpec() = pki.RootSecretSpec{IssuingCert: string(s.OS.Crt), IssuingKey: string(s.OS.Key)}
+		case *pki.CertSAN:
+			*r.TypedSpec() = pki.CertSANSpec{DNSNames: []string{testHostname}, IPs: []string{"10.5.0.2"}}
+		case *network.NodeAddresses:
+			*r.TypedSpec() = network.NodeAddressesSpec{Addresses: []string{"10.5.0.2"}}
+		case *pki.AcceptedCA:
+			// The pool of the previous issuer: the os root has switched, its pool has not yet.
+			*r.TypedSpec() = pool(other)
+		}
+
+		require.NoError(t, env.State.Create(env.Ctx, res))
+	}
+
+	// Long enough to issue; the certificates must not be published meanwhile.
+	time.Sleep(200 * time.Millisecond)
+
+	published, err := safe.StateListAll[*pki.NodeCertificate](env.Ctx, env.State)
+	require.NoError(t, err)
+	require.Zero(t, published.Len(), "certificates published before the trust pool has their issuer")
+
+	require.NoError(t, safe.StateModify(env.Ctx, env.State, pki.NewAcceptedCA(pki.RootOS), func(res *pki.AcceptedCA) error {
+		*res.TypedSpec() = pool(other, s.OS)
+
+		return nil
+	}))
+
+	rtestutils.AssertResources(env.Ctx, t, env.State, certificatesOf(pki.RootOS), func(res *pki.NodeCertificate, a *assert.Assertions) {
+		spec := res.TypedSpec()
+		a.Empty(spec.LastError)
+		a.Equal(s.OS.Fingerprint(t), spec.IssuerFingerprint)
+		a.Equal(string(other.Crt)+string(s.OS.Crt), spec.CABundle)
+
+		roots := stdx509.NewCertPool()
+		a.True(roots.AppendCertsFromPEM([]byte(spec.CABundle)))
+
+		_, err := parseCertificate(t, spec.Certificate).Verify(stdx509.VerifyOptions{Roots: roots, KeyUsages: []stdx509.ExtKeyUsage{stdx509.ExtKeyUsageAny}})
+		a.NoError(err)
 	})
 }

@@ -3,6 +3,7 @@ package pki
 import (
 	"context"
 	"fmt"
+	"reflect"
 	"slices"
 
 	"github.com/cosi-project/runtime/pkg/controller"
@@ -38,6 +39,10 @@ func (ctrl *RootSecretsController) Outputs() []controller.Output {
 
 // Run implements controller.Controller interface.
 func (ctrl *RootSecretsController) Run(ctx context.Context, r controller.Runtime, _ *zap.Logger) error {
+	// written are the root secrets as the last pass wrote them: a config change rewrites most of
+	// them, and updating them directly is cheaper than Modify (see writeSpec).
+	var written map[resource.ID]*pki.RootSecret
+
 	for {
 		select {
 		case <-ctx.Done():
@@ -52,15 +57,22 @@ func (ctrl *RootSecretsController) Run(ctx context.Context, r controller.Runtime
 
 		r.StartTrackingOutputs()
 
-		for id, spec := range rootSecrets(doc) {
-			if err = safe.WriterModify(ctx, r, pki.NewRootSecret(id), func(res *pki.RootSecret) error {
-				*res.TypedSpec() = spec
+		specs := rootSecrets(doc)
+		next := make(map[resource.ID]*pki.RootSecret, len(specs))
 
-				return nil
-			}); err != nil {
+		for id, spec := range specs {
+			last := written[id]
+			if last != nil && reflect.DeepEqual(*last.TypedSpec(), spec) {
+				// Unchanged: Modify writes nothing, but marks it as an output of this pass.
+				last = nil
+			}
+
+			if next[id], err = writeSpec(ctx, r, last, pki.NewRootSecret(id), spec); err != nil {
 				return fmt.Errorf("error updating root secret %q: %w", id, err)
 			}
 		}
+
+		written = next
 
 		if err = safe.CleanupOutputs[*pki.RootSecret](ctx, r); err != nil {
 			return fmt.Errorf("error cleaning up root secrets: %w", err)

@@ -227,7 +227,7 @@ func (ctrl *WorkerAPICertificateController) reconcile(ctx context.Context, r con
 		return time.Time{}, err
 	}
 
-	if crt, err := certs.ParseCertificate([]byte(spec.Certificate)); err == nil {
+	if crt, err := parseLeaf(spec.Certificate); err == nil {
 		logger.Info("obtained the API certificate from trustd",
 			zap.String("serial", crt.SerialNumber.Text(16)),
 			zap.String("issuer_fingerprint", spec.IssuerFingerprint),
@@ -429,9 +429,12 @@ func (ctrl *WorkerAPICertificateController) obtain(ctx context.Context, req work
 		return pki.NodeCertificateSpec{}, err
 	}
 
+	certificate := string(crtPEM)
+	rememberLeaf(certificate, crt, issuer)
+
 	return pki.NodeCertificateSpec{
 		Root:              pki.RootOS,
-		Certificate:       string(crtPEM),
+		Certificate:       certificate,
 		Key:               string(keyPEM),
 		CABundle:          string(caPEM),
 		IssuerFingerprint: certs.Fingerprint(issuer),

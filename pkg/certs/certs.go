@@ -275,6 +275,41 @@ type Profile struct {
 // Issue generates a key of the CA's family (Ed25519 for Ed25519, P-256 for ECDSA, RSA for RSA)
 // and signs a certificate for it with the profile. NotBefore is backdated by Backdate.
 func (ca *CA) Issue(p Profile, now time.Time) (crtPEM, keyPEM []byte, err error) {
+	der, keyPEM, err := ca.issue(p, now)
+	if err != nil {
+		return nil, nil, err
+	}
+
+	return pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}), keyPEM, nil
+}
+
+// Issued is a certificate Issue would return, with its parsed form.
+type Issued struct {
+	Crt    *stdx509.Certificate
+	CrtPEM []byte
+	KeyPEM []byte
+}
+
+// IssueParsed is Issue for callers that go on to read the certificate: it parses the DER it
+// signed instead of leaving the caller to decode the PEM again.
+func (ca *CA) IssueParsed(p Profile, now time.Time) (Issued, error) {
+	der, keyPEM, err := ca.issue(p, now)
+	if err != nil {
+		return Issued{}, err
+	}
+
+	crt, err := stdx509.ParseCertificate(der)
+	if err != nil {
+		return Issued{}, fmt.Errorf("error parsing the issued certificate: %w", err)
+	}
+
+	return Issued{Crt: crt, CrtPEM: pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}), KeyPEM: keyPEM}, nil
+}
+
+// issue returns the DER of a new certificate and the PEM of its key. x509.CreateCertificate
+// refuses a key that is not ca.Crt's and checks the signature it made, so the result is known
+// to verify with ca.Crt's key.
+func (ca *CA) issue(p Profile, now time.Time) (der, keyPEM []byte, err error) {
 	key, keyPEM, err := NewKeyLike(ca.Crt.PublicKey)
 	if err != nil {
 		return nil, nil, err
@@ -296,12 +331,12 @@ func (ca *CA) Issue(p Profile, now time.Time) (crtPEM, keyPEM []byte, err error)
 		ExtKeyUsage:  p.ExtKeyUsage,
 	}
 
-	der, err := stdx509.CreateCertificate(nil, template, ca.Crt, key.Public(), ca.Key)
+	der, err = stdx509.CreateCertificate(nil, template, ca.Crt, key.Public(), ca.Key)
 	if err != nil {
 		return nil, nil, fmt.Errorf("error signing certificate: %w", err)
 	}
 
-	return pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}), keyPEM, nil
+	return der, keyPEM, nil
 }
 
 // SignCSR signs a CSR's public key with the profile; the profile, not the CSR, decides the subject,

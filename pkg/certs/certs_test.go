@@ -144,6 +144,42 @@ func TestIssueFollowsCAKeyFamily(t *testing.T) {
 	}
 }
 
+func TestIssueParsedIsIssueWithTheParsedCertificate(t *testing.T) {
+	t.Parallel()
+
+	for _, root := range []string{certs.RootOS, certs.RootEtcd} {
+		t.Run(root, func(t *testing.T) {
+			t.Parallel()
+
+			ca := rootCA(t, root)
+			now := time.Now()
+			profile := certs.Profile{
+				CommonName:  "node-1",
+				DNSNames:    []string{"node-1.example"},
+				ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
+				Lifetime:    time.Hour,
+			}
+
+			issued, err := ca.IssueParsed(profile, now)
+			require.NoError(t, err)
+
+			fromPEM, err := certs.ParseCertificate(issued.CrtPEM)
+			require.NoError(t, err)
+			assert.Equal(t, fromPEM.Raw, issued.Crt.Raw, "Crt is the certificate of CrtPEM")
+
+			key, err := certs.ParsePrivateKey(issued.KeyPEM)
+			require.NoError(t, err)
+			assert.True(t, certs.KeyMatchesCertificate(issued.Crt, key), "KeyPEM is the key of the certificate")
+
+			require.NoError(t, issued.Crt.CheckSignatureFrom(ca.Crt))
+			assert.Equal(t, "node-1", issued.Crt.Subject.CommonName)
+			assert.Equal(t, []string{"node-1.example"}, issued.Crt.DNSNames)
+			assert.WithinDuration(t, now.Add(-certs.Backdate), issued.Crt.NotBefore, time.Second)
+			assert.WithinDuration(t, now.Add(time.Hour), issued.Crt.NotAfter, time.Second)
+		})
+	}
+}
+
 func TestSignCSRUsesProfileNotRequest(t *testing.T) {
 	t.Parallel()
 
