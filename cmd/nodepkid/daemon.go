@@ -74,6 +74,7 @@ func run(ctx context.Context, opts daemonOptions) error {
 	if err = rt.RegisterController(&controllerspki.WorkerAPICertificateController{
 		Hostname:        hostname,
 		TrustdEndpoints: opts.trustdEndpoints,
+		SourceAddress:   address,
 	}); err != nil {
 		return fmt.Errorf("error registering the worker API certificate controller: %w", err)
 	}

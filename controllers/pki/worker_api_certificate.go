@@ -13,6 +13,7 @@ import (
 	"fmt"
 	mathrand "math/rand/v2"
 	"net"
+	"net/netip"
 	"slices"
 	"strings"
 	"time"
@@ -54,6 +55,9 @@ type WorkerAPICertificateController struct {
 	// TrustdEndpoints are extra trustd endpoints (host or host:port), tried before the control
 	// plane endpoint of the machine config.
 	TrustdEndpoints []string
+	// SourceAddress, if set, is the address requests to trustd are made from (the node's
+	// --address), so that trustd tells the nodes of one host apart.
+	SourceAddress netip.Addr
 	// RetryMin and RetryMax bound the backoff between failed round trips (defaults
 	// DefaultTrustdRetryMin and DefaultTrustdRetryMax).
 	RetryMin, RetryMax time.Duration
@@ -122,6 +126,7 @@ type workerAPIRequest struct {
 	profile   certs.Profile
 	digest    string
 	endpoints []string
+	source    netip.Addr
 	token     string
 	rootsPEM  []byte
 	roots     []*stdx509.Certificate
@@ -317,6 +322,7 @@ func (ctrl *WorkerAPICertificateController) buildRequest(ctx context.Context, r 
 			Lifetime:    trustd.CertificateLifetime,
 		},
 		endpoints: slices.Clone(ctrl.TrustdEndpoints),
+		source:    ctrl.SourceAddress,
 		rootsPEM:  []byte(strings.Join(accepted.TypedSpec().Certificates, "")),
 	}
 
@@ -419,7 +425,7 @@ func (ctrl *WorkerAPICertificateController) obtain(ctx context.Context, req work
 	}
 
 	caPEM, crtPEM, err := trustd.RequestCertificate(ctx, req.endpoints, req.rootsPEM, req.token,
-		pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE REQUEST", Bytes: csrDER}))
+		pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE REQUEST", Bytes: csrDER}), trustd.FromAddress(req.source))
 	if err != nil {
 		return pki.NodeCertificateSpec{}, err
 	}

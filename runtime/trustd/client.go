@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"net/netip"
 	"strings"
 	"time"
 
@@ -24,7 +25,13 @@ const AttemptTimeout = 10 * time.Second
 // signed certificate. Endpoints (host or host:port, port 50001 by default) are tried in order
 // until one answers; the server must present a certificate that chains to rootCAsPEM. The error
 // names every endpoint that failed and why.
-func RequestCertificate(ctx context.Context, endpoints []string, rootCAsPEM []byte, token string, csrPEM []byte) (caPEM, crtPEM []byte, err error) {
+func RequestCertificate(ctx context.Context, endpoints []string, rootCAsPEM []byte, token string, csrPEM []byte, opts ...RequestOption) (caPEM, crtPEM []byte, err error) {
+	var options requestOptions
+
+	for _, opt := range opts {
+		opt(&options)
+	}
+
 	if len(endpoints) == 0 {
 		return nil, nil, errors.New("no trustd endpoint: set the control-plane endpoint in the machine config or pass one explicitly")
 	}
@@ -46,7 +53,7 @@ func RequestCertificate(ctx context.Context, endpoints []string, rootCAsPEM []by
 	var errs endpointErrors
 
 	for _, endpoint := range endpoints {
-		caPEM, crtPEM, err = requestFrom(ctx, endpoint, pool, token, csrPEM)
+		caPEM, crtPEM, err = requestFrom(ctx, endpoint, pool, token, csrPEM, options)
 		if err == nil {
 			return caPEM, crtPEM, nil
 		}
@@ -77,7 +84,20 @@ func (e endpointErrors) Unwrap() []error {
 	return e
 }
 
-func requestFrom(ctx context.Context, endpoint string, roots *x509.CertPool, token string, csrPEM []byte) (caPEM, crtPEM []byte, err error) {
+// RequestOption tunes RequestCertificate.
+type RequestOption func(*requestOptions)
+
+type requestOptions struct {
+	source netip.Addr
+}
+
+// FromAddress makes the request from the node's own address, so that trustd sees (and rate limits,
+// and records as a cluster member) each node by its address even when several nodes share a host.
+func FromAddress(addr netip.Addr) RequestOption {
+	return func(o *requestOptions) { o.source = addr }
+}
+
+func requestFrom(ctx context.Context, endpoint string, roots *x509.CertPool, token string, csrPEM []byte, options requestOptions) (caPEM, crtPEM []byte, err error) {
 	address, host, err := endpointAddress(endpoint)
 	if err != nil {
 		return nil, nil, err
@@ -89,10 +109,20 @@ func requestFrom(ctx context.Context, endpoint string, roots *x509.CertPool, tok
 		ServerName: host,
 	}
 
-	conn, err := grpc.NewClient(address,
+	dialOptions := []grpc.DialOption{
 		grpc.WithTransportCredentials(credentials.NewTLS(tlsConfig)),
 		grpc.WithPerRPCCredentials(tokenCredentials(token)),
-	)
+	}
+
+	if options.source.IsValid() {
+		dialer := &net.Dialer{LocalAddr: &net.TCPAddr{IP: options.source.AsSlice()}}
+
+		dialOptions = append(dialOptions, grpc.WithContextDialer(func(ctx context.Context, addr string) (net.Conn, error) {
+			return dialer.DialContext(ctx, "tcp", addr)
+		}))
+	}
+
+	conn, err := grpc.NewClient(address, dialOptions...)
 	if err != nil {
 		return nil, nil, fmt.Errorf("error creating the connection: %w", err)
 	}

@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/x509"
 	"net/netip"
+	"slices"
 	"time"
 
 	"github.com/cosi-project/runtime/pkg/safe"
@@ -24,8 +25,9 @@ const MemberOwner = "trustd"
 // that hangs up right after its answer is still recorded.
 const recordTimeout = 5 * time.Second
 
-// recordMember records the worker a certificate was signed for: ID = the first IP SAN (the
-// node's address, as the worker's CSR lists its addresses sorted), addresses = the IP SANs,
+// recordMember records the worker a certificate was signed for: ID = the address the request came
+// from when the certificate names it (workers dial from their node address), else the first IP
+// SAN; addresses = the IP SANs,
 // hostname = the CN, lastSeen = the signing time. The signing has succeeded whatever happens
 // here: a failure is logged, and the worker's next renewal records it again.
 func (s *Server) recordMember(ctx context.Context, crt *x509.Certificate, signedAt time.Time) {
@@ -46,6 +48,9 @@ func (s *Server) recordMember(ctx context.Context, crt *x509.Certificate, signed
 	}
 
 	id := addresses[0]
+	if from := peerHost(ctx); slices.Contains(addresses, from) {
+		id = from
+	}
 	spec := cluster.MemberSpec{
 		Addresses:   addresses,
 		Hostname:    crt.Subject.CommonName,

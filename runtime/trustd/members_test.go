@@ -1,6 +1,7 @@
 package trustd_test
 
 import (
+	"net/netip"
 	"testing"
 	"time"
 
@@ -113,4 +114,22 @@ func TestServerRecordsMembers(t *testing.T) {
 	}
 
 	assert.ElementsMatch(t, []resource.ID{"10.5.0.2", "10.5.0.3", "fd00::4"}, ids)
+}
+
+// TestMemberIDIsTheRequestingAddress proves that a worker dialing trustd from its node address
+// (trustd.FromAddress) is recorded under that address even when it is not its first IP SAN.
+func TestMemberIDIsTheRequestingAddress(t *testing.T) {
+	t.Parallel()
+
+	cp := newControlPlane(t, certs.RootOS)
+	addr := startServer(t, cp.state, nil)
+	csr := makeCSR(t, csrRequest{commonName: "worker", ips: []string{"127.0.0.1", "127.0.55.3"}})
+
+	_, _, err := trustd.RequestCertificate(t.Context(), []string{addr}, bundle(cp.accepted), machineToken, csr,
+		trustd.FromAddress(netip.MustParseAddr("127.0.55.3")))
+	require.NoError(t, err)
+
+	m, err := safe.StateGetByID[*cluster.Member](t.Context(), cp.state, "127.0.55.3")
+	require.NoError(t, err)
+	assert.Equal(t, []string{"127.0.0.1", "127.0.55.3"}, m.TypedSpec().Addresses)
 }
