@@ -306,46 +306,41 @@ func (ca *CA) IssueParsed(p Profile, now time.Time) (Issued, error) {
 	return Issued{Crt: crt, CrtPEM: pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}), KeyPEM: keyPEM}, nil
 }
 
-// issue returns the DER of a new certificate and the PEM of its key. x509.CreateCertificate
-// refuses a key that is not ca.Crt's and checks the signature it made, so the result is known
-// to verify with ca.Crt's key.
+// issue returns the DER of a new certificate and the PEM of its key.
 func (ca *CA) issue(p Profile, now time.Time) (der, keyPEM []byte, err error) {
 	key, keyPEM, err := NewKeyLike(ca.Crt.PublicKey)
 	if err != nil {
 		return nil, nil, err
 	}
 
-	serial, err := x509.NewSerialNumber()
+	der, err = ca.Sign(key.Public(), p, now)
 	if err != nil {
-		return nil, nil, fmt.Errorf("error generating serial number: %w", err)
-	}
-
-	template := &stdx509.Certificate{
-		SerialNumber: serial,
-		Subject:      pkixName(p.CommonName, p.Organization),
-		DNSNames:     p.DNSNames,
-		IPAddresses:  p.IPAddresses,
-		NotBefore:    now.Add(-Backdate),
-		NotAfter:     now.Add(p.Lifetime),
-		KeyUsage:     p.KeyUsage,
-		ExtKeyUsage:  p.ExtKeyUsage,
-	}
-
-	der, err = stdx509.CreateCertificate(nil, template, ca.Crt, key.Public(), ca.Key)
-	if err != nil {
-		return nil, nil, fmt.Errorf("error signing certificate: %w", err)
+		return nil, nil, err
 	}
 
 	return der, keyPEM, nil
 }
 
-// SignCSR signs a CSR's public key with the profile; the profile, not the CSR, decides the subject,
-// SANs and usages, so a requester cannot ask for more than the policy grants.
+// SignCSR signs a CSR's public key with the profile after checking the CSR's signature (its proof
+// of possession); the profile, not the CSR, decides the subject, SANs and usages, so a requester
+// cannot ask for more than the policy grants.
 func (ca *CA) SignCSR(csr *stdx509.CertificateRequest, p Profile, now time.Time) ([]byte, error) {
 	if err := csr.CheckSignature(); err != nil {
 		return nil, fmt.Errorf("CSR signature is invalid: %w", err)
 	}
 
+	der, err := ca.Sign(csr.PublicKey, p, now)
+	if err != nil {
+		return nil, err
+	}
+
+	return pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}), nil
+}
+
+// Sign returns the DER of a certificate for pub with the profile. The caller has established that
+// pub may have it (SignCSR checks the CSR's signature first). x509.CreateCertificate checks the
+// signature it made, so the result is known to verify with ca.Crt's key.
+func (ca *CA) Sign(pub crypto.PublicKey, p Profile, now time.Time) ([]byte, error) {
 	serial, err := x509.NewSerialNumber()
 	if err != nil {
 		return nil, fmt.Errorf("error generating serial number: %w", err)
@@ -362,12 +357,12 @@ func (ca *CA) SignCSR(csr *stdx509.CertificateRequest, p Profile, now time.Time)
 		ExtKeyUsage:  p.ExtKeyUsage,
 	}
 
-	der, err := stdx509.CreateCertificate(nil, template, ca.Crt, csr.PublicKey, ca.Key)
+	der, err := stdx509.CreateCertificate(nil, template, ca.Crt, pub, ca.Key)
 	if err != nil {
 		return nil, fmt.Errorf("error signing certificate: %w", err)
 	}
 
-	return pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}), nil
+	return der, nil
 }
 
 // ClientProfile is the profile of an API client certificate: O = sorted roles, no CN, EKU client auth only.

@@ -5,10 +5,13 @@ import (
 	"crypto/sha256"
 	"crypto/subtle"
 	"crypto/tls"
+	"crypto/x509"
+	"encoding/pem"
 	"errors"
 	"fmt"
 	"net"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/cosi-project/runtime/pkg/safe"
@@ -56,6 +59,35 @@ type Server struct {
 	certificate *certificateSource
 	limiter     *peerLimiter
 	lifetime    time.Duration
+
+	// ca is the last OS CA loaded, reused while the root secret keeps the same PEM: parsing the
+	// key on every request would cost as much as a signature.
+	caMu sync.Mutex
+	ca   loadedCA
+}
+
+type loadedCA struct {
+	crt, key string
+	ca       *certs.CA
+}
+
+// issuingCA returns the OS CA of the root secret, loading it only when its PEM changed.
+func (s *Server) issuingCA(root *pki.RootSecretSpec) (*certs.CA, error) {
+	s.caMu.Lock()
+	defer s.caMu.Unlock()
+
+	if s.ca.ca != nil && s.ca.crt == root.IssuingCert && s.ca.key == root.IssuingKey {
+		return s.ca.ca, nil
+	}
+
+	ca, err := certs.LoadCA([]byte(root.IssuingCert), []byte(root.IssuingKey))
+	if err != nil {
+		return nil, err
+	}
+
+	s.ca = loadedCA{crt: root.IssuingCert, key: root.IssuingKey, ca: ca}
+
+	return ca, nil
 }
 
 // New checks the options and builds a Server; nothing runs until Serve.
@@ -257,7 +289,7 @@ func (s *Server) sign(ctx context.Context, csrPEM []byte) (*trustdapi.Certificat
 		return nil, status.Error(codes.FailedPrecondition, "this node holds no OS CA key and cannot sign: send the request to a control-plane node")
 	}
 
-	ca, err := certs.LoadCA([]byte(root.TypedSpec().IssuingCert), []byte(root.TypedSpec().IssuingKey))
+	ca, err := s.issuingCA(root.TypedSpec())
 	if err != nil {
 		s.logger.Error("trustd cannot load the OS CA", zap.Error(err))
 
@@ -278,17 +310,20 @@ func (s *Server) sign(ctx context.Context, csrPEM []byte) (*trustdapi.Certificat
 
 	signedAt := time.Now()
 
-	crtPEM, err := ca.SignCSR(csr, profile, signedAt)
+	// parseCSR has checked the CSR's signature, so its key is signed directly.
+	der, err := ca.Sign(csr.PublicKey, profile, signedAt)
 	if err != nil {
 		s.logger.Error("trustd failed to sign a CSR", zap.Error(err))
 
 		return nil, status.Error(codes.Internal, "error signing the certificate")
 	}
 
-	crt, err := certs.ParseCertificate(crtPEM)
+	crt, err := x509.ParseCertificate(der)
 	if err != nil {
 		return nil, status.Error(codes.Internal, "error reading back the signed certificate")
 	}
+
+	crtPEM := pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der})
 
 	s.logger.Info("trustd signed a certificate",
 		zap.String("peer", peerHost(ctx)),
