@@ -21,8 +21,8 @@ func BenchmarkRotateOSCA(b *testing.B) {
 		first                  string
 		controlPlanes, workers int
 	}{
-		{"127.0.20.2", 1, 2},
-		{"127.0.21.2", 3, 27},
+		{"127.0.30.2", 1, 2},
+		{"127.0.31.2", 3, 27},
 	} {
 		b.Run(fmt.Sprintf("nodes=%d", size.controlPlanes+size.workers), func(b *testing.B) {
 			c := startCluster(b, size.first, size.controlPlanes, size.workers)
