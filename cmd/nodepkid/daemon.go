@@ -7,6 +7,7 @@ import (
 	"net"
 	"net/netip"
 	"os"
+	"path/filepath"
 	"strconv"
 	"time"
 
@@ -48,6 +49,25 @@ func run(ctx context.Context, opts daemonOptions) error {
 		return fmt.Errorf("--address %q is not an IP address: %w", opts.address, err)
 	}
 
+	for flag, port := range map[string]int{"--api-port": opts.apiPort, "--trustd-port": opts.trustdPort} {
+		if port < 1 || port > 65535 {
+			return fmt.Errorf("%s %d is not a port: use 1-65535", flag, port)
+		}
+	}
+
+	// The config file is checked before anything is created, so that a bad file or a missing
+	// --config on first boot leaves no state behind.
+	fileConfig, fileData, err := readConfigFile(opts.configPath)
+	if err != nil {
+		return err
+	}
+
+	if fileConfig == nil {
+		if _, statErr := os.Stat(filepath.Join(opts.stateDir, runtime.StateFile)); statErr != nil {
+			return errors.New("no persisted machine config in --state-dir: pass --config FILE on first boot")
+		}
+	}
+
 	hostname, err := os.Hostname()
 	if err != nil {
 		return fmt.Errorf("error reading hostname: %w", err)
@@ -66,7 +86,7 @@ func run(ctx context.Context, opts daemonOptions) error {
 
 	defer rt.Close() //nolint:errcheck
 
-	cfg, err := bootConfig(ctx, rt, opts.configPath, logger)
+	cfg, err := bootConfig(ctx, rt, fileConfig, fileData, opts.configPath, logger)
 	if err != nil {
 		return err
 	}
@@ -145,43 +165,55 @@ func serveTrustd(ctx context.Context, group *errgroup.Group, st state.State, add
 	return nil
 }
 
-// bootConfig returns the config the node runs with: the persisted one if there is one, else the
-// --config file, validated and persisted.
-func bootConfig(ctx context.Context, rt *runtime.Runtime, path string, logger *zap.Logger) (*machineconfig.Config, error) {
-	raw, err := rt.MachineConfig(ctx)
-
-	switch {
-	case err == nil:
-		logger.Info("using the persisted machine config", zap.String("ignored_file", path))
-
-		return machineconfig.Parse(raw)
-	case !state.IsNotFoundError(err):
-		return nil, fmt.Errorf("error reading the persisted machine config: %w", err)
-	case path == "":
-		return nil, errors.New("no persisted machine config: pass --config FILE on first boot")
+// readConfigFile parses and validates the --config file and returns it with its exact bytes
+// (persisted as given, comments included); nil when no file is given.
+func readConfigFile(path string) (*machineconfig.Config, []byte, error) {
+	if path == "" {
+		return nil, nil, nil
 	}
 
 	data, err := os.ReadFile(path)
 	if err != nil {
-		return nil, fmt.Errorf("error reading --config: %w", err)
+		return nil, nil, fmt.Errorf("error reading --config: %w", err)
 	}
 
 	cfg, err := machineconfig.Parse(data)
 	if err != nil {
-		return nil, fmt.Errorf("--config %s: %w", path, err)
+		return nil, nil, fmt.Errorf("--config %s: %w", path, err)
 	}
 
 	if err = cfg.Validate(); err != nil {
-		return nil, fmt.Errorf("--config %s is invalid: %w", path, err)
+		return nil, nil, fmt.Errorf("--config %s is invalid: %w", path, err)
 	}
 
-	if err = rt.SetMachineConfig(ctx, data); err != nil {
+	return cfg, data, nil
+}
+
+// bootConfig returns the config the node runs with: the persisted one if there is one, else the
+// --config file (already validated), which it persists.
+func bootConfig(ctx context.Context, rt *runtime.Runtime, file *machineconfig.Config, fileData []byte, path string, logger *zap.Logger) (*machineconfig.Config, error) {
+	raw, err := rt.MachineConfig(ctx)
+
+	switch {
+	case err == nil:
+		if file != nil {
+			logger.Info("using the persisted machine config", zap.String("ignored_file", path))
+		}
+
+		return machineconfig.Parse(raw)
+	case !state.IsNotFoundError(err):
+		return nil, fmt.Errorf("error reading the persisted machine config: %w", err)
+	case file == nil:
+		return nil, errors.New("no persisted machine config: pass --config FILE on first boot")
+	}
+
+	if err = rt.SetMachineConfig(ctx, fileData); err != nil {
 		return nil, fmt.Errorf("error persisting the machine config: %w", err)
 	}
 
 	logger.Info("machine config loaded from file", zap.String("file", path))
 
-	return cfg, nil
+	return file, nil
 }
 
 func newLogger(level string) (*zap.Logger, error) {
