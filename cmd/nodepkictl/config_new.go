@@ -9,10 +9,11 @@ import (
 	"strings"
 	"time"
 
+	"github.com/nodepki/nodepki/pkg/role"
+
 	"github.com/spf13/cobra"
 
 	nodeapi "github.com/nodepki/nodepki/api/node"
-	"github.com/nodepki/nodepki/pkg/bundle"
 	"github.com/nodepki/nodepki/pkg/certs"
 	"github.com/nodepki/nodepki/pkg/client"
 	"github.com/nodepki/nodepki/pkg/clientconfig"
@@ -54,7 +55,7 @@ Use "nodepkictl config merge PATH" to add the new context to your client config.
 			// The default is applied here rather than as the flag's default, so that an explicit
 			// empty --roles is refused instead of silently becoming os:admin.
 			if !cmd.Flags().Changed("roles") {
-				roles = []string{bundle.RoleAdmin}
+				roles = []string{role.Admin}
 			}
 
 			return runConfigNew(cmd, path, roles, crtTTL)
@@ -62,21 +63,15 @@ Use "nodepkictl config merge PATH" to add the new context to your client config.
 	}
 
 	cmd.Flags().StringSliceVar(&roles, "roles", nil,
-		"roles of the new client certificate, comma-separated: "+strings.Join(bundle.ClientRoles, ", ")+" (default "+bundle.RoleAdmin+")")
+		"roles of the new client certificate, comma-separated: "+strings.Join(role.All, ", ")+" (default "+role.Admin+")")
 	cmd.Flags().DurationVar(&crtTTL, "crt-ttl", certs.ClientLifetime, "lifetime of the new client certificate")
 
 	return cmd
 }
 
 func runConfigNew(cmd *cobra.Command, path string, roles []string, crtTTL time.Duration) error {
-	if len(roles) == 0 {
-		return fmt.Errorf("--roles is empty: want one or more of %s", strings.Join(bundle.ClientRoles, ", "))
-	}
-
-	for _, role := range roles {
-		if !slices.Contains(bundle.ClientRoles, role) {
-			return fmt.Errorf("--roles: unknown role %q: want one or more of %s", role, strings.Join(bundle.ClientRoles, ", "))
-		}
+	if _, err := role.Check(roles); err != nil {
+		return fmt.Errorf("--roles: %w", err)
 	}
 
 	if crtTTL <= 0 {

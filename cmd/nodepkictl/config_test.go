@@ -8,6 +8,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/nodepki/nodepki/pkg/role"
+
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 	"go.yaml.in/yaml/v4"
@@ -25,7 +27,7 @@ func writeTalosconfig(t *testing.T, contextName string, endpoints ...string) (st
 	b, err := bundle.Generate()
 	require.NoError(t, err)
 
-	crt, key, err := b.NewClientCertificate([]string{bundle.RoleAdmin}, certs.ClientLifetime)
+	crt, key, err := b.NewClientCertificate([]string{role.Admin}, certs.ClientLifetime)
 	require.NoError(t, err)
 
 	parsed, err := certs.ParseCertificate(crt)

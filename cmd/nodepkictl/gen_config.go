@@ -9,6 +9,8 @@ import (
 	"slices"
 	"strings"
 
+	"github.com/nodepki/nodepki/pkg/role"
+
 	"github.com/spf13/cobra"
 
 	"github.com/nodepki/nodepki/pkg/bundle"
@@ -212,7 +214,7 @@ func patchAndEncode(cfg *machineconfig.Config, patches []machineconfig.Patch) ([
 // adminTalosconfig is talosctl's: context NAME, no endpoints, the OS CA and an os:admin client
 // certificate valid for a year.
 func adminTalosconfig(name string, b *bundle.Bundle) ([]byte, error) {
-	crt, key, err := b.NewClientCertificate([]string{bundle.RoleAdmin}, certs.ClientLifetime)
+	crt, key, err := b.NewClientCertificate([]string{role.Admin}, certs.ClientLifetime)
 	if err != nil {
 		return nil, fmt.Errorf("issuing the admin client certificate: %w", err)
 	}

@@ -10,6 +10,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/nodepki/nodepki/pkg/role"
+
 	talosclient "github.com/siderolabs/talos/pkg/machinery/client/config"
 	"github.com/spf13/cobra"
 	"github.com/stretchr/testify/assert"
@@ -158,7 +160,7 @@ func checkAdminTalosconfig(t *testing.T, path string, b *bundle.Bundle) {
 	require.NoError(t, err)
 	assert.True(t, certs.KeyMatchesCertificate(crt, key))
 
-	assert.Equal(t, []string{bundle.RoleAdmin}, crt.Subject.Organization)
+	assert.Equal(t, []string{role.Admin}, crt.Subject.Organization)
 	assert.Equal(t, []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth}, crt.ExtKeyUsage)
 	assert.WithinDuration(t, time.Now().Add(certs.ClientLifetime), crt.NotAfter, time.Hour)
 

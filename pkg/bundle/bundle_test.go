@@ -17,6 +17,8 @@ import (
 	"testing/iotest"
 	"time"
 
+	"github.com/nodepki/nodepki/pkg/role"
+
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
@@ -225,7 +227,7 @@ func TestNewClientCertificate(t *testing.T) {
 
 	b := generated(t)
 
-	crtPEM, keyPEM, err := b.NewClientCertificate([]string{RoleReader, RoleAdmin}, certs.ClientLifetime)
+	crtPEM, keyPEM, err := b.NewClientCertificate([]string{role.Reader, role.Admin}, certs.ClientLifetime)
 	require.NoError(t, err)
 
 	crt, err := certs.ParseCertificate(crtPEM)
@@ -262,7 +264,7 @@ func TestNewClientCertificate(t *testing.T) {
 	}{
 		{"no roles", nil, time.Hour, "no roles given"},
 		{"unknown role", []string{"os:root"}, time.Hour, `unknown role "os:root"`},
-		{"zero ttl", []string{RoleAdmin}, 0, "must be positive"},
+		{"zero ttl", []string{role.Admin}, 0, "must be positive"},
 	} {
 		_, _, err := b.NewClientCertificate(tc.roles, tc.ttl)
 		require.ErrorContains(t, err, tc.want, tc.name)
@@ -271,7 +273,7 @@ func TestNewClientCertificate(t *testing.T) {
 	broken := generated(t)
 	broken.Certs.OS.Key = b.Certs.K8s.Key
 
-	_, _, err = broken.NewClientCertificate([]string{RoleAdmin}, time.Hour)
+	_, _, err = broken.NewClientCertificate([]string{role.Admin}, time.Hour)
 	require.ErrorContains(t, err, "certs.os: key does not match")
 }
 

@@ -3,35 +3,18 @@ package bundle
 import (
 	"errors"
 	"fmt"
-	"slices"
-	"strings"
 	"time"
 
 	"github.com/nodepki/nodepki/pkg/certs"
+	"github.com/nodepki/nodepki/pkg/role"
 )
-
-// Roles a client certificate may carry (its Organization values), as in Talos.
-const (
-	RoleAdmin      = "os:admin"
-	RoleOperator   = "os:operator"
-	RoleReader     = "os:reader"
-	RoleEtcdBackup = "os:etcd:backup"
-)
-
-// ClientRoles lists the roles NewClientCertificate accepts.
-var ClientRoles = []string{RoleAdmin, RoleOperator, RoleReader, RoleEtcdBackup}
 
 // NewClientCertificate issues an API client certificate signed by the OS CA: O = the sorted
 // roles, no CN, client-auth EKU only, valid for ttl (certs.ClientLifetime is Talos's default).
 func (b *Bundle) NewClientCertificate(roles []string, ttl time.Duration) (crtPEM, keyPEM []byte, err error) {
-	if len(roles) == 0 {
-		return nil, nil, fmt.Errorf("no roles given: want one or more of %s", strings.Join(ClientRoles, ", "))
-	}
-
-	for _, role := range roles {
-		if !slices.Contains(ClientRoles, role) {
-			return nil, nil, fmt.Errorf("unknown role %q: want one or more of %s", role, strings.Join(ClientRoles, ", "))
-		}
+	roles, err = role.Check(roles)
+	if err != nil {
+		return nil, nil, err
 	}
 
 	if ttl <= 0 {

@@ -8,6 +8,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/nodepki/nodepki/pkg/role"
+
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 )
@@ -24,7 +26,7 @@ func TestOpenSSLAcceptsCertificates(t *testing.T) {
 
 	b := generated(t)
 
-	crtPEM, keyPEM, err := b.NewClientCertificate([]string{RoleAdmin}, 24*time.Hour)
+	crtPEM, keyPEM, err := b.NewClientCertificate([]string{role.Admin}, 24*time.Hour)
 	require.NoError(t, err)
 
 	dir := t.TempDir()

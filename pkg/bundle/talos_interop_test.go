@@ -50,7 +50,7 @@ func TestTalosBundleLoads(t *testing.T) {
 	assert.IsType(t, &rsa.PrivateKey{}, saKey)
 
 	// A client certificate issued by nodepki from Talos's OS CA verifies against it.
-	crtPEM, _, err := b.NewClientCertificate([]string{RoleAdmin}, time.Hour)
+	crtPEM, _, err := b.NewClientCertificate([]string{"os:admin"}, time.Hour)
 	require.NoError(t, err)
 	verifyClientCert(t, talos.Certs.OS.Crt, crtPEM)
 
@@ -122,7 +122,7 @@ func verifyClientCert(t *testing.T, caPEM, crtPEM []byte) {
 
 	_, err = crt.Verify(x509.VerifyOptions{Roots: pool, KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth}})
 	require.NoError(t, err)
-	assert.Equal(t, []string{RoleAdmin}, crt.Subject.Organization)
+	assert.Equal(t, []string{"os:admin"}, crt.Subject.Organization)
 }
 
 func TestTalosBundleFileOnDisk(t *testing.T) {

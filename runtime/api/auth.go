@@ -8,26 +8,14 @@ import (
 	"strings"
 	"time"
 
+	"github.com/nodepki/nodepki/pkg/role"
+
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/peer"
 	"google.golang.org/grpc/status"
 )
-
-// API roles, carried in the Organization of a client certificate (as in Talos).
-const (
-	RoleAdmin      = "os:admin"
-	RoleOperator   = "os:operator"
-	RoleReader     = "os:reader"
-	RoleEtcdBackup = "os:etcd:backup"
-	// RoleImpersonator grants nothing by itself: it lets the caller (a control plane forwarding a
-	// call) assert the original caller's roles in RoleMetadataKey.
-	RoleImpersonator = "os:impersonator"
-)
-
-// Roles are the roles that grant access, in a stable order.
-var Roles = []string{RoleAdmin, RoleOperator, RoleReader, RoleEtcdBackup}
 
 // Metadata keys of the node API.
 const (
@@ -47,11 +35,6 @@ var (
 	errWriteNotAllowed = status.Error(codes.PermissionDenied, "write access is not allowed")
 )
 
-// IsKnownRole reports whether role is one of Roles.
-func IsKnownRole(role string) bool {
-	return slices.Contains(Roles, role)
-}
-
 // parseRoles keeps the known roles of values (trimmed, sorted, deduplicated) and reports whether
 // the impersonator role is among them. Unknown roles are dropped: they grant nothing.
 func parseRoles(values []string) (roles []string, impersonator bool) {
@@ -59,9 +42,9 @@ func parseRoles(values []string) (roles []string, impersonator bool) {
 		v = strings.TrimSpace(v)
 
 		switch {
-		case v == RoleImpersonator:
+		case v == role.Impersonator:
 			impersonator = true
-		case IsKnownRole(v):
+		case role.IsKnown(v):
 			roles = append(roles, v)
 		}
 	}

@@ -4,6 +4,8 @@ import (
 	"context"
 	"strings"
 
+	"github.com/nodepki/nodepki/pkg/role"
+
 	"github.com/cosi-project/runtime/api/v1alpha1"
 	"github.com/cosi-project/runtime/pkg/resource"
 	"github.com/cosi-project/runtime/pkg/resource/meta"
@@ -17,14 +19,14 @@ import (
 	"github.com/nodepki/nodepki/api/node"
 )
 
-var readRoles = []string{RoleAdmin, RoleOperator, RoleReader}
+var readRoles = []string{role.Admin, role.Operator, role.Reader}
 
 // methodRoles lists, per method of the internal server, the roles allowed to call it. A method
 // that is not listed is refused to everyone, so a service added later is closed until listed.
 var methodRoles = map[string][]string{
-	node.NodeService_Version_FullMethodName:                     Roles,
-	node.NodeService_ApplyConfiguration_FullMethodName:          {RoleAdmin},
-	node.NodeService_GenerateClientConfiguration_FullMethodName: {RoleAdmin},
+	node.NodeService_Version_FullMethodName:                     role.All,
+	node.NodeService_ApplyConfiguration_FullMethodName:          {role.Admin},
+	node.NodeService_GenerateClientConfiguration_FullMethodName: {role.Admin},
 
 	v1alpha1.State_Get_FullMethodName:   readRoles,
 	v1alpha1.State_List_FullMethodName:  readRoles,
@@ -105,8 +107,8 @@ func accessRule(st state.State) state.FilteringRule {
 			return status.Errorf(codes.Internal, "error looking up resource type %q: %v", access.ResourceType, err)
 		}
 
-		if rd.TypedSpec().Sensitivity == meta.Sensitive && !hasAnyRole(roles, []string{RoleAdmin}) {
-			return status.Errorf(codes.PermissionDenied, "not authorized: resource type %q is sensitive and needs role %s", access.ResourceType, RoleAdmin)
+		if rd.TypedSpec().Sensitivity == meta.Sensitive && !hasAnyRole(roles, []string{role.Admin}) {
+			return status.Errorf(codes.PermissionDenied, "not authorized: resource type %q is sensitive and needs role %s", access.ResourceType, role.Admin)
 		}
 
 		_, err = st.Get(ctx, resource.NewMetadata(meta.NamespaceName, meta.NamespaceType, access.ResourceNamespace, resource.VersionUndefined))

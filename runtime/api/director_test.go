@@ -5,6 +5,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/nodepki/nodepki/pkg/role"
+
 	"github.com/cosi-project/runtime/pkg/safe"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
@@ -32,8 +34,8 @@ func TestForwarding(t *testing.T) {
 	a := startNode(t, p, nodeSpec{addr: "127.0.0.2", controlPlane: true, lis: lisA})
 	b := startNode(t, p, nodeSpec{addr: "127.0.0.3", lis: lisB})
 
-	adminViaA := a.dialAs(t, p, RoleAdmin)
-	readerViaA := a.dialAs(t, p, RoleReader)
+	adminViaA := a.dialAs(t, p, role.Admin)
+	readerViaA := a.dialAs(t, p, role.Reader)
 
 	t.Run("version is answered by the addressed node", func(t *testing.T) {
 		for _, tc := range []struct {
@@ -75,13 +77,13 @@ func TestForwarding(t *testing.T) {
 		require.NoError(t, err)
 		assert.Empty(t, rs.TypedSpec().IssuingKey, "B is a worker: its OS root has no key")
 
-		_, err = nodeClient(a.dialAs(t, p, RoleEtcdBackup)).ApplyConfiguration(toNode(callCtx(t), "127.0.0.3"),
+		_, err = nodeClient(a.dialAs(t, p, role.EtcdBackup)).ApplyConfiguration(toNode(callCtx(t), "127.0.0.3"),
 			&node.ApplyConfigurationRequest{Data: p.worker})
 		assert.Equal(t, codes.PermissionDenied, status.Code(err), "%v", err)
 	})
 
 	t.Run("a worker does not forward", func(t *testing.T) {
-		adminViaB := b.dialAs(t, p, RoleAdmin)
+		adminViaB := b.dialAs(t, p, role.Admin)
 
 		_, err := nodeClient(adminViaB).Version(toNode(callCtx(t), "127.0.0.2"), &node.VersionRequest{})
 		require.Error(t, err)
@@ -182,7 +184,7 @@ func TestParseRoles(t *testing.T) {
 	t.Parallel()
 
 	roles, impersonator := parseRoles([]string{" os:reader", "", "os:admin", "os:reader", "os:future", "os:impersonator"})
-	assert.Equal(t, []string{RoleAdmin, RoleReader}, roles)
+	assert.Equal(t, []string{role.Admin, role.Reader}, roles)
 	assert.True(t, impersonator)
 
 	roles, impersonator = parseRoles([]string{"talos", "admin"})

@@ -12,6 +12,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/nodepki/nodepki/pkg/role"
+
 	"github.com/cosi-project/runtime/api/v1alpha1"
 	"github.com/cosi-project/runtime/pkg/resource"
 	"github.com/cosi-project/runtime/pkg/safe"
@@ -231,7 +233,7 @@ func startNode(t *testing.T, p *testPKI, spec nodeSpec) *testNode {
 // impersonatorProfile is the forwarding client certificate of a control plane.
 func impersonatorProfile() certs.Profile {
 	return certs.Profile{
-		Organization: []string{RoleImpersonator},
+		Organization: []string{role.Impersonator},
 		KeyUsage:     x509.KeyUsageDigitalSignature,
 		ExtKeyUsage:  []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth},
 		Lifetime:     time.Hour,

@@ -4,10 +4,11 @@ import (
 	"bytes"
 	"context"
 	"fmt"
-	"slices"
 	"strings"
 	"sync"
 	"time"
+
+	"github.com/nodepki/nodepki/pkg/role"
 
 	"github.com/cosi-project/runtime/pkg/safe"
 	"github.com/cosi-project/runtime/pkg/state"
@@ -228,24 +229,12 @@ func (n *nodeService) GenerateClientConfiguration(ctx context.Context, req *node
 }
 
 func requestedRoles(values []string) ([]string, error) {
-	if len(values) == 0 {
-		return nil, status.Errorf(codes.InvalidArgument, "roles: at least one role is required, from %s", strings.Join(Roles, ", "))
+	roles, err := role.Check(values)
+	if err != nil {
+		return nil, status.Errorf(codes.InvalidArgument, "roles: %v", err)
 	}
 
-	roles := make([]string, 0, len(values))
-
-	for _, r := range values {
-		r = strings.TrimSpace(r)
-		if !IsKnownRole(r) {
-			return nil, status.Errorf(codes.InvalidArgument, "roles: unknown role %q: use %s", r, strings.Join(Roles, ", "))
-		}
-
-		roles = append(roles, r)
-	}
-
-	slices.Sort(roles)
-
-	return slices.Compact(roles), nil
+	return roles, nil
 }
 
 func requestedTTL(seconds int64) (time.Duration, error) {

@@ -6,6 +6,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/nodepki/nodepki/pkg/role"
+
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 	"google.golang.org/grpc/codes"
@@ -24,9 +26,9 @@ func TestVersionForEveryRole(t *testing.T) {
 	p := getPKI(t)
 	n := startNode(t, p, nodeSpec{addr: "127.0.0.2", controlPlane: true})
 
-	for _, role := range Roles {
-		t.Run(role, func(t *testing.T) {
-			resp, err := nodeClient(n.dialAs(t, p, role)).Version(callCtx(t), &node.VersionRequest{})
+	for _, r := range role.All {
+		t.Run(r, func(t *testing.T) {
+			resp, err := nodeClient(n.dialAs(t, p, r)).Version(callCtx(t), &node.VersionRequest{})
 			require.NoError(t, err)
 			assert.Equal(t, version.Version, resp.GetVersion())
 			assert.Equal(t, "127.0.0.2", resp.GetNode())
@@ -59,7 +61,7 @@ func TestApplyConfiguration(t *testing.T) {
 
 	p := getPKI(t)
 	n := startNode(t, p, nodeSpec{addr: "127.0.0.2"})
-	admin := nodeClient(n.dialAs(t, p, RoleAdmin))
+	admin := nodeClient(n.dialAs(t, p, role.Admin))
 
 	notACert := base64.StdEncoding.EncodeToString([]byte("not a certificate"))
 
@@ -117,7 +119,7 @@ func TestApplyConfiguration(t *testing.T) {
 	})
 
 	t.Run("non-admin", func(t *testing.T) {
-		for _, role := range []string{RoleReader, RoleOperator, RoleEtcdBackup} {
+		for _, role := range []string{role.Reader, role.Operator, role.EtcdBackup} {
 			_, err := nodeClient(n.dialAs(t, p, role)).ApplyConfiguration(callCtx(t), &node.ApplyConfigurationRequest{Patches: [][]byte{sanPatch}})
 			assert.Equal(t, codes.PermissionDenied, status.Code(err), "%s: %v", role, err)
 		}
@@ -161,10 +163,10 @@ func TestGenerateClientConfiguration(t *testing.T) {
 
 	p := getPKI(t)
 	cp := startNode(t, p, nodeSpec{addr: "127.0.0.2", controlPlane: true})
-	admin := nodeClient(cp.dialAs(t, p, RoleAdmin))
+	admin := nodeClient(cp.dialAs(t, p, role.Admin))
 
 	resp, err := admin.GenerateClientConfiguration(callCtx(t), &node.GenerateClientConfigurationRequest{
-		Roles: []string{RoleReader}, CrtTtlSeconds: 3600,
+		Roles: []string{role.Reader}, CrtTtlSeconds: 3600,
 	})
 	require.NoError(t, err)
 
@@ -172,7 +174,7 @@ func TestGenerateClientConfiguration(t *testing.T) {
 
 	crt, err := certs.ParseCertificate(resp.GetCrt())
 	require.NoError(t, err)
-	assert.Equal(t, []string{RoleReader}, crt.Subject.Organization)
+	assert.Equal(t, []string{role.Reader}, crt.Subject.Organization)
 	assert.Equal(t, []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth}, crt.ExtKeyUsage)
 	assert.WithinDuration(t, time.Now().Add(time.Hour), crt.NotAfter, time.Minute)
 
@@ -191,16 +193,16 @@ func TestGenerateClientConfiguration(t *testing.T) {
 	_, err = nodeClient(generated).Version(callCtx(t), &node.VersionRequest{})
 	require.NoError(t, err)
 
-	_, err = nodeClient(generated).GenerateClientConfiguration(callCtx(t), &node.GenerateClientConfigurationRequest{Roles: []string{RoleAdmin}})
+	_, err = nodeClient(generated).GenerateClientConfiguration(callCtx(t), &node.GenerateClientConfigurationRequest{Roles: []string{role.Admin}})
 	assert.Equal(t, codes.PermissionDenied, status.Code(err), "%v", err)
 
 	t.Run("defaults and several roles", func(t *testing.T) {
-		resp, err := admin.GenerateClientConfiguration(callCtx(t), &node.GenerateClientConfigurationRequest{Roles: []string{RoleReader, RoleOperator}})
+		resp, err := admin.GenerateClientConfiguration(callCtx(t), &node.GenerateClientConfigurationRequest{Roles: []string{role.Reader, role.Operator}})
 		require.NoError(t, err)
 
 		crt, err := certs.ParseCertificate(resp.GetCrt())
 		require.NoError(t, err)
-		assert.ElementsMatch(t, []string{RoleOperator, RoleReader}, crt.Subject.Organization)
+		assert.ElementsMatch(t, []string{role.Operator, role.Reader}, crt.Subject.Organization)
 		assert.WithinDuration(t, time.Now().Add(certs.ClientLifetime), crt.NotAfter, time.Minute)
 
 		cfg, err := clientconfig.Parse(resp.GetTalosconfig())
@@ -214,10 +216,10 @@ func TestGenerateClientConfiguration(t *testing.T) {
 		want string
 	}{
 		{"unknown role", &node.GenerateClientConfigurationRequest{Roles: []string{"os:root"}}, `unknown role "os:root"`},
-		{"impersonator", &node.GenerateClientConfigurationRequest{Roles: []string{RoleImpersonator}}, "unknown role"},
-		{"no role", &node.GenerateClientConfigurationRequest{}, "at least one role"},
-		{"negative ttl", &node.GenerateClientConfigurationRequest{Roles: []string{RoleAdmin}, CrtTtlSeconds: -1}, "negative"},
-		{"huge ttl", &node.GenerateClientConfigurationRequest{Roles: []string{RoleAdmin}, CrtTtlSeconds: 1 << 62}, "longer than the CA lifetime"},
+		{"impersonator", &node.GenerateClientConfigurationRequest{Roles: []string{role.Impersonator}}, "unknown role"},
+		{"no role", &node.GenerateClientConfigurationRequest{}, "no roles given"},
+		{"negative ttl", &node.GenerateClientConfigurationRequest{Roles: []string{role.Admin}, CrtTtlSeconds: -1}, "negative"},
+		{"huge ttl", &node.GenerateClientConfigurationRequest{Roles: []string{role.Admin}, CrtTtlSeconds: 1 << 62}, "longer than the CA lifetime"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			_, err := admin.GenerateClientConfiguration(callCtx(t), tc.req)
@@ -230,8 +232,8 @@ func TestGenerateClientConfiguration(t *testing.T) {
 	t.Run("worker", func(t *testing.T) {
 		w := startNode(t, p, nodeSpec{addr: "127.0.0.3"})
 
-		_, err := nodeClient(w.dialAs(t, p, RoleAdmin)).GenerateClientConfiguration(callCtx(t),
-			&node.GenerateClientConfigurationRequest{Roles: []string{RoleReader}})
+		_, err := nodeClient(w.dialAs(t, p, role.Admin)).GenerateClientConfiguration(callCtx(t),
+			&node.GenerateClientConfigurationRequest{Roles: []string{role.Reader}})
 		require.Error(t, err)
 		assert.Equal(t, codes.FailedPrecondition, status.Code(err), "%v", err)
 		assert.Contains(t, err.Error(), "control-plane nodes only")

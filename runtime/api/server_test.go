@@ -8,6 +8,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/nodepki/nodepki/pkg/role"
+
 	"github.com/cosi-project/runtime/api/v1alpha1"
 	"github.com/cosi-project/runtime/pkg/resource"
 	"github.com/cosi-project/runtime/pkg/resource/meta"
@@ -52,10 +54,10 @@ func TestRoleMatrix(t *testing.T) {
 		readPublic    bool
 		readSensitive bool
 	}{
-		{RoleReader, true, false},
-		{RoleOperator, true, false},
-		{RoleAdmin, true, true},
-		{RoleEtcdBackup, false, false},
+		{role.Reader, true, false},
+		{role.Operator, true, false},
+		{role.Admin, true, true},
+		{role.EtcdBackup, false, false},
 		{"os:unknown", false, false},
 	}
 
@@ -100,9 +102,9 @@ func TestWritesAreRefused(t *testing.T) {
 	before, err := n.st.Get(t.Context(), ptr)
 	require.NoError(t, err)
 
-	for _, role := range Roles {
-		t.Run(role, func(t *testing.T) {
-			conn := n.dialAs(t, p, role)
+	for _, r := range role.All {
+		t.Run(r, func(t *testing.T) {
+			conn := n.dialAs(t, p, r)
 			raw := v1alpha1.NewStateClient(conn)
 			ctx := callCtx(t)
 
@@ -156,7 +158,7 @@ func TestAccessPolicy(t *testing.T) {
 
 	p := getPKI(t)
 	n := startNode(t, p, nodeSpec{addr: "127.0.0.2"})
-	st := cosiState(n.dialAs(t, p, RoleAdmin))
+	st := cosiState(n.dialAs(t, p, role.Admin))
 
 	for _, tc := range []struct {
 		name string
@@ -195,17 +197,17 @@ func TestClientCertificateIsVerified(t *testing.T) {
 		spec clientCertSpec
 		want string
 	}{
-		{"valid", true, clientCertSpec{roles: []string{RoleReader}}, ""},
-		{"server auth only", true, clientCertSpec{roles: []string{RoleAdmin}, eku: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth}},
+		{"valid", true, clientCertSpec{roles: []string{role.Reader}}, ""},
+		{"server auth only", true, clientCertSpec{roles: []string{role.Admin}, eku: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth}},
 			`certificate "O=os:admin" is missing the client auth extended key usage`},
-		{"server and client auth", true, clientCertSpec{roles: []string{RoleAdmin}, eku: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth, x509.ExtKeyUsageClientAuth}},
+		{"server and client auth", true, clientCertSpec{roles: []string{role.Admin}, eku: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth, x509.ExtKeyUsageClientAuth}},
 			"missing the client auth extended key usage"},
-		{"no extended key usage", true, clientCertSpec{roles: []string{RoleAdmin}, eku: []x509.ExtKeyUsage{}},
+		{"no extended key usage", true, clientCertSpec{roles: []string{role.Admin}, eku: []x509.ExtKeyUsage{}},
 			"missing the client auth extended key usage"},
-		{"unknown CA", false, clientCertSpec{roles: []string{RoleAdmin}}, "x509: certificate signed by unknown authority"},
-		{"expired", true, clientCertSpec{roles: []string{RoleAdmin}, issuedAt: time.Now().Add(-48 * time.Hour), lifetime: 24 * time.Hour},
+		{"unknown CA", false, clientCertSpec{roles: []string{role.Admin}}, "x509: certificate signed by unknown authority"},
+		{"expired", true, clientCertSpec{roles: []string{role.Admin}, issuedAt: time.Now().Add(-48 * time.Hour), lifetime: 24 * time.Hour},
 			"x509: certificate has expired or is not yet valid"},
-		{"not yet valid", true, clientCertSpec{roles: []string{RoleAdmin}, issuedAt: time.Now().Add(48 * time.Hour)},
+		{"not yet valid", true, clientCertSpec{roles: []string{role.Admin}, issuedAt: time.Now().Add(48 * time.Hour)},
 			"x509: certificate has expired or is not yet valid"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
@@ -240,20 +242,20 @@ func TestRolesFromMetadataNeedImpersonator(t *testing.T) {
 	ptr := pki.NewRootSecret(pki.RootOS).Metadata()
 
 	// A reader asserting admin in the metadata stays a reader.
-	reader := cosiState(n.dialAs(t, p, RoleReader))
-	_, err := reader.Get(withRoleMetadata(callCtx(t), RoleAdmin), ptr)
+	reader := cosiState(n.dialAs(t, p, role.Reader))
+	_, err := reader.Get(withRoleMetadata(callCtx(t), role.Admin), ptr)
 	assert.Equal(t, codes.PermissionDenied, status.Code(err), "%v", err)
 
 	// The impersonator certificate of a control plane carries the caller's roles.
-	impersonator := cosiState(n.dialAs(t, p, RoleImpersonator))
-	_, err = impersonator.Get(withRoleMetadata(callCtx(t), RoleAdmin), ptr)
+	impersonator := cosiState(n.dialAs(t, p, role.Impersonator))
+	_, err = impersonator.Get(withRoleMetadata(callCtx(t), role.Admin), ptr)
 	require.NoError(t, err)
 
-	_, err = impersonator.Get(withRoleMetadata(callCtx(t), RoleReader), ptr)
+	_, err = impersonator.Get(withRoleMetadata(callCtx(t), role.Reader), ptr)
 	assert.Equal(t, codes.PermissionDenied, status.Code(err), "%v", err)
 
 	// By itself it grants nothing.
-	_, err = nodeClient(n.dialAs(t, p, RoleImpersonator)).Version(callCtx(t), &node.VersionRequest{})
+	_, err = nodeClient(n.dialAs(t, p, role.Impersonator)).Version(callCtx(t), &node.VersionRequest{})
 	assert.Equal(t, codes.PermissionDenied, status.Code(err), "%v", err)
 }
 
@@ -266,11 +268,11 @@ func TestCARotationAtTLSLevel(t *testing.T) {
 	n := startNode(t, p, nodeSpec{addr: "127.0.0.2"})
 	newCA := newTestCA(t)
 
-	oldClient := n.dialAs(t, p, RoleAdmin)
+	oldClient := n.dialAs(t, p, role.Admin)
 	watchedPtr := pki.NewCertificateStatus(pki.CertAPI).Metadata()
 	events := watchOverConnection(t, oldClient, watchedPtr)
 
-	newCert := issueClientCert(t, newCA, clientCertSpec{roles: []string{RoleReader}})
+	newCert := issueClientCert(t, newCA, clientCertSpec{roles: []string{role.Reader}})
 
 	_, err := nodeClient(dial(t, n.endpoint, newCert, p.osCA)).Version(callCtx(t), &node.VersionRequest{})
 	require.Error(t, err)
