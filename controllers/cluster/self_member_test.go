@@ -111,7 +111,9 @@ func TestSelfMemberFollowsTheNode(t *testing.T) {
 	doc.Machine.CertSANs = []string{"cp2.example.test"}
 	env.SetMachineConfig(t, doc)
 	require.Never(t, func() bool {
-		return !getMember(t, env, "10.5.0.2").Metadata().Version().Equal(recorded)
+		m, err := safe.StateGetByID[*cluster.Member](env.Ctx, env.State, "10.5.0.2")
+
+		return err != nil || !m.Metadata().Version().Equal(recorded)
 	}, 300*time.Millisecond, 20*time.Millisecond, "an unchanged member was rewritten")
 
 	// Past the refresh interval, the next pass renews lastSeen.

@@ -342,7 +342,8 @@ func TestServerSwapsCertificatePerHandshake(t *testing.T) {
 	cp := newControlPlane(t, certs.RootOS)
 	addr := startServer(t, cp.state, nil)
 
-	first := handshakeSerial(t, addr, cp)
+	first := handshakeSerial(t.Context(), t, addr, cp)
+	require.NotEmpty(t, first)
 
 	crtPEM, keyPEM := issueServerCert(t, cp.ca)
 	_, err := safe.StateUpdateWithConflicts(t.Context(), cp.state, pki.NewNodeCertificate(pki.CertTrustd).Metadata(), func(crt *pki.NodeCertificate) error {
@@ -356,13 +357,14 @@ func TestServerSwapsCertificatePerHandshake(t *testing.T) {
 	require.NoError(t, err)
 	require.NotEqual(t, first, renewed.SerialNumber.String())
 
-	assert.Eventually(t, func() bool { return handshakeSerial(t, addr, cp) == renewed.SerialNumber.String() },
-		10*time.Second, 20*time.Millisecond, "a new handshake must get the renewed certificate without a restart")
+	assert.EventuallyWithT(t, func(c *assert.CollectT) {
+		assert.Equal(c, renewed.SerialNumber.String(), handshakeSerial(t.Context(), c, addr, cp))
+	}, 10*time.Second, 20*time.Millisecond, "a new handshake must get the renewed certificate without a restart")
 }
 
-func handshakeSerial(t *testing.T, addr string, cp *controlPlane) string {
-	t.Helper()
-
+// handshakeSerial does a new TLS handshake and returns the serial of the server certificate, or
+// "" after recording the failure in t (a poll's collector: a failed dial is retried).
+func handshakeSerial(ctx context.Context, t assert.TestingT, addr string, cp *controlPlane) string {
 	roots := x509.NewCertPool()
 	roots.AddCert(cp.ca.Crt)
 
@@ -372,15 +374,17 @@ func handshakeSerial(t *testing.T, addr string, cp *controlPlane) string {
 		NextProtos: []string{"h2"},
 	}}
 
-	conn, err := dialer.DialContext(t.Context(), "tcp", addr)
-	require.NoError(t, err)
+	conn, err := dialer.DialContext(ctx, "tcp", addr)
+	if !assert.NoError(t, err) {
+		return ""
+	}
 
 	defer conn.Close() //nolint:errcheck
 
 	tlsConn := conn.(*tls.Conn) //nolint:forcetypeassert
 	state := tlsConn.ConnectionState()
 
-	require.Equal(t, uint16(tls.VersionTLS13), state.Version)
+	assert.Equal(t, uint16(tls.VersionTLS13), state.Version)
 
 	return state.PeerCertificates[0].SerialNumber.String()
 }
