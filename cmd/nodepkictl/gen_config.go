@@ -9,6 +9,8 @@ import (
 	"slices"
 	"strings"
 
+	"github.com/nodepki/nodepki/pkg/atomicfile"
+
 	"github.com/nodepki/nodepki/pkg/role"
 
 	"github.com/spf13/cobra"
@@ -105,7 +107,11 @@ func runGenConfig(cmd *cobra.Command, name, endpoint string, opts genConfigOptio
 		return err
 	}
 
-	if err := writeFilesTogether(opts.outputDir, targets, [][]byte{controlPlane, worker, talosconfig}); err != nil {
+	if err := os.MkdirAll(opts.outputDir, 0o700); err != nil {
+		return fmt.Errorf("creating output directory: %w", err)
+	}
+
+	if err := atomicfile.WriteFiles(targets, [][]byte{controlPlane, worker, talosconfig}); err != nil {
 		return err
 	}
 
@@ -220,68 +226,4 @@ func adminTalosconfig(name string, b *bundle.Bundle) ([]byte, error) {
 	}
 
 	return clientconfig.New(name, []string{}, b.Certs.OS.Crt, crt, key).Bytes()
-}
-
-// writeFilesTogether writes every file to a temporary file first and renames them into place only
-// once all are written, so a failure leaves none of the new files behind.
-func writeFilesTogether(dir string, targets []string, contents [][]byte) (err error) {
-	if err := os.MkdirAll(dir, 0o700); err != nil {
-		return fmt.Errorf("creating output directory: %w", err)
-	}
-
-	temps := make([]string, 0, len(targets))
-
-	defer func() {
-		if err != nil {
-			for _, tmp := range temps {
-				os.Remove(tmp) //nolint:errcheck
-			}
-		}
-	}()
-
-	for i, target := range targets {
-		tmp, err := writeTemp(target, contents[i])
-		if err != nil {
-			return err
-		}
-
-		temps = append(temps, tmp)
-	}
-
-	for i, target := range targets {
-		if err := os.Rename(temps[i], target); err != nil {
-			return fmt.Errorf("writing %q: %w", target, err)
-		}
-	}
-
-	return nil
-}
-
-func writeTemp(target string, data []byte) (string, error) {
-	f, err := os.CreateTemp(filepath.Dir(target), "."+filepath.Base(target)+".tmp-*")
-	if err != nil {
-		return "", fmt.Errorf("writing %q: %w", target, err)
-	}
-
-	for _, step := range []func() error{
-		func() error { return f.Chmod(0o600) },
-		func() error { _, werr := f.Write(data); return werr },
-		f.Sync,
-	} {
-		if err = step(); err != nil {
-			break
-		}
-	}
-
-	if closeErr := f.Close(); err == nil {
-		err = closeErr
-	}
-
-	if err != nil {
-		os.Remove(f.Name()) //nolint:errcheck
-
-		return "", fmt.Errorf("writing %q: %w", target, err)
-	}
-
-	return f.Name(), nil
 }

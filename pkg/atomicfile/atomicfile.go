@@ -9,32 +9,63 @@ import (
 )
 
 // WriteFile writes data to a temporary file beside path, syncs it and renames it into place.
-func WriteFile(path string, data []byte) (err error) {
-	tmp, err := os.CreateTemp(filepath.Dir(path), "."+filepath.Base(path)+".tmp-*")
-	if err != nil {
-		return fmt.Errorf("writing %q: %w", path, err)
-	}
+func WriteFile(path string, data []byte) error {
+	return WriteFiles([]string{path}, [][]byte{data})
+}
+
+// WriteFiles writes every file to a temporary file beside it first and renames them into place
+// only once all are written, so that a failure while writing leaves none of them changed.
+func WriteFiles(paths []string, contents [][]byte) (err error) {
+	temps := make([]string, 0, len(paths))
 
 	defer func() {
 		if err != nil {
-			tmp.Close()           //nolint:errcheck
-			os.Remove(tmp.Name()) //nolint:errcheck
+			for _, tmp := range temps {
+				os.Remove(tmp) //nolint:errcheck
+			}
 		}
 	}()
+
+	for i, path := range paths {
+		tmp, err := writeTemp(path, contents[i])
+		if err != nil {
+			return err
+		}
+
+		temps = append(temps, tmp)
+	}
+
+	for i, path := range paths {
+		if err := os.Rename(temps[i], path); err != nil {
+			return fmt.Errorf("writing %q: %w", path, err)
+		}
+	}
+
+	return nil
+}
+
+// writeTemp writes data, mode 0600 and synced, to a new temporary file beside path.
+func writeTemp(path string, data []byte) (name string, err error) {
+	tmp, err := os.CreateTemp(filepath.Dir(path), "."+filepath.Base(path)+".tmp-*")
+	if err != nil {
+		return "", fmt.Errorf("writing %q: %w", path, err)
+	}
 
 	steps := []func() error{
 		func() error { return tmp.Chmod(0o600) },
 		func() error { _, werr := tmp.Write(data); return werr },
 		tmp.Sync,
 		tmp.Close,
-		func() error { return os.Rename(tmp.Name(), path) },
 	}
 
 	for _, step := range steps {
 		if err = step(); err != nil {
-			return fmt.Errorf("writing %q: %w", path, err)
+			tmp.Close()           //nolint:errcheck
+			os.Remove(tmp.Name()) //nolint:errcheck
+
+			return "", fmt.Errorf("writing %q: %w", path, err)
 		}
 	}
 
-	return nil
+	return tmp.Name(), nil
 }
