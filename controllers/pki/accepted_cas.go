@@ -347,12 +347,7 @@ func parsePublicKey(data []byte) ([]pemEntry, error) {
 		return nil, fmt.Errorf("error encoding public key: %w", err)
 	}
 
-	fingerprint, err := certs.PublicKeyFingerprint(pub)
-	if err != nil {
-		return nil, err
-	}
-
-	return []pemEntry{{pem: string(pem.EncodeToMemory(&pem.Block{Type: "PUBLIC KEY", Bytes: der})), fingerprint: fingerprint}}, nil
+	return []pemEntry{{pem: string(pem.EncodeToMemory(&pem.Block{Type: "PUBLIC KEY", Bytes: der})), fingerprint: certs.SPKIFingerprint(der)}}, nil
 }
 
 // certificatePEM re-encodes a certificate, dropping whatever surrounded it in the config

@@ -1,6 +1,7 @@
 package pki
 
 import (
+	"cmp"
 	"context"
 	"crypto"
 	cryptorand "crypto/rand"
@@ -481,8 +482,8 @@ func checkTrustdCertificate(crtPEM []byte, req workerAPIRequest, key crypto.Sign
 
 // backoff doubles from RetryMin up to RetryMax with jitter.
 func (ctrl *WorkerAPICertificateController) backoff() time.Duration {
-	minDelay := cmpOr(ctrl.RetryMin, DefaultTrustdRetryMin)
-	maxDelay := max(cmpOr(ctrl.RetryMax, DefaultTrustdRetryMax), minDelay)
+	minDelay := cmp.Or(ctrl.RetryMin, DefaultTrustdRetryMin)
+	maxDelay := max(cmp.Or(ctrl.RetryMax, DefaultTrustdRetryMax), minDelay)
 
 	delay := minDelay
 	for i := 1; i < ctrl.failures && delay < maxDelay; i++ {
@@ -496,12 +497,4 @@ func (ctrl *WorkerAPICertificateController) backoff() time.Duration {
 
 func (ctrl *WorkerAPICertificateController) resetRetry() {
 	ctrl.failures, ctrl.attempt, ctrl.retryAt = 0, "", time.Time{}
-}
-
-func cmpOr(d, fallback time.Duration) time.Duration {
-	if d > 0 {
-		return d
-	}
-
-	return fallback
 }

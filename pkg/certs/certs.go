@@ -88,6 +88,10 @@ func ParseCertificate(data []byte) (*stdx509.Certificate, error) {
 		return nil, errors.New("not PEM: no PEM block found")
 	}
 
+	return parseCertificateBlock(block)
+}
+
+func parseCertificateBlock(block *pem.Block) (*stdx509.Certificate, error) {
 	if block.Type != "CERTIFICATE" {
 		return nil, fmt.Errorf("PEM block is %q, want CERTIFICATE", block.Type)
 	}
@@ -112,7 +116,7 @@ func ParseCertificates(data []byte) ([]*stdx509.Certificate, error) {
 			return nil, errors.New("not PEM: trailing data after the last PEM block")
 		}
 
-		crt, err := ParseCertificate(pem.EncodeToMemory(block))
+		crt, err := parseCertificateBlock(block)
 		if err != nil {
 			return nil, err
 		}
@@ -213,7 +217,13 @@ func KeyMatchesCertificate(crt *stdx509.Certificate, key crypto.Signer) bool {
 
 // Fingerprint is the hex SHA-256 of a certificate's SubjectPublicKeyInfo.
 func Fingerprint(crt *stdx509.Certificate) string {
-	sum := sha256.Sum256(crt.RawSubjectPublicKeyInfo)
+	return SPKIFingerprint(crt.RawSubjectPublicKeyInfo)
+}
+
+// SPKIFingerprint is the hex SHA-256 of a DER SubjectPublicKeyInfo, the fingerprint nodepki shows
+// for CAs and keys alike.
+func SPKIFingerprint(der []byte) string {
+	sum := sha256.Sum256(der)
 
 	return hex.EncodeToString(sum[:])
 }
@@ -225,9 +235,7 @@ func PublicKeyFingerprint(pub crypto.PublicKey) (string, error) {
 		return "", fmt.Errorf("error encoding public key: %w", err)
 	}
 
-	sum := sha256.Sum256(der)
-
-	return hex.EncodeToString(sum[:]), nil
+	return SPKIFingerprint(der), nil
 }
 
 // CA is a parsed issuing CA: certificate and matching key.
