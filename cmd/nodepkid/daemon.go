@@ -108,6 +108,7 @@ func run(ctx context.Context, opts daemonOptions) error {
 		State:       rt.State(),
 		Config:      rt,
 		NodeAddress: address,
+		MachineType: cfg.Document().Machine.Type,
 		Logger:      logger.With(zap.String("component", "api")),
 		APIPort:     opts.apiPort,
 	})

@@ -67,8 +67,9 @@ type Options struct {
 	// NodeAddress is the address the node knows itself by (its --address); calls addressed to it
 	// are answered locally, and Version reports it.
 	NodeAddress netip.Addr
-	// MachineType returns the node's machine type; if nil, it is read from Config.
-	MachineType func() string
+	// MachineType is the node's machine type, which cannot change while the node runs; if empty,
+	// it is read from Config on each call.
+	MachineType string
 	// Logger defaults to a no-op logger.
 	Logger *zap.Logger
 	// APIPort is the port other nodes serve the API on, for forwarded calls (default DefaultPort).
@@ -121,11 +122,6 @@ func New(opts Options) (*Server, error) {
 	s.node = &nodeService{server: s}
 
 	return s, nil
-}
-
-// Ready is closed once the node API certificate is loaded, which is when Serve starts accepting.
-func (s *Server) Ready() <-chan struct{} {
-	return s.material.ready
 }
 
 // WaitReady waits until the node API certificate is loaded (Serve must be running).
@@ -279,8 +275,8 @@ func (s *Server) currentConfig(ctx context.Context) (*machineconfig.Config, erro
 }
 
 func (s *Server) machineType(ctx context.Context) (string, error) {
-	if s.opts.MachineType != nil {
-		return s.opts.MachineType(), nil
+	if s.opts.MachineType != "" {
+		return s.opts.MachineType, nil
 	}
 
 	cfg, err := s.currentConfig(ctx)
