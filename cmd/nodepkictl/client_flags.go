@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"io/fs"
 	"os"
 	"slices"
 	"strings"
@@ -13,7 +12,6 @@ import (
 	"github.com/spf13/pflag"
 
 	"github.com/nodepki/nodepki/pkg/client"
-	"github.com/nodepki/nodepki/pkg/clientconfig"
 )
 
 func init() {
@@ -35,7 +33,6 @@ func addClientFlags(flags *pflag.FlagSet) {
 type clientOverrides struct {
 	endpoints []string
 	nodes     []string
-	context   string
 }
 
 func readClientOverrides(cmd *cobra.Command) clientOverrides {
@@ -44,7 +41,6 @@ func readClientOverrides(cmd *cobra.Command) clientOverrides {
 	flags := cmd.Flags()
 	o.endpoints, _ = flags.GetStringSlice("endpoints") //nolint:errcheck // absent flag: no override
 	o.nodes, _ = flags.GetStringSlice("nodes")         //nolint:errcheck
-	o.context, _ = flags.GetString("context")          //nolint:errcheck
 
 	return o
 }
@@ -70,40 +66,12 @@ type session struct {
 // API. Without nodes (neither --nodes nor context nodes) the command talks to the first endpoint
 // itself, so that what it prints is labelled with the node that answered.
 func connect(ctx context.Context, cmd *cobra.Command) (*session, error) {
-	path := talosconfigPath(cmd)
-	if path == "" {
-		return nil, fmt.Errorf("cannot locate the client config: pass --talosconfig or set $%s", clientconfig.EnvVar)
-	}
-
-	overrides := readClientOverrides(cmd)
-
-	cfg, err := clientconfig.Open(path)
-	if errors.Is(err, fs.ErrNotExist) {
-		return nil, fmt.Errorf("client config %s does not exist: `nodepkictl gen config` writes one (./talosconfig) "+
-			"and `nodepkictl cluster create` writes one for a local cluster; pass it with --talosconfig or $%s",
-			path, clientconfig.EnvVar)
-	}
-
+	path, contextName, cctx, err := openContext(cmd)
 	if err != nil {
 		return nil, err
 	}
 
-	contextName := cfg.Context
-	if overrides.context != "" {
-		contextName = overrides.context
-	}
-
-	var cctx *clientconfig.Context
-
-	if overrides.context != "" {
-		cctx, err = cfg.Lookup(overrides.context)
-	} else {
-		cctx, err = cfg.Current()
-	}
-
-	if err != nil {
-		return nil, fmt.Errorf("%s: %w", path, err)
-	}
+	overrides := readClientOverrides(cmd)
 
 	var missing []string
 

@@ -44,15 +44,34 @@ func openTalosconfig(cmd *cobra.Command, allowMissing bool) (*clientconfig.Confi
 	}
 
 	cfg, err := clientconfig.Open(path)
-	if allowMissing && errors.Is(err, fs.ErrNotExist) {
-		return &clientconfig.Config{Contexts: map[string]*clientconfig.Context{}}, path, nil
-	}
 
-	if err != nil {
-		return nil, "", err
+	switch {
+	case errors.Is(err, fs.ErrNotExist) && allowMissing:
+		return &clientconfig.Config{Contexts: map[string]*clientconfig.Context{}}, path, nil
+	case errors.Is(err, fs.ErrNotExist):
+		return nil, path, fmt.Errorf("client config %s does not exist: `nodepkictl gen config` writes one (./talosconfig) "+
+			"and `nodepkictl cluster create` writes one for a local cluster; pass it with --talosconfig or $%s",
+			path, clientconfig.EnvVar)
+	case err != nil:
+		return nil, path, err
 	}
 
 	return cfg, path, nil
+}
+
+// openContext loads the client config and the context the command uses (--context or the current one).
+func openContext(cmd *cobra.Command) (path, contextName string, cctx *clientconfig.Context, err error) {
+	cfg, path, err := openTalosconfig(cmd, false)
+	if err != nil {
+		return path, "", nil, err
+	}
+
+	contextName, cctx, err = selectedContext(cmd, cfg)
+	if err != nil {
+		return path, "", nil, fmt.Errorf("%s: %w", path, err)
+	}
+
+	return path, contextName, cctx, nil
 }
 
 // selectedContext is the context named by the global --context flag, if the root defines it and

@@ -3,7 +3,6 @@ package main
 import (
 	"errors"
 	"fmt"
-	"io/fs"
 	"os"
 	"os/signal"
 	"path/filepath"
@@ -14,7 +13,6 @@ import (
 
 	"github.com/spf13/cobra"
 
-	"github.com/nodepki/nodepki/pkg/clientconfig"
 	"github.com/nodepki/nodepki/pkg/rotate"
 )
 
@@ -25,16 +23,15 @@ func init() {
 // rootFlag is the flag that selects a root.
 type rootFlag struct {
 	root  rotate.Root
-	flag  string
 	usage string
 }
 
 var rootFlags = []rootFlag{
-	{rotate.RootOS, "os", "rotate the OS (node API) CA: machine.ca, machine.acceptedCAs"},
-	{rotate.RootKubernetes, "kubernetes", "rotate the Kubernetes CA: cluster.ca, cluster.acceptedCAs"},
-	{rotate.RootEtcd, "etcd", "rotate the etcd CA: cluster.etcd.ca, cluster.etcd.acceptedCAs"},
-	{rotate.RootAggregator, "aggregator", "rotate the aggregator (front-proxy) CA: cluster.aggregatorCA, cluster.acceptedAggregatorCAs"},
-	{rotate.RootServiceAccount, "service-account", "rotate the service-account signing key: cluster.serviceAccount, cluster.acceptedServiceAccountKeys"},
+	{rotate.RootOS, "rotate the OS (node API) CA: machine.ca, machine.acceptedCAs"},
+	{rotate.RootKubernetes, "rotate the Kubernetes CA: cluster.ca, cluster.acceptedCAs"},
+	{rotate.RootEtcd, "rotate the etcd CA: cluster.etcd.ca, cluster.etcd.acceptedCAs"},
+	{rotate.RootAggregator, "rotate the aggregator (front-proxy) CA: cluster.aggregatorCA, cluster.acceptedAggregatorCAs"},
+	{rotate.RootServiceAccount, "rotate the service-account signing key: cluster.serviceAccount, cluster.acceptedServiceAccountKeys"},
 }
 
 func newRotateCACmd() *cobra.Command {
@@ -109,7 +106,7 @@ a CA of your own, write a plan with roots.<root>.new.crt and .key (see docs/rota
 			}
 
 			if len(selected) == 0 {
-				if slices.ContainsFunc(rootFlags, func(rf rootFlag) bool { return cmd.Flags().Changed(rf.flag) }) {
+				if slices.ContainsFunc(rootFlags, func(rf rootFlag) bool { return cmd.Flags().Changed(string(rf.root)) }) {
 					return errors.New("every root flag is false: choose at least one of --os, --kubernetes, --etcd, --aggregator, --service-account")
 				}
 
@@ -127,7 +124,7 @@ a CA of your own, write a plan with roots.<root>.new.crt and .key (see docs/rota
 	flags.BoolVar(&dryRun, "dry-run", true, "print the plan and the patches, change nothing; --dry-run=false rotates")
 
 	for i, rf := range rootFlags {
-		flags.BoolVar(&roots[i], rf.flag, false, rf.usage)
+		flags.BoolVar(&roots[i], string(rf.root), false, rf.usage)
 	}
 
 	flags.StringVar(&planPath, "plan", "", "rotation plan file (default: "+rotate.DefaultPlanName+" beside the talosconfig)")
@@ -150,36 +147,12 @@ type rotateCAInput struct {
 }
 
 func runRotateCA(cmd *cobra.Command, in rotateCAInput) error {
-	path := talosconfigPath(cmd)
-	if path == "" {
-		return fmt.Errorf("cannot locate the client config: pass --talosconfig or set $%s", clientconfig.EnvVar)
-	}
-
-	cfg, err := clientconfig.Open(path)
-	if errors.Is(err, fs.ErrNotExist) {
-		return fmt.Errorf("client config %s does not exist: pass the cluster's talosconfig with --talosconfig or $%s", path, clientconfig.EnvVar)
-	}
-
+	path, contextName, cctx, err := openContext(cmd)
 	if err != nil {
 		return err
 	}
 
 	overrides := readClientOverrides(cmd)
-
-	contextName := cfg.Context
-
-	var cctx *clientconfig.Context
-
-	if overrides.context != "" {
-		contextName = overrides.context
-		cctx, err = cfg.Lookup(contextName)
-	} else {
-		cctx, err = cfg.Current()
-	}
-
-	if err != nil {
-		return fmt.Errorf("%s: %w", path, err)
-	}
 
 	endpoints := cctx.Endpoints
 	if len(overrides.endpoints) > 0 {
