@@ -16,6 +16,7 @@ import (
 	"net"
 	"net/netip"
 	"slices"
+	"strconv"
 	"strings"
 	"time"
 
@@ -333,7 +334,7 @@ func (ctrl *WorkerAPICertificateController) buildRequest(ctx context.Context, r 
 
 	if doc != nil && doc.Cluster != nil && doc.Cluster.ControlPlane != nil {
 		host := endpointHost(doc.Cluster.ControlPlane.Endpoint)
-		if endpoint := net.JoinHostPort(host, trustd.DefaultPort); host != "" && !slices.Contains(req.endpoints, endpoint) {
+		if endpoint := net.JoinHostPort(host, strconv.Itoa(trustd.DefaultPort)); host != "" && !slices.Contains(req.endpoints, endpoint) {
 			req.endpoints = append(req.endpoints, endpoint)
 		}
 	}

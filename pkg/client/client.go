@@ -73,6 +73,11 @@ func (e Endpoint) Address() string {
 // ParseEndpoint accepts an endpoint the way talosconfig files write them: "host", "host:port",
 // "[v6]:port", a bare IPv6 address or "https://host:port". A missing port means DefaultPort.
 func ParseEndpoint(s string) (Endpoint, error) {
+	return ParseEndpointWithPort(s, DefaultPort)
+}
+
+// ParseEndpointWithPort is ParseEndpoint with another default port (trustd's, say).
+func ParseEndpointWithPort(s string, defaultPort int) (Endpoint, error) {
 	raw := strings.TrimSpace(s)
 	if raw == "" {
 		return Endpoint{}, errors.New("endpoint is empty: want host, host:port or https://host:port")
@@ -96,7 +101,7 @@ func ParseEndpoint(s string) (Endpoint, error) {
 	}
 
 	if ip := net.ParseIP(raw); ip != nil {
-		return Endpoint{Host: raw, Port: DefaultPort}, nil
+		return Endpoint{Host: raw, Port: defaultPort}, nil
 	}
 
 	host, portText, err := net.SplitHostPort(raw)
@@ -105,11 +110,11 @@ func ParseEndpoint(s string) (Endpoint, error) {
 		host, portText = strings.TrimSuffix(strings.TrimPrefix(raw, "["), "]"), ""
 	}
 
-	if host == "" || strings.ContainsAny(host, "/ ") {
+	if host == "" || strings.ContainsAny(host, "/ ") || strings.Contains(host, ":") && net.ParseIP(host) == nil {
 		return Endpoint{}, fmt.Errorf("endpoint %q has no valid host: want host, host:port or https://host:port", s)
 	}
 
-	port := DefaultPort
+	port := defaultPort
 
 	if portText != "" {
 		port, err = strconv.Atoi(portText)

@@ -11,6 +11,8 @@ import (
 	"strings"
 	"time"
 
+	"github.com/nodepki/nodepki/pkg/client"
+
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials"
 
@@ -98,10 +100,12 @@ func FromAddress(addr netip.Addr) RequestOption {
 }
 
 func requestFrom(ctx context.Context, endpoint string, roots *x509.CertPool, token string, csrPEM []byte, options requestOptions) (caPEM, crtPEM []byte, err error) {
-	address, host, err := endpointAddress(endpoint)
+	parsed, err := client.ParseEndpointWithPort(endpoint, DefaultPort)
 	if err != nil {
 		return nil, nil, err
 	}
+
+	address, host := parsed.Address(), parsed.Host
 
 	tlsConfig := &tls.Config{
 		MinVersion: tls.VersionTLS13,
@@ -146,36 +150,6 @@ func requestFrom(ctx context.Context, endpoint string, roots *x509.CertPool, tok
 	}
 
 	return resp.GetCa(), resp.GetCrt(), nil
-}
-
-// endpointAddress turns "host", "host:port", "[v6]" or a bare IPv6 address into a dial address and
-// the host name the server certificate must carry.
-func endpointAddress(endpoint string) (address, host string, err error) {
-	endpoint = strings.TrimSpace(endpoint)
-
-	if endpoint == "" || strings.Contains(endpoint, "/") {
-		return "", "", fmt.Errorf("invalid endpoint %q: want host or host:port", endpoint)
-	}
-
-	if ip := net.ParseIP(strings.Trim(endpoint, "[]")); ip != nil {
-		return net.JoinHostPort(ip.String(), DefaultPort), ip.String(), nil
-	}
-
-	host, port, err := net.SplitHostPort(endpoint)
-	if err != nil {
-		// No port (or not host:port at all): the whole endpoint is the host.
-		if strings.Contains(endpoint, ":") {
-			return "", "", fmt.Errorf("invalid endpoint %q: want host or host:port", endpoint)
-		}
-
-		return net.JoinHostPort(endpoint, DefaultPort), endpoint, nil
-	}
-
-	if host == "" || port == "" {
-		return "", "", fmt.Errorf("invalid endpoint %q: want host or host:port", endpoint)
-	}
-
-	return endpoint, host, nil
 }
 
 // tokenCredentials sends the join token as per-RPC metadata, only over a secure transport.

@@ -4,6 +4,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/nodepki/nodepki/pkg/client"
+
 	"github.com/cosi-project/runtime/pkg/state"
 	"github.com/cosi-project/runtime/pkg/state/impl/inmem"
 	"github.com/cosi-project/runtime/pkg/state/impl/namespaced"
@@ -24,15 +26,16 @@ func TestEndpointAddress(t *testing.T) {
 		{endpoint: "fd00::1", address: "[fd00::1]:50001", host: "fd00::1"},
 		{endpoint: "[fd00::1]", address: "[fd00::1]:50001", host: "fd00::1"},
 		{endpoint: "[fd00::1]:6000", address: "[fd00::1]:6000", host: "fd00::1"},
-		{endpoint: "", err: "want host or host:port"},
-		{endpoint: "https://cp.example.com:6443", err: "want host or host:port"},
-		{endpoint: "a:b:c", err: "want host or host:port"},
-		{endpoint: ":6000", err: "want host or host:port"},
+		{endpoint: "https://cp.example.com:6443", address: "cp.example.com:6443", host: "cp.example.com"},
+		{endpoint: "", err: "endpoint is empty"},
+		{endpoint: "a:b:c", err: "no valid host"},
+		{endpoint: ":6000", err: "no valid host"},
+		{endpoint: "cp.example.com:99999", err: "not a number between 1 and 65535"},
 	} {
 		t.Run(tc.endpoint, func(t *testing.T) {
 			t.Parallel()
 
-			address, host, err := endpointAddress(tc.endpoint)
+			endpoint, err := client.ParseEndpointWithPort(tc.endpoint, DefaultPort)
 			if tc.err != "" {
 				require.ErrorContains(t, err, tc.err)
 
@@ -40,8 +43,8 @@ func TestEndpointAddress(t *testing.T) {
 			}
 
 			require.NoError(t, err)
-			assert.Equal(t, tc.address, address)
-			assert.Equal(t, tc.host, host)
+			assert.Equal(t, tc.address, endpoint.Address())
+			assert.Equal(t, tc.host, endpoint.Host)
 		})
 	}
 }

@@ -7,7 +7,7 @@ package trustd
 import "time"
 
 // DefaultPort is the port trustd listens on and the port the client dials when an endpoint has none.
-const DefaultPort = "50001"
+const DefaultPort = 50001
 
 // TokenMetadataKey is the gRPC metadata key carrying the join token, as in Talos.
 const TokenMetadataKey = "token"
