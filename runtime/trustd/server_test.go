@@ -453,7 +453,7 @@ func TestRequestCertificateEndpoints(t *testing.T) {
 		_, _, err := trustd.RequestCertificate(t.Context(), []string{deadAddr, "127.0.0.1:bad:port"}, bundle(cp.accepted), machineToken, csr)
 		require.Error(t, err)
 		assert.Contains(t, err.Error(), deadAddr)
-		assert.Contains(t, err.Error(), `invalid endpoint "127.0.0.1:bad:port"`)
+		assert.Contains(t, err.Error(), `endpoint "127.0.0.1:bad:port" has no valid host`)
 	})
 
 	t.Run("refuses a server outside the given roots", func(t *testing.T) {
