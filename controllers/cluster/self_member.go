@@ -7,6 +7,8 @@ import (
 	"slices"
 	"time"
 
+	"github.com/nodepki/nodepki/controllers/configview"
+
 	"github.com/cosi-project/runtime/pkg/controller"
 	"github.com/cosi-project/runtime/pkg/resource"
 	"github.com/cosi-project/runtime/pkg/safe"
@@ -14,9 +16,7 @@ import (
 	"github.com/siderolabs/gen/optional"
 	"go.uber.org/zap"
 
-	"github.com/nodepki/nodepki/pkg/machineconfig"
 	"github.com/nodepki/nodepki/resources/cluster"
-	"github.com/nodepki/nodepki/resources/config"
 	"github.com/nodepki/nodepki/resources/network"
 )
 
@@ -46,12 +46,7 @@ func (ctrl *SelfMemberController) Name() string {
 // Inputs implements controller.Controller interface.
 func (ctrl *SelfMemberController) Inputs() []controller.Input {
 	return []controller.Input{
-		{
-			Namespace: config.NamespaceName,
-			Type:      config.MachineConfigType,
-			ID:        optional.Some(config.ActiveID),
-			Kind:      controller.InputWeak,
-		},
+		configview.Input(),
 		{
 			Namespace: network.NamespaceName,
 			Type:      network.NodeAddressesType,
@@ -75,7 +70,7 @@ func (ctrl *SelfMemberController) Run(ctx context.Context, r controller.Runtime,
 
 	defer refresh.Stop()
 
-	var machineConfig machineSectionCache
+	var machineConfig configview.Cache
 
 	for {
 		select {
@@ -85,7 +80,7 @@ func (ctrl *SelfMemberController) Run(ctx context.Context, r controller.Runtime,
 		case <-refresh.C:
 		}
 
-		machine, known, err := machineConfig.read(ctx, r)
+		doc, err := configview.Read(ctx, r, &machineConfig)
 		if err != nil {
 			return err
 		}
@@ -98,9 +93,11 @@ func (ctrl *SelfMemberController) Run(ctx context.Context, r controller.Runtime,
 		// Until the node knows what it is and where it is (at start, before the config or the
 		// addresses are loaded), its persisted member is left as it is: removing and recreating
 		// it would renew lastSeen at every restart.
-		if !known || (machine.IsControlPlane() && !addressesKnown) {
+		if doc == nil || (doc.Machine.IsControlPlane() && !addressesKnown) {
 			continue
 		}
+
+		machine := doc.Machine
 
 		r.StartTrackingOutputs()
 
@@ -217,40 +214,4 @@ func (ctrl *SelfMemberController) nodeAddresses(ctx context.Context, r controlle
 	}
 
 	return slices.Clone(res.TypedSpec().Addresses), true, nil
-}
-
-// machineSectionCache remembers the machine section of the active machine config by resource
-// version, so the config is parsed once per change rather than at every address change or refresh.
-type machineSectionCache struct {
-	version resource.Version
-	machine *machineconfig.MachineSection
-	valid   bool
-}
-
-// read returns the .machine section of the active machine config (nil when the document has
-// none); known is false when there is no machine config.
-func (c *machineSectionCache) read(ctx context.Context, r controller.Reader) (machine *machineconfig.MachineSection, known bool, err error) {
-	mc, err := safe.ReaderGetByID[*config.MachineConfig](ctx, r, config.ActiveID)
-	if err != nil {
-		if state.IsNotFoundError(err) {
-			return nil, false, nil
-		}
-
-		return nil, false, fmt.Errorf("error reading machine config: %w", err)
-	}
-
-	if c.valid && c.version.Equal(mc.Metadata().Version()) {
-		return c.machine, true, nil
-	}
-
-	// The config was validated before it was written: a parse error here is a bug or a damaged
-	// state, and the controller's restart with backoff is the right answer.
-	cfg, err := machineconfig.Parse(mc.TypedSpec().Raw)
-	if err != nil {
-		return nil, false, fmt.Errorf("error parsing machine config version %s: %w", mc.Metadata().Version(), err)
-	}
-
-	c.machine, c.version, c.valid = cfg.Document().Machine, mc.Metadata().Version(), true
-
-	return c.machine, true, nil
 }

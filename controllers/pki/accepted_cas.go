@@ -7,6 +7,8 @@ import (
 	"fmt"
 	"slices"
 
+	"github.com/nodepki/nodepki/controllers/configview"
+
 	"github.com/cosi-project/runtime/pkg/controller"
 	"github.com/cosi-project/runtime/pkg/resource"
 	"github.com/cosi-project/runtime/pkg/safe"
@@ -21,7 +23,7 @@ import (
 // issuing CA last, deduplicated by SPKI fingerprint. For the service-account root it lists the
 // accepted public keys, then the signing key's public key last.
 type AcceptedCAsController struct {
-	config machineConfigCache
+	config configview.Cache
 	parsed parsedPEM
 }
 
@@ -32,7 +34,7 @@ func (ctrl *AcceptedCAsController) Name() string {
 
 // Inputs implements controller.Controller interface.
 func (ctrl *AcceptedCAsController) Inputs() []controller.Input {
-	return []controller.Input{machineConfigInput()}
+	return []controller.Input{configview.Input()}
 }
 
 // Outputs implements controller.Controller interface.
@@ -49,7 +51,7 @@ func (ctrl *AcceptedCAsController) Run(ctx context.Context, r controller.Runtime
 		case <-r.EventCh():
 		}
 
-		doc, err := readMachineConfig(ctx, r, &ctrl.config)
+		doc, err := configview.Read(ctx, r, &ctrl.config)
 		if err != nil {
 			return err
 		}

@@ -8,6 +8,8 @@ import (
 	"slices"
 	"strings"
 
+	"github.com/nodepki/nodepki/controllers/configview"
+
 	"github.com/cosi-project/runtime/pkg/controller"
 	"github.com/cosi-project/runtime/pkg/resource"
 	"github.com/cosi-project/runtime/pkg/safe"
@@ -30,7 +32,7 @@ type CertSANsController struct {
 	// Hostname is the node's hostname; it is added to every SAN set when not empty.
 	Hostname string
 
-	config machineConfigCache
+	config configview.Cache
 }
 
 // Name implements controller.Controller interface.
@@ -41,7 +43,7 @@ func (ctrl *CertSANsController) Name() string {
 // Inputs implements controller.Controller interface.
 func (ctrl *CertSANsController) Inputs() []controller.Input {
 	return []controller.Input{
-		machineConfigInput(),
+		configview.Input(),
 		{
 			Namespace: network.NamespaceName,
 			Type:      network.NodeAddressesType,
@@ -65,7 +67,7 @@ func (ctrl *CertSANsController) Run(ctx context.Context, r controller.Runtime, _
 		case <-r.EventCh():
 		}
 
-		doc, err := readMachineConfig(ctx, r, &ctrl.config)
+		doc, err := configview.Read(ctx, r, &ctrl.config)
 		if err != nil {
 			return err
 		}

@@ -6,6 +6,8 @@ import (
 	"reflect"
 	"slices"
 
+	"github.com/nodepki/nodepki/controllers/configview"
+
 	"github.com/cosi-project/runtime/pkg/controller"
 	"github.com/cosi-project/runtime/pkg/resource"
 	"github.com/cosi-project/runtime/pkg/safe"
@@ -19,7 +21,7 @@ import (
 // the issuing CA certificate, its key only where the node may issue (control planes), and the
 // trustd tokens for the os root.
 type RootSecretsController struct {
-	config machineConfigCache
+	config configview.Cache
 }
 
 // Name implements controller.Controller interface.
@@ -29,7 +31,7 @@ func (ctrl *RootSecretsController) Name() string {
 
 // Inputs implements controller.Controller interface.
 func (ctrl *RootSecretsController) Inputs() []controller.Input {
-	return []controller.Input{machineConfigInput()}
+	return []controller.Input{configview.Input()}
 }
 
 // Outputs implements controller.Controller interface.
@@ -50,7 +52,7 @@ func (ctrl *RootSecretsController) Run(ctx context.Context, r controller.Runtime
 		case <-r.EventCh():
 		}
 
-		doc, err := readMachineConfig(ctx, r, &ctrl.config)
+		doc, err := configview.Read(ctx, r, &ctrl.config)
 		if err != nil {
 			return err
 		}

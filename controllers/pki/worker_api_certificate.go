@@ -20,6 +20,8 @@ import (
 	"strings"
 	"time"
 
+	"github.com/nodepki/nodepki/controllers/configview"
+
 	"github.com/cosi-project/runtime/pkg/controller"
 	"github.com/cosi-project/runtime/pkg/safe"
 	"github.com/cosi-project/runtime/pkg/state"
@@ -64,7 +66,7 @@ type WorkerAPICertificateController struct {
 	// DefaultTrustdRetryMin and DefaultTrustdRetryMax).
 	RetryMin, RetryMax time.Duration
 
-	config machineConfigCache
+	config configview.Cache
 	// failures counts consecutive failed round trips for the same attempt.
 	failures int
 	// attempt identifies the inputs of the last failed round trip, retryAt when it may be retried;
@@ -81,7 +83,7 @@ func (ctrl *WorkerAPICertificateController) Name() string {
 // Inputs implements controller.Controller interface.
 func (ctrl *WorkerAPICertificateController) Inputs() []controller.Input {
 	return []controller.Input{
-		machineConfigInput(),
+		configview.Input(),
 		{Namespace: pki.NamespaceName, Type: pki.RootSecretsType, ID: optional.Some(pki.RootOS), Kind: controller.InputWeak},
 		{Namespace: pki.NamespaceName, Type: pki.AcceptedCAsType, ID: optional.Some(pki.RootOS), Kind: controller.InputWeak},
 		{Namespace: pki.NamespaceName, Type: pki.CertSANsType, ID: optional.Some(pki.SANsAPI), Kind: controller.InputWeak},
@@ -305,7 +307,7 @@ func (ctrl *WorkerAPICertificateController) buildRequest(ctx context.Context, r 
 		return workerAPIRequest{}, false, fmt.Errorf("error reading the api SANs: %w", err)
 	}
 
-	doc, err := readMachineConfig(ctx, r, &ctrl.config)
+	doc, err := configview.Read(ctx, r, &ctrl.config)
 	if err != nil {
 		return workerAPIRequest{}, false, err
 	}

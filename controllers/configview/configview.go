@@ -1,4 +1,6 @@
-package pki
+// Package configview owns how controllers read the active machine config: one input declaration
+// and a typed view decoded once per change, shared by every controller of the process.
+package configview
 
 import (
 	"bytes"
@@ -23,8 +25,8 @@ import (
 // documentVersion is the version of the machine config document nodepki reads.
 const documentVersion = "v1alpha1"
 
-// machineConfigInput is the input every controller that reads the active machine config declares.
-func machineConfigInput() controller.Input {
+// Input is the input every controller that reads the active machine config declares.
+func Input() controller.Input {
 	return controller.Input{
 		Namespace: config.NamespaceName,
 		Type:      config.MachineConfigType,
@@ -33,13 +35,13 @@ func machineConfigInput() controller.Input {
 	}
 }
 
-// readMachineConfig returns the typed view of the active machine config, or nil if there is none.
+// Read returns the typed view of the active machine config, or nil if there is none.
 // The document is shared between controllers: never modify it.
 //
 // The config was validated before it was written, so decoding is enough. Every controller that
 // reads the config wakes on each change of it, so the decoded document is remembered per
 // controller (by resource version) and across controllers (by content): one decode per change.
-func readMachineConfig(ctx context.Context, r controller.Reader, cache *machineConfigCache) (*machineconfig.Document, error) {
+func Read(ctx context.Context, r controller.Reader, cache *Cache) (*machineconfig.Document, error) {
 	mc, err := safe.ReaderGetByID[*config.MachineConfig](ctx, r, config.ActiveID)
 	if err != nil {
 		if state.IsNotFoundError(err) {
@@ -63,8 +65,8 @@ func readMachineConfig(ctx context.Context, r controller.Reader, cache *machineC
 	return doc, nil
 }
 
-// machineConfigCache remembers the last decoded machine config of one controller.
-type machineConfigCache struct {
+// Cache remembers the last decoded machine config of one controller.
+type Cache struct {
 	doc     *machineconfig.Document
 	version resource.Version
 }
