@@ -114,6 +114,7 @@ func (ctrl *CertificateStatusesController) Run(ctx context.Context, r controller
 			return err
 		}
 
+		r.ResetRestartBackoff()
 		transition.Stop()
 
 		if !next.IsZero() {
