@@ -15,6 +15,8 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/nodepki/nodepki/pkg/machineconfig"
+
 	"github.com/nodepki/nodepki/pkg/atomicfile"
 
 	"go.yaml.in/yaml/v4"
@@ -81,7 +83,7 @@ func (c *Cluster) ControlPlanes() []string {
 	var out []string
 
 	for _, n := range c.Nodes {
-		if n.Type != "worker" {
+		if n.Type != machineconfig.TypeWorker {
 			out = append(out, n.Address)
 		}
 	}

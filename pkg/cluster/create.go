@@ -14,6 +14,10 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/nodepki/nodepki/pkg/client"
+	"github.com/nodepki/nodepki/pkg/role"
+	"github.com/nodepki/nodepki/runtime/trustd"
+
 	"github.com/nodepki/nodepki/pkg/atomicfile"
 	"github.com/nodepki/nodepki/pkg/bundle"
 	"github.com/nodepki/nodepki/pkg/certs"
@@ -61,11 +65,11 @@ func (o *Options) setDefaults() error {
 	}
 
 	if o.APIPort == 0 {
-		o.APIPort = 50000
+		o.APIPort = client.DefaultPort
 	}
 
 	if o.TrustdPort == 0 {
-		o.TrustdPort = 50001
+		o.TrustdPort = trustd.DefaultPort
 	}
 
 	if o.Progress == nil {
@@ -207,7 +211,7 @@ func (c *Cluster) generate(opts Options, addresses []netip.Addr) error {
 		c.Nodes = append(c.Nodes, node)
 	}
 
-	crt, key, err := b.NewClientCertificate([]string{"os:admin"}, certs.ClientLifetime)
+	crt, key, err := b.NewClientCertificate([]string{role.Admin}, certs.ClientLifetime)
 	if err != nil {
 		return err
 	}
