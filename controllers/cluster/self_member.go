@@ -145,7 +145,7 @@ func (ctrl *SelfMemberController) record(ctx context.Context, r controller.Runti
 
 		return 0, nil
 	default:
-		if lastSeen, ok := freshLastSeen(existing.TypedSpec(), want, now, interval); ok {
+		if lastSeen, ok := existing.TypedSpec().FreshLastSeen(want, now, interval); ok {
 			// Unchanged, so this writes nothing; it still marks the member as an output of this
 			// pass, so that the cleanup keeps it.
 			want.LastSeen = existing.TypedSpec().LastSeen
@@ -175,23 +175,6 @@ func (ctrl *SelfMemberController) write(ctx context.Context, r controller.Runtim
 	}
 
 	return nil
-}
-
-// freshLastSeen returns the existing member's lastSeen when the member says what is wanted and
-// was seen less than interval ago; a lastSeen in the future (the clock went back) is not fresh.
-func freshLastSeen(existing *cluster.MemberSpec, want cluster.MemberSpec, now time.Time, interval time.Duration) (time.Time, bool) {
-	if !slices.Equal(existing.Addresses, want.Addresses) || existing.Hostname != want.Hostname || existing.MachineType != want.MachineType {
-		return time.Time{}, false
-	}
-
-	lastSeen, err := time.Parse(time.RFC3339, existing.LastSeen)
-	if err != nil {
-		return time.Time{}, false
-	}
-
-	age := now.Sub(lastSeen)
-
-	return lastSeen, age >= 0 && age < interval
 }
 
 func (ctrl *SelfMemberController) now() time.Time {

@@ -17,6 +17,7 @@ import (
 	"encoding/pem"
 	"errors"
 	"fmt"
+	"math/big"
 	"net"
 	"slices"
 	"time"
@@ -321,7 +322,7 @@ func (ca *CA) issue(p Profile, now time.Time) (der, keyPEM []byte, err error) {
 		return nil, nil, err
 	}
 
-	der, err = ca.Sign(key.Public(), p, now)
+	der, _, err = ca.Sign(key.Public(), p, now)
 	if err != nil {
 		return nil, nil, err
 	}
@@ -337,7 +338,7 @@ func (ca *CA) SignCSR(csr *stdx509.CertificateRequest, p Profile, now time.Time)
 		return nil, fmt.Errorf("CSR signature is invalid: %w", err)
 	}
 
-	der, err := ca.Sign(csr.PublicKey, p, now)
+	der, _, err := ca.Sign(csr.PublicKey, p, now)
 	if err != nil {
 		return nil, err
 	}
@@ -345,13 +346,14 @@ func (ca *CA) SignCSR(csr *stdx509.CertificateRequest, p Profile, now time.Time)
 	return pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}), nil
 }
 
-// Sign returns the DER of a certificate for pub with the profile. The caller has established that
-// pub may have it (SignCSR checks the CSR's signature first). x509.CreateCertificate checks the
-// signature it made, so the result is known to verify with ca.Crt's key.
-func (ca *CA) Sign(pub crypto.PublicKey, p Profile, now time.Time) ([]byte, error) {
-	serial, err := x509.NewSerialNumber()
+// Sign returns the DER of a certificate for pub with the profile, and its serial number. The
+// caller has established that pub may have it (SignCSR checks the CSR's signature first).
+// x509.CreateCertificate checks the signature it made, so the result is known to verify with
+// ca.Crt's key.
+func (ca *CA) Sign(pub crypto.PublicKey, p Profile, now time.Time) (der []byte, serial *big.Int, err error) {
+	serial, err = x509.NewSerialNumber()
 	if err != nil {
-		return nil, fmt.Errorf("error generating serial number: %w", err)
+		return nil, nil, fmt.Errorf("error generating serial number: %w", err)
 	}
 
 	template := &stdx509.Certificate{
@@ -365,12 +367,12 @@ func (ca *CA) Sign(pub crypto.PublicKey, p Profile, now time.Time) ([]byte, erro
 		ExtKeyUsage:  p.ExtKeyUsage,
 	}
 
-	der, err := stdx509.CreateCertificate(nil, template, ca.Crt, pub, ca.Key)
+	der, err = stdx509.CreateCertificate(nil, template, ca.Crt, pub, ca.Key)
 	if err != nil {
-		return nil, fmt.Errorf("error signing certificate: %w", err)
+		return nil, nil, fmt.Errorf("error signing certificate: %w", err)
 	}
 
-	return der, nil
+	return der, serial, nil
 }
 
 // ClientProfile is the profile of an API client certificate: O = sorted roles, no CN, EKU client auth only.

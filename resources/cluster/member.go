@@ -2,6 +2,7 @@ package cluster
 
 import (
 	"slices"
+	"time"
 
 	"github.com/cosi-project/runtime/pkg/resource"
 	"github.com/cosi-project/runtime/pkg/resource/meta"
@@ -19,9 +20,9 @@ type Member = typed.Resource[MemberSpec, MemberExtension]
 
 // MemberSpec describes a member.
 //
-// LastSeen (RFC 3339 UTC) changes only when the member registers or renews (a worker at each
-// trustd signing, a control plane at most every few hours), never on a reconcile, so that an
-// unchanged member writes nothing.
+// LastSeen (RFC 3339 UTC) changes only when the member registers or renews (a worker at a trustd
+// signing, at most once an hour while it is unchanged; a control plane every few hours), never on
+// a reconcile, so that an unchanged member writes nothing.
 type MemberSpec struct {
 	Addresses   []string `yaml:"addresses" protobuf:"1"`
 	Hostname    string   `yaml:"hostname" protobuf:"2"`
@@ -42,6 +43,24 @@ func (s MemberSpec) DeepCopy() MemberSpec {
 	s.Addresses = slices.Clone(s.Addresses)
 
 	return s
+}
+
+// FreshLastSeen returns s's lastSeen when s says what want says (lastSeen aside) and was seen
+// less than interval before now: rewriting it would only move lastSeen. A lastSeen in the future
+// (the clock went back) is not fresh.
+func (s *MemberSpec) FreshLastSeen(want MemberSpec, now time.Time, interval time.Duration) (time.Time, bool) {
+	if !slices.Equal(s.Addresses, want.Addresses) || s.Hostname != want.Hostname || s.MachineType != want.MachineType {
+		return time.Time{}, false
+	}
+
+	lastSeen, err := time.Parse(time.RFC3339, s.LastSeen)
+	if err != nil {
+		return time.Time{}, false
+	}
+
+	age := now.Sub(lastSeen)
+
+	return lastSeen, age >= 0 && age < interval
 }
 
 // MemberExtension provides auxiliary methods for Member.

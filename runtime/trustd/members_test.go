@@ -1,6 +1,7 @@
 package trustd_test
 
 import (
+	"fmt"
 	"net/netip"
 	"testing"
 	"time"
@@ -132,4 +133,66 @@ func TestMemberIDIsTheRequestingAddress(t *testing.T) {
 	m, err := safe.StateGetByID[*cluster.Member](t.Context(), cp.state, "127.0.55.3")
 	require.NoError(t, err)
 	assert.Equal(t, []string{"127.0.0.1", "127.0.55.3"}, m.TypedSpec().Addresses)
+}
+
+// TestSigningRefreshesAStaleMemberOnly proves that signing again for an unchanged worker seen
+// recently writes nothing (retries and restart loops must not rewrite the persisted state), while
+// a worker seen long ago, or changed, is written again.
+func TestSigningRefreshesAStaleMemberOnly(t *testing.T) {
+	t.Parallel()
+
+	cp := newControlPlane(t, certs.RootOS)
+	addr := startServer(t, cp.state, nil)
+
+	for i, tc := range []struct {
+		name      string
+		seenAgo   time.Duration
+		hostname  string
+		rewritten bool
+	}{
+		{name: "seen ten minutes ago", seenAgo: 10 * time.Minute, hostname: "worker", rewritten: false},
+		{name: "seen two hours ago", seenAgo: 2 * time.Hour, hostname: "worker", rewritten: true},
+		{name: "hostname changed", seenAgo: time.Minute, hostname: "old-name", rewritten: true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			id := fmt.Sprintf("10.5.1.%d", i+1)
+			recorded := cluster.MemberSpec{
+				Addresses:   []string{id},
+				Hostname:    tc.hostname,
+				MachineType: "worker",
+				LastSeen:    time.Now().Add(-tc.seenAgo).UTC().Format(time.RFC3339),
+			}
+
+			require.NoError(t, safe.StateModify(t.Context(), cp.state, cluster.NewMember(id), func(m *cluster.Member) error {
+				*m.TypedSpec() = recorded
+
+				return nil
+			}, state.WithUpdateOwner(trustd.MemberOwner)))
+
+			csr := makeCSR(t, csrRequest{commonName: "worker", ips: []string{id}})
+			_, _, err := trustd.RequestCertificate(t.Context(), []string{addr}, bundle(cp.accepted), machineToken, csr)
+			require.NoError(t, err)
+
+			m, err := safe.StateGetByID[*cluster.Member](t.Context(), cp.state, id)
+			require.NoError(t, err)
+
+			if !tc.rewritten {
+				assert.Equal(t, recorded, *m.TypedSpec(), "a fresh, unchanged member is not rewritten")
+
+				return
+			}
+
+			assert.Equal(t, "worker", m.TypedSpec().Hostname)
+			assert.WithinDuration(t, time.Now(), mustParseTime(t, m.TypedSpec().LastSeen), time.Minute)
+		})
+	}
+}
+
+func mustParseTime(t *testing.T, value string) time.Time {
+	t.Helper()
+
+	parsed, err := time.Parse(time.RFC3339, value)
+	require.NoError(t, err)
+
+	return parsed
 }

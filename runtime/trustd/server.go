@@ -5,11 +5,11 @@ import (
 	"crypto/sha256"
 	"crypto/subtle"
 	"crypto/tls"
-	"crypto/x509"
 	"encoding/pem"
 	"errors"
 	"fmt"
 	"net"
+	"slices"
 	"strings"
 	"sync"
 	"time"
@@ -64,6 +64,15 @@ type Server struct {
 	// key on every request would cost as much as a signature.
 	caMu sync.Mutex
 	ca   loadedCA
+
+	// bundle is the last AcceptedCAs/os bundle built, reused while its certificates are the same.
+	bundleMu sync.Mutex
+	bundle   builtBundle
+}
+
+type builtBundle struct {
+	certificates []string
+	pem          []byte
 }
 
 type loadedCA struct {
@@ -147,7 +156,7 @@ func (s *Server) Serve(ctx context.Context, lis net.Listener) error {
 
 	server := grpc.NewServer(
 		grpc.Creds(credentials.NewTLS(tlsConfig)),
-		grpc.ChainUnaryInterceptor(s.rateLimit, s.authenticate),
+		grpc.UnaryInterceptor(s.rateLimit),
 		grpc.MaxRecvMsgSize(maxRequestBytes),
 		grpc.ConnectionTimeout(handshakeTimeout),
 	)
@@ -216,27 +225,22 @@ func (s *Server) rateLimit(ctx context.Context, req any, _ *grpc.UnaryServerInfo
 	return handler(ctx, req)
 }
 
-// authenticate accepts a request whose "token" metadata is one of the os root's tokens, read per
-// request so that a token change applies at once.
-func (s *Server) authenticate(ctx context.Context, req any, _ *grpc.UnaryServerInfo, handler grpc.UnaryHandler) (any, error) {
-	root, err := s.osRoot(ctx)
-	if err != nil {
-		return nil, err
-	}
-
+// authenticate accepts a request whose "token" metadata is one of the os root's tokens; the root
+// is read per request, so a token change applies at once.
+func (s *Server) authenticate(ctx context.Context, root *pki.RootSecretSpec) error {
 	var presented string
 
 	if values := metadata.ValueFromIncomingContext(ctx, TokenMetadataKey); len(values) > 0 {
 		presented = values[0]
 	}
 
-	if !tokenAccepted(presented, root.TypedSpec().Tokens) {
+	if !tokenAccepted(presented, root.Tokens) {
 		s.logger.Warn("trustd request refused: invalid join token", zap.String("peer", peerHost(ctx)))
 
-		return nil, status.Error(codes.Unauthenticated, "invalid join token")
+		return status.Error(codes.Unauthenticated, "invalid join token")
 	}
 
-	return handler(ctx, req)
+	return nil
 }
 
 // tokenAccepted compares digests in constant time, so neither the content nor the length of a
@@ -273,16 +277,21 @@ func (svc *service) Certificate(ctx context.Context, req *trustdapi.CertificateR
 	return svc.server.sign(ctx, req.GetCsr())
 }
 
-// sign signs a PEM CSR under the server policy and returns the OS CA bundle with the certificate.
+// sign authenticates the request, signs its PEM CSR under the server policy and returns the OS CA
+// bundle with the certificate. The os root is read once and serves both steps.
 func (s *Server) sign(ctx context.Context, csrPEM []byte) (*trustdapi.CertificateResponse, error) {
-	csr, err := parseCSR(csrPEM)
-	if err != nil {
-		return nil, status.Error(codes.InvalidArgument, err.Error())
-	}
-
 	root, err := s.osRoot(ctx)
 	if err != nil {
 		return nil, err
+	}
+
+	if err = s.authenticate(ctx, root.TypedSpec()); err != nil {
+		return nil, err
+	}
+
+	csr, err := parseCSR(csrPEM)
+	if err != nil {
+		return nil, status.Error(codes.InvalidArgument, err.Error())
 	}
 
 	if root.TypedSpec().IssuingKey == "" {
@@ -311,30 +320,26 @@ func (s *Server) sign(ctx context.Context, csrPEM []byte) (*trustdapi.Certificat
 	signedAt := time.Now()
 
 	// parseCSR has checked the CSR's signature, so its key is signed directly.
-	der, err := ca.Sign(csr.PublicKey, profile, signedAt)
+	der, serial, err := ca.Sign(csr.PublicKey, profile, signedAt)
 	if err != nil {
 		s.logger.Error("trustd failed to sign a CSR", zap.Error(err))
 
 		return nil, status.Error(codes.Internal, "error signing the certificate")
 	}
 
-	crt, err := x509.ParseCertificate(der)
-	if err != nil {
-		return nil, status.Error(codes.Internal, "error reading back the signed certificate")
-	}
-
 	crtPEM := pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der})
 
+	// The profile is what was signed: the certificate is not parsed back to log it.
 	s.logger.Info("trustd signed a certificate",
 		zap.String("peer", peerHost(ctx)),
-		zap.String("cn", crt.Subject.CommonName),
-		zap.Strings("dns_names", crt.DNSNames),
-		zap.Stringers("ip_addresses", crt.IPAddresses),
-		zap.String("serial", crt.SerialNumber.Text(16)),
-		zap.Time("not_after", crt.NotAfter),
+		zap.String("cn", profile.CommonName),
+		zap.Strings("dns_names", profile.DNSNames),
+		zap.Stringers("ip_addresses", profile.IPAddresses),
+		zap.String("serial", serial.Text(16)),
+		zap.Time("not_after", signedAt.Add(profile.Lifetime)),
 	)
 
-	s.recordMember(ctx, crt, signedAt)
+	s.recordMember(ctx, profile, signedAt)
 
 	return &trustdapi.CertificateResponse{Ca: caBundle, Crt: crtPEM}, nil
 }
@@ -363,18 +368,27 @@ func (s *Server) acceptedCABundle(ctx context.Context) ([]byte, error) {
 		return nil, status.Error(codes.Internal, "error reading the accepted OS CAs")
 	}
 
-	var bundle strings.Builder
+	certificates := accepted.TypedSpec().Certificates
 
-	for _, crt := range accepted.TypedSpec().Certificates {
-		bundle.WriteString(strings.TrimSpace(crt))
-		bundle.WriteByte('\n')
+	s.bundleMu.Lock()
+	defer s.bundleMu.Unlock()
+
+	if s.bundle.pem == nil || !slices.Equal(s.bundle.certificates, certificates) {
+		var bundle strings.Builder
+
+		for _, crt := range certificates {
+			bundle.WriteString(strings.TrimSpace(crt))
+			bundle.WriteByte('\n')
+		}
+
+		s.bundle = builtBundle{certificates: certificates, pem: []byte(bundle.String())}
 	}
 
-	if bundle.Len() == 0 {
+	if len(s.bundle.pem) == 0 {
 		return nil, status.Error(codes.Unavailable, "trustd is not ready: no accepted OS CA")
 	}
 
-	return []byte(bundle.String()), nil
+	return s.bundle.pem, nil
 }
 
 // peerHost is the peer's IP address (without port), the key of the rate limiter and of the logs.
