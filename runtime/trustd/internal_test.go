@@ -1,6 +1,7 @@
 package trustd
 
 import (
+	"slices"
 	"testing"
 	"time"
 
@@ -108,4 +109,44 @@ func TestNewRateLimitDefaults(t *testing.T) {
 
 	_, err = New(Options{State: st, Lifetime: CertificateLifetime + time.Second})
 	require.ErrorContains(t, err, "at most 24h0m0s")
+}
+
+func TestLastDerived(t *testing.T) {
+	t.Parallel()
+
+	derived := 0
+	d := lastDerived[[]string, []byte]{
+		equal: slices.Equal[[]string],
+		derive: func(certificates []string) ([]byte, error) {
+			derived++
+
+			return buildCABundle(certificates)
+		},
+	}
+
+	for _, step := range []struct {
+		name         string
+		certificates []string
+		want         string
+		wantErr      bool
+		derivedSoFar int
+	}{
+		{name: "first input is derived", certificates: []string{"A\n", "B"}, want: "A\nB\n", derivedSoFar: 1},
+		{name: "an equal input (another slice) is not", certificates: []string{"A\n", "B"}, want: "A\nB\n", derivedSoFar: 1},
+		{name: "a changed input is", certificates: []string{"B"}, want: "B\n", derivedSoFar: 2},
+		{name: "a failed derivation is returned", certificates: nil, wantErr: true, derivedSoFar: 3},
+		{name: "and not kept", certificates: nil, wantErr: true, derivedSoFar: 4},
+		{name: "the last good value is still there", certificates: []string{"B"}, want: "B\n", derivedSoFar: 4},
+	} {
+		got, err := d.get(step.certificates)
+
+		if step.wantErr {
+			require.Error(t, err, step.name)
+		} else {
+			require.NoError(t, err, step.name)
+			assert.Equal(t, step.want, string(got), step.name)
+		}
+
+		assert.Equal(t, step.derivedSoFar, derived, step.name)
+	}
 }

@@ -60,43 +60,62 @@ type Server struct {
 	limiter     *peerLimiter
 	lifetime    time.Duration
 
-	// ca is the last OS CA loaded, reused while the root secret keeps the same PEM: parsing the
-	// key on every request would cost as much as a signature.
-	caMu sync.Mutex
-	ca   loadedCA
-
-	// bundle is the last AcceptedCAs/os bundle built, reused while its certificates are the same.
-	bundleMu sync.Mutex
-	bundle   builtBundle
+	// issuingCA is the OS CA loaded from the root secret's PEM: parsing the key on every request
+	// would cost as much as a signature.
+	issuingCA lastDerived[caPEM, *certs.CA]
+	// caBundle is the PEM bundle of AcceptedCAs/os, built again only when its certificates change.
+	caBundle lastDerived[[]string, []byte]
 }
 
-type builtBundle struct {
-	certificates []string
-	pem          []byte
+type caPEM struct{ crt, key string }
+
+func loadCA(pem caPEM) (*certs.CA, error) {
+	return certs.LoadCA([]byte(pem.crt), []byte(pem.key))
 }
 
-type loadedCA struct {
-	crt, key string
-	ca       *certs.CA
-}
-
-// issuingCA returns the OS CA of the root secret, loading it only when its PEM changed.
-func (s *Server) issuingCA(root *pki.RootSecretSpec) (*certs.CA, error) {
-	s.caMu.Lock()
-	defer s.caMu.Unlock()
-
-	if s.ca.ca != nil && s.ca.crt == root.IssuingCert && s.ca.key == root.IssuingKey {
-		return s.ca.ca, nil
+func buildCABundle(certificates []string) ([]byte, error) {
+	if len(certificates) == 0 {
+		return nil, errors.New("no accepted OS CA")
 	}
 
-	ca, err := certs.LoadCA([]byte(root.IssuingCert), []byte(root.IssuingKey))
+	var bundle strings.Builder
+
+	for _, crt := range certificates {
+		bundle.WriteString(strings.TrimSpace(crt))
+		bundle.WriteByte('\n')
+	}
+
+	return []byte(bundle.String()), nil
+}
+
+// lastDerived keeps the value derived from the last input, so that requests carrying the same
+// input (read from state each time) do not derive it again. A failed derivation is not kept.
+type lastDerived[In, Out any] struct {
+	equal  func(a, b In) bool
+	derive func(In) (Out, error)
+
+	mu    sync.Mutex
+	valid bool
+	in    In
+	out   Out
+}
+
+func (d *lastDerived[In, Out]) get(in In) (Out, error) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+
+	if d.valid && d.equal(d.in, in) {
+		return d.out, nil
+	}
+
+	out, err := d.derive(in)
 	if err != nil {
-		return nil, err
+		return out, err
 	}
 
-	s.ca = loadedCA{crt: root.IssuingCert, key: root.IssuingKey, ca: ca}
+	d.valid, d.in, d.out = true, in, out
 
-	return ca, nil
+	return out, nil
 }
 
 // New checks the options and builds a Server; nothing runs until Serve.
@@ -138,6 +157,8 @@ func New(opts Options) (*Server, error) {
 		certificate: newCertificateSource(),
 		limiter:     newPeerLimiter(limit, burst),
 		lifetime:    lifetime,
+		issuingCA:   lastDerived[caPEM, *certs.CA]{equal: func(a, b caPEM) bool { return a == b }, derive: loadCA},
+		caBundle:    lastDerived[[]string, []byte]{equal: slices.Equal[[]string], derive: buildCABundle},
 	}, nil
 }
 
@@ -298,7 +319,7 @@ func (s *Server) sign(ctx context.Context, csrPEM []byte) (*trustdapi.Certificat
 		return nil, status.Error(codes.FailedPrecondition, "this node holds no OS CA key and cannot sign: send the request to a control-plane node")
 	}
 
-	ca, err := s.issuingCA(root.TypedSpec())
+	ca, err := s.issuingCA.get(caPEM{crt: root.TypedSpec().IssuingCert, key: root.TypedSpec().IssuingKey})
 	if err != nil {
 		s.logger.Error("trustd cannot load the OS CA", zap.Error(err))
 
@@ -368,27 +389,12 @@ func (s *Server) acceptedCABundle(ctx context.Context) ([]byte, error) {
 		return nil, status.Error(codes.Internal, "error reading the accepted OS CAs")
 	}
 
-	certificates := accepted.TypedSpec().Certificates
-
-	s.bundleMu.Lock()
-	defer s.bundleMu.Unlock()
-
-	if s.bundle.pem == nil || !slices.Equal(s.bundle.certificates, certificates) {
-		var bundle strings.Builder
-
-		for _, crt := range certificates {
-			bundle.WriteString(strings.TrimSpace(crt))
-			bundle.WriteByte('\n')
-		}
-
-		s.bundle = builtBundle{certificates: certificates, pem: []byte(bundle.String())}
+	bundle, err := s.caBundle.get(accepted.TypedSpec().Certificates)
+	if err != nil {
+		return nil, status.Error(codes.Unavailable, "trustd is not ready: "+err.Error())
 	}
 
-	if len(s.bundle.pem) == 0 {
-		return nil, status.Error(codes.Unavailable, "trustd is not ready: no accepted OS CA")
-	}
-
-	return s.bundle.pem, nil
+	return bundle, nil
 }
 
 // peerHost is the peer's IP address (without port), the key of the rate limiter and of the logs.
