@@ -29,8 +29,8 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/nodepki/nodepki/pkg/certs"
+	"github.com/nodepki/nodepki/pkg/trustd"
 	"github.com/nodepki/nodepki/resources/pki"
-	"github.com/nodepki/nodepki/runtime/trustd"
 )
 
 // Retry and timeout defaults of the trustd round trip.
@@ -323,7 +323,7 @@ func (ctrl *WorkerAPICertificateController) buildRequest(ctx context.Context, r 
 			IPAddresses: parseIPs(sans.TypedSpec().IPs),
 			KeyUsage:    stdx509.KeyUsageDigitalSignature,
 			ExtKeyUsage: []stdx509.ExtKeyUsage{stdx509.ExtKeyUsageServerAuth},
-			Lifetime:    trustd.CertificateLifetime,
+			Lifetime:    24 * time.Hour,
 		},
 		endpoints: slices.Clone(ctrl.TrustdEndpoints),
 		source:    ctrl.SourceAddress,

@@ -16,7 +16,7 @@ import (
 
 	"github.com/nodepki/nodepki/pkg/client"
 	"github.com/nodepki/nodepki/pkg/role"
-	"github.com/nodepki/nodepki/runtime/trustd"
+	"github.com/nodepki/nodepki/pkg/trustd"
 
 	"github.com/nodepki/nodepki/pkg/atomicfile"
 	"github.com/nodepki/nodepki/pkg/bundle"

@@ -13,6 +13,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/nodepki/nodepki/pkg/certs"
+	trustdclient "github.com/nodepki/nodepki/pkg/trustd"
 	"github.com/nodepki/nodepki/resources/cluster"
 	"github.com/nodepki/nodepki/runtime/trustd"
 )
@@ -36,7 +37,7 @@ func TestServerRecordsMembers(t *testing.T) {
 
 		before := time.Now().Truncate(time.Second)
 
-		_, _, err := trustd.RequestCertificate(t.Context(), []string{addr}, bundle(cp.accepted), machineToken, makeCSR(t, req))
+		_, _, err := trustdclient.RequestCertificate(t.Context(), []string{addr}, bundle(cp.accepted), machineToken, makeCSR(t, req))
 		require.NoError(t, err, "recording a member never fails the signing")
 
 		return before
@@ -118,7 +119,7 @@ func TestServerRecordsMembers(t *testing.T) {
 }
 
 // TestMemberIDIsTheRequestingAddress proves that a worker dialing trustd from its node address
-// (trustd.FromAddress) is recorded under that address even when it is not its first IP SAN.
+// (trustdclient.FromAddress) is recorded under that address even when it is not its first IP SAN.
 func TestMemberIDIsTheRequestingAddress(t *testing.T) {
 	t.Parallel()
 
@@ -126,8 +127,8 @@ func TestMemberIDIsTheRequestingAddress(t *testing.T) {
 	addr := startServer(t, cp.state, nil)
 	csr := makeCSR(t, csrRequest{commonName: "worker", ips: []string{"127.0.0.1", "127.0.55.3"}})
 
-	_, _, err := trustd.RequestCertificate(t.Context(), []string{addr}, bundle(cp.accepted), machineToken, csr,
-		trustd.FromAddress(netip.MustParseAddr("127.0.55.3")))
+	_, _, err := trustdclient.RequestCertificate(t.Context(), []string{addr}, bundle(cp.accepted), machineToken, csr,
+		trustdclient.FromAddress(netip.MustParseAddr("127.0.55.3")))
 	require.NoError(t, err)
 
 	m, err := safe.StateGetByID[*cluster.Member](t.Context(), cp.state, "127.0.55.3")
@@ -170,7 +171,7 @@ func TestSigningRefreshesAStaleMemberOnly(t *testing.T) {
 			}, state.WithUpdateOwner(trustd.MemberOwner)))
 
 			csr := makeCSR(t, csrRequest{commonName: "worker", ips: []string{id}})
-			_, _, err := trustd.RequestCertificate(t.Context(), []string{addr}, bundle(cp.accepted), machineToken, csr)
+			_, _, err := trustdclient.RequestCertificate(t.Context(), []string{addr}, bundle(cp.accepted), machineToken, csr)
 			require.NoError(t, err)
 
 			m, err := safe.StateGetByID[*cluster.Member](t.Context(), cp.state, id)
