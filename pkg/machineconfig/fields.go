@@ -12,6 +12,7 @@ import (
 var (
 	documentType = reflect.TypeFor[Document]()
 	pemType      = reflect.TypeFor[PEM]()
+	durationType = reflect.TypeFor[Duration]()
 )
 
 // checkFields walks the YAML tree along the typed view t and reports every field the typed decode
@@ -33,6 +34,12 @@ func checkFields(n *yaml.Node, t reflect.Type, path string, errs []error) []erro
 	switch {
 	case t == pemType:
 		return checkPEM(n, path, errs)
+	case t == durationType:
+		if err := n.Decode(new(Duration)); err != nil {
+			return append(errs, fmt.Errorf("%s: %w: write a Go duration such as 24h, 90m or 30s", path, err))
+		}
+
+		return errs
 	case t.Kind() == reflect.Struct:
 		if n.Kind != yaml.MappingNode {
 			return append(errs, fmt.Errorf("%s: want a mapping of fields (line %d), got a %s", displayPath(path), n.Line, kindName(n)))
