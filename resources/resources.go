@@ -32,6 +32,7 @@ func Definitions() []meta.ResourceWithRD {
 		&pki.RootSecret{},
 		&pki.AcceptedCA{},
 		&pki.CertSAN{},
+		&pki.CertificateRequest{},
 		&pki.NodeCertificate{},
 		&pki.CertificateStatus{},
 		&cluster.Member{},

@@ -16,11 +16,9 @@ import (
 	"go.uber.org/zap/zapcore"
 	"golang.org/x/sync/errgroup"
 
-	controllerspki "github.com/nodepki/nodepki/controllers/pki"
 	"github.com/nodepki/nodepki/pkg/machineconfig"
 	"github.com/nodepki/nodepki/runtime"
 	"github.com/nodepki/nodepki/runtime/api"
-	"github.com/nodepki/nodepki/runtime/trustd"
 )
 
 type daemonOptions struct {
@@ -79,6 +77,11 @@ func run(ctx context.Context, opts daemonOptions) error {
 		Addresses:     []netip.Addr{address},
 		HostAddresses: opts.hostAddresses,
 		Hostname:      hostname,
+		Trustd: runtime.TrustdOptions{
+			Listen:        netip.AddrPortFrom(address, uint16(opts.trustdPort)), //nolint:gosec // checked to be a port above
+			Endpoints:     opts.trustdEndpoints,
+			SourceAddress: address,
+		},
 	})
 	if err != nil {
 		return err
@@ -89,14 +92,6 @@ func run(ctx context.Context, opts daemonOptions) error {
 	cfg, err := bootConfig(ctx, rt, fileConfig, fileData, opts.configPath, logger)
 	if err != nil {
 		return err
-	}
-
-	if err = rt.RegisterController(&controllerspki.WorkerAPICertificateController{
-		Hostname:        hostname,
-		TrustdEndpoints: opts.trustdEndpoints,
-		SourceAddress:   address,
-	}); err != nil {
-		return fmt.Errorf("error registering the worker API certificate controller: %w", err)
 	}
 
 	apiListener, err := net.Listen("tcp", net.JoinHostPort(address.String(), strconv.Itoa(opts.apiPort)))
@@ -121,12 +116,6 @@ func run(ctx context.Context, opts daemonOptions) error {
 	group.Go(func() error { return rt.Run(ctx) })
 	group.Go(func() error { return apiServer.Serve(ctx, apiListener) })
 
-	if cfg.Document().Machine.IsControlPlane() {
-		if err = serveTrustd(ctx, group, rt.State(), address, opts.trustdPort, logger); err != nil {
-			return err
-		}
-	}
-
 	group.Go(func() error {
 		if waitErr := apiServer.WaitReady(ctx); waitErr != nil {
 			return nil //nolint:nilerr // shutting down before ready is not an error
@@ -148,22 +137,6 @@ func run(ctx context.Context, opts daemonOptions) error {
 	}
 
 	return err
-}
-
-func serveTrustd(ctx context.Context, group *errgroup.Group, st state.State, address netip.Addr, port int, logger *zap.Logger) error {
-	listener, err := net.Listen("tcp", net.JoinHostPort(address.String(), strconv.Itoa(port)))
-	if err != nil {
-		return fmt.Errorf("error listening for trustd: %w", err)
-	}
-
-	server, err := trustd.New(trustd.Options{State: st, Logger: logger.With(zap.String("component", "trustd"))})
-	if err != nil {
-		return err
-	}
-
-	group.Go(func() error { return server.Serve(ctx, listener) })
-
-	return nil
 }
 
 // readConfigFile parses and validates the --config file and returns it with its exact bytes

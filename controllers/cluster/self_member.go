@@ -70,8 +70,6 @@ func (ctrl *SelfMemberController) Run(ctx context.Context, r controller.Runtime,
 
 	defer refresh.Stop()
 
-	var machineConfig configview.Cache
-
 	for {
 		select {
 		case <-ctx.Done():
@@ -80,7 +78,7 @@ func (ctrl *SelfMemberController) Run(ctx context.Context, r controller.Runtime,
 		case <-refresh.C:
 		}
 
-		doc, err := configview.Read(ctx, r, &machineConfig)
+		doc, err := configview.Read(ctx, r)
 		if err != nil {
 			return err
 		}

@@ -23,7 +23,7 @@ func TestDecodeMachineConfig(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			t.Parallel()
 
-			doc, err := decodeMachineConfig([]byte(tc.raw))
+			doc, err := Decode([]byte(tc.raw))
 			if tc.err != "" {
 				require.ErrorContains(t, err, tc.err)
 
