@@ -116,7 +116,7 @@ func TestAcceptedCAs(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			t.Parallel()
 
-			env := ctest.Run(t, &ctrlpki.AcceptedCAsController{})
+			env := ctest.Run(t, ctrlpki.NewAcceptedCAsController())
 			env.SetMachineConfig(t, tc.doc())
 
 			assertAcceptedCAs(t, env, tc.want)
@@ -167,7 +167,7 @@ func TestAcceptedCAsFollowConfig(t *testing.T) {
 	t.Parallel()
 
 	s := ctest.NewSecrets(t)
-	env := ctest.Run(t, &ctrlpki.AcceptedCAsController{})
+	env := ctest.Run(t, ctrlpki.NewAcceptedCAsController())
 
 	env.SetMachineConfig(t, ctest.ControlPlane(s))
 	rtestutils.AssertLength[*pki.AcceptedCA](env.Ctx, t, env.State, len(pki.AllRoots))

@@ -1,6 +1,7 @@
 package pki
 
 import (
+	"cmp"
 	"context"
 	stdx509 "crypto/x509"
 	"fmt"
@@ -130,7 +131,7 @@ func certificateStatus(crt *pki.NodeCertificateSpec, pool *pki.AcceptedCA, now t
 	}
 
 	if !v.trusted {
-		status.IssuerFingerprint = signerFingerprint(leaf, cas, crt.CABundle)
+		status.IssuerFingerprint = cmp.Or(signerFingerprint(leaf, cas, crt.CABundle), crt.IssuerFingerprint)
 	}
 
 	switch {

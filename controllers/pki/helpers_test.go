@@ -6,7 +6,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/cosi-project/runtime/pkg/controller"
 	"github.com/cosi-project/runtime/pkg/resource"
 	"github.com/cosi-project/runtime/pkg/resource/meta"
 	"github.com/cosi-project/runtime/pkg/safe"
@@ -23,18 +22,33 @@ const testHostname = "node-1"
 
 var testAddresses = []netip.Addr{netip.MustParseAddr("10.5.0.2"), netip.MustParseAddr("2001:db8::2")}
 
-// runGraph runs the whole resource graph of one node.
-func runGraph(t *testing.T, lifetimes map[resource.ID]time.Duration, extra ...controller.Controller) *ctest.Env {
+// runGraph runs the whole resource graph of one node; a worker's trustd requests are tried for
+// trustdRetryWindow.
+func runGraph(t *testing.T) *ctest.Env {
 	t.Helper()
 
-	return ctest.Run(t, append([]controller.Controller{
+	return ctest.Run(t,
 		&ctrlnetwork.NodeAddressesController{Addresses: testAddresses},
-		&ctrlpki.RootSecretsController{},
-		&ctrlpki.AcceptedCAsController{},
-		&ctrlpki.CertSANsController{Hostname: testHostname},
-		&ctrlpki.NodeCertificatesController{Hostname: testHostname, Lifetimes: lifetimes},
-		&ctrlpki.CertificateStatusesController{},
-	}, extra...)...)
+		ctrlpki.NewRootSecretsController(),
+		ctrlpki.NewAcceptedCAsController(),
+		ctrlpki.NewCertSANsController(testHostname),
+		ctrlpki.NewCertificateRequestsController(ctrlpki.CertificateRequestsOptions{Hostname: testHostname}),
+		ctrlpki.NewNodeCertificatesController(ctrlpki.NodeCertificatesOptions{
+			Trustd: ctrlpki.TrustdOptions{RetryUnit: 10 * time.Millisecond, RetryWindow: trustdRetryWindow},
+		}),
+		ctrlpki.NewCertificateStatusesController(nil),
+	)
+}
+
+const trustdRetryWindow = 100 * time.Millisecond
+
+func addrs(ips ...string) []netip.Addr {
+	out := make([]netip.Addr, 0, len(ips))
+	for _, ip := range ips {
+		out = append(out, netip.MustParseAddr(ip))
+	}
+
+	return out
 }
 
 // controlPlaneCertificates are the certificates a control plane issues itself.

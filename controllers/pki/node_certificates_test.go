@@ -8,12 +8,12 @@ import (
 	"net"
 	"slices"
 	"testing"
+	"testing/synctest"
 	"time"
 
 	"github.com/cosi-project/runtime/pkg/resource"
 	"github.com/cosi-project/runtime/pkg/resource/rtestutils"
 	"github.com/cosi-project/runtime/pkg/safe"
-	"github.com/cosi-project/runtime/pkg/state"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
@@ -21,7 +21,6 @@ import (
 	ctrlpki "github.com/nodepki/nodepki/controllers/pki"
 	"github.com/nodepki/nodepki/pkg/certs"
 	"github.com/nodepki/nodepki/pkg/machineconfig"
-	"github.com/nodepki/nodepki/resources/network"
 	"github.com/nodepki/nodepki/resources/pki"
 )
 
@@ -31,7 +30,7 @@ func TestNodeCertificatesControlPlaneProfiles(t *testing.T) {
 	t.Parallel()
 
 	s := ctest.NewSecrets(t)
-	env := runGraph(t, nil)
+	env := runGraph(t)
 
 	doc := ctest.ControlPlane(s)
 	doc.Machine.CertSANs = []string{"api.example.test", "192.0.2.10"}
@@ -110,8 +109,7 @@ func TestNodeCertificatesControlPlaneProfiles(t *testing.T) {
 				a.Empty(spec.LastError)
 
 				// Renewal at 2/3 of the life, at most 5% earlier (RenewAt has a resolution of one second).
-				renewAt, err := time.Parse(time.RFC3339, spec.RenewAt)
-				a.NoError(err)
+				renewAt := spec.RenewAt.Time
 				a.False(renewAt.After(issued.Add(tc.lifetime*2/3)), "renewAt %s too late", renewAt)
 				a.False(renewAt.Before(issued.Add(tc.lifetime*2/3-tc.lifetime/20-time.Second)), "renewAt %s too early", renewAt)
 			})
@@ -160,7 +158,7 @@ func TestNodeCertificatesReissueOnlyWhatChanged(t *testing.T) {
 	t.Parallel()
 
 	s := ctest.NewSecrets(t)
-	env := runGraph(t, nil)
+	env := runGraph(t)
 
 	env.SetMachineConfig(t, ctest.ControlPlane(s))
 	assertAllIssued(t, env, controlPlaneCertificates)
@@ -219,75 +217,48 @@ func TestNodeCertificatesReissueOnlyWhatChanged(t *testing.T) {
 	}
 }
 
+// TestNodeCertificatesWorker: a worker holds only api, obtained from trustd; while trustd cannot
+// be reached the certificate is pending with the reason. (The round trip itself is tested in
+// runtime, against a real trustd.)
 func TestNodeCertificatesWorker(t *testing.T) {
 	t.Parallel()
 
 	s := ctest.NewSecrets(t)
-	env := runGraph(t, nil)
+	env := runGraph(t)
 
 	env.SetMachineConfig(t, ctest.ControlPlane(s))
 	assertAllIssued(t, env, controlPlaneCertificates)
 
-	// A worker issues nothing itself: everything this controller issued goes away.
-	env.SetMachineConfig(t, ctest.Worker(s))
-
-	for _, id := range controlPlaneCertificates {
-		rtestutils.AssertNoResource[*pki.NodeCertificate](env.Ctx, t, env.State, id)
-		rtestutils.AssertNoResource[*pki.CertificateStatus](env.Ctx, t, env.State, id)
-	}
-
-	// On a worker, api comes from another controller (trustd); it is reported but never touched.
-	const trustdOwner = "pki.TrustdAPIController"
-
-	api := pki.NewNodeCertificate(pki.CertAPI)
-	api.TypedSpec().Root = pki.RootOS
-	api.TypedSpec().LastError = "trustd unreachable"
-	require.NoError(t, env.State.Create(env.Ctx, api, state.WithCreateOwner(trustdOwner)))
-
-	rtestutils.AssertResource(env.Ctx, t, env.State, pki.CertAPI, func(res *pki.CertificateStatus, a *assert.Assertions) {
-		a.Equal(pki.StatePending, res.TypedSpec().State)
-		a.Equal("trustd unreachable", res.TypedSpec().LastError)
-	})
-
-	osCA, err := certs.LoadCA(s.OS.Crt, s.OS.Key)
-	require.NoError(t, err)
-
-	crt, key, err := osCA.Issue(certs.Profile{CommonName: testHostname, Lifetime: time.Hour, ExtKeyUsage: []stdx509.ExtKeyUsage{stdx509.ExtKeyUsageServerAuth}}, time.Now())
-	require.NoError(t, err)
-
-	_, err = safe.StateUpdateWithConflicts(env.Ctx, env.State, api.Metadata(), func(res *pki.NodeCertificate) error {
-		res.TypedSpec().Certificate, res.TypedSpec().Key, res.TypedSpec().LastError = string(crt), string(key), ""
-
-		return nil
-	}, state.WithUpdateOwner(trustdOwner))
-	require.NoError(t, err)
-
-	rtestutils.AssertResource(env.Ctx, t, env.State, pki.CertAPI, func(res *pki.CertificateStatus, a *assert.Assertions) {
-		a.Equal(pki.StateValid, res.TypedSpec().State)
-		a.True(res.TypedSpec().Trusted)
-		a.Equal(s.OS.Fingerprint(t), res.TypedSpec().IssuerFingerprint)
-	})
-
-	apiVersion := versions[*pki.NodeCertificate](t, env)[pki.CertAPI]
-
+	// Nothing listens there (this test's address range). New SANs make the certificate due.
 	doc := ctest.Worker(s)
+	doc.Cluster.ControlPlane.Endpoint = "https://127.0.50.1:6443"
 	doc.Machine.CertSANs = []string{"worker.example.test"}
 	env.SetMachineConfig(t, doc)
 
-	rtestutils.AssertResource(env.Ctx, t, env.State, pki.SANsAPI, func(res *pki.CertSAN, a *assert.Assertions) {
-		a.Contains(res.TypedSpec().DNSNames, "worker.example.test")
-	})
-	// The controller saw the change (it reads CertSANs); give it a moment to (wrongly) act on api.
-	time.Sleep(100 * time.Millisecond)
+	for _, id := range controlPlaneCertificates[1:] {
+		rtestutils.AssertNoResource[*pki.NodeCertificate](env.Ctx, t, env.State, id)
+		rtestutils.AssertNoResource[*pki.CertificateStatus](env.Ctx, t, env.State, id)
+		rtestutils.AssertNoResource[*pki.CertificateRequest](env.Ctx, t, env.State, id)
+	}
 
-	require.Equal(t, apiVersion, versions[*pki.NodeCertificate](t, env)[pki.CertAPI], "another controller's api certificate was touched")
+	rtestutils.AssertResource(env.Ctx, t, env.State, pki.CertAPI, func(res *pki.CertificateRequest, a *assert.Assertions) {
+		a.Equal(pki.IssuerTrustd, res.TypedSpec().Issuer)
+		a.Equal([]string{"127.0.50.1:50001"}, res.TypedSpec().TrustdEndpoints)
+	})
+
+	// The control plane's certificate is kept (it is still trusted: same OS CA) until one from
+	// trustd replaces it, and the failure is reported.
+	rtestutils.AssertResource(env.Ctx, t, env.State, pki.CertAPI, func(res *pki.CertificateStatus, a *assert.Assertions) {
+		a.Equal(pki.StateRenewalFailing, res.TypedSpec().State)
+		a.Contains(res.TypedSpec().LastError, `trustd endpoint "127.0.50.1:50001"`)
+	})
 }
 
 func TestNodeCertificatesIssuanceError(t *testing.T) {
 	t.Parallel()
 
 	s := ctest.NewSecrets(t)
-	env := runGraph(t, nil)
+	env := runGraph(t)
 
 	// The etcd CA key belongs to another CA: etcd certificates cannot be issued, the others are.
 	doc := ctest.ControlPlane(s)
@@ -311,57 +282,61 @@ func TestNodeCertificatesIssuanceError(t *testing.T) {
 	})
 }
 
+// TestNodeCertificatesRenewal runs in a synctest bubble: renewal follows the (fake) clock, with
+// no real seconds-long lifetimes.
 func TestNodeCertificatesRenewal(t *testing.T) {
 	t.Parallel()
 
-	const lifetime = 3 * time.Second
+	const lifetime = 12 * time.Second
 
-	s := ctest.NewSecrets(t)
-	env := runGraph(t, map[resource.ID]time.Duration{pki.CertAPI: lifetime})
+	// Inside the bubble, so that the CAs are valid at its (fake) time.
+	synctest.Test(t, func(t *testing.T) {
+		s := ctest.NewSecrets(t)
+		env := runGraph(t)
 
-	env.SetMachineConfig(t, ctest.ControlPlane(s))
-	assertAllIssued(t, env, controlPlaneCertificates)
+		doc := ctest.ControlPlane(s)
+		doc.Machine.CertificateLifetimes = &machineconfig.CertificateLifetimes{API: machineconfig.Duration(lifetime)}
+		env.SetMachineConfig(t, doc)
+		assertAllIssued(t, env, controlPlaneCertificates)
 
-	first, err := safe.StateGetByID[*pki.NodeCertificate](env.Ctx, env.State, pki.CertAPI)
-	require.NoError(t, err)
+		first, err := safe.StateGetByID[*pki.NodeCertificate](env.Ctx, env.State, pki.CertAPI)
+		require.NoError(t, err)
 
-	firstCrt := parseCertificate(t, first.TypedSpec().Certificate)
-	firstRenewAt, err := time.Parse(time.RFC3339, first.TypedSpec().RenewAt)
-	require.NoError(t, err)
+		firstCrt := parseCertificate(t, first.TypedSpec().Certificate)
+		firstRenewAt := first.TypedSpec().RenewAt.Time
+		others := versions[*pki.NodeCertificate](t, env)
 
-	others := versions[*pki.NodeCertificate](t, env)
+		// Nothing but time passes: the certificate is renewed, not before its RenewAt, and its
+		// status is valid throughout.
+		rtestutils.AssertResource(env.Ctx, t, env.State, pki.CertAPI, func(res *pki.CertificateStatus, a *assert.Assertions) {
+			a.Equal(pki.StateValid, res.TypedSpec().State)
+			a.True(res.TypedSpec().Trusted)
+			a.NotEqual(firstCrt.SerialNumber.Text(16), res.TypedSpec().Serial)
+		})
 
-	// Nothing but the timer changes: the certificate is renewed, not before its RenewAt, and its
-	// status goes from valid (first certificate) to valid (renewed certificate).
-	var renewed *stdx509.Certificate
+		current, err := safe.StateGetByID[*pki.NodeCertificate](env.Ctx, env.State, pki.CertAPI)
+		require.NoError(t, err)
 
-	rtestutils.AssertResource(env.Ctx, t, env.State, pki.CertAPI, func(res *pki.CertificateStatus, a *assert.Assertions) {
-		a.Equal(pki.StateValid, res.TypedSpec().State)
-		a.True(res.TypedSpec().Trusted)
-		a.NotEqual(firstCrt.SerialNumber.Text(16), res.TypedSpec().Serial)
-	})
+		renewed := parseCertificate(t, current.TypedSpec().Certificate)
+		require.False(t, renewed.NotBefore.Add(certs.Backdate).Before(firstRenewAt),
+			"renewed at %s, before RenewAt %s", renewed.NotBefore.Add(certs.Backdate), firstRenewAt)
+		require.Equal(t, lifetime, renewed.NotAfter.Sub(renewed.NotBefore.Add(certs.Backdate)))
+		require.True(t, time.Now().Before(firstCrt.NotAfter), "renewed only after the first certificate expired")
 
-	current, err := safe.StateGetByID[*pki.NodeCertificate](env.Ctx, env.State, pki.CertAPI)
-	require.NoError(t, err)
-
-	renewed = parseCertificate(t, current.TypedSpec().Certificate)
-	require.False(t, renewed.NotBefore.Add(certs.Backdate).Before(firstRenewAt.Truncate(time.Second)),
-		"renewed at %s, before RenewAt %s", renewed.NotBefore.Add(certs.Backdate), firstRenewAt)
-	require.Equal(t, lifetime, renewed.NotAfter.Sub(renewed.NotBefore.Add(certs.Backdate)))
-
-	// Certificates that are not due were left alone.
-	now := versions[*pki.NodeCertificate](t, env)
-	for _, id := range controlPlaneCertificates {
-		if id != pki.CertAPI {
-			require.Equal(t, others[id], now[id], "%s was rewritten", id)
+		// Certificates that are not due were left alone.
+		now := versions[*pki.NodeCertificate](t, env)
+		for _, id := range controlPlaneCertificates {
+			if !slices.Contains(certificatesOf(pki.RootOS), id) {
+				require.Equal(t, others[id], now[id], "%s was rewritten", id)
+			}
 		}
-	}
 
-	// And it keeps being renewed.
-	rtestutils.AssertResource(env.Ctx, t, env.State, pki.CertAPI, func(res *pki.CertificateStatus, a *assert.Assertions) {
-		a.NotEqual(renewed.SerialNumber.Text(16), res.TypedSpec().Serial)
-		a.NotEqual(firstCrt.SerialNumber.Text(16), res.TypedSpec().Serial)
-		a.Equal(pki.StateValid, res.TypedSpec().State)
+		// And it keeps being renewed.
+		rtestutils.AssertResource(env.Ctx, t, env.State, pki.CertAPI, func(res *pki.CertificateStatus, a *assert.Assertions) {
+			a.NotEqual(renewed.SerialNumber.Text(16), res.TypedSpec().Serial)
+			a.NotEqual(firstCrt.SerialNumber.Text(16), res.TypedSpec().Serial)
+			a.Equal(pki.StateValid, res.TypedSpec().State)
+		})
 	})
 }
 
@@ -371,11 +346,7 @@ func TestNodeCertificatesRenewal(t *testing.T) {
 func TestNodeCertificatesWaitForTheTrustPool(t *testing.T) {
 	t.Parallel()
 
-	s := ctest.NewSecrets(t)
-	other := ctest.NewCA(t, certs.RootOS)
-	env := ctest.Run(t, &ctrlpki.NodeCertificatesController{Hostname: testHostname})
-
-	pool := func(cas ...ctest.CA) pki.AcceptedCASpec {
+	pool := func(t *testing.T, cas ...ctest.CA) pki.AcceptedCASpec {
 		var spec pki.AcceptedCASpec
 
 		for _, ca := range cas {
@@ -388,47 +359,53 @@ func TestNodeCertificatesWaitForTheTrustPool(t *testing.T) {
 		return spec
 	}
 
-	for _, res := range []resource.Resource{
-		pki.NewRootSecret(pki.RootOS), pki.NewCertSAN(pki.SANsAPI), network.NewNodeAddresses(network.CurrentID), pki.NewAcceptedCA(pki.RootOS),
-	} {
-		switch r := res.(type) {
-		case *pki.RootSecret:
-			*r.TypedSpec() = pki.RootSecretSpec{IssuingCert: string(s.OS.Crt), IssuingKey: string(s.OS.Key)}
-		case *pki.CertSAN:
-			*r.TypedSpec() = pki.CertSANSpec{DNSNames: []string{testHostname}, IPs: []string{"10.5.0.2"}}
-		case *network.NodeAddresses:
-			*r.TypedSpec() = network.NodeAddressesSpec{Addresses: []string{"10.5.0.2"}}
-		case *pki.AcceptedCA:
-			// The pool of the previous issuer: the os root has switched, its pool has not yet.
-			*r.TypedSpec() = pool(other)
+	// Inside the bubble, so that the CAs are valid at its (fake) time.
+	synctest.Test(t, func(t *testing.T) {
+		s := ctest.NewSecrets(t)
+		other := ctest.NewCA(t, certs.RootOS)
+		env := ctest.Run(t, ctrlpki.NewNodeCertificatesController(ctrlpki.NodeCertificatesOptions{}))
+
+		root := pki.NewRootSecret(pki.RootOS)
+		*root.TypedSpec() = pki.RootSecretSpec{IssuingCert: string(s.OS.Crt), IssuingKey: string(s.OS.Key)}
+
+		// The pool of the previous issuer: the os root has switched, its pool has not yet.
+		accepted := pki.NewAcceptedCA(pki.RootOS)
+		*accepted.TypedSpec() = pool(t, other)
+
+		request := pki.NewCertificateRequest(pki.CertAPI)
+		*request.TypedSpec() = pki.CertificateRequestSpec{
+			Root: pki.RootOS, Issuer: pki.IssuerLocal, CommonName: testHostname, DNSNames: []string{testHostname}, IPAddresses: addrs("10.5.0.2"),
+			KeyUsage: []string{pki.KeyUsageDigitalSignature}, ExtKeyUsage: []string{pki.ExtKeyUsageServerAuth}, Lifetime: time.Hour,
 		}
 
-		require.NoError(t, env.State.Create(env.Ctx, res))
-	}
+		for _, res := range []resource.Resource{root, accepted, request} {
+			require.NoError(t, env.State.Create(env.Ctx, res))
+		}
 
-	// Long enough to issue; the certificates must not be published meanwhile.
-	time.Sleep(200 * time.Millisecond)
+		// Every goroutine of the bubble is idle: the controller has finished with the request.
+		synctest.Wait()
 
-	published, err := safe.StateListAll[*pki.NodeCertificate](env.Ctx, env.State)
-	require.NoError(t, err)
-	require.Zero(t, published.Len(), "certificates published before the trust pool has their issuer")
+		published, err := safe.StateListAll[*pki.NodeCertificate](env.Ctx, env.State)
+		require.NoError(t, err)
+		require.Zero(t, published.Len(), "certificates published before the trust pool has their issuer")
 
-	require.NoError(t, safe.StateModify(env.Ctx, env.State, pki.NewAcceptedCA(pki.RootOS), func(res *pki.AcceptedCA) error {
-		*res.TypedSpec() = pool(other, s.OS)
+		require.NoError(t, safe.StateModify(env.Ctx, env.State, pki.NewAcceptedCA(pki.RootOS), func(res *pki.AcceptedCA) error {
+			*res.TypedSpec() = pool(t, other, s.OS)
 
-		return nil
-	}))
+			return nil
+		}))
 
-	rtestutils.AssertResources(env.Ctx, t, env.State, certificatesOf(pki.RootOS), func(res *pki.NodeCertificate, a *assert.Assertions) {
-		spec := res.TypedSpec()
-		a.Empty(spec.LastError)
-		a.Equal(s.OS.Fingerprint(t), spec.IssuerFingerprint)
-		a.Equal(string(other.Crt)+string(s.OS.Crt), spec.CABundle)
+		rtestutils.AssertResource(env.Ctx, t, env.State, pki.CertAPI, func(res *pki.NodeCertificate, a *assert.Assertions) {
+			spec := res.TypedSpec()
+			a.Empty(spec.LastError)
+			a.Equal(s.OS.Fingerprint(t), spec.IssuerFingerprint)
+			a.Equal(string(other.Crt)+string(s.OS.Crt), spec.CABundle)
 
-		roots := stdx509.NewCertPool()
-		a.True(roots.AppendCertsFromPEM([]byte(spec.CABundle)))
+			roots := stdx509.NewCertPool()
+			a.True(roots.AppendCertsFromPEM([]byte(spec.CABundle)))
 
-		_, err := parseCertificate(t, spec.Certificate).Verify(stdx509.VerifyOptions{Roots: roots, KeyUsages: []stdx509.ExtKeyUsage{stdx509.ExtKeyUsageAny}})
-		a.NoError(err)
+			_, err := parseCertificate(t, spec.Certificate).Verify(stdx509.VerifyOptions{Roots: roots, KeyUsages: []stdx509.ExtKeyUsage{stdx509.ExtKeyUsageServerAuth}})
+			a.NoError(err)
+		})
 	})
 }

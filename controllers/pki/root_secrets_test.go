@@ -83,7 +83,7 @@ func TestRootSecrets(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			t.Parallel()
 
-			env := ctest.Run(t, &ctrlpki.RootSecretsController{})
+			env := ctest.Run(t, ctrlpki.NewRootSecretsController())
 			env.SetMachineConfig(t, tc.doc())
 
 			assertRootSecrets(t, env, tc.want)
@@ -111,7 +111,7 @@ func TestRootSecretsFollowConfig(t *testing.T) {
 	t.Parallel()
 
 	s := ctest.NewSecrets(t)
-	env := ctest.Run(t, &ctrlpki.RootSecretsController{})
+	env := ctest.Run(t, ctrlpki.NewRootSecretsController())
 
 	env.SetMachineConfig(t, ctest.ControlPlane(s))
 	rtestutils.AssertLength[*pki.RootSecret](env.Ctx, t, env.State, len(pki.AllRoots))

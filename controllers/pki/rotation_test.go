@@ -56,7 +56,7 @@ func TestRotationWalk(t *testing.T) {
 			oldFP, newFP := oldCA.Fingerprint(t), newCA.Fingerprint(t)
 			rotated := certificatesOf(tc.root)
 
-			env := runGraph(t, nil)
+			env := runGraph(t)
 			doc := ctest.ControlPlane(s)
 			env.SetMachineConfig(t, doc)
 			assertAllIssued(t, env, controlPlaneCertificates)
@@ -126,7 +126,7 @@ func TestRotationWalkServiceAccount(t *testing.T) {
 
 	oldFP, newFP := publicKeyFingerprint(t, s.ServiceAccount), publicKeyFingerprint(t, newKey)
 
-	env := runGraph(t, nil)
+	env := runGraph(t)
 	doc := ctest.ControlPlane(s)
 	env.SetMachineConfig(t, doc)
 	assertPool(t, env, pki.RootServiceAccount, []string{oldFP}, oldFP)
