@@ -102,8 +102,10 @@ func TestBadInput(t *testing.T) {
 			wantErr: []string{"machine.certificateLifetimes.etcd", "5s is shorter than the minimum 10s"},
 		},
 		{
-			name:    "certificate lifetime beyond the issuing CA",
-			config:  cp(func(d map[string]any) { section(d, "machine")["certificateLifetimes"] = map[string]any{"kubernetes": "175200h"} }),
+			name: "certificate lifetime beyond the issuing CA",
+			config: cp(func(d map[string]any) {
+				section(d, "machine")["certificateLifetimes"] = map[string]any{"kubernetes": "175200h"}
+			}),
 			wantErr: []string{"machine.certificateLifetimes.kubernetes", "longer than the remaining life of cluster.aggregatorCA.crt", "cluster.ca.crt", "rotate the CA"},
 		},
 		{
