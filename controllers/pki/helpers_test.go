@@ -15,7 +15,6 @@ import (
 	ctrlnetwork "github.com/nodepki/nodepki/controllers/network"
 	ctrlpki "github.com/nodepki/nodepki/controllers/pki"
 	"github.com/nodepki/nodepki/pkg/certs"
-	"github.com/nodepki/nodepki/resources/pki"
 )
 
 const testHostname = "node-1"
@@ -49,29 +48,6 @@ func addrs(ips ...string) []netip.Addr {
 	}
 
 	return out
-}
-
-// controlPlaneCertificates are the certificates a control plane issues itself.
-var controlPlaneCertificates = []resource.ID{
-	pki.CertAPI, pki.CertAPIClient, pki.CertTrustd,
-	pki.CertEtcdServer, pki.CertEtcdPeer, pki.CertEtcdClient,
-	pki.CertKubeAPIServer, pki.CertKubeAPIServerKubeletClient, pki.CertFrontProxyClient,
-}
-
-// certificatesOf lists the control plane certificates issued by a root.
-func certificatesOf(root resource.ID) []resource.ID {
-	switch root {
-	case pki.RootOS:
-		return []resource.ID{pki.CertAPI, pki.CertAPIClient, pki.CertTrustd}
-	case pki.RootEtcd:
-		return []resource.ID{pki.CertEtcdServer, pki.CertEtcdPeer, pki.CertEtcdClient}
-	case pki.RootKubernetes:
-		return []resource.ID{pki.CertKubeAPIServer, pki.CertKubeAPIServerKubeletClient}
-	case pki.RootAggregator:
-		return []resource.ID{pki.CertFrontProxyClient}
-	}
-
-	return nil
 }
 
 func parseCertificate(t testing.TB, pem string) *stdx509.Certificate {

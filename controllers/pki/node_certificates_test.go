@@ -26,6 +26,29 @@ import (
 
 const year = 365 * 24 * time.Hour
 
+// controlPlaneCertificates are the certificates a control plane issues itself.
+var controlPlaneCertificates = []resource.ID{
+	pki.CertAPI, pki.CertAPIClient, pki.CertTrustd,
+	pki.CertEtcdServer, pki.CertEtcdPeer, pki.CertEtcdClient,
+	pki.CertKubeAPIServer, pki.CertKubeAPIServerKubeletClient, pki.CertFrontProxyClient,
+}
+
+// certificatesOf lists the control plane certificates issued by a root.
+func certificatesOf(root resource.ID) []resource.ID {
+	switch root {
+	case pki.RootOS:
+		return []resource.ID{pki.CertAPI, pki.CertAPIClient, pki.CertTrustd}
+	case pki.RootEtcd:
+		return []resource.ID{pki.CertEtcdServer, pki.CertEtcdPeer, pki.CertEtcdClient}
+	case pki.RootKubernetes:
+		return []resource.ID{pki.CertKubeAPIServer, pki.CertKubeAPIServerKubeletClient}
+	case pki.RootAggregator:
+		return []resource.ID{pki.CertFrontProxyClient}
+	}
+
+	return nil
+}
+
 func TestNodeCertificatesControlPlaneProfiles(t *testing.T) {
 	t.Parallel()
 
