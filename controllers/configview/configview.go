@@ -57,31 +57,29 @@ func Decode(raw []byte) (*machineconfig.Document, error) {
 	dec := yaml.NewDecoder(bytes.NewReader(raw))
 
 	for {
-		var node yaml.Node
+		// One pass per document: the header and the typed view together. Documents of another
+		// kind have none of the typed view's fields, or are skipped when they do not fit it.
+		var doc struct {
+			Kind                   string `yaml:"kind"`
+			machineconfig.Document `yaml:",inline"`
+		}
 
-		if err := dec.Decode(&node); err != nil {
-			if errors.Is(err, io.EOF) {
-				return nil, errors.New("no v1alpha1 document (a document with `version: v1alpha1` and no kind)")
-			}
+		err := dec.Decode(&doc)
 
+		switch {
+		case errors.Is(err, io.EOF):
+			return nil, errors.New("no v1alpha1 document (a document with `version: v1alpha1` and no kind)")
+		case err != nil && (!isTypeError(err) || doc.Kind == "" && doc.Version == documentVersion):
 			return nil, err
+		case err == nil && doc.Kind == "" && doc.Version == documentVersion:
+			return &doc.Document, nil
 		}
-
-		var header struct {
-			Kind    string `yaml:"kind"`
-			Version string `yaml:"version"`
-		}
-
-		if err := node.Decode(&header); err != nil || header.Kind != "" || header.Version != documentVersion {
-			continue
-		}
-
-		var doc machineconfig.Document
-
-		if err := node.Decode(&doc); err != nil {
-			return nil, err
-		}
-
-		return &doc, nil
 	}
+}
+
+// isTypeError reports a document that parsed as YAML but does not fit the typed view.
+func isTypeError(err error) bool {
+	var typeErr *yaml.TypeError
+
+	return errors.As(err, &typeErr)
 }

@@ -1,6 +1,7 @@
 package pki
 
 import (
+	"bytes"
 	"cmp"
 	"context"
 	stdx509 "crypto/x509"
@@ -34,6 +35,8 @@ func NewCertificateStatusesController(clock func() time.Time) *CertificateStatus
 		clock = time.Now
 	}
 
+	verified := newVerifications(verificationsCapacity)
+
 	return qtransform.NewQController(
 		qtransform.Settings[*pki.NodeCertificate, *pki.CertificateStatus]{
 			Name: "pki.CertificateStatusesController",
@@ -53,7 +56,7 @@ func NewCertificateStatusesController(clock func() time.Time) *CertificateStatus
 
 				var next time.Time
 
-				*out.TypedSpec(), next = certificateStatus(crt.TypedSpec(), pool, now)
+				*out.TypedSpec(), next = certificateStatus(crt.TypedSpec(), pool, now, verified)
 
 				if next.IsZero() {
 					return nil
@@ -63,6 +66,8 @@ func NewCertificateStatusesController(clock func() time.Time) *CertificateStatus
 			},
 		},
 		qtransform.WithExtraMappedInput[*pki.AcceptedCA](certificatesOfRoot),
+		// Verifying is CPU-bound, and a rotation step changes every certificate of a root at once.
+		qtransform.WithConcurrency(nodeCertificatesConcurrency),
 	)
 }
 
@@ -85,7 +90,7 @@ func certificatesOfRoot(ctx context.Context, _ *zap.Logger, r controller.QRuntim
 }
 
 // certificateStatus computes the status of one certificate at now and when it next changes state.
-func certificateStatus(crt *pki.NodeCertificateSpec, pool *pki.AcceptedCA, now time.Time) (pki.CertificateStatusSpec, time.Time) {
+func certificateStatus(crt *pki.NodeCertificateSpec, pool *pki.AcceptedCA, now time.Time, verified *verifications) (pki.CertificateStatusSpec, time.Time) {
 	status := pki.CertificateStatusSpec{Root: crt.Root, LastError: crt.LastError, State: pki.StatePending}
 
 	if crt.Certificate == "" {
@@ -106,7 +111,7 @@ func certificateStatus(crt *pki.NodeCertificateSpec, pool *pki.AcceptedCA, now t
 		cas, _ = certs.ParseCertificates([]byte(strings.Join(pool.TypedSpec().Certificates, ""))) //nolint:errcheck
 	}
 
-	v := verify(leaf, cas, now)
+	v := verified.verify(leaf, cas, now)
 
 	renewAt := crt.RenewAt.Time
 	if renewAt.IsZero() {
@@ -177,11 +182,6 @@ func verify(leaf *stdx509.Certificate, cas []*stdx509.Certificate, now time.Time
 		return verification{}
 	}
 
-	roots := stdx509.NewCertPool()
-	for _, ca := range cas {
-		roots.AddCert(ca)
-	}
-
 	usages := leaf.ExtKeyUsage
 	if len(usages) == 0 {
 		usages = []stdx509.ExtKeyUsage{stdx509.ExtKeyUsageAny}
@@ -196,20 +196,53 @@ func verify(leaf *stdx509.Certificate, cas []*stdx509.Certificate, now time.Time
 		at = leaf.NotAfter
 	}
 
-	chains, err := leaf.Verify(stdx509.VerifyOptions{Roots: roots, CurrentTime: at, KeyUsages: usages})
-	if err != nil || len(chains) == 0 || len(chains[0]) < 2 {
-		return verification{}
+	opts := stdx509.VerifyOptions{CurrentTime: at, KeyUsages: usages}
+
+	// During a rotation the pool holds CAs with the same subject, and x509 checks the signature of
+	// every CA of the issuer's name. The CAs whose key ID the leaf names are tried alone first: a
+	// chain found with some of the pool is a chain of the whole pool.
+	pools := []*stdx509.CertPool{poolOf(cas, nil)}
+
+	if named := poolOf(cas, leaf.AuthorityKeyId); len(leaf.AuthorityKeyId) > 0 && named != nil && !named.Equal(pools[0]) {
+		pools = []*stdx509.CertPool{named, pools[0]}
 	}
 
-	v := verification{trusted: true, issuerFingerprint: certs.Fingerprint(chains[0][1])}
+	for _, roots := range pools {
+		opts.Roots = roots
 
-	for _, ca := range chains[0][1:] {
-		if v.recheckAt.IsZero() || ca.NotAfter.Before(v.recheckAt) {
-			v.recheckAt = ca.NotAfter
+		if chains, err := leaf.Verify(opts); err == nil && len(chains) > 0 && len(chains[0]) > 1 {
+			v := verification{trusted: true, issuerFingerprint: certs.Fingerprint(chains[0][1])}
+
+			for _, ca := range chains[0][1:] {
+				if v.recheckAt.IsZero() || ca.NotAfter.Before(v.recheckAt) {
+					v.recheckAt = ca.NotAfter
+				}
+			}
+
+			return v
 		}
 	}
 
-	return v
+	return verification{}
+}
+
+// poolOf is the pool of the CAs whose subject key ID is keyID (all of them for nil); nil if none.
+func poolOf(cas []*stdx509.Certificate, keyID []byte) *stdx509.CertPool {
+	var pool *stdx509.CertPool
+
+	for _, ca := range cas {
+		if keyID != nil && !bytes.Equal(ca.SubjectKeyId, keyID) {
+			continue
+		}
+
+		if pool == nil {
+			pool = stdx509.NewCertPool()
+		}
+
+		pool.AddCert(ca)
+	}
+
+	return pool
 }
 
 // signerFingerprint names the CA that signed an untrusted certificate if the root's pool or the

@@ -11,15 +11,21 @@ import (
 
 	"github.com/nodepki/nodepki/controllers/ctest"
 	"github.com/nodepki/nodepki/pkg/certs"
+	"github.com/nodepki/nodepki/pkg/machineconfig"
 	"github.com/nodepki/nodepki/resources/pki"
 )
 
 // BenchmarkIssueLeaves is the pure cryptographic cost of what runtime.BenchmarkConfigUpdateReissue
 // does for one config change: issue every certificate of a control plane through the same
 // requests, then x509-verify each against its root's trust pool for its usages, one after the
-// other on one goroutine. The ratio of the two is the cost of the controllers and the state.
+// other on one goroutine. As in that benchmark, each pool holds the issuing CA and another CA of
+// the same kind (a rotation step). The ratio of the two is the cost of the controllers and the state.
 func BenchmarkIssueLeaves(b *testing.B) {
 	doc := ctest.ControlPlane(ctest.NewSecrets(b))
+	doc.Machine.AcceptedCAs = []*machineconfig.Certificate{ctest.NewCA(b, certs.RootOS).Accepted()}
+	doc.Cluster.AcceptedCAs = []*machineconfig.Certificate{ctest.NewCA(b, certs.RootKubernetes).Accepted()}
+	doc.Cluster.Etcd.AcceptedCAs = []*machineconfig.Certificate{ctest.NewCA(b, certs.RootEtcd).Accepted()}
+	doc.Cluster.AcceptedAggregatorCAs = []*machineconfig.Certificate{ctest.NewCA(b, certs.RootAggregator).Accepted()}
 	addresses := []netip.Addr{netip.MustParseAddr("10.5.0.2"), netip.MustParseAddr("2001:db8::2")}
 
 	pools, err := acceptedCAs(doc)
