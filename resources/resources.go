@@ -17,11 +17,13 @@ import (
 )
 
 // Namespaces maps each nodepki namespace to its description.
-var Namespaces = map[string]string{
-	config.NamespaceName:  "Machine configuration.",
-	network.NamespaceName: "Node addresses.",
-	pki.NamespaceName:     "Roots, trust pools, leaf certificates and their status.",
-	cluster.NamespaceName: "Nodes of the cluster known to this control plane.",
+func Namespaces() map[string]string {
+	return map[string]string{
+		config.NamespaceName:  "Machine configuration.",
+		network.NamespaceName: "Node addresses.",
+		pki.NamespaceName:     "Roots, trust pools, leaf certificates and their status.",
+		cluster.NamespaceName: "Nodes of the cluster known to this control plane.",
+	}
 }
 
 // Definitions lists one empty resource of every type.
@@ -46,7 +48,7 @@ func Register(ctx context.Context, st state.State) error {
 		return fmt.Errorf("error registering default namespaces: %w", err)
 	}
 
-	for ns, description := range Namespaces {
+	for ns, description := range Namespaces() {
 		if err := namespaces.Register(ctx, ns, description); err != nil {
 			return fmt.Errorf("error registering namespace %q: %w", ns, err)
 		}

@@ -156,7 +156,7 @@ func assertAcceptedCAs(t *testing.T, env *ctest.Env, want map[resource.ID]pool) 
 		})
 	}
 
-	for _, id := range pki.AllRoots {
+	for _, id := range pki.AllRoots() {
 		if _, ok := want[id]; !ok {
 			rtestutils.AssertNoResource[*pki.AcceptedCA](env.Ctx, t, env.State, id)
 		}
@@ -170,7 +170,7 @@ func TestAcceptedCAsFollowConfig(t *testing.T) {
 	env := ctest.Run(t, ctrlpki.NewAcceptedCAsController())
 
 	env.SetMachineConfig(t, ctest.ControlPlane(s))
-	rtestutils.AssertLength[*pki.AcceptedCA](env.Ctx, t, env.State, len(pki.AllRoots))
+	rtestutils.AssertLength[*pki.AcceptedCA](env.Ctx, t, env.State, len(pki.AllRoots()))
 
 	before := versions[*pki.AcceptedCA](t, env)
 

@@ -100,7 +100,7 @@ func assertRootSecrets(t *testing.T, env *ctest.Env, want map[resource.ID]pki.Ro
 		})
 	}
 
-	for _, id := range pki.AllRoots {
+	for _, id := range pki.AllRoots() {
 		if _, ok := want[id]; !ok {
 			rtestutils.AssertNoResource[*pki.RootSecret](env.Ctx, t, env.State, id)
 		}
@@ -114,7 +114,7 @@ func TestRootSecretsFollowConfig(t *testing.T) {
 	env := ctest.Run(t, ctrlpki.NewRootSecretsController())
 
 	env.SetMachineConfig(t, ctest.ControlPlane(s))
-	rtestutils.AssertLength[*pki.RootSecret](env.Ctx, t, env.State, len(pki.AllRoots))
+	rtestutils.AssertLength[*pki.RootSecret](env.Ctx, t, env.State, len(pki.AllRoots()))
 
 	before := versions[*pki.RootSecret](t, env)
 

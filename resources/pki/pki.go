@@ -20,7 +20,9 @@ const (
 )
 
 // AllRoots lists every root ID in a stable order.
-var AllRoots = []resource.ID{RootOS, RootKubernetes, RootEtcd, RootAggregator, RootServiceAccount}
+func AllRoots() []resource.ID {
+	return []resource.ID{RootOS, RootKubernetes, RootEtcd, RootAggregator, RootServiceAccount}
+}
 
 // CertSANs IDs.
 const (
