@@ -7,6 +7,7 @@ import (
 	stdx509 "crypto/x509"
 	"net"
 	"slices"
+	"strings"
 	"testing"
 	"testing/synctest"
 	"time"
@@ -24,32 +25,9 @@ import (
 	"github.com/nodepki/nodepki/resources/pki"
 )
 
-const year = 365 * 24 * time.Hour
-
-// controlPlaneCertificates are the certificates a control plane issues itself.
-var controlPlaneCertificates = []resource.ID{
-	pki.CertAPI, pki.CertAPIClient, pki.CertTrustd,
-	pki.CertEtcdServer, pki.CertEtcdPeer, pki.CertEtcdClient,
-	pki.CertKubeAPIServer, pki.CertKubeAPIServerKubeletClient, pki.CertFrontProxyClient,
-}
-
-// certificatesOf lists the control plane certificates issued by a root.
-func certificatesOf(root resource.ID) []resource.ID {
-	switch root {
-	case pki.RootOS:
-		return []resource.ID{pki.CertAPI, pki.CertAPIClient, pki.CertTrustd}
-	case pki.RootEtcd:
-		return []resource.ID{pki.CertEtcdServer, pki.CertEtcdPeer, pki.CertEtcdClient}
-	case pki.RootKubernetes:
-		return []resource.ID{pki.CertKubeAPIServer, pki.CertKubeAPIServerKubeletClient}
-	case pki.RootAggregator:
-		return []resource.ID{pki.CertFrontProxyClient}
-	}
-
-	return nil
-}
-
-func TestNodeCertificatesControlPlaneProfiles(t *testing.T) {
+// TestNodeCertificatesProfiles issues every leaf on a control plane and checks each against its
+// row of the leaf table in docs/resources.md.
+func TestNodeCertificatesProfiles(t *testing.T) {
 	t.Parallel()
 
 	s := ctest.NewSecrets(t)
@@ -60,58 +38,58 @@ func TestNodeCertificatesControlPlaneProfiles(t *testing.T) {
 	env.SetMachineConfig(t, doc)
 
 	cas := map[resource.ID]ctest.CA{pki.RootOS: s.OS, pki.RootKubernetes: s.Kubernetes, pki.RootEtcd: s.Etcd, pki.RootAggregator: s.Aggregator}
-	ds, ke := stdx509.KeyUsageDigitalSignature, stdx509.KeyUsageKeyEncipherment
-	server, client := stdx509.ExtKeyUsageServerAuth, stdx509.ExtKeyUsageClientAuth
-	nodeIPs := []string{"10.5.0.2", "2001:db8::2"}
+	rows := documentedLeaves(t)
 
-	for _, tc := range []struct {
-		id       resource.ID
-		root     resource.ID
-		cn       string
-		org      []string
-		dns      []string
-		ips      []string
-		ku       stdx509.KeyUsage
-		eku      []stdx509.ExtKeyUsage
-		lifetime time.Duration
-	}{
-		{pki.CertAPI, pki.RootOS, testHostname, nil, []string{"api.example.test", testHostname}, []string{"10.5.0.2", "192.0.2.10", "2001:db8::2"}, ds, []stdx509.ExtKeyUsage{server}, 24 * time.Hour},
-		{pki.CertAPIClient, pki.RootOS, testHostname, []string{"os:impersonator"}, nil, nil, ds, []stdx509.ExtKeyUsage{client}, 24 * time.Hour},
-		{pki.CertTrustd, pki.RootOS, testHostname, nil, []string{"api.example.test", testHostname}, []string{"10.5.0.2", "192.0.2.10", "2001:db8::2"}, ds | ke, []stdx509.ExtKeyUsage{server}, 24 * time.Hour},
-		{pki.CertEtcdServer, pki.RootEtcd, testHostname, nil, []string{"localhost", testHostname}, []string{"10.5.0.2", "127.0.0.1", "::1", "2001:db8::2"}, ds | ke, []stdx509.ExtKeyUsage{server, client}, year},
-		{pki.CertEtcdPeer, pki.RootEtcd, testHostname, nil, []string{testHostname}, nodeIPs, ds | ke, []stdx509.ExtKeyUsage{server, client}, year},
-		{pki.CertEtcdClient, pki.RootEtcd, "kube-apiserver", nil, nil, nil, ds | ke, []stdx509.ExtKeyUsage{client}, year},
-		{
-			pki.CertKubeAPIServer, pki.RootKubernetes, "kube-apiserver", []string{"kube-master"},
-			[]string{"cluster.example.test", "kubernetes", "kubernetes.default", "kubernetes.default.svc", "kubernetes.default.svc.cluster.local", "localhost", testHostname},
-			[]string{"10.5.0.2", "10.96.0.1", "127.0.0.1", "2001:db8::2"}, ds | ke, []stdx509.ExtKeyUsage{server}, year,
-		},
-		{pki.CertKubeAPIServerKubeletClient, pki.RootKubernetes, "apiserver-kubelet-client", []string{"system:masters"}, nil, nil, ds | ke, []stdx509.ExtKeyUsage{client}, year},
-		{pki.CertFrontProxyClient, pki.RootAggregator, "front-proxy-client", nil, nil, nil, ds | ke, []stdx509.ExtKeyUsage{client}, year},
-	} {
-		t.Run(tc.id, func(t *testing.T) {
-			ca := cas[tc.root]
+	require.Len(t, rows, 9, "the leaf table of docs/resources.md")
+
+	for _, row := range rows {
+		t.Run(row.id, func(t *testing.T) {
+			ca := cas[row.root]
 			caCrt := parseCertificate(t, string(ca.Crt))
 
-			rtestutils.AssertResource(env.Ctx, t, env.State, tc.id, func(res *pki.NodeCertificate, a *assert.Assertions) {
+			// The SANs the row names, as the node has them now.
+			sansOf := func(a *assert.Assertions) (dns, ips []string) {
+				switch {
+				case strings.HasPrefix(row.sans, "CertSANs/"):
+					sans, err := safe.StateGetByID[*pki.CertSAN](env.Ctx, env.State, strings.TrimPrefix(row.sans, "CertSANs/"))
+					if !a.NoError(err) {
+						return nil, nil
+					}
+
+					for _, ip := range sans.TypedSpec().IPs {
+						ips = append(ips, ip.String())
+					}
+
+					return sans.TypedSpec().DNSNames, ips
+				case row.sans == "node IPs, hostname":
+					return []string{testHostname}, []string{"10.5.0.2", "2001:db8::2"}
+				default:
+					a.Equal("none", row.sans)
+
+					return nil, nil
+				}
+			}
+
+			rtestutils.AssertResource(env.Ctx, t, env.State, row.id, func(res *pki.NodeCertificate, a *assert.Assertions) {
 				spec := res.TypedSpec()
 				if !a.NotEmpty(spec.Certificate) {
 					return
 				}
 
 				crt := parseCertificate(t, spec.Certificate)
+				dns, ips := sansOf(a)
 
-				a.Equal(tc.root, spec.Root)
-				a.Equal(tc.cn, crt.Subject.CommonName)
-				a.Equal(tc.org, crt.Subject.Organization)
-				a.Equal(tc.dns, crt.DNSNames)
-				a.Equal(tc.ips, ipsOf(crt.IPAddresses))
-				a.Equal(tc.ku, crt.KeyUsage)
-				a.Equal(tc.eku, crt.ExtKeyUsage)
+				a.Equal(row.root, spec.Root)
+				a.Equal(row.commonName, crt.Subject.CommonName)
+				a.Equal(row.organization, crt.Subject.Organization)
+				a.Equal(dns, crt.DNSNames)
+				a.Equal(ips, ipsOf(crt.IPAddresses))
+				a.Equal(row.keyUsage, crt.KeyUsage)
+				a.Equal(row.extKeyUsage, crt.ExtKeyUsage)
 				a.False(crt.IsCA)
 
 				issued := crt.NotBefore.Add(certs.Backdate)
-				a.Equal(tc.lifetime, crt.NotAfter.Sub(issued).Round(time.Second))
+				a.Equal(row.lifetime, crt.NotAfter.Sub(issued).Round(time.Second))
 				a.WithinDuration(time.Now(), issued, time.Minute)
 
 				// Signed by the root's CA, with a key of the CA's family that matches the certificate.
@@ -121,7 +99,7 @@ func TestNodeCertificatesControlPlaneProfiles(t *testing.T) {
 				pair, err := tls.X509KeyPair([]byte(spec.Certificate), []byte(spec.Key))
 				a.NoError(err)
 
-				if tc.root == pki.RootOS {
+				if row.root == pki.RootOS {
 					a.IsType(ed25519.PrivateKey{}, pair.PrivateKey)
 				} else {
 					a.IsType(&ecdsa.PrivateKey{}, pair.PrivateKey)
@@ -133,13 +111,32 @@ func TestNodeCertificatesControlPlaneProfiles(t *testing.T) {
 
 				// Renewal at 2/3 of the life, at most 5% earlier (RenewAt has a resolution of one second).
 				renewAt := spec.RenewAt.Time
-				a.False(renewAt.After(issued.Add(tc.lifetime*2/3)), "renewAt %s too late", renewAt)
-				a.False(renewAt.Before(issued.Add(tc.lifetime*2/3-tc.lifetime/20-time.Second)), "renewAt %s too early", renewAt)
+				a.False(renewAt.After(issued.Add(row.lifetime*2/3)), "renewAt %s too late", renewAt)
+				a.False(renewAt.Before(issued.Add(row.lifetime*2/3-row.lifetime/20-time.Second)), "renewAt %s too early", renewAt)
+			})
+
+			rtestutils.AssertResource(env.Ctx, t, env.State, row.id, func(res *pki.CertificateRequest, a *assert.Assertions) {
+				a.Equal(pki.IssuerLocal, res.TypedSpec().Issuer)
 			})
 		})
 	}
 
-	rtestutils.AssertLength[*pki.NodeCertificate](env.Ctx, t, env.State, len(controlPlaneCertificates))
+	rtestutils.AssertLength[*pki.NodeCertificate](env.Ctx, t, env.State, len(rows))
+
+	// A worker holds exactly the leaves the table says workers hold, obtained from trustd.
+	env.SetMachineConfig(t, ctest.Worker(s))
+
+	for _, row := range rows {
+		if !row.workers {
+			rtestutils.AssertNoResource[*pki.CertificateRequest](env.Ctx, t, env.State, row.id)
+
+			continue
+		}
+
+		rtestutils.AssertResource(env.Ctx, t, env.State, row.id, func(res *pki.CertificateRequest, a *assert.Assertions) {
+			a.Equal(pki.IssuerTrustd, res.TypedSpec().Issuer)
+		})
+	}
 }
 
 func ipsOf(ips []net.IP) []string {
@@ -184,7 +181,7 @@ func TestNodeCertificatesReissueOnlyWhatChanged(t *testing.T) {
 	env := runGraph(t)
 
 	env.SetMachineConfig(t, ctest.ControlPlane(s))
-	assertAllIssued(t, env, controlPlaneCertificates)
+	assertAllIssued(t, env, leafIDs(t))
 
 	serials := certificateSerials(t, env)
 	certVersions := versions[*pki.NodeCertificate](t, env)
@@ -206,7 +203,7 @@ func TestNodeCertificatesReissueOnlyWhatChanged(t *testing.T) {
 	afterVersions := versions[*pki.NodeCertificate](t, env)
 	afterStatusVersions := versions[*pki.CertificateStatus](t, env)
 
-	for _, id := range controlPlaneCertificates {
+	for _, id := range leafIDs(t) {
 		if id == pki.CertAPI || id == pki.CertTrustd {
 			require.NotEqual(t, serials[id], after[id], "%s was not reissued", id)
 
@@ -223,7 +220,7 @@ func TestNodeCertificatesReissueOnlyWhatChanged(t *testing.T) {
 	doc.Cluster.Etcd.AcceptedCAs = []*machineconfig.Certificate{other.Accepted()}
 	env.SetMachineConfig(t, doc)
 
-	etcd := certificatesOf(pki.RootEtcd)
+	etcd := leafIDsOf(t, pki.RootEtcd)
 	rtestutils.AssertResources(env.Ctx, t, env.State, etcd, func(res *pki.NodeCertificate, a *assert.Assertions) {
 		a.Equal(string(other.Crt)+string(s.Etcd.Crt), res.TypedSpec().CABundle)
 	})
@@ -231,7 +228,7 @@ func TestNodeCertificatesReissueOnlyWhatChanged(t *testing.T) {
 	final := certificateSerials(t, env)
 	finalVersions := versions[*pki.NodeCertificate](t, env)
 
-	for _, id := range controlPlaneCertificates {
+	for _, id := range leafIDs(t) {
 		require.Equal(t, after[id], final[id], "%s was reissued for a bundle change", id)
 
 		if !slices.Contains(etcd, id) {
@@ -250,7 +247,7 @@ func TestNodeCertificatesWorker(t *testing.T) {
 	env := runGraph(t)
 
 	env.SetMachineConfig(t, ctest.ControlPlane(s))
-	assertAllIssued(t, env, controlPlaneCertificates)
+	assertAllIssued(t, env, leafIDs(t))
 
 	// Nothing listens there (this test's address range). New SANs make the certificate due.
 	doc := ctest.Worker(s)
@@ -258,7 +255,7 @@ func TestNodeCertificatesWorker(t *testing.T) {
 	doc.Machine.CertSANs = []string{"worker.example.test"}
 	env.SetMachineConfig(t, doc)
 
-	for _, id := range controlPlaneCertificates[1:] {
+	for _, id := range leafIDs(t)[1:] {
 		rtestutils.AssertNoResource[*pki.NodeCertificate](env.Ctx, t, env.State, id)
 		rtestutils.AssertNoResource[*pki.CertificateStatus](env.Ctx, t, env.State, id)
 		rtestutils.AssertNoResource[*pki.CertificateRequest](env.Ctx, t, env.State, id)
@@ -288,8 +285,8 @@ func TestNodeCertificatesIssuanceError(t *testing.T) {
 	doc.Cluster.Etcd.CA = &machineconfig.CertificateAndKey{Crt: s.Etcd.Crt, Key: ctest.NewCA(t, certs.RootEtcd).Key}
 	env.SetMachineConfig(t, doc)
 
-	etcd := certificatesOf(pki.RootEtcd)
-	others := slices.DeleteFunc(slices.Clone(controlPlaneCertificates), func(id resource.ID) bool { return slices.Contains(etcd, id) })
+	etcd := leafIDsOf(t, pki.RootEtcd)
+	others := slices.DeleteFunc(slices.Clone(leafIDs(t)), func(id resource.ID) bool { return slices.Contains(etcd, id) })
 
 	assertAllIssued(t, env, others)
 	rtestutils.AssertResources(env.Ctx, t, env.State, etcd, func(res *pki.CertificateStatus, a *assert.Assertions) {
@@ -299,7 +296,7 @@ func TestNodeCertificatesIssuanceError(t *testing.T) {
 	})
 
 	env.SetMachineConfig(t, ctest.ControlPlane(s))
-	assertAllIssued(t, env, controlPlaneCertificates)
+	assertAllIssued(t, env, leafIDs(t))
 	rtestutils.AssertResources(env.Ctx, t, env.State, etcd, func(res *pki.NodeCertificate, a *assert.Assertions) {
 		a.Empty(res.TypedSpec().LastError)
 	})
@@ -320,7 +317,7 @@ func TestNodeCertificatesRenewal(t *testing.T) {
 		doc := ctest.ControlPlane(s)
 		doc.Machine.CertificateLifetimes = &machineconfig.CertificateLifetimes{API: machineconfig.Duration(lifetime)}
 		env.SetMachineConfig(t, doc)
-		assertAllIssued(t, env, controlPlaneCertificates)
+		assertAllIssued(t, env, leafIDs(t))
 
 		first, err := safe.StateGetByID[*pki.NodeCertificate](env.Ctx, env.State, pki.CertAPI)
 		require.NoError(t, err)
@@ -348,8 +345,8 @@ func TestNodeCertificatesRenewal(t *testing.T) {
 
 		// Certificates that are not due were left alone.
 		now := versions[*pki.NodeCertificate](t, env)
-		for _, id := range controlPlaneCertificates {
-			if !slices.Contains(certificatesOf(pki.RootOS), id) {
+		for _, id := range leafIDs(t) {
+			if !slices.Contains(leafIDsOf(t, pki.RootOS), id) {
 				require.Equal(t, others[id], now[id], "%s was rewritten", id)
 			}
 		}
