@@ -35,8 +35,6 @@ func NewCertificateStatusesController(clock func() time.Time) *CertificateStatus
 		clock = time.Now
 	}
 
-	verified := newVerifications(verificationsCapacity)
-
 	return qtransform.NewQController(
 		qtransform.Settings[*pki.NodeCertificate, *pki.CertificateStatus]{
 			Name: "pki.CertificateStatusesController",
@@ -56,7 +54,7 @@ func NewCertificateStatusesController(clock func() time.Time) *CertificateStatus
 
 				var next time.Time
 
-				*out.TypedSpec(), next = certificateStatus(crt.TypedSpec(), pool, now, verified)
+				*out.TypedSpec(), next = certificateStatus(crt.TypedSpec(), pool, now)
 
 				if next.IsZero() {
 					return nil
@@ -90,7 +88,7 @@ func certificatesOfRoot(ctx context.Context, _ *zap.Logger, r controller.QRuntim
 }
 
 // certificateStatus computes the status of one certificate at now and when it next changes state.
-func certificateStatus(crt *pki.NodeCertificateSpec, pool *pki.AcceptedCA, now time.Time, verified *verifications) (pki.CertificateStatusSpec, time.Time) {
+func certificateStatus(crt *pki.NodeCertificateSpec, pool *pki.AcceptedCA, now time.Time) (pki.CertificateStatusSpec, time.Time) {
 	status := pki.CertificateStatusSpec{Root: crt.Root, LastError: crt.LastError, State: pki.StatePending}
 
 	if crt.Certificate == "" {
@@ -111,7 +109,7 @@ func certificateStatus(crt *pki.NodeCertificateSpec, pool *pki.AcceptedCA, now t
 		cas, _ = certs.ParseCertificates([]byte(strings.Join(pool.TypedSpec().Certificates, ""))) //nolint:errcheck
 	}
 
-	v := verified.verify(leaf, cas, now)
+	v := verify(leaf, cas, now)
 
 	renewAt := crt.RenewAt.Time
 	if renewAt.IsZero() {
