@@ -5,6 +5,7 @@ import (
 	"encoding/base64"
 	"errors"
 	"io"
+	"slices"
 	"testing"
 	"time"
 
@@ -13,8 +14,11 @@ import (
 	talosconfig "github.com/siderolabs/talos/pkg/machinery/client/config"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
+	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/types/known/durationpb"
+	"google.golang.org/protobuf/types/known/emptypb"
 
 	"github.com/nodepki/nodepki/pkg/certs"
 	"github.com/nodepki/nodepki/pkg/role"
@@ -142,6 +146,59 @@ func TestTalosctlMachineService(t *testing.T) {
 		assert.Equal(t, codes.Unimplemented, talosclient.StatusCode(err), "%v", err)
 		assert.Contains(t, err.Error(), "not the OS")
 	})
+
+	t.Run("every other method of Talos's MachineService is Unimplemented with a reason", func(t *testing.T) {
+		desc := talosmachine.MachineService_ServiceDesc
+
+		var methods []string
+		for _, m := range desc.Methods {
+			methods = append(methods, m.MethodName)
+		}
+
+		for _, s := range desc.Streams {
+			methods = append(methods, s.StreamName)
+		}
+
+		served := []string{"Version", "GenerateClientConfiguration", "Kubeconfig"}
+
+		for _, method := range methods {
+			if slices.Contains(served, method) {
+				continue
+			}
+
+			fullMethod := "/" + desc.ServiceName + "/" + method
+			err := callRaw(talosclient.WithNodes(t.Context(), w1), admin.Conn(), fullMethod)
+			assert.Equal(t, codes.Unimplemented, status.Code(err), "%s: %v", method, err)
+			assert.Contains(t, status.Convert(err).Message(), desc.ServiceName+"/"+method+" is not served by nodepki: ", method)
+		}
+	})
+}
+
+// callRaw makes a call with an empty request and reads its replies to the end: the error it
+// returns is the call's (nil for a call that succeeded).
+func callRaw(ctx context.Context, conn *grpc.ClientConn, fullMethod string) error {
+	stream, err := conn.NewStream(ctx, &grpc.StreamDesc{ServerStreams: true, ClientStreams: true}, fullMethod)
+	if err != nil {
+		return err
+	}
+
+	if err = stream.SendMsg(&emptypb.Empty{}); err != nil && !errors.Is(err, io.EOF) {
+		return err
+	}
+
+	if err = stream.CloseSend(); err != nil {
+		return err
+	}
+
+	for {
+		if err = stream.RecvMsg(&emptypb.Empty{}); err != nil {
+			if errors.Is(err, io.EOF) {
+				return nil
+			}
+
+			return err
+		}
+	}
 }
 
 func talosClient(t *testing.T, cfg *talosconfig.Config) *talosclient.Client {
