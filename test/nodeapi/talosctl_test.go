@@ -6,6 +6,7 @@ import (
 	"errors"
 	"io"
 	"slices"
+	"strings"
 	"testing"
 	"time"
 
@@ -170,6 +171,19 @@ func TestTalosctlMachineService(t *testing.T) {
 			err := callRaw(talosclient.WithNodes(t.Context(), w1), admin.Conn(), fullMethod)
 			assert.Equal(t, codes.Unimplemented, status.Code(err), "%s: %v", method, err)
 			assert.Contains(t, status.Convert(err).Message(), desc.ServiceName+"/"+method+" is not served by nodepki: ", method)
+		}
+	})
+
+	t.Run("talosctl health, time, inspect and wipe: unknown services", func(t *testing.T) {
+		for _, fullMethod := range []string{
+			"/cluster.ClusterService/HealthCheck",
+			"/time.TimeService/Time",
+			"/inspect.InspectService/ControllerRuntimeDependencies",
+			"/storage.StorageService/BlockDeviceWipe",
+		} {
+			err := callRaw(talosclient.WithNodes(t.Context(), w1), admin.Conn(), fullMethod)
+			assert.Equal(t, codes.Unimplemented, status.Code(err), "%s: %v", fullMethod, err)
+			assert.Contains(t, status.Convert(err).Message(), "unknown service "+strings.Split(fullMethod, "/")[1])
 		}
 	})
 }
