@@ -400,3 +400,40 @@ func TestLabelledBackend(t *testing.T) {
 		assert.Equal(t, int32(codes.Unknown), streamed.GetMetadata().GetStatus().GetCode())
 	})
 }
+
+// FuzzLabelledBackendAppendInfo feeds arbitrary backend replies to the labelling: it never panics,
+// and a reply that is a valid response stays valid with every message labelled.
+func FuzzLabelledBackendAppendInfo(f *testing.F) {
+	for _, resp := range []proto.Message{
+		&machine.VersionResponse{Messages: []*machine.Version{{Version: &machine.VersionInfo{Tag: "v1"}}}},
+		&machine.GenerateClientConfigurationResponse{Messages: []*machine.GenerateClientConfiguration{{Crt: []byte("crt")}, {}}},
+		&common.EmptyResponse{},
+	} {
+		raw, err := proto.Marshal(resp)
+		require.NoError(f, err)
+		f.Add(raw)
+	}
+
+	f.Add([]byte{0x0a, 0xff, 0xff, 0xff, 0xff, 0x0f})
+
+	b := &labelledBackend{node: "node-a"}
+
+	f.Fuzz(func(t *testing.T, raw []byte) {
+		labelled, err := b.AppendInfo(false, raw)
+
+		var before machine.VersionResponse
+		if proto.Unmarshal(raw, &before) != nil {
+			return
+		}
+
+		require.NoError(t, err, "a valid response is labelled")
+
+		var after machine.VersionResponse
+		require.NoError(t, proto.Unmarshal(labelled, &after))
+		require.Len(t, after.GetMessages(), len(before.GetMessages()))
+
+		for _, msg := range after.GetMessages() {
+			assert.Equal(t, "node-a", msg.GetMetadata().GetHostname())
+		}
+	})
+}
