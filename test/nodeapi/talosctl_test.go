@@ -10,6 +10,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/cosi-project/runtime/pkg/safe"
 	talosmachine "github.com/siderolabs/talos/pkg/machinery/api/machine"
 	talosclient "github.com/siderolabs/talos/pkg/machinery/client"
 	talosconfig "github.com/siderolabs/talos/pkg/machinery/client/config"
@@ -23,6 +24,7 @@ import (
 
 	"github.com/nodepki/nodepki/pkg/certs"
 	"github.com/nodepki/nodepki/pkg/role"
+	"github.com/nodepki/nodepki/resources/pki"
 )
 
 // TestTalosctlMachineService makes the calls of `talosctl version`, `talosctl config new` and
@@ -100,6 +102,13 @@ func TestTalosctlMachineService(t *testing.T) {
 			v, err := reader.Version(talosclient.WithNodes(t.Context(), node))
 			require.NoError(t, err, node)
 			assert.Equal(t, node, v.GetMessages()[0].GetMetadata().GetHostname())
+
+			statuses, err := safe.StateListAll[*pki.CertificateStatus](talosclient.WithNode(t.Context(), node), reader.COSI)
+			require.NoError(t, err, node)
+			assert.Positive(t, statuses.Len(), node)
+
+			_, err = safe.StateListAll[*pki.RootSecret](talosclient.WithNode(t.Context(), node), reader.COSI)
+			assert.Equal(t, codes.PermissionDenied, talosclient.StatusCode(err), "a reader reads no sensitive type: %v", err)
 		}
 
 		t.Run("os:reader is refused config new and kubeconfig", func(t *testing.T) {
