@@ -272,6 +272,13 @@ func TestNodeCertificatesWorker(t *testing.T) {
 		a.Equal(pki.StateRenewalFailing, res.TypedSpec().State)
 		a.Contains(res.TypedSpec().LastError, `trustd endpoint "127.0.50.1:50001"`)
 	})
+
+	// Without a machine config nothing is left: requests, certificates and statuses are torn
+	// down in order, each waiting for the finalizer of the controller that reads it.
+	env.DeleteMachineConfig(t)
+	rtestutils.AssertNoResource[*pki.CertificateRequest](env.Ctx, t, env.State, pki.CertAPI)
+	rtestutils.AssertNoResource[*pki.NodeCertificate](env.Ctx, t, env.State, pki.CertAPI)
+	rtestutils.AssertNoResource[*pki.CertificateStatus](env.Ctx, t, env.State, pki.CertAPI)
 }
 
 func TestNodeCertificatesIssuanceError(t *testing.T) {
