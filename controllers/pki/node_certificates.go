@@ -115,26 +115,39 @@ func (ctrl *nodeCertificates) transform(ctx context.Context, r controller.Reader
 
 	now := ctrl.now()
 
+	logger = logger.With(zap.String("id", req.Metadata().ID()))
+
 	switch request.Issuer {
 	case pki.IssuerLocal:
-		err = ctrl.issueLocal(logger.With(zap.String("id", req.Metadata().ID())), request, root, pool, spec, now)
+		if err = ctrl.issueLocal(logger, request, root, pool, spec, now); err != nil {
+			return err
+		}
+
+		if spec.LastError != "" {
+			logger.Warn("error issuing the certificate", zap.String("error", spec.LastError), zap.Duration("retry_in", localRetryInterval))
+
+			// An input change that fixes it requeues the certificate at once; the interval covers
+			// errors that pass by themselves.
+			return controller.NewRequeueInterval(localRetryInterval)
+		}
 	case pki.IssuerTrustd:
-		err = ctrl.trustd.obtain(ctx, logger.With(zap.String("id", req.Metadata().ID())), request, root, pool, spec, now)
+		if err = ctrl.trustd.obtain(ctx, logger, request, root, pool, spec, now); err != nil {
+			return err
+		}
 	default:
 		spec.LastError = fmt.Sprintf("unknown issuer %q in the certificate request", request.Issuer)
 
 		return nil
 	}
 
-	if err != nil {
-		return err
-	}
-
 	return renewalRequeue(spec, now)
 }
 
-// renewalRequeue requeues the certificate for its RenewAt; a failed one is retried by the input
-// change that may fix it, or (trustd) by its own requeue.
+// localRetryInterval is how often a certificate whose local issuance failed is tried again.
+const localRetryInterval = time.Minute
+
+// renewalRequeue requeues the certificate for its RenewAt; a failed one is retried by its own
+// requeue (trustd) or by the input change that may fix it.
 func renewalRequeue(spec *pki.NodeCertificateSpec, now time.Time) error {
 	if spec.Certificate == "" || spec.LastError != "" || spec.RenewAt.IsZero() {
 		return nil
