@@ -196,11 +196,25 @@ func runRotateCA(cmd *cobra.Command, in rotateCAInput) error {
 		WaitTimeout:     in.waitTimeout,
 		ClientGrace:     in.clientGrace,
 	})
+	if err != nil && ctx.Err() != nil {
+		return interrupted(in.dryRun, planPath)
+	}
+
 	if err != nil {
 		return fmt.Errorf("rotate-ca: %w", err)
 	}
 
 	return nil
+}
+
+// interrupted is the error of a rotation stopped by Ctrl-C (or SIGTERM): every step is derived
+// from the nodes' configs and the plan, so the same command picks up where this one stopped.
+func interrupted(dryRun bool, planPath string) error {
+	if dryRun {
+		return errors.New("rotate-ca interrupted (dry run: nothing was changed)")
+	}
+
+	return fmt.Errorf("rotate-ca interrupted: nothing is lost; rerun the same command to resume (the plan, once written, is %s)", planPath)
 }
 
 func trimAll(values []string) []string {
