@@ -143,3 +143,92 @@ func loadPlan(t *testing.T, path string) *rotate.Plan {
 
 	return p
 }
+
+func TestRotation(t *testing.T) {
+	// The new OS CA of the procedure by hand, read while new-secrets.yaml exists.
+	var manualFP string
+
+	keyFiles := []string{"new-secrets.yaml", "new-client", "transitional-talosconfig", "final-talosconfig",
+		"accept.yaml", "switch-controlplane.yaml", "switch-worker.yaml", "retire.yaml"}
+
+	runDocument(t, "docs/rotation.md",
+		check{"nodepkictl cluster create --name demo --workers 2 --state _out/cluster --with-secrets secrets.yaml", func(t *testing.T, dir, out string) {
+			assert.Contains(t, out, `cluster "demo" is up`)
+			assertMode(t, dir, 0o600, "secrets.yaml")
+		}},
+		check{"# what would happen", func(t *testing.T, dir, out string) {
+			assert.Contains(t, out, "dry run: nothing was changed")
+			assert.Contains(t, out, "rotation complete: os")
+			assertMode(t, dir, 0o600, "_out/cluster/rotate-ca-plan.yaml", "_out/cluster/talosconfig", "secrets.yaml")
+
+			plan := loadPlan(t, filepath.Join(dir, "_out", "cluster", "rotate-ca-plan.yaml"))
+			require.NotNil(t, plan.Completed)
+			assert.Equal(t, plan.Roots.OS.New.Fingerprint, osFingerprint(t, filepath.Join(dir, "secrets.yaml")), "secrets.yaml kept in step")
+
+			backups, err := filepath.Glob(filepath.Join(dir, "secrets.yaml.*.bak"))
+			require.NoError(t, err)
+			require.Len(t, backups, 1)
+			assertMode(t, dir, 0o600, filepath.Base(backups[0]))
+			assertSameOSCA(t, dir, "_out/cluster/talosconfig")
+		}},
+		check{"--plan kubernetes-plan.yaml", func(t *testing.T, dir, out string) {
+			assert.Regexp(t, regexp.MustCompile(`the rotation of os in \S+/rotate-ca-plan.yaml is complete \(finished \S+\): nothing to do`), out)
+			assert.Contains(t, out, "is a completed rotation of os")
+			assert.Contains(t, out, "not of kubernetes: to start a new rotation, pass a new --plan FILE")
+			assert.Contains(t, out, "refused, exit code 1")
+			assert.Contains(t, out, "rotation complete: kubernetes")
+			assertMode(t, dir, 0o600, "kubernetes-plan.yaml")
+			assert.NotNil(t, loadPlan(t, filepath.Join(dir, "kubernetes-plan.yaml")).Completed)
+		}},
+		check{"umask 077", func(t *testing.T, dir, out string) {
+			assertMode(t, dir, 0o600, "new-secrets.yaml")
+			manualFP = osFingerprint(t, filepath.Join(dir, "new-secrets.yaml"))
+			assert.Contains(t, out, "-> "+manualFP)
+		}},
+		check{"write_talosconfig transitional-talosconfig", func(t *testing.T, dir, _ string) {
+			assertMode(t, dir, 0o600, "accept.yaml", "transitional-talosconfig", "new-client/talosconfig")
+		}},
+		check{"cat > switch-controlplane.yaml", func(t *testing.T, dir, _ string) {
+			assertMode(t, dir, 0o600, "switch-controlplane.yaml", "switch-worker.yaml")
+		}},
+		check{"cat > retire.yaml", func(t *testing.T, dir, out string) {
+			assertMode(t, dir, 0o600, "final-talosconfig", "retire.yaml")
+			// The last loop prints each node's accepted OS CAs: the new one only.
+			_, last, _ := strings.Cut(out, "- 127.0.0.4: applied\n")
+			fingerprints := regexp.MustCompile(`"([0-9a-f]{64})"`).FindAllStringSubmatch(last, -1)
+			require.Len(t, fingerprints, 3, "one accepted CA for each node:\n%s", out)
+
+			for _, fp := range fingerprints {
+				assert.Equal(t, manualFP, fp[1])
+			}
+		}},
+		check{`config remove "$CONTEXT"`, func(t *testing.T, dir, out string) {
+			for _, name := range keyFiles {
+				assert.NoFileExists(t, filepath.Join(dir, name))
+				assert.NoDirExists(t, filepath.Join(dir, name))
+			}
+
+			cfg, err := clientconfig.Open(filepath.Join(dir, "_out", "cluster", "talosconfig"))
+			require.NoError(t, err)
+			assert.Equal(t, []string{"demo"}, cfg.ContextNames(), "the rotated context is replaced, not added to")
+			assert.Equal(t, "demo", cfg.Context)
+			assert.Equal(t, []string{"127.0.0.2"}, cfg.Contexts["demo"].Endpoints)
+			assert.Equal(t, []string{"127.0.0.2", "127.0.0.3", "127.0.0.4"}, cfg.Contexts["demo"].Nodes)
+
+			ca, err := cfg.Contexts["demo"].CAPEM()
+			require.NoError(t, err)
+
+			crt, err := certs.ParseCertificate(ca)
+			require.NoError(t, err)
+			assert.Equal(t, manualFP, certs.Fingerprint(crt))
+
+			for _, node := range []string{"127.0.0.2", "127.0.0.3", "127.0.0.4"} {
+				assert.Regexp(t, regexp.MustCompile(`(?m)^`+regexp.QuoteMeta(node)+`\s+pki\s+AcceptedCA\s+os\s+\d+\s+`+manualFP+`\s+\["`+manualFP+`"\]$`), out,
+					"the accepted CAs of every node, through the replaced context")
+			}
+		}},
+		check{"nodepkictl cluster destroy --state _out/cluster", func(t *testing.T, dir, _ string) {
+			assert.NoDirExists(t, filepath.Join(dir, "_out", "cluster"))
+		}},
+	)
+}
