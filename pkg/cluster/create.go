@@ -119,8 +119,10 @@ func Create(ctx context.Context, opts Options) (*Cluster, error) {
 		return nil, err
 	}
 
-	_, statErr := os.Stat(dir)
-	createdDir := errors.Is(statErr, fs.ErrNotExist)
+	written, err := newEntries(dir)
+	if err != nil {
+		return nil, err
+	}
 
 	if err = os.MkdirAll(dir, 0o700); err != nil {
 		return nil, fmt.Errorf("error creating the cluster directory: %w", err)
@@ -142,7 +144,7 @@ func Create(ctx context.Context, opts Options) (*Cluster, error) {
 
 		c.stopAll()
 
-		return nil, errors.Join(err, c.removeFiles(createdDir, opts.Bundle == nil))
+		return nil, errors.Join(err, removeAll(written))
 	}
 
 	return c, nil
@@ -262,21 +264,36 @@ func (n *Node) exitError() error {
 	return &nodeExitedError{node: n.Name, address: n.Address, log: tail}
 }
 
-// removeFiles undoes what Create wrote: the whole directory if Create made it, else its files.
-func (c *Cluster) removeFiles(createdDir, generatedSecrets bool) error {
-	if createdDir {
-		return os.RemoveAll(c.Dir)
+// newEntries lists what Create would write in dir that is not there yet: all of dir if it does
+// not exist. Undoing a failed Create removes these and nothing else.
+func newEntries(dir string) ([]string, error) {
+	if _, err := os.Stat(dir); errors.Is(err, fs.ErrNotExist) {
+		return []string{dir}, nil
 	}
 
-	names := []string{descriptorName, "talosconfig", "nodes"}
-	if generatedSecrets {
-		names = append(names, "secrets.yaml")
+	var out []string
+
+	for _, name := range []string{descriptorName, "talosconfig", "nodes", "secrets.yaml"} {
+		path := filepath.Join(dir, name)
+
+		_, err := os.Stat(path)
+
+		switch {
+		case errors.Is(err, fs.ErrNotExist):
+			out = append(out, path)
+		case err != nil:
+			return nil, fmt.Errorf("checking the cluster directory: %w", err)
+		}
 	}
 
+	return out, nil
+}
+
+func removeAll(paths []string) error {
 	var errs []error
 
-	for _, name := range names {
-		if err := os.RemoveAll(filepath.Join(c.Dir, name)); err != nil {
+	for _, path := range paths {
+		if err := os.RemoveAll(path); err != nil {
 			errs = append(errs, err)
 		}
 	}

@@ -93,6 +93,20 @@ func TestClusterCreateReportsANodeThatExits(t *testing.T) {
 	entries, err := os.ReadDir(parent)
 	require.NoError(t, err)
 	assert.Empty(t, entries)
+
+	// In a directory of the user's, only what create wrote goes.
+	own := t.TempDir()
+	require.NoError(t, os.WriteFile(filepath.Join(own, "notes.txt"), []byte("mine"), 0o600))
+
+	_, err = createCluster(t, cluster.Options{
+		Name: "exits", ControlPlanes: 1, Dir: own, Daemon: daemon, FirstAddress: netip.MustParseAddr("127.0.64.2"),
+	})
+	require.ErrorContains(t, err, "exited at start")
+
+	entries, err = os.ReadDir(own)
+	require.NoError(t, err)
+	require.Len(t, entries, 1)
+	assert.Equal(t, "notes.txt", entries[0].Name())
 }
 
 // TestClusterCreateThreeControlPlanes proves that every control plane is an endpoint of the
