@@ -57,7 +57,8 @@ func newClusterCreateCmd() *cobra.Command {
 		Short: "Create and start a local cluster",
 		Long: `Create a local cluster: machine configs and a talosconfig (every control plane an endpoint) from
 a new secrets bundle, or from --with-secrets FILE, then one nodepkid process per node on 127.0.0.2,
-127.0.0.3, ... (--first-address and the addresses after it; control planes first). It waits until every node's API certificate is valid.
+127.0.0.3, ... (--first-address and the addresses after it; control planes first). It waits
+until every node's API certificate is valid.
 
 Addresses whose ports (50000, 50001) are in use are refused before anything is written. If a node
 exits while the cluster starts, its error is reported, the other nodes are stopped and nothing is
