@@ -103,6 +103,11 @@ type Runtime struct {
 	store   *bolt.BackingStore
 	logger  *zap.Logger
 	trustd  netip.AddrPort
+
+	// trustdBound is set by ListenTrustd: the machine type is decided and the listener (nil on a
+	// worker) is bound; Run serves it instead of waiting for the machine config.
+	trustdBound    bool
+	trustdListener net.Listener
 }
 
 // New builds the state and the controller runtime with every nodepki controller registered.
@@ -273,17 +278,44 @@ func (rt *Runtime) Run(ctx context.Context) error {
 	return group.Wait()
 }
 
-// serveTrustd serves trustd until ctx is done if the machine config, once there is one, makes the
-// node a control plane. The machine type cannot change on a running node, so it is read once.
-func (rt *Runtime) serveTrustd(ctx context.Context) error {
-	controlPlane, err := rt.waitMachineType(ctx)
-	if err != nil || !controlPlane {
-		return err
+// ListenTrustd binds trustd's listener (Options.Trustd.Listen) now if the node is a control plane,
+// for a caller that knows the machine type before Run and wants a port in use to fail early; Run
+// then serves it. Without it, Run binds the listener once the machine config says the node is a
+// control plane.
+func (rt *Runtime) ListenTrustd(controlPlane bool) error {
+	rt.trustdBound = true
+
+	if !controlPlane || !rt.trustd.IsValid() {
+		return nil
 	}
 
 	listener, err := net.Listen("tcp", rt.trustd.String())
 	if err != nil {
 		return fmt.Errorf("error listening for trustd: %w", err)
+	}
+
+	rt.trustdListener = listener
+
+	return nil
+}
+
+// serveTrustd serves trustd until ctx is done if the machine config, once there is one, makes the
+// node a control plane. The machine type cannot change on a running node, so it is read once.
+func (rt *Runtime) serveTrustd(ctx context.Context) error {
+	if !rt.trustdBound {
+		controlPlane, err := rt.waitMachineType(ctx)
+		if err != nil {
+			return err
+		}
+
+		if err = rt.ListenTrustd(controlPlane); err != nil {
+			return err
+		}
+	}
+
+	listener := rt.trustdListener
+	if listener == nil {
+		return nil
 	}
 
 	server, err := trustd.New(trustd.Options{State: rt.state, Logger: rt.logger.With(zap.String("component", "trustd"))})
@@ -332,8 +364,14 @@ func (rt *Runtime) waitMachineType(ctx context.Context) (bool, error) {
 	}
 }
 
-// Close closes the state database; call it after Run returned.
+// Close closes the state database and a trustd listener Run did not serve; call it after Run returned.
 func (rt *Runtime) Close() error {
+	if rt.trustdListener != nil {
+		if err := rt.trustdListener.Close(); err != nil && !errors.Is(err, net.ErrClosed) {
+			return fmt.Errorf("error closing the trustd listener: %w", err)
+		}
+	}
+
 	if rt.store == nil {
 		return nil
 	}
