@@ -3,6 +3,7 @@ package runtime_test
 import (
 	"context"
 	"errors"
+	"net"
 	"net/netip"
 	"testing"
 	"time"
@@ -190,4 +191,42 @@ func TestRuntimeControlPlaneAndWorker(t *testing.T) {
 		a.Equal(crt.SerialNumber.Text(16), res.TypedSpec().Serial, "the current certificate is kept")
 		a.Contains(res.TypedSpec().LastError, "invalid join token")
 	})
+}
+
+// TestRuntimeListenTrustd: a caller that knows the machine type binds trustd before Run, so a
+// port in use fails at once; a worker binds nothing.
+func TestRuntimeListenTrustd(t *testing.T) {
+	t.Parallel()
+
+	addr := netip.AddrPortFrom(netip.MustParseAddr("127.0.50.4"), 50001)
+
+	taken, err := net.Listen("tcp", addr.String())
+	require.NoError(t, err)
+
+	t.Cleanup(func() { require.NoError(t, taken.Close()) })
+
+	for _, tc := range []struct {
+		name         string
+		controlPlane bool
+		err          string
+	}{
+		{name: "control plane, port in use", controlPlane: true, err: "error listening for trustd"},
+		{name: "worker", controlPlane: false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			rt, err := runtime.New(runtime.Options{Hostname: "node-1", Trustd: runtime.TrustdOptions{Listen: addr}})
+			require.NoError(t, err)
+
+			t.Cleanup(func() { require.NoError(t, rt.Close()) })
+
+			err = rt.ListenTrustd(tc.controlPlane)
+			if tc.err != "" {
+				require.ErrorContains(t, err, tc.err)
+
+				return
+			}
+
+			require.NoError(t, err)
+		})
+	}
 }
