@@ -37,3 +37,26 @@ func TestDecodeMachineConfig(t *testing.T) {
 		})
 	}
 }
+
+// FuzzDecode: any input decodes into a document or is refused with an error; nothing panics, and
+// a decoded document is the v1alpha1 one.
+func FuzzDecode(f *testing.F) {
+	for _, seed := range []string{
+		"version: v1alpha1\nmachine:\n    type: worker\n",
+		"kind: Other\nmachine: [1, 2]\n---\nversion: v1alpha1\nmachine:\n    type: controlplane\n",
+		"version: v1alpha1\nmachine:\n    ca:\n        crt: not base64\n",
+		"version: v1alpha1\nmachine:\n    certificateLifetimes:\n        etcd: 30s\n",
+		"- a\n- b\n",
+	} {
+		f.Add([]byte(seed))
+	}
+
+	f.Fuzz(func(t *testing.T, raw []byte) {
+		doc, err := Decode(raw)
+		if err != nil {
+			return
+		}
+
+		assert.Equal(t, documentVersion, doc.Version)
+	})
+}

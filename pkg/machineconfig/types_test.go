@@ -49,3 +49,28 @@ func TestCertificateLifetimes(t *testing.T) {
 		})
 	}
 }
+
+// FuzzDuration: any scalar either decodes into a Duration that is written back as a Go duration
+// and decodes to the same value, or is refused; nothing panics.
+func FuzzDuration(f *testing.F) {
+	for _, seed := range []string{"30s", "24h", "1h30m", "-1s", "a day", "9999999999999h", "0"} {
+		f.Add(seed)
+	}
+
+	f.Fuzz(func(t *testing.T, s string) {
+		raw, err := yaml.Marshal(map[string]string{"api": s})
+		require.NoError(t, err)
+
+		var l machineconfig.CertificateLifetimes
+		if yaml.Unmarshal(raw, &l) != nil {
+			return
+		}
+
+		out, err := yaml.Marshal(&l)
+		require.NoError(t, err)
+
+		var back machineconfig.CertificateLifetimes
+		require.NoError(t, yaml.Unmarshal(out, &back))
+		assert.Equal(t, l, back)
+	})
+}

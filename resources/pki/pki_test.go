@@ -186,3 +186,26 @@ func TestDeepCopy(t *testing.T) {
 	rootCopy.Tokens[0] = "x"
 	assert.Equal(t, pki.RootSecretSpec{Tokens: []string{"t"}}, root)
 }
+
+// FuzzParseTime: any text either parses into a Time whose text parses back to the same Time, or
+// is refused; nothing panics.
+func FuzzParseTime(f *testing.F) {
+	for _, seed := range []string{"", "2026-03-04T12:00:00Z", "2026-03-04T13:00:00+01:00", "yesterday", "2026-13-40T99:99:99Z"} {
+		f.Add(seed)
+	}
+
+	f.Fuzz(func(t *testing.T, s string) {
+		parsed, err := pki.ParseTime(s)
+		if err != nil {
+			return
+		}
+
+		again, err := pki.ParseTime(parsed.String())
+		require.NoError(t, err)
+		assert.Equal(t, parsed, again)
+
+		var fromBinary pki.Time
+		require.NoError(t, fromBinary.UnmarshalBinary([]byte(parsed.String())))
+		assert.Equal(t, parsed, fromBinary)
+	})
+}
