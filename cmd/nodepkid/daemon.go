@@ -9,6 +9,7 @@ import (
 	"os"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/cosi-project/runtime/pkg/state"
@@ -27,6 +28,7 @@ type daemonOptions struct {
 	configPath      string
 	stateDir        string
 	address         string
+	hostname        string
 	apiPort         int
 	trustdPort      int
 	trustdEndpoints []string
@@ -68,9 +70,9 @@ func run(ctx context.Context, opts daemonOptions) error {
 		}
 	}
 
-	hostname, err := os.Hostname()
+	hostname, err := nodeHostname(opts.hostname)
 	if err != nil {
-		return fmt.Errorf("error reading hostname: %w", err)
+		return err
 	}
 
 	rt, err := runtime.New(runtime.Options{
@@ -164,6 +166,44 @@ func serveTrustd(ctx context.Context, group *errgroup.Group, st state.State, add
 	group.Go(func() error { return server.Serve(ctx, listener) })
 
 	return nil
+}
+
+// nodeHostname is --hostname, checked as a host name, or the machine's host name.
+func nodeHostname(flag string) (string, error) {
+	if flag == "" {
+		hostname, err := os.Hostname()
+		if err != nil {
+			return "", fmt.Errorf("error reading hostname (set --hostname): %w", err)
+		}
+
+		return hostname, nil
+	}
+
+	if !validHostname(flag) {
+		return "", fmt.Errorf("--hostname %q is not a host name: use letters, digits and hyphens in dot-separated labels of 1-63 characters", flag)
+	}
+
+	return flag, nil
+}
+
+func validHostname(name string) bool {
+	if len(name) > 253 || net.ParseIP(name) != nil {
+		return false
+	}
+
+	for label := range strings.SplitSeq(name, ".") {
+		if label == "" || len(label) > 63 || label[0] == '-' || label[len(label)-1] == '-' {
+			return false
+		}
+
+		for _, c := range label {
+			if !(c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '-') {
+				return false
+			}
+		}
+	}
+
+	return true
 }
 
 // readConfigFile parses and validates the --config file and returns it with its exact bytes

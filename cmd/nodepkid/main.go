@@ -51,6 +51,8 @@ on control-plane nodes, trustd on --address:--trustd-port for workers' certifica
 	flags.StringVar(&opts.configPath, "config", "", "machine config file used on first boot")
 	flags.StringVar(&opts.stateDir, "state-dir", "", "directory for persisted state (created 0700)")
 	flags.StringVar(&opts.address, "address", "", "IP address this node serves on and is known by")
+	flags.StringVar(&opts.hostname, "hostname", "",
+		"host name of this node (certificate SANs, member record); default: the machine's host name. Nodes of one cluster need distinct names: trustd never signs one node's name for another")
 	flags.IntVar(&opts.apiPort, "api-port", 50000, "node API port")
 	flags.IntVar(&opts.trustdPort, "trustd-port", 50001, "trustd port (control-plane nodes)")
 	flags.StringSliceVar(&opts.trustdEndpoints, "trustd-endpoint", nil,

@@ -10,6 +10,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"strconv"
 	"syscall"
 	"time"
@@ -47,9 +48,17 @@ type Options struct {
 	ReadyTimeout time.Duration
 }
 
+// hostnameLabel is a cluster name that leaves room in a 63-character DNS label for the node suffix.
+var hostnameLabel = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9-]{0,39}$`)
+
 func (o *Options) setDefaults() error {
 	if o.Name == "" {
 		o.Name = "nodepki"
+	}
+
+	if !hostnameLabel.MatchString(o.Name) {
+		return fmt.Errorf("--name %q cannot start host names: each node is named <name>-controlplane-N or <name>-worker-N, "+
+			"so use at most 40 letters, digits and hyphens, starting with a letter or digit", o.Name)
 	}
 
 	if o.ControlPlanes < 1 {
@@ -235,6 +244,7 @@ func (c *Cluster) start(n *Node) error {
 		"--config", n.Config,
 		"--state-dir", n.StateDir,
 		"--address", n.Address,
+		"--hostname", n.Name,
 		"--api-port", strconv.Itoa(c.APIPort),
 		"--trustd-port", strconv.Itoa(c.TrustdPort),
 		"--host-addresses=false",
