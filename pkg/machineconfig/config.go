@@ -104,6 +104,10 @@ func parseDocuments(data []byte) ([]*yaml.Node, error) {
 			continue
 		}
 
+		if err := checkExpansion(doc.Content[0]); err != nil {
+			return nil, err
+		}
+
 		if err := checkDuplicateKeys(doc.Content[0], ""); err != nil {
 			return nil, err
 		}
