@@ -1,6 +1,7 @@
 package api
 
 import (
+	"container/list"
 	"context"
 	"crypto/tls"
 	"net"
@@ -25,9 +26,11 @@ import (
 func (s *Server) direct(ctx context.Context, fullMethod string) (proxy.Mode, []proxy.Backend, error) {
 	logger := s.logger.With(zap.String("method", fullMethod), zap.String("peer", peerAddress(ctx)))
 
-	roles, err := authenticate(ctx, s.material.clientCAs(), time.Now())
+	v := s.guard.verdictFor(ctx, time.Now())
+
+	roles, err := authenticate(ctx, v)
 	if err != nil {
-		logger.Info("call refused", zap.Error(err))
+		s.guard.refused(ctx, logger, err, v.err != nil)
 
 		return proxy.One2One, nil, err
 	}
@@ -40,7 +43,13 @@ func (s *Server) direct(ctx context.Context, fullMethod string) (proxy.Mode, []p
 	}
 
 	if target == "" || s.material.isLocal(target) {
-		return proxy.One2One, []proxy.Backend{s.localBackend(roles)}, nil
+		return proxy.One2One, []proxy.Backend{s.localBackend(roles, v)}, nil
+	}
+
+	if v.impersonator {
+		// A call forwarded by another node carries no node metadata (outgoingContext drops it);
+		// one that does is not forwarded again, so no chain of hops can be built.
+		return proxy.One2One, nil, errSecondHop
 	}
 
 	if !s.material.canForward() {
@@ -49,9 +58,15 @@ func (s *Server) direct(ctx context.Context, fullMethod string) (proxy.Mode, []p
 		return proxy.One2One, nil, errNoForwarding
 	}
 
+	if err = s.forwardingTarget(ctx, target); err != nil {
+		logger.Info("forwarding refused", zap.String("node", target), zap.Error(err))
+
+		return proxy.One2One, nil, status.Errorf(codes.PermissionDenied, "node %s is not a member of this cluster known to this node: not forwarded", target)
+	}
+
 	logger.Debug("forwarding call", zap.String("node", target), zap.Strings("roles", roles))
 
-	return proxy.One2One, []proxy.Backend{s.forwarder.backend(target, roles)}, nil
+	return proxy.One2One, []proxy.Backend{s.forwarder.backend(target, roles, func(ctx context.Context) context.Context { return s.boundToCredential(ctx, v) })}, nil
 }
 
 // targetNode returns the canonical node a call is addressed to, or "" when it is for this node.
@@ -109,10 +124,10 @@ func validNodeName(s string) bool {
 
 // localBackend reaches the internal server. The verified roles travel as metadata, which the
 // internal server trusts because only this director can reach it.
-func (s *Server) localBackend(roles []string) proxy.Backend {
+func (s *Server) localBackend(roles []string, v *verdict) proxy.Backend {
 	return &proxy.SingleBackend{
 		GetConn: func(ctx context.Context) (context.Context, *grpc.ClientConn, error) {
-			return outgoingContext(ctx, roles), s.localConn, nil
+			return outgoingContext(s.boundToCredential(ctx, v), roles), s.localConn, nil
 		},
 	}
 }
@@ -132,9 +147,14 @@ func outgoingContext(ctx context.Context, roles []string) context.Context {
 	return metadata.NewOutgoingContext(ctx, md)
 }
 
-// forwarder keeps one client connection per target node. Connections use the client certificate
-// and CA pool current when they were made; flush retires them all when either changes, closing
-// each once its last call is done, so a renewal never cuts a call in flight.
+// maxForwardConns bounds the forwarding connections kept: past it, the least recently used is
+// retired. A cluster's nodes fit; names of nodes that do not answer do not pile up.
+const maxForwardConns = 64
+
+// forwarder keeps one client connection per target node, at most maxForwardConns, least recently
+// used first out. Connections use the client certificate and CA pool current when they were made;
+// flush retires them all when either changes, closing each once its last call is done, so a
+// renewal never cuts a call in flight. A connection that fails to connect is retired at once.
 type forwarder struct {
 	logger   *zap.Logger
 	material *material
@@ -142,6 +162,7 @@ type forwarder struct {
 
 	mu     sync.Mutex
 	conns  map[string]*remoteConn
+	lru    *list.List // of *remoteConn, most recently used first
 	closed bool
 }
 
@@ -150,6 +171,7 @@ type remoteConn struct {
 	conn    *grpc.ClientConn
 	calls   int
 	retired bool
+	elem    *list.Element
 }
 
 func newForwarder(logger *zap.Logger, m *material, port int) *forwarder {
@@ -158,10 +180,11 @@ func newForwarder(logger *zap.Logger, m *material, port int) *forwarder {
 		material: m,
 		port:     strconv.Itoa(port),
 		conns:    map[string]*remoteConn{},
+		lru:      list.New(),
 	}
 }
 
-func (f *forwarder) backend(target string, roles []string) proxy.Backend {
+func (f *forwarder) backend(target string, roles []string, bound func(context.Context) context.Context) proxy.Backend {
 	return &proxy.SingleBackend{
 		GetConn: func(ctx context.Context) (context.Context, *grpc.ClientConn, error) {
 			rc, err := f.acquire(target)
@@ -172,7 +195,7 @@ func (f *forwarder) backend(target string, roles []string) proxy.Backend {
 			// ctx is canceled when the proxied call ends, which is when the connection is free.
 			context.AfterFunc(ctx, func() { f.release(rc) })
 
-			return outgoingContext(ctx, roles), rc.conn, nil
+			return outgoingContext(bound(ctx), roles), rc.conn, nil
 		},
 	}
 }
@@ -187,6 +210,7 @@ func (f *forwarder) acquire(target string) (*remoteConn, error) {
 
 	if rc, ok := f.conns[target]; ok {
 		rc.calls++
+		f.lru.MoveToFront(rc.elem)
 
 		return rc, nil
 	}
@@ -204,19 +228,87 @@ func (f *forwarder) acquire(target string) (*remoteConn, error) {
 		},
 	}
 
+	rc := &remoteConn{target: target, calls: 1}
+
 	conn, err := grpc.NewClient(
 		"passthrough:///"+net.JoinHostPort(target, f.port),
 		grpc.WithTransportCredentials(credentials.NewTLS(tlsConfig)),
 		grpc.WithDefaultCallOptions(grpc.ForceCodecV2(proxy.Codec())),
+		grpc.WithChainStreamInterceptor(f.genericErrors(rc)),
 	)
 	if err != nil {
-		return nil, status.Errorf(codes.Internal, "error creating a connection to %s: %v", target, err)
+		f.logger.Warn("error creating a forwarding connection", zap.String("node", target), zap.Error(err))
+
+		return nil, status.Errorf(codes.Internal, "node %s cannot be reached", target)
 	}
 
-	rc := &remoteConn{target: target, conn: conn, calls: 1}
+	rc.conn = conn
+
+	for len(f.conns) >= maxForwardConns {
+		victim := f.lru.Back().Value.(*remoteConn) //nolint:forcetypeassert // the list holds *remoteConn only
+		f.retireLocked(victim)
+
+		if victim.calls == 0 {
+			go f.closeConn(victim)
+		}
+	}
+
+	rc.elem = f.lru.PushFront(rc)
 	f.conns[target] = rc
 
 	return rc, nil
+}
+
+// genericErrors replaces the errors of reaching the target (dial and TLS errors, which name
+// addresses and certificates of the network behind this node) with a generic one, logs the
+// detail, and retires the connection. Errors the target node answers pass unchanged.
+func (f *forwarder) genericErrors(rc *remoteConn) grpc.StreamClientInterceptor {
+	return func(ctx context.Context, desc *grpc.StreamDesc, cc *grpc.ClientConn, method string, streamer grpc.Streamer, opts ...grpc.CallOption) (grpc.ClientStream, error) {
+		stream, err := streamer(ctx, desc, cc, method, opts...)
+		if err != nil {
+			return nil, f.generic(rc, err)
+		}
+
+		return &genericErrorStream{ClientStream: stream, forwarder: f, rc: rc}, nil
+	}
+}
+
+func (f *forwarder) generic(rc *remoteConn, err error) error {
+	st, ok := status.FromError(err)
+	if !ok || st.Code() != codes.Unavailable || !strings.HasPrefix(st.Message(), "connection error") {
+		return err
+	}
+
+	f.logger.Info("forwarding target unreachable", zap.String("node", rc.target), zap.Error(err))
+
+	f.mu.Lock()
+	f.retireLocked(rc)
+	f.mu.Unlock()
+
+	return status.Errorf(codes.Unavailable, "node %s cannot be reached", rc.target)
+}
+
+type genericErrorStream struct {
+	grpc.ClientStream
+
+	forwarder *forwarder
+	rc        *remoteConn
+}
+
+func (s *genericErrorStream) RecvMsg(m any) error {
+	if err := s.ClientStream.RecvMsg(m); err != nil {
+		return s.forwarder.generic(s.rc, err)
+	}
+
+	return nil
+}
+
+func (s *genericErrorStream) SendMsg(m any) error {
+	if err := s.ClientStream.SendMsg(m); err != nil {
+		return s.forwarder.generic(s.rc, err)
+	}
+
+	return nil
 }
 
 func (f *forwarder) release(rc *remoteConn) {
@@ -268,11 +360,14 @@ func (f *forwarder) close() {
 	f.flush()
 }
 
+// retireLocked takes rc out of the cache; the caller closes it if it has no call, else release
+// closes it after its last call.
 func (f *forwarder) retireLocked(rc *remoteConn) {
 	rc.retired = true
 
 	if f.conns[rc.target] == rc {
 		delete(f.conns, rc.target)
+		f.lru.Remove(rc.elem)
 	}
 }
 
