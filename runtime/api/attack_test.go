@@ -8,6 +8,7 @@ import (
 	"crypto/x509"
 	"crypto/x509/pkix"
 	"errors"
+	"fmt"
 	"math/big"
 	"net"
 	"net/netip"
@@ -433,4 +434,34 @@ func peerContext(t *testing.T, g *guard, cert tls.Certificate) context.Context {
 	ctx := g.TagConn(t.Context(), &stats.ConnTagInfo{RemoteAddr: remote})
 
 	return peer.NewContext(ctx, &peer.Peer{Addr: remote, AuthInfo: credentials.TLSInfo{State: tls.ConnectionState{PeerCertificates: []*x509.Certificate{leaf}}}})
+}
+
+// TestAttackForwardingCacheIsBounded: 500 unreachable targets leave at most maxForwardConns
+// connections cached.
+func TestAttackForwardingCacheIsBounded(t *testing.T) {
+	t.Parallel()
+
+	p := getPKI(t)
+	m := newMaterial(zap.NewNop(), netipAddr("127.0.90.60"))
+	crt, key, err := p.osCA.Issue(impersonatorProfile(), time.Now())
+	require.NoError(t, err)
+
+	pair := mustKeyPair(t, crt, key)
+	m.clientCert = &pair
+
+	f := newForwarder(zap.NewNop(), m, 1)
+	t.Cleanup(f.close)
+
+	for i := range 500 {
+		rc, err := f.acquire(fmt.Sprintf("127.0.%d.%d", 90+i/250, 2+i%250))
+		require.NoError(t, err)
+
+		f.release(rc)
+	}
+
+	f.mu.Lock()
+	defer f.mu.Unlock()
+
+	assert.LessOrEqual(t, len(f.conns), maxForwardConns)
+	assert.Equal(t, len(f.conns), f.lru.Len())
 }

@@ -49,7 +49,7 @@ type material struct {
 	// that open streams can check their caller against the new pool.
 	caVersion uint64
 	caChanged chan struct{}
-	addresses     map[string]struct{}
+	addresses map[string]struct{}
 }
 
 func newMaterial(logger *zap.Logger, nodeAddress netip.Addr) *material {
