@@ -1,0 +1,139 @@
+package nodeapi_test
+
+import (
+	"crypto/tls"
+	"fmt"
+	"net"
+	"os"
+	"strings"
+	"testing"
+
+	"github.com/cosi-project/runtime/pkg/safe"
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials"
+	"google.golang.org/grpc/status"
+
+	nodeapi "github.com/nodepki/nodepki/api/node"
+	clusterpkg "github.com/nodepki/nodepki/pkg/cluster"
+	"github.com/nodepki/nodepki/resources/cluster"
+	"github.com/nodepki/nodepki/resources/pki"
+)
+
+// laughs is an alias-expansion bomb under key: levels of ten aliases each.
+func laughs(key string, levels int) string {
+	var b strings.Builder
+
+	fmt.Fprintf(&b, "%s:\n  l0: &l0 [lol]\n", key)
+
+	for i := 1; i <= levels; i++ {
+		fmt.Fprintf(&b, "  l%d: &l%d [%s]\n", i, i, strings.TrimSuffix(strings.Repeat(fmt.Sprintf("*l%d, ", i-1), 10), ", "))
+	}
+
+	return b.String()
+}
+
+// TestAttackRunningNode runs the attacks that are about a running node against real nodepkid
+// processes: hostile YAML and JSON patches are refused and the daemon keeps serving, and trustd
+// signs each worker its own names only.
+func TestAttackRunningNode(t *testing.T) {
+	t.Parallel()
+
+	c := startCluster(t, "127.0.91.2", 2)
+	b := loadBundle(t, c)
+	admin := connectWithRoles(t, c, b, "os:admin")
+	cp := c.ControlPlanes()[0]
+
+	copyBomb := []string{fmt.Sprintf(`{"op": "add", "path": "/machine/bomb", "value": {"x": %q}}`, strings.Repeat("a", 1024))}
+	for i := range 30 {
+		copyBomb = append(copyBomb, fmt.Sprintf(`{"op": "copy", "from": "/machine/bomb", "path": "/machine/bomb/c%d"}`, i))
+	}
+
+	current, err := admin.Node().ApplyConfiguration(admin.WithNode(t.Context(), cp), &nodeapi.ApplyConfigurationRequest{Patches: [][]byte{[]byte("machine: {}")}, DryRun: true})
+	require.NoError(t, err)
+	require.False(t, current.GetChanged())
+
+	for _, tc := range []struct {
+		name string
+		req  *nodeapi.ApplyConfigurationRequest
+	}{
+		{name: "alias cycle in a strategic merge patch", req: &nodeapi.ApplyConfigurationRequest{Patches: [][]byte{[]byte("machine:\n  certSANs: &a [*a]\n")}}},
+		{name: "alias bomb in a strategic merge patch", req: &nodeapi.ApplyConfigurationRequest{Patches: [][]byte{[]byte(laughs("machine", 9))}}},
+		{name: "alias cycle in a JSON patch", req: &nodeapi.ApplyConfigurationRequest{Patches: [][]byte{[]byte("- op: add\n  path: /machine/bomb\n  value: &v [*v]\n")}}},
+		{name: "JSON patch copy bomb", req: &nodeapi.ApplyConfigurationRequest{Patches: [][]byte{[]byte("[" + strings.Join(copyBomb, ",") + "]")}}},
+		{name: "JSON patch with too many operations", req: &nodeapi.ApplyConfigurationRequest{Patches: [][]byte{[]byte("[" + strings.TrimSuffix(strings.Repeat(`{"op": "test", "path": "/version", "value": "v1alpha1"},`, 1001), ",") + "]")}}},
+		{name: "alias bomb in an unknown field of a whole config", req: &nodeapi.ApplyConfigurationRequest{Data: []byte(string(mustMachineConfig(t, c, cp)) + laughs("unknownField", 9))}},
+		{name: "alias cycle in an unknown field of a whole config", req: &nodeapi.ApplyConfigurationRequest{Data: []byte(string(mustMachineConfig(t, c, cp)) + "unknownField: &a [*a]\n")}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			_, err := admin.Node().ApplyConfiguration(admin.WithNode(t.Context(), cp), tc.req)
+			require.Error(t, err)
+			assert.Equal(t, codes.InvalidArgument, status.Code(err), "%v", err)
+
+			// The daemon keeps serving, and a later JSON patch still works.
+			_, err = admin.Node().ApplyConfiguration(admin.WithNode(t.Context(), cp), &nodeapi.ApplyConfigurationRequest{
+				Patches: [][]byte{[]byte(`[{"op": "test", "path": "/version", "value": "v1alpha1"}]`)}, DryRun: true,
+			})
+			require.NoError(t, err)
+		})
+	}
+
+	t.Run("each worker holds its own names only", func(t *testing.T) {
+		cpHost := c.Nodes[0].Name
+
+		for _, n := range c.Nodes[1:] {
+			statusRes, err := safe.StateGetByID[*pki.CertificateStatus](admin.WithNode(t.Context(), n.Address), admin.COSI(), pki.CertAPI)
+			require.NoError(t, err)
+			assert.Equal(t, pki.StateValid, statusRes.TypedSpec().State, "%s: %s", n.Name, statusRes.TypedSpec().LastError)
+
+			crt := serverCertificate(t, n.Address, mustParse(t, b.Certs.OS.Crt))
+			require.NotNil(t, crt)
+			assert.Equal(t, n.Name, crt.Subject.CommonName)
+			assert.Contains(t, crt.DNSNames, n.Name)
+			assert.NotContains(t, crt.DNSNames, cpHost)
+
+			for _, ip := range crt.IPAddresses {
+				assert.NotEqual(t, cp, ip.String(), "%s's certificate names the control plane's address", n.Name)
+			}
+		}
+
+		members, err := safe.StateListAll[*cluster.Member](admin.WithNode(t.Context(), cp), admin.COSI())
+		require.NoError(t, err)
+
+		hostnames := map[string]string{}
+		for m := range members.All() {
+			hostnames[m.Metadata().ID()] = m.TypedSpec().Hostname
+		}
+
+		for _, n := range c.Nodes {
+			assert.Equal(t, n.Name, hostnames[n.Address], "the member of %s", n.Address)
+		}
+	})
+
+	t.Run("no client certificate", func(t *testing.T) {
+		conn, err := grpc.NewClient(net.JoinHostPort(cp, "50000"), grpc.WithTransportCredentials(credentials.NewTLS(&tls.Config{
+			MinVersion: tls.VersionTLS13, RootCAs: pool(mustParse(t, b.Certs.OS.Crt)),
+		})))
+		require.NoError(t, err)
+
+		defer conn.Close() //nolint:errcheck
+
+		_, err = nodeapi.NewNodeServiceClient(conn).Version(t.Context(), &nodeapi.VersionRequest{})
+		assert.Equal(t, codes.Unauthenticated, status.Code(err), "%v", err)
+	})
+}
+
+// mustMachineConfig is the config file a node of the cluster was started with.
+func mustMachineConfig(t *testing.T, c *clusterpkg.Cluster, address string) []byte {
+	t.Helper()
+
+	n, err := c.Node(address)
+	require.NoError(t, err)
+
+	data, err := os.ReadFile(n.Config)
+	require.NoError(t, err)
+
+	return data
+}
