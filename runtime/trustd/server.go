@@ -173,7 +173,7 @@ func New(opts Options) (*Server, error) {
 		state:       opts.State,
 		logger:      logger,
 		certificate: newCertificateSource(),
-		limiter:     newPeerLimiter(limit, burst),
+		limiter:     newPeerLimiter(limit, burst, maxTrackedPeers),
 		lifetime:    lifetime,
 		issuingCA:   lastDerived[caPEM, *certs.CA]{equal: func(a, b caPEM) bool { return a == b }, derive: loadCA},
 		caBundle:    lastDerived[[]string, []byte]{equal: slices.Equal[[]string], derive: buildCABundle},
