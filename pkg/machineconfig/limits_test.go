@@ -167,3 +167,28 @@ func TestBoundedAliasesAreAccepted(t *testing.T) {
 	_, err = machineconfig.Parse([]byte(limitsBase + laughs("unknownField", 4)))
 	require.NoError(t, err)
 }
+
+// TestRedactedFindsPrivateKeysByType: a private key is redacted wherever it is, in a field
+// nodepki does not know or in another document, as PEM or base64 of PEM.
+func TestRedactedFindsPrivateKeysByType(t *testing.T) {
+	t.Parallel()
+
+	c := cluster(t)
+	key := c.bundle.Certs.OS.Key
+
+	withKeys := edit(t, c.controlPlane, func(d map[string]any) {
+		section(d, "machine")["unknownField"] = map[string]any{"deep": []any{b64(key)}}
+		section(d, "cluster")["inlineKey"] = string(key)
+	})
+
+	other := "---\napiVersion: v1alpha1\nkind: SomethingElse\nname: x\nsecretMaterial: " + b64(c.bundle.Certs.Etcd.Key) + "\n"
+
+	redacted, err := mustParse(t, append(withKeys, []byte(other)...)).Redacted()
+	require.NoError(t, err)
+
+	for _, secret := range []string{b64(key), strings.TrimSpace(string(key)), "PRIVATE KEY", b64(c.bundle.Certs.Etcd.Key)} {
+		assert.NotContains(t, string(redacted), secret)
+	}
+
+	assert.Contains(t, string(redacted), b64(c.bundle.Certs.OS.Crt), "certificates stay")
+}
