@@ -32,6 +32,7 @@ type daemonOptions struct {
 	apiPort         int
 	trustdPort      int
 	trustdEndpoints []string
+	controlPlanes   []string
 	hostAddresses   bool
 	logLevel        string
 }
@@ -107,12 +108,13 @@ func run(ctx context.Context, opts daemonOptions) error {
 	}
 
 	apiServer, err := api.New(api.Options{
-		State:       rt.State(),
-		Config:      rt,
-		NodeAddress: address,
-		MachineType: cfg.Document().Machine.Type,
-		Logger:      logger.With(zap.String("component", "api")),
-		APIPort:     opts.apiPort,
+		State:         rt.State(),
+		Config:        rt,
+		NodeAddress:   address,
+		MachineType:   cfg.Document().Machine.Type,
+		Logger:        logger.With(zap.String("component", "api")),
+		APIPort:       opts.apiPort,
+		ControlPlanes: opts.controlPlanes,
 	})
 	if err != nil {
 		return err
@@ -124,7 +126,7 @@ func run(ctx context.Context, opts daemonOptions) error {
 	group.Go(func() error { return apiServer.Serve(ctx, apiListener) })
 
 	if cfg.Document().Machine.IsControlPlane() {
-		if err = serveTrustd(ctx, group, rt.State(), address, opts.trustdPort, logger); err != nil {
+		if err = serveTrustd(ctx, group, rt.State(), address, opts, logger); err != nil {
 			return err
 		}
 	}
@@ -152,13 +154,13 @@ func run(ctx context.Context, opts daemonOptions) error {
 	return err
 }
 
-func serveTrustd(ctx context.Context, group *errgroup.Group, st state.State, address netip.Addr, port int, logger *zap.Logger) error {
-	listener, err := net.Listen("tcp", net.JoinHostPort(address.String(), strconv.Itoa(port)))
+func serveTrustd(ctx context.Context, group *errgroup.Group, st state.State, address netip.Addr, opts daemonOptions, logger *zap.Logger) error {
+	listener, err := net.Listen("tcp", net.JoinHostPort(address.String(), strconv.Itoa(opts.trustdPort)))
 	if err != nil {
 		return fmt.Errorf("error listening for trustd: %w", err)
 	}
 
-	server, err := trustd.New(trustd.Options{State: st, Logger: logger.With(zap.String("component", "trustd"))})
+	server, err := trustd.New(trustd.Options{State: st, Logger: logger.With(zap.String("component", "trustd")), ControlPlanes: opts.controlPlanes})
 	if err != nil {
 		return err
 	}

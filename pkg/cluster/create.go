@@ -240,7 +240,7 @@ func (c *Cluster) start(n *Node) error {
 
 	defer logFile.Close() //nolint:errcheck
 
-	cmd := exec.Command(c.Daemon,
+	args := []string{
 		"--config", n.Config,
 		"--state-dir", n.StateDir,
 		"--address", n.Address,
@@ -248,7 +248,19 @@ func (c *Cluster) start(n *Node) error {
 		"--api-port", strconv.Itoa(c.APIPort),
 		"--trustd-port", strconv.Itoa(c.TrustdPort),
 		"--host-addresses=false",
-	)
+	}
+
+	// Each control plane is told the others, so that it forwards calls to them and trustd never
+	// signs their names for a worker.
+	if n.Type != machineconfig.TypeWorker {
+		for _, other := range c.Nodes {
+			if other.Type != machineconfig.TypeWorker && other.Address != n.Address {
+				args = append(args, "--control-plane", other.Address, "--control-plane", other.Name)
+			}
+		}
+	}
+
+	cmd := exec.Command(c.Daemon, args...)
 	cmd.Stdout = logFile
 	cmd.Stderr = logFile
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}

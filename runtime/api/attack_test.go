@@ -465,3 +465,27 @@ func TestAttackForwardingCacheIsBounded(t *testing.T) {
 	assert.LessOrEqual(t, len(f.conns), maxForwardConns)
 	assert.Equal(t, len(f.conns), f.lru.Len())
 }
+
+// TestAttackUnreachableMembers: calls forwarded to 500 members that do not answer each get the
+// generic error, and leave the connection cache bounded.
+func TestAttackUnreachableMembers(t *testing.T) {
+	t.Parallel()
+
+	p := getPKI(t)
+	a := startNode(t, p, nodeSpec{addr: "127.0.90.70", controlPlane: true})
+	conn := a.dialAs(t, p, role.Reader)
+
+	for i := range 500 {
+		target := fmt.Sprintf("127.0.%d.%d", 92+i/250, 2+i%250)
+		addMember(t, a.st, target)
+
+		_, err := nodeClient(conn).Version(toNode(callCtx(t), target), &node.VersionRequest{})
+		require.Equal(t, codes.Unavailable, status.Code(err), "%v", err)
+		require.Equal(t, "node "+target+" cannot be reached", status.Convert(err).Message())
+	}
+
+	a.server.forwarder.mu.Lock()
+	defer a.server.forwarder.mu.Unlock()
+
+	assert.LessOrEqual(t, len(a.server.forwarder.conns), maxForwardConns)
+}

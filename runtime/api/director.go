@@ -61,7 +61,8 @@ func (s *Server) direct(ctx context.Context, fullMethod string) (proxy.Mode, []p
 	if err = s.forwardingTarget(ctx, target); err != nil {
 		logger.Info("forwarding refused", zap.String("node", target), zap.Error(err))
 
-		return proxy.One2One, nil, status.Errorf(codes.PermissionDenied, "node %s is not a member of this cluster known to this node: not forwarded", target)
+		return proxy.One2One, nil, status.Errorf(codes.PermissionDenied, "node %s is not a member of this cluster known to this node: not forwarded "+
+			"(a control plane forwards to the members it records, the control-plane endpoint and the control planes given to nodepkid --control-plane)", target)
 	}
 
 	logger.Debug("forwarding call", zap.String("node", target), zap.Strings("roles", roles))

@@ -12,10 +12,16 @@ import (
 )
 
 // forwardingTarget allows forwarding to target (canonical form) only when it names a cluster
-// member this node records (its ID, one of its addresses or its hostname) or the host of the
-// configured control-plane endpoint. Forwarding dials with this node's impersonator certificate:
+// member this node records (its ID, one of its addresses or its hostname), a configured control
+// plane (Options.ControlPlanes) or the host of the control-plane endpoint. Forwarding dials with this node's impersonator certificate:
 // without the check any caller could make a control plane dial any host on the API port.
 func (s *Server) forwardingTarget(ctx context.Context, target string) error {
+	for _, cp := range s.opts.ControlPlanes {
+		if canonicalNode(cp) == target {
+			return nil
+		}
+	}
+
 	members, err := safe.StateListAll[*cluster.Member](ctx, s.opts.State)
 	if err != nil {
 		return fmt.Errorf("error listing the cluster members: %w", err)
@@ -46,5 +52,5 @@ func (s *Server) forwardingTarget(ctx context.Context, target string) error {
 		}
 	}
 
-	return fmt.Errorf("%s is neither a recorded cluster member nor the control-plane endpoint", target)
+	return fmt.Errorf("%s is neither a recorded cluster member, a configured control plane nor the control-plane endpoint", target)
 }

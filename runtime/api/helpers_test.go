@@ -144,6 +144,8 @@ type nodeSpec struct {
 	lis net.Listener
 	// logger replaces the test logger.
 	logger *zap.Logger
+	// controlPlanes is Options.ControlPlanes.
+	controlPlanes []string
 }
 
 func startNode(t *testing.T, p *testPKI, spec nodeSpec) *testNode {
@@ -210,11 +212,12 @@ func startNode(t *testing.T, p *testPKI, spec nodeSpec) *testNode {
 	}
 
 	srv, err := New(Options{
-		State:       st,
-		Config:      store,
-		NodeAddress: addr,
-		Logger:      logger,
-		APIPort:     port,
+		State:         st,
+		Config:        store,
+		NodeAddress:   addr,
+		Logger:        logger,
+		APIPort:       port,
+		ControlPlanes: spec.controlPlanes,
 	})
 	require.NoError(t, err)
 

@@ -74,6 +74,9 @@ type Options struct {
 	Logger *zap.Logger
 	// APIPort is the port other nodes serve the API on, for forwarded calls (default DefaultPort).
 	APIPort int
+	// ControlPlanes are the addresses or host names of the other control planes: forwarding
+	// reaches them besides the recorded members and the control-plane endpoint host.
+	ControlPlanes []string
 }
 
 // Server is the node API server.

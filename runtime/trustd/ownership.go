@@ -35,11 +35,13 @@ type ownership struct {
 // loopbackNames are the names that resolve to the loopback interface.
 var loopbackNames = []string{"localhost", "localhost.localdomain", "ip6-localhost", "ip6-loopback"}
 
-// ownershipFor reads the owners of names from the state: this control plane (its node
-// addresses and the SANs of its own API certificate, hostname included), the control-plane
-// endpoint host of the machine config, and every member but the requester's own record.
+// ownershipFor reads the owners of names: the configured control planes (Options.ControlPlanes),
+// and from the state this control plane (its node addresses and the SANs of its own API
+// certificate, hostname included), the control-plane endpoint host of the machine config, and
+// every member but the requester's own record.
 func (s *Server) ownershipFor(ctx context.Context, requester netip.Addr) (*ownership, error) {
 	o := &ownership{requester: requester, ips: map[netip.Addr]string{}, names: map[string]string{}}
+	o.add("a configured control plane", s.controlPlanes...)
 
 	addresses, err := safe.StateGetByID[*network.NodeAddresses](ctx, s.state, network.CurrentID)
 	if err != nil && !state.IsNotFoundError(err) {

@@ -86,7 +86,11 @@ func TestServerRefusesNamesTheRequesterDoesNotOwn(t *testing.T) {
 
 	cp := newControlPlane(t, certs.RootOS)
 	withClusterNames(t, cp)
-	addr := startServer(t, cp.state, nil)
+
+	srv, err := trustd.New(trustd.Options{State: cp.state, ControlPlanes: []string{"127.0.90.7", "cp-2"}})
+	require.NoError(t, err)
+
+	addr := serve(t, srv)
 
 	for _, tc := range []struct {
 		name    string
@@ -103,6 +107,8 @@ func TestServerRefusesNamesTheRequesterDoesNotOwn(t *testing.T) {
 		{name: "the endpoint host", req: csrRequest{commonName: "worker-3", dnsNames: []string{endpointHost}, ips: []string{workerAddress}}, refused: `DNS SAN "cp.example.test" is the name of the control-plane endpoint`},
 		{name: "another worker's address", req: csrRequest{commonName: "worker-3", ips: []string{workerAddress, "10.5.0.20"}}, refused: "IP SAN 10.5.0.20 is an address of member 127.0.90.20"},
 		{name: "another worker's hostname", req: csrRequest{commonName: "worker-3", dnsNames: []string{otherWorkerDNS}, ips: []string{workerAddress}}, refused: `is the name of member 127.0.90.20`},
+		{name: "a configured control plane's address", req: csrRequest{commonName: "worker-3", ips: []string{workerAddress, "127.0.90.7"}}, refused: "IP SAN 127.0.90.7 is an address of a configured control plane"},
+		{name: "a configured control plane's name", req: csrRequest{commonName: "worker-3", dnsNames: []string{"cp-2"}, ips: []string{workerAddress}}, refused: `DNS SAN "cp-2" is the name of a configured control plane`},
 		{name: "link-local", req: csrRequest{commonName: "worker-3", ips: []string{workerAddress, "169.254.10.1"}}, refused: "is link-local or multicast"},
 		{name: "IPv6 link-local", req: csrRequest{commonName: "worker-3", ips: []string{workerAddress, "fe80::1"}}, refused: "is link-local or multicast"},
 		{name: "multicast", req: csrRequest{commonName: "worker-3", ips: []string{workerAddress, "224.0.0.251"}}, refused: "is link-local or multicast"},

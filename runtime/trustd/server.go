@@ -57,6 +57,9 @@ type Options struct {
 	MemberRetention time.Duration
 	// Clock overrides time.Now for the members' lastSeen and their garbage collection.
 	Clock func() time.Time
+	// ControlPlanes are the addresses and host names of the other control planes, which no
+	// worker may hold (besides those the members and the state tell).
+	ControlPlanes []string
 }
 
 // Server is the trustd gRPC server. Create it with New and run it with Serve.
@@ -76,7 +79,8 @@ type Server struct {
 	// when the config changes.
 	endpointHost lastDerived[string, string]
 
-	members memberOptions
+	members       memberOptions
+	controlPlanes []string
 }
 
 type caPEM struct{ crt, key string }
@@ -169,14 +173,15 @@ func New(opts Options) (*Server, error) {
 	}
 
 	return &Server{
-		members:     members,
-		state:       opts.State,
-		logger:      logger,
-		certificate: newCertificateSource(),
-		limiter:     newPeerLimiter(limit, burst, maxTrackedPeers),
-		lifetime:    lifetime,
-		issuingCA:   lastDerived[caPEM, *certs.CA]{equal: func(a, b caPEM) bool { return a == b }, derive: loadCA},
-		caBundle:    lastDerived[[]string, []byte]{equal: slices.Equal[[]string], derive: buildCABundle},
+		controlPlanes: slices.Clone(opts.ControlPlanes),
+		members:       members,
+		state:         opts.State,
+		logger:        logger,
+		certificate:   newCertificateSource(),
+		limiter:       newPeerLimiter(limit, burst, maxTrackedPeers),
+		lifetime:      lifetime,
+		issuingCA:     lastDerived[caPEM, *certs.CA]{equal: func(a, b caPEM) bool { return a == b }, derive: loadCA},
+		caBundle:      lastDerived[[]string, []byte]{equal: slices.Equal[[]string], derive: buildCABundle},
 		endpointHost: lastDerived[string, string]{
 			equal:  func(a, b string) bool { return a == b },
 			derive: endpointHostOf,
