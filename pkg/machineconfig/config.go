@@ -32,6 +32,10 @@ type Config struct {
 // Parse parses a machine config file. Other documents (kind: ...) are kept as they are; exactly one
 // v1alpha1 document (`version: v1alpha1`, no kind) is required and decoded into the typed view.
 func Parse(data []byte) (*Config, error) {
+	if err := checkConfigSize(data); err != nil {
+		return nil, err
+	}
+
 	docs, err := parseDocuments(data)
 	if errors.Is(err, errNoDocuments) {
 		return nil, errors.New("the config is empty: want a YAML document with version: v1alpha1")

@@ -98,6 +98,10 @@ func applyJSONPatch(docs []*yaml.Node, p jsonpatch.Patch) ([]*yaml.Node, error) 
 		return nil, fmt.Errorf("JSON patch: %w", err)
 	}
 
+	if err = checkConfigSize(patched); err != nil {
+		return nil, fmt.Errorf("JSON patch: %w", err)
+	}
+
 	root, err := jsonToNode(patched)
 	if err != nil {
 		return nil, err

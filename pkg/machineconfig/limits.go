@@ -19,7 +19,17 @@ const (
 	MaxJSONPatchOperations = 1000
 	// MaxJSONPatchCopyBytes bounds the bytes one JSON patch may add with copy operations.
 	MaxJSONPatchCopyBytes = 1 << 20
+	// MaxConfigBytes bounds a config, as read and as patched (the node API takes at most 4 MiB).
+	MaxConfigBytes = 4 << 20
 )
+
+func checkConfigSize(data []byte) error {
+	if len(data) > MaxConfigBytes {
+		return fmt.Errorf("the config is %d bytes, at most %d are allowed", len(data), MaxConfigBytes)
+	}
+
+	return nil
+}
 
 // checkExpansion refuses an alias cycle, and a document whose expansion (every alias replaced by
 // what it stands for, as merging and JSON conversion do) exceeds MaxExpandedNodes or MaxDepth.

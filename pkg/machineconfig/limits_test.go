@@ -108,6 +108,23 @@ func TestHostileYAMLIsRefused(t *testing.T) {
 			assert.Contains(t, err.Error(), tc.message)
 		})
 	}
+
+	t.Run("patches that grow the config past its bound", func(t *testing.T) {
+		t.Parallel()
+
+		grow := func(i int) machineconfig.Patch {
+			p, err := machineconfig.LoadPatch(fmt.Appendf(nil, `[{"op": "add", "path": "/machine/big%d", "value": %q}]`, i, strings.Repeat("a", 1<<20)))
+			require.NoError(t, err)
+
+			return p
+		}
+
+		_, err := machineconfig.Apply(mustParse(t, base), grow(1), grow(2), grow(3), grow(4), grow(5))
+		require.ErrorContains(t, err, "at most 4194304 are allowed")
+
+		_, err = machineconfig.Parse(append([]byte(limitsBase+"pad: "), strings.Repeat("a", machineconfig.MaxConfigBytes)...))
+		require.ErrorContains(t, err, "at most 4194304 are allowed")
+	})
 }
 
 // laughsValue continues a JSON patch written in YAML with a bomb under the value's anchor.
