@@ -22,7 +22,8 @@ bench: build
 	$(GO) test -run '^$$' -bench . -benchtime 10x -timeout 20m ./test/...
 
 # Go native fuzzing, one target at a time (go test -fuzz takes one): FUZZTIME each. Crashers are
-# written to the package's testdata/fuzz and replayed by `make test` from then on.
+# written to the package's testdata/fuzz and replayed by `make test` from then on. Minimizing a
+# new input is capped at 10 s (default 60 s) so that short runs spend their time fuzzing.
 FUZZTIME ?= 60s
 FUZZ_TARGETS := \
 	./pkg/machineconfig:FuzzParse \
@@ -36,7 +37,7 @@ fuzz:
 	@set -e; for t in $(FUZZ_TARGETS); do \
 		pkg=$${t%%:*}; name=$${t##*:}; \
 		echo "fuzz $$pkg $$name for $(FUZZTIME)"; \
-		$(GO) test -run '^$$' -fuzz "^$$name\$$" -fuzztime $(FUZZTIME) $$pkg; \
+		$(GO) test -run '^$$' -fuzz "^$$name\$$" -fuzztime $(FUZZTIME) -fuzzminimizetime 10s $$pkg; \
 	done
 
 PROTOC_GEN_GO := google.golang.org/protobuf/cmd/protoc-gen-go@v1.36.11
