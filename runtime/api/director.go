@@ -36,38 +36,68 @@ func (s *Server) direct(ctx context.Context, fullMethod string) (proxy.Mode, []p
 	}
 
 	md, _ := metadata.FromIncomingContext(ctx)
+	c := &caller{ctx: ctx, logger: logger, roles: roles, verdict: v}
 
+	if isMachineMethod(fullMethod) {
+		return s.directMachine(c, fullMethod, md)
+	}
+
+	return s.directOne(c, md)
+}
+
+// caller is an authenticated call being routed.
+type caller struct {
+	ctx     context.Context //nolint:containedctx // the call's context, for the routing decision only
+	logger  *zap.Logger
+	roles   []string
+	verdict *verdict
+}
+
+// directOne routes a call to the one node its metadata names.
+func (s *Server) directOne(c *caller, md metadata.MD) (proxy.Mode, []proxy.Backend, error) {
 	target, err := targetNode(md)
 	if err != nil {
 		return proxy.One2One, nil, err
 	}
 
-	if target == "" || s.material.isLocal(target) {
-		return proxy.One2One, []proxy.Backend{s.localBackend(roles, v)}, nil
+	backend, err := s.backendFor(c, target)
+	if err != nil {
+		return proxy.One2One, nil, err
 	}
 
-	if v.impersonator {
+	return proxy.One2One, []proxy.Backend{backend}, nil
+}
+
+// backendFor picks the backend of a call to target (canonical, "" for this node): the internal
+// server, or the target's node API through the forwarder. Either way the call ends with the
+// caller's credential (boundToCredential).
+func (s *Server) backendFor(c *caller, target string) (proxy.Backend, error) {
+	if target == "" || s.material.isLocal(target) {
+		return s.localBackend(c.roles, c.verdict), nil
+	}
+
+	if c.verdict.impersonator {
 		// A call forwarded by another node carries no node metadata (outgoingContext drops it);
 		// one that does is not forwarded again, so no chain of hops can be built.
-		return proxy.One2One, nil, errSecondHop
+		return nil, errSecondHop
 	}
 
 	if !s.material.canForward() {
-		logger.Debug("forwarding refused: no client certificate", zap.String("node", target))
+		c.logger.Debug("forwarding refused: no client certificate", zap.String("node", target))
 
-		return proxy.One2One, nil, errNoForwarding
+		return nil, errNoForwarding
 	}
 
-	if err = s.forwardingTarget(ctx, target); err != nil {
-		logger.Info("forwarding refused", zap.String("node", target), zap.Error(err))
+	if err := s.forwardingTarget(c.ctx, target); err != nil {
+		c.logger.Info("forwarding refused", zap.String("node", target), zap.Error(err))
 
-		return proxy.One2One, nil, status.Errorf(codes.PermissionDenied, "node %s is not a member of this cluster known to this node: not forwarded "+
+		return nil, status.Errorf(codes.PermissionDenied, "node %s is not a member of this cluster known to this node: not forwarded "+
 			"(a control plane forwards to the members it records, the control-plane endpoint and the control planes given to nodepkid --control-plane)", target)
 	}
 
-	logger.Debug("forwarding call", zap.String("node", target), zap.Strings("roles", roles))
+	c.logger.Debug("forwarding call", zap.String("node", target), zap.Strings("roles", c.roles))
 
-	return proxy.One2One, []proxy.Backend{s.forwarder.backend(target, roles, func(ctx context.Context) context.Context { return s.boundToCredential(ctx, v) })}, nil
+	return s.forwarder.backend(target, c.roles, func(ctx context.Context) context.Context { return s.boundToCredential(ctx, c.verdict) }), nil
 }
 
 // targetNode returns the canonical node a call is addressed to, or "" when it is for this node.
@@ -82,7 +112,7 @@ func targetNode(md metadata.MD) (string, error) {
 	case len(node) > 1:
 		return "", status.Error(codes.InvalidArgument, "node metadata must be single-valued")
 	case len(nodes) > 1:
-		return "", status.Error(codes.InvalidArgument, "one-to-many calls are not supported: call each node with its own node metadata")
+		return "", status.Error(codes.InvalidArgument, "one-to-many calls are not supported by this service: call each node with its own node metadata")
 	case len(node) == 1:
 		value = node[0]
 	case len(nodes) == 1:
@@ -91,6 +121,11 @@ func targetNode(md metadata.MD) (string, error) {
 		return "", nil
 	}
 
+	return parseNodeName(value)
+}
+
+// parseNodeName checks one value of the node (or nodes) metadata and returns it canonical.
+func parseNodeName(value string) (string, error) {
 	value = strings.TrimSuffix(strings.TrimPrefix(strings.TrimSpace(value), "["), "]")
 	if !validNodeName(value) {
 		return "", status.Errorf(codes.InvalidArgument, "node metadata %q is not an address or a host name (give it without port)", value)
