@@ -31,7 +31,8 @@ FUZZ_TARGETS := \
 	./pkg/bundle:FuzzParse \
 	./pkg/clientconfig:FuzzParse \
 	./pkg/certs:FuzzPEM \
-	./runtime/trustd:FuzzCSRPolicy
+	./runtime/trustd:FuzzCSRPolicy \
+	./runtime/api:FuzzLabelledBackendAppendInfo
 
 fuzz:
 	@set -e; for t in $(FUZZ_TARGETS); do \
