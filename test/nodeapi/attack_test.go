@@ -7,6 +7,7 @@ import (
 	"os"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/cosi-project/runtime/pkg/safe"
 	"github.com/stretchr/testify/assert"
@@ -110,6 +111,27 @@ func TestAttackRunningNode(t *testing.T) {
 		for _, n := range c.Nodes {
 			assert.Equal(t, n.Name, hostnames[n.Address], "the member of %s", n.Address)
 		}
+	})
+
+	t.Run("a worker asking for the control plane's name is refused, and shows why", func(t *testing.T) {
+		worker := c.Nodes[len(c.Nodes)-1]
+		patch := fmt.Appendf(nil, `{"machine": {"certSANs": [%q]}}`, c.Nodes[0].Name)
+
+		_, err := admin.Node().ApplyConfiguration(admin.WithNode(t.Context(), worker.Address), &nodeapi.ApplyConfigurationRequest{Patches: [][]byte{patch}})
+		require.NoError(t, err)
+
+		require.EventuallyWithT(t, func(collect *assert.CollectT) {
+			st, err := safe.StateGetByID[*pki.CertificateStatus](admin.WithNode(t.Context(), worker.Address), admin.COSI(), pki.CertAPI)
+			if !assert.NoError(collect, err) {
+				return
+			}
+
+			assert.Contains(collect, st.TypedSpec().LastError, fmt.Sprintf("DNS SAN %q is the name of this control plane", c.Nodes[0].Name))
+		}, 30*time.Second, 100*time.Millisecond)
+
+		crt := serverCertificate(t, worker.Address, mustParse(t, b.Certs.OS.Crt))
+		require.NotNil(t, crt)
+		assert.NotContains(t, crt.DNSNames, c.Nodes[0].Name, "the worker keeps serving with its own names")
 	})
 
 	t.Run("no client certificate", func(t *testing.T) {
