@@ -15,6 +15,7 @@ import (
 	"github.com/nodepki/nodepki/pkg/certs"
 	"github.com/nodepki/nodepki/pkg/machineconfig"
 	"github.com/nodepki/nodepki/resources/cluster"
+	"github.com/nodepki/nodepki/resources/network"
 )
 
 // MemberOwner owns the cluster members trustd records. A dedicated owner (rather than "", the
@@ -185,11 +186,23 @@ func (s *Server) collectMembers(ctx context.Context) {
 }
 
 // deleteExpiredMembers deletes the workers trustd recorded that were last seen longer than the
-// retention before now, and returns how many workers remain.
+// retention before now, and those recorded under an address of this control plane (written by
+// an earlier version, which took the member ID from the CSR: they keep the control plane from
+// recording itself). It returns how many workers remain.
 func (s *Server) deleteExpiredMembers(ctx context.Context, now time.Time) (int, error) {
 	members, err := safe.StateListAll[*cluster.Member](ctx, s.state)
 	if err != nil {
 		return 0, fmt.Errorf("error listing the cluster members: %w", err)
+	}
+
+	own := map[netip.Addr]bool{}
+
+	if addresses, err := safe.StateGetByID[*network.NodeAddresses](ctx, s.state, network.CurrentID); err == nil {
+		for _, a := range addresses.TypedSpec().Addresses {
+			if addr, ok := parseAddr(a); ok {
+				own[addr] = true
+			}
+		}
 	}
 
 	var (
@@ -202,8 +215,10 @@ func (s *Server) deleteExpiredMembers(ctx context.Context, now time.Time) (int, 
 			continue
 		}
 
+		id, _ := parseAddr(m.Metadata().ID())
+
 		lastSeen, parseErr := time.Parse(time.RFC3339, m.TypedSpec().LastSeen)
-		if parseErr == nil && now.Sub(lastSeen) <= s.members.retention {
+		if parseErr == nil && now.Sub(lastSeen) <= s.members.retention && !own[id] {
 			remaining++
 
 			continue
@@ -215,7 +230,7 @@ func (s *Server) deleteExpiredMembers(ctx context.Context, now time.Time) (int, 
 			continue
 		}
 
-		s.logger.Info("deleted a cluster member not seen for the retention period",
+		s.logger.Info("deleted a worker's cluster member: not seen for the retention period, or recorded under this control plane's address",
 			zap.String("id", m.Metadata().ID()), zap.String("last_seen", m.TypedSpec().LastSeen), zap.Duration("retention", s.members.retention))
 	}
 

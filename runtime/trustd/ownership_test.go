@@ -259,7 +259,8 @@ func TestMembersCannotBePoisoned(t *testing.T) {
 	require.True(t, state.IsNotFoundError(err), "a certificate that does not name the requesting address records nothing: %v", err)
 }
 
-// TestMembersAreBoundedAndExpire: the member count is capped and members past the retention are deleted.
+// TestMembersAreBoundedAndExpire: the member count is capped, and members past the retention or
+// squatting this control plane's address are deleted.
 func TestMembersAreBoundedAndExpire(t *testing.T) {
 	t.Parallel()
 
@@ -273,6 +274,15 @@ func TestMembersAreBoundedAndExpire(t *testing.T) {
 	*oldControlPlane.TypedSpec() = cluster.MemberSpec{Addresses: []string{"127.0.90.41"}, Hostname: "cp-old", MachineType: "controlplane", LastSeen: expired.TypedSpec().LastSeen}
 	require.NoError(t, cp.state.Create(t.Context(), oldControlPlane, state.WithCreateOwner("cluster.SelfMemberController")))
 
+	// A record an earlier version let a worker write under this control plane's address.
+	addresses := network.NewNodeAddresses(network.CurrentID)
+	addresses.TypedSpec().Addresses = []string{"127.0.90.45/8"}
+	require.NoError(t, cp.state.Create(t.Context(), addresses))
+
+	squatter := cluster.NewMember("127.0.90.45")
+	*squatter.TypedSpec() = cluster.MemberSpec{Addresses: []string{"127.0.90.45"}, Hostname: "impostor", MachineType: "worker", LastSeen: time.Now().UTC().Format(time.RFC3339)}
+	require.NoError(t, cp.state.Create(t.Context(), squatter, state.WithCreateOwner(trustd.MemberOwner)))
+
 	srv, err := trustd.New(trustd.Options{State: cp.state, MaxMembers: 2, MemberRetention: 7 * 24 * time.Hour})
 	require.NoError(t, err)
 
@@ -281,6 +291,9 @@ func TestMembersAreBoundedAndExpire(t *testing.T) {
 	require.EventuallyWithT(t, func(c *assert.CollectT) {
 		_, err := safe.StateGetByID[*cluster.Member](t.Context(), cp.state, "127.0.90.40")
 		assert.True(c, state.IsNotFoundError(err), "the expired worker is deleted")
+
+		_, err = safe.StateGetByID[*cluster.Member](t.Context(), cp.state, "127.0.90.45")
+		assert.True(c, state.IsNotFoundError(err), "a worker's record under this control plane's address is deleted")
 	}, 10*time.Second, 10*time.Millisecond)
 
 	for i, from := range []string{"127.0.90.42", "127.0.90.43", "127.0.90.44"} {
