@@ -9,6 +9,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/cosi-project/runtime/api/v1alpha1"
 	"github.com/cosi-project/runtime/pkg/safe"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
@@ -16,6 +17,7 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/types/known/emptypb"
 
 	nodeapi "github.com/nodepki/nodepki/api/node"
 	clusterpkg "github.com/nodepki/nodepki/pkg/cluster"
@@ -134,16 +136,40 @@ func TestAttackRunningNode(t *testing.T) {
 		assert.NotContains(t, crt.DNSNames, c.Nodes[0].Name, "the worker keeps serving with its own names")
 	})
 
-	t.Run("no client certificate", func(t *testing.T) {
-		conn, err := grpc.NewClient(net.JoinHostPort(cp, "50000"), grpc.WithTransportCredentials(credentials.NewTLS(&tls.Config{
-			MinVersion: tls.VersionTLS13, RootCAs: pool(mustParse(t, b.Certs.OS.Crt)),
-		})))
-		require.NoError(t, err)
+	t.Run("no client certificate, every method", func(t *testing.T) {
+		// This binary links Talos's machinery (talosctl_test.go), whose MachineService shares the
+		// protobuf names of nodepki's: its methods are named here.
+		methods := []string{"/machine.MachineService/Version", "/machine.MachineService/GenerateClientConfiguration", "/machine.MachineService/Kubeconfig", "/machine.MachineService/Reboot"}
 
-		defer conn.Close() //nolint:errcheck
+		for _, desc := range []grpc.ServiceDesc{nodeapi.NodeService_ServiceDesc, v1alpha1.State_ServiceDesc} {
+			for _, m := range desc.Methods {
+				methods = append(methods, "/"+desc.ServiceName+"/"+m.MethodName)
+			}
 
-		_, err = nodeapi.NewNodeServiceClient(conn).Version(t.Context(), &nodeapi.VersionRequest{})
-		assert.Equal(t, codes.Unauthenticated, status.Code(err), "%v", err)
+			for _, st := range desc.Streams {
+				methods = append(methods, "/"+desc.ServiceName+"/"+st.StreamName)
+			}
+		}
+
+		require.NotEmpty(t, methods)
+
+		for _, method := range methods {
+			// A connection per call: the node closes one after repeated refusals.
+			conn, err := grpc.NewClient(net.JoinHostPort(cp, "50000"), grpc.WithTransportCredentials(credentials.NewTLS(&tls.Config{
+				MinVersion: tls.VersionTLS13, RootCAs: pool(mustParse(t, b.Certs.OS.Crt)),
+			})))
+			require.NoError(t, err)
+
+			stream, err := conn.NewStream(t.Context(), &grpc.StreamDesc{ServerStreams: true, ClientStreams: true}, method)
+			if err == nil {
+				_ = stream.SendMsg(&emptypb.Empty{})
+				_ = stream.CloseSend()
+				err = stream.RecvMsg(&emptypb.Empty{})
+			}
+
+			assert.Equal(t, codes.Unauthenticated, status.Code(err), "%s: %v", method, err)
+			require.NoError(t, conn.Close())
+		}
 	})
 }
 
