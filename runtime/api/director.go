@@ -184,8 +184,9 @@ func outgoingContext(ctx context.Context, roles []string) context.Context {
 }
 
 // maxForwardConns bounds the forwarding connections kept: past it, the least recently used is
-// retired. A cluster's nodes fit; names of nodes that do not answer do not pile up.
-const maxForwardConns = 64
+// retired. It is the fan-out bound, so that one call to many nodes never evicts its own
+// connections; names of nodes that do not answer do not pile up.
+const maxForwardConns = maxFanOut
 
 // forwarder keeps one client connection per target node, at most maxForwardConns, least recently
 // used first out. Connections use the client certificate and CA pool current when they were made;
