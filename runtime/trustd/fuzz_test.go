@@ -69,7 +69,7 @@ func FuzzCSRPolicy(f *testing.F) {
 			}
 		}
 
-		if len(profile.IPAddresses)+len(profile.DNSNames) > maxSANs {
+		if len(profile.IPAddresses)+len(profile.DNSNames) > certs.MaxSANs {
 			t.Fatalf("%d SANs", len(profile.IPAddresses)+len(profile.DNSNames))
 		}
 	})
