@@ -13,6 +13,7 @@ import (
 	"net"
 	"net/netip"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -222,18 +223,16 @@ func TestAttackUnauthenticatedFlood(t *testing.T) {
 	pool := x509.NewCertPool()
 	pool.AddCert(p.osCA.Crt)
 
-	dialed := false
+	var dialed atomic.Bool
 	conn, err := grpc.NewClient(n.endpoint,
 		grpc.WithTransportCredentials(credentials.NewTLS(&tls.Config{
 			MinVersion: tls.VersionTLS13, RootCAs: pool,
 			Certificates: []tls.Certificate{issueClientCert(t, newTestCA(t), clientCertSpec{roles: []string{role.Admin}})},
 		})),
 		grpc.WithContextDialer(func(ctx context.Context, addr string) (net.Conn, error) {
-			if dialed {
+			if dialed.Swap(true) {
 				return nil, errors.New("the test makes one connection only")
 			}
-
-			dialed = true
 
 			return (&net.Dialer{}).DialContext(ctx, "tcp", addr)
 		}),

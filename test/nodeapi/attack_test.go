@@ -1,11 +1,14 @@
 package nodeapi_test
 
 import (
+	"context"
 	"crypto/tls"
+	"errors"
 	"fmt"
 	"net"
 	"os"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -134,6 +137,52 @@ func TestAttackRunningNode(t *testing.T) {
 		crt := serverCertificate(t, worker.Address, mustParse(t, b.Certs.OS.Crt))
 		require.NotNil(t, crt)
 		assert.NotContains(t, crt.DNSNames, c.Nodes[0].Name, "the worker keeps serving with its own names")
+	})
+
+	t.Run("a flood of unauthenticated calls on one connection is cut off", func(t *testing.T) {
+		node, err := c.Node(cp)
+		require.NoError(t, err)
+
+		logLines := func() int {
+			data, err := os.ReadFile(node.Log)
+			require.NoError(t, err)
+
+			return strings.Count(string(data), "call refused") + strings.Count(string(data), "closing a connection")
+		}
+
+		before := logLines()
+		var dialed atomic.Bool
+
+		conn, err := grpc.NewClient(net.JoinHostPort(cp, "50000"),
+			grpc.WithTransportCredentials(credentials.NewTLS(&tls.Config{MinVersion: tls.VersionTLS13, RootCAs: pool(mustParse(t, b.Certs.OS.Crt))})),
+			grpc.WithContextDialer(func(ctx context.Context, addr string) (net.Conn, error) {
+				if dialed.Swap(true) {
+					return nil, errors.New("one connection only")
+				}
+
+				return (&net.Dialer{}).DialContext(ctx, "tcp", addr)
+			}))
+		require.NoError(t, err)
+
+		defer conn.Close() //nolint:errcheck
+
+		const calls = 10_000
+
+		started := time.Now()
+		refused := 0
+
+		for range calls {
+			if _, err := nodeapi.NewNodeServiceClient(conn).Version(t.Context(), &nodeapi.VersionRequest{}); status.Code(err) == codes.Unauthenticated {
+				refused++
+			}
+		}
+
+		elapsed := time.Since(started)
+		lines := logLines() - before
+
+		t.Logf("%d calls in %s: %d refused before the connection was closed, %d log lines", calls, elapsed, refused, lines)
+		assert.LessOrEqual(t, refused, 10)
+		assert.LessOrEqual(t, lines, 11+int(elapsed/time.Second)+1)
 	})
 
 	t.Run("no client certificate, every method", func(t *testing.T) {
