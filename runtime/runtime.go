@@ -94,6 +94,9 @@ type TrustdOptions struct {
 	SourceAddress netip.Addr
 	// RetryUnit and RetryWindow tune a worker's retries (controllers/pki.TrustdOptions).
 	RetryUnit, RetryWindow time.Duration
+	// ControlPlanes are the addresses and host names of the other control planes, which trustd
+	// never signs for a worker (trustd.Options.ControlPlanes).
+	ControlPlanes []string
 }
 
 // Runtime is the nodepki subsystem of one node.
@@ -102,7 +105,7 @@ type Runtime struct {
 	runtime *cosiruntime.Runtime
 	store   *bolt.BackingStore
 	logger  *zap.Logger
-	trustd  netip.AddrPort
+	trustd  TrustdOptions
 
 	// trustdBound is set by ListenTrustd: the machine type is decided and the listener (nil on a
 	// worker) is bound; Run serves it instead of waiting for the machine config.
@@ -127,7 +130,7 @@ func New(opts Options) (*Runtime, error) {
 		}
 	}
 
-	rt := &Runtime{logger: logger, trustd: opts.Trustd.Listen}
+	rt := &Runtime{logger: logger, trustd: opts.Trustd}
 
 	if opts.StateDir != "" {
 		var err error
@@ -271,7 +274,7 @@ func (rt *Runtime) Run(ctx context.Context) error {
 		return nil
 	})
 
-	if rt.trustd.IsValid() {
+	if rt.trustd.Listen.IsValid() {
 		group.Go(func() error { return rt.serveTrustd(ctx) })
 	}
 
@@ -285,11 +288,11 @@ func (rt *Runtime) Run(ctx context.Context) error {
 func (rt *Runtime) ListenTrustd(controlPlane bool) error {
 	rt.trustdBound = true
 
-	if !controlPlane || !rt.trustd.IsValid() {
+	if !controlPlane || !rt.trustd.Listen.IsValid() {
 		return nil
 	}
 
-	listener, err := net.Listen("tcp", rt.trustd.String())
+	listener, err := net.Listen("tcp", rt.trustd.Listen.String())
 	if err != nil {
 		return fmt.Errorf("error listening for trustd: %w", err)
 	}
@@ -318,7 +321,11 @@ func (rt *Runtime) serveTrustd(ctx context.Context) error {
 		return nil
 	}
 
-	server, err := trustd.New(trustd.Options{State: rt.state, Logger: rt.logger.With(zap.String("component", "trustd"))})
+	server, err := trustd.New(trustd.Options{
+		State:         rt.state,
+		Logger:        rt.logger.With(zap.String("component", "trustd")),
+		ControlPlanes: rt.trustd.ControlPlanes,
+	})
 	if err != nil {
 		return errors.Join(err, listener.Close())
 	}

@@ -17,6 +17,7 @@ import (
 	"go.uber.org/zap/zapcore"
 	"golang.org/x/sync/errgroup"
 
+	"github.com/nodepki/nodepki/pkg/certs"
 	"github.com/nodepki/nodepki/pkg/machineconfig"
 	"github.com/nodepki/nodepki/runtime"
 	"github.com/nodepki/nodepki/runtime/api"
@@ -26,9 +27,11 @@ type daemonOptions struct {
 	configPath      string
 	stateDir        string
 	address         string
+	hostname        string
 	apiPort         int
 	trustdPort      int
 	trustdEndpoints []string
+	controlPlanes   []string
 	hostAddresses   bool
 	logLevel        string
 }
@@ -67,9 +70,9 @@ func run(ctx context.Context, opts daemonOptions) error {
 		}
 	}
 
-	hostname, err := os.Hostname()
+	hostname, err := nodeHostname(opts.hostname)
 	if err != nil {
-		return fmt.Errorf("error reading hostname: %w", err)
+		return err
 	}
 
 	rt, err := runtime.New(runtime.Options{
@@ -82,6 +85,7 @@ func run(ctx context.Context, opts daemonOptions) error {
 			Listen:        netip.AddrPortFrom(address, uint16(opts.trustdPort)), //nolint:gosec // checked to be a port above
 			Endpoints:     opts.trustdEndpoints,
 			SourceAddress: address,
+			ControlPlanes: opts.controlPlanes,
 		},
 	})
 	if err != nil {
@@ -105,12 +109,13 @@ func run(ctx context.Context, opts daemonOptions) error {
 	defer apiListener.Close() //nolint:errcheck // Serve closes it; this covers the early returns
 
 	apiServer, err := api.New(api.Options{
-		State:       rt.State(),
-		Config:      rt,
-		NodeAddress: address,
-		MachineType: cfg.Document().Machine.Type,
-		Logger:      logger.With(zap.String("component", "api")),
-		APIPort:     opts.apiPort,
+		State:         rt.State(),
+		Config:        rt,
+		NodeAddress:   address,
+		MachineType:   cfg.Document().Machine.Type,
+		Logger:        logger.With(zap.String("component", "api")),
+		APIPort:       opts.apiPort,
+		ControlPlanes: opts.controlPlanes,
 	})
 	if err != nil {
 		return err
@@ -154,6 +159,24 @@ func run(ctx context.Context, opts daemonOptions) error {
 	}
 
 	return err
+}
+
+// nodeHostname is --hostname, checked as a host name, or the machine's host name.
+func nodeHostname(flag string) (string, error) {
+	if flag == "" {
+		hostname, err := os.Hostname()
+		if err != nil {
+			return "", fmt.Errorf("error reading hostname (set --hostname): %w", err)
+		}
+
+		return hostname, nil
+	}
+
+	if err := certs.CheckDNSName(flag); err != nil {
+		return "", fmt.Errorf("--hostname %q is not a host name (%w): use letters, digits and hyphens in dot-separated labels of 1-63 characters", flag, err)
+	}
+
+	return flag, nil
 }
 
 // readConfigFile parses and validates the --config file and returns it with its exact bytes
