@@ -19,6 +19,8 @@ import (
 	"github.com/cosi-project/runtime/pkg/controller"
 	"github.com/siderolabs/go-retry/retry"
 	"go.uber.org/zap"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 
 	"github.com/nodepki/nodepki/pkg/certs"
 	"github.com/nodepki/nodepki/pkg/trustd"
@@ -29,9 +31,11 @@ import (
 const (
 	// DefaultTrustdRetryUnit is the unit of the exponential backoff between attempts.
 	DefaultTrustdRetryUnit = time.Second
-	// DefaultTrustdRetryWindow bounds the attempts of one reconcile; the certificate is requeued
-	// after another window when they all fail.
-	DefaultTrustdRetryWindow = 30 * time.Second
+	// DefaultTrustdRetryWindow bounds the attempts of one reconcile; when they all fail, or trustd
+	// refuses the request, LastError is written and the certificate is requeued after
+	// trustdRequeueFactor windows.
+	DefaultTrustdRetryWindow = 10 * time.Second
+	trustdRequeueFactor      = 3
 )
 
 // TrustdOptions configure how a worker obtains its certificates from trustd.
@@ -101,12 +105,14 @@ func (issuer *trustdIssuer) obtain(
 			return ctx.Err()
 		}
 
-		logger.Warn("error obtaining the certificate from trustd", zap.Error(err), zap.Duration("retry_in", issuer.window))
+		retryIn := issuer.window * trustdRequeueFactor
+
+		logger.Warn("error obtaining the certificate from trustd", zap.Error(err), zap.Duration("retry_in", retryIn))
 
 		spec.LastError = err.Error()
 
 		// Returned without an error, so that LastError is written.
-		return controller.NewRequeueInterval(issuer.window)
+		return controller.NewRequeueInterval(retryIn)
 	}
 
 	obtained.Request = digest
@@ -160,6 +166,10 @@ func (issuer *trustdIssuer) roundTrip(
 			var attemptErr error
 
 			caPEM, crtPEM, attemptErr = trustd.RequestCertificate(ctx, request.TrustdEndpoints, rootsPEM, token, csrPEM, trustd.FromAddress(issuer.source))
+			if attemptErr != nil && refused(attemptErr) {
+				// Asking again gets the same answer until an input changes.
+				return attemptErr
+			}
 
 			return retry.ExpectedError(attemptErr)
 		})
@@ -180,6 +190,24 @@ func (issuer *trustdIssuer) roundTrip(
 		IssuerFingerprint: certs.Fingerprint(signer),
 		RenewAt:           pki.NewTime(renewalTime(crt)),
 	}, nil
+}
+
+// refused reports an answer of trustd itself that asking again will not change (a bad token,
+// names the worker does not own, a malformed request), from every endpoint tried.
+func refused(err error) bool {
+	var endpoints interface{ Unwrap() []error }
+	if errors.As(err, &endpoints) {
+		errs := endpoints.Unwrap()
+
+		return len(errs) > 0 && !slices.ContainsFunc(errs, func(err error) bool { return !refused(err) })
+	}
+
+	switch status.Code(err) {
+	case codes.Unauthenticated, codes.PermissionDenied, codes.InvalidArgument, codes.FailedPrecondition:
+		return true
+	default:
+		return false
+	}
 }
 
 // lastAttemptError is the error of the last attempt of a retry, which says what is wrong now.
