@@ -37,6 +37,8 @@ func Definitions() []meta.ResourceWithRD {
 		&pki.CertificateRequest{},
 		&pki.NodeCertificate{},
 		&pki.CertificateStatus{},
+		&pki.CAStatus{},
+		&pki.SecurityStatus{},
 		&cluster.Member{},
 	}
 }

@@ -38,6 +38,7 @@ import (
 	"github.com/nodepki/nodepki/resources"
 	"github.com/nodepki/nodepki/resources/cluster"
 	"github.com/nodepki/nodepki/resources/config"
+	"github.com/nodepki/nodepki/runtime/api"
 	"github.com/nodepki/nodepki/runtime/trustd"
 )
 
@@ -180,6 +181,8 @@ func (rt *Runtime) setup(logger *zap.Logger, hostname string, opts Options) erro
 		pki.NewAcceptedCAsController(),
 		pki.NewCertSANsController(hostname),
 		pki.NewCertificateRequestsController(pki.CertificateRequestsOptions{Hostname: hostname, TrustdEndpoints: opts.Trustd.Endpoints}),
+		pki.NewCAStatusesController(),
+		pki.NewSecurityStatusController(api.TLSVersions()),
 	} {
 		if err = rt.RegisterController(ctrl); err != nil {
 			return err

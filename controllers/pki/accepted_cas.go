@@ -153,7 +153,7 @@ func certificatePool(field string, accepted []*machineconfig.Certificate, issuin
 		p.addLast(crts[0].pem, issuingFingerprint)
 	}
 
-	return pki.AcceptedCASpec{Certificates: p.entries, Fingerprints: p.fingerprints, IssuingFingerprint: issuingFingerprint}, nil
+	return withShortFingerprints(pki.AcceptedCASpec{Certificates: p.entries, Fingerprints: p.fingerprints, IssuingFingerprint: issuingFingerprint}), nil
 }
 
 func publicKeyPool(accepted []*machineconfig.Key, signing *machineconfig.Key) (pki.AcceptedCASpec, error) {
@@ -184,7 +184,19 @@ func publicKeyPool(accepted []*machineconfig.Key, signing *machineconfig.Key) (p
 		p.addLast(keys[0].pem, issuingFingerprint)
 	}
 
-	return pki.AcceptedCASpec{PublicKeys: p.entries, Fingerprints: p.fingerprints, IssuingFingerprint: issuingFingerprint}, nil
+	return withShortFingerprints(pki.AcceptedCASpec{PublicKeys: p.entries, Fingerprints: p.fingerprints, IssuingFingerprint: issuingFingerprint}), nil
+}
+
+// withShortFingerprints fills in the short fingerprints of a pool from its fingerprints.
+func withShortFingerprints(spec pki.AcceptedCASpec) pki.AcceptedCASpec {
+	spec.ShortFingerprints = make([]string, 0, len(spec.Fingerprints))
+	for _, fp := range spec.Fingerprints {
+		spec.ShortFingerprints = append(spec.ShortFingerprints, pki.ShortFingerprint(fp))
+	}
+
+	spec.IssuingShortFingerprint = pki.ShortFingerprint(spec.IssuingFingerprint)
+
+	return spec
 }
 
 // pemEntry is one canonical PEM block and its SPKI fingerprint.

@@ -137,6 +137,8 @@ func certificateStatus(crt *pki.NodeCertificateSpec, pool *pki.AcceptedCA, now t
 		status.IssuerFingerprint = cmp.Or(signerFingerprint(leaf, cas, crt.CABundle), crt.IssuerFingerprint)
 	}
 
+	status.IssuerShortFingerprint = pki.ShortFingerprint(status.IssuerFingerprint)
+
 	switch {
 	case !v.trusted:
 		status.State = pki.StateUntrusted

@@ -46,6 +46,8 @@ type CertificateStatusSpec struct {
 	Trusted   bool   `yaml:"trusted" protobuf:"11"`
 	State     string `yaml:"state" protobuf:"12"`
 	LastError string `yaml:"lastError,omitempty" protobuf:"13"`
+	// IssuerShortFingerprint is IssuerFingerprint cut to ShortFingerprintLength hex digits, for tables.
+	IssuerShortFingerprint string `yaml:"issuerShortFingerprint" protobuf:"14"`
 }
 
 // NewCertificateStatus initializes a CertificateStatus resource.
@@ -74,7 +76,7 @@ func (CertificateStatusExtension) ResourceDefinition() meta.ResourceDefinitionSp
 		DefaultNamespace: NamespaceName,
 		Aliases:          []resource.Type{"certstatus"},
 		PrintColumns: []meta.PrintColumn{
-			{Name: "Issuer", JSONPath: "{.issuerFingerprint}"},
+			{Name: "Issuer", JSONPath: "{.issuerShortFingerprint}"},
 			{Name: "Not-After", JSONPath: "{.notAfter}"},
 			{Name: "Renew-At", JSONPath: "{.renewAt}"},
 			{Name: "State", JSONPath: "{.state}"},

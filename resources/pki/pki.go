@@ -43,3 +43,13 @@ const (
 	CertKubeAPIServerKubeletClient = resource.ID("kube-apiserver-kubelet-client")
 	CertFrontProxyClient           = resource.ID("front-proxy-client")
 )
+
+// ShortFingerprintLength is how many hex digits of a fingerprint tables show: 48 bits, enough to
+// tell apart the handful of CAs a root accepts at once.
+const ShortFingerprintLength = 12
+
+// ShortFingerprint is the first ShortFingerprintLength hex digits of a fingerprint, for tables
+// and IDs; the spec keeps the full one.
+func ShortFingerprint(fingerprint string) string {
+	return fingerprint[:min(len(fingerprint), ShortFingerprintLength)]
+}

@@ -34,7 +34,7 @@ func TestRendering(t *testing.T) {
 		Root: "os", Subject: "CN=node-1", DNSNames: []string{"node-1"}, IPAddresses: []string{"10.5.0.2", "2001:db8::2"},
 		Serial: "ab12", Issuer: "O=talos", IssuerFingerprint: "ff00",
 		NotBefore: mustTime(t, "2026-03-04T12:00:00Z"), NotAfter: mustTime(t, "2026-03-05T12:00:00Z"), RenewAt: mustTime(t, "2026-03-05T04:00:00Z"),
-		Trusted: true, State: "valid", LastError: "boom",
+		Trusted: true, State: "valid", LastError: "boom", IssuerShortFingerprint: "ff00",
 	}
 
 	pending := pki.NewCertificateStatus(pki.CertEtcdServer)
@@ -74,8 +74,9 @@ renewAt: "2026-03-05T04:00:00Z"
 trusted: true
 state: valid
 lastError: boom
+issuerShortFingerprint: ff00
 `,
-			proto: "0a026f731209434e3d6e6f64652d311a066e6f64652d31220831302e352e302e32220b323030313a6462383a3a322a046162313232074f3d74616c6f733a04666630304214323032362d30332d30345431323a30303a30305a4a14323032362d30332d30355431323a30303a30305a5214323032362d30332d30355430343a30303a30305a5801620576616c69646a04626f6f6d",
+			proto: "0a026f731209434e3d6e6f64652d311a066e6f64652d31220831302e352e302e32220b323030313a6462383a3a322a046162313232074f3d74616c6f733a04666630304214323032362d30332d30345431323a30303a30305a4a14323032362d30332d30355431323a30303a30305a5214323032362d30332d30355430343a30303a30305a5801620576616c69646a04626f6f6d" + "720466663030",
 		},
 		{
 			res: pending,
@@ -90,6 +91,7 @@ renewAt: ""
 trusted: false
 state: pending
 lastError: no key
+issuerShortFingerprint: ""
 `,
 		},
 		{
