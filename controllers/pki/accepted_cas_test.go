@@ -134,6 +134,15 @@ func assertAcceptedCAs(t *testing.T, env *ctest.Env, want map[resource.ID]pool) 
 			a.Equal(p.fingerprints, spec.Fingerprints)
 			a.Equal(p.issuing, spec.IssuingFingerprint)
 
+			// Tables show 12 hex digits of each fingerprint.
+			a.Len(spec.ShortFingerprints, len(p.fingerprints))
+
+			for i, short := range spec.ShortFingerprints {
+				a.Equal(p.fingerprints[i][:12], short)
+			}
+
+			a.Equal(p.issuing[:min(len(p.issuing), 12)], spec.IssuingShortFingerprint)
+
 			// The PEM entries match the fingerprints, in the same order.
 			var got []string
 

@@ -189,6 +189,7 @@ func TestCertificateStatuses(t *testing.T) {
 				a.Equal(tc.wantState, status.State)
 				a.Equal(tc.wantTrusted, status.Trusted)
 				a.Equal(tc.wantIssuer, status.IssuerFingerprint)
+				a.Equal(tc.wantIssuer[:min(len(tc.wantIssuer), 12)], status.IssuerShortFingerprint)
 				a.Contains(status.LastError, tc.wantError)
 				a.Equal(spec.Root, status.Root)
 

@@ -27,10 +27,10 @@ var testAddresses = []netip.Addr{netip.MustParseAddr("10.5.0.2"), netip.MustPars
 
 // runGraph runs the whole resource graph of one node; a worker's trustd requests are tried for
 // trustdRetryWindow.
-func runGraph(t *testing.T) *ctest.Env {
+func runGraph(t *testing.T, extra ...ctest.Named) *ctest.Env {
 	t.Helper()
 
-	return ctest.Run(t,
+	return ctest.Run(t, append([]ctest.Named{
 		&ctrlnetwork.NodeAddressesController{Addresses: testAddresses},
 		ctrlpki.NewRootSecretsController(),
 		ctrlpki.NewAcceptedCAsController(),
@@ -40,7 +40,7 @@ func runGraph(t *testing.T) *ctest.Env {
 			Trustd: ctrlpki.TrustdOptions{RetryUnit: 10 * time.Millisecond, RetryWindow: trustdRetryWindow},
 		}),
 		ctrlpki.NewCertificateStatusesController(nil),
-	)
+	}, extra...)...)
 }
 
 const trustdRetryWindow = 100 * time.Millisecond
