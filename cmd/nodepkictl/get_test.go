@@ -30,6 +30,7 @@ func addStatus(t *testing.T, st state.State, id, certState, notAfter string) {
 	status.TypedSpec().Root = "os"
 	status.TypedSpec().Subject = "CN=" + id
 	status.TypedSpec().IssuerFingerprint = "ab12"
+	status.TypedSpec().IssuerShortFingerprint = "ab12"
 	status.TypedSpec().NotAfter = mustTime(t, notAfter)
 	status.TypedSpec().RenewAt = mustTime(t, "2030-01-01T00:00:00Z")
 	status.TypedSpec().State = certState
