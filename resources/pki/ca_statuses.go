@@ -58,7 +58,6 @@ func (CAStatusExtension) ResourceDefinition() meta.ResourceDefinitionSpec {
 	return meta.ResourceDefinitionSpec{
 		Type:             CAStatusesType,
 		DefaultNamespace: NamespaceName,
-		Aliases:          []resource.Type{"castatus"},
 		PrintColumns: []meta.PrintColumn{
 			{Name: "Root", JSONPath: "{.root}"},
 			{Name: "Role", JSONPath: "{.role}"},

@@ -72,15 +72,12 @@ func (SecurityStatusExtension) ResourceDefinition() meta.ResourceDefinitionSpec 
 	return meta.ResourceDefinitionSpec{
 		Type:             SecurityStatusType,
 		DefaultNamespace: NamespaceName,
-		Aliases:          []resource.Type{"securitystatus"},
 		PrintColumns: []meta.PrintColumn{
-			{Name: "CA-Keys", JSONPath: "{.caKeys}"},
-			{Name: "Leaves", JSONPath: "{.leaves}"},
 			{Name: "Trusted", JSONPath: "{.leavesTrusted}"},
 			{Name: "Unexpired", JSONPath: "{.leavesUnexpired}"},
 			{Name: "Earliest-Expiry", JSONPath: "{.earliestExpiry}"},
 			{Name: "Of", JSONPath: "{.earliestExpiryOf}"},
-			{Name: "TLS", JSONPath: "{.apiTLSVersions}"},
+			{Name: "CA-Keys", JSONPath: "{.caKeys}"},
 		},
 	}
 }
