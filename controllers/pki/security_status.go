@@ -56,7 +56,7 @@ func NewSecurityStatusController(apiTLSVersions []string) *SecurityStatusControl
 		})
 }
 
-// securityStatus sums up the node's roots, leaves and CAs; lists come sorted by ID.
+// securityStatus sums up the node's roots, leaves and CAs; the state lists them in ID order.
 func securityStatus(roots []*pki.RootSecret, leaves []*pki.CertificateStatus, cas []*pki.CAStatus) pki.SecurityStatusSpec {
 	spec := pki.SecurityStatusSpec{CAKeys: []string{}, Leaves: len(leaves), LeavesTrusted: true, LeavesUnexpired: true}
 

@@ -33,8 +33,8 @@ type SecurityStatusSpec struct {
 	// LeavesUnexpired is true when every leaf is issued and none is in the expired state (a leaf
 	// that is untrusted reports that state first, and LeavesTrusted is false then).
 	LeavesUnexpired bool `yaml:"leavesUnexpired" protobuf:"4"`
-	// Problems names each leaf that is not in the valid or renewing state, as "id: state",
-	// sorted; empty when all is well.
+	// Problems names each leaf that is not in the valid or renewing state, as "id: state", in ID
+	// order; empty when all is well.
 	Problems []string `yaml:"problems,omitempty" protobuf:"5"`
 	// EarliestExpiry is the earliest NotAfter of every leaf and every accepted CA, and
 	// EarliestExpiryOf says which: "certificate/<id>" or "ca/<CAStatus id>".
