@@ -82,13 +82,17 @@ func TestBadInput(t *testing.T) {
 			wantErr: []string{"machine.certSANs", "want a list"},
 		},
 		{
-			name:    "admin kubeconfig lifetime not a duration",
-			config:  cp(func(d map[string]any) { section(d, "cluster")["adminKubeconfig"] = map[string]any{"certLifetime": "one year"} }),
+			name: "admin kubeconfig lifetime not a duration",
+			config: cp(func(d map[string]any) {
+				section(d, "cluster")["adminKubeconfig"] = map[string]any{"certLifetime": "one year"}
+			}),
 			wantErr: []string{"cluster.adminKubeconfig.certLifetime", `"one year" is not a duration`, "8760h"},
 		},
 		{
-			name:    "admin kubeconfig lifetime negative",
-			config:  cp(func(d map[string]any) { section(d, "cluster")["adminKubeconfig"] = map[string]any{"certLifetime": "-1h"} }),
+			name: "admin kubeconfig lifetime negative",
+			config: cp(func(d map[string]any) {
+				section(d, "cluster")["adminKubeconfig"] = map[string]any{"certLifetime": "-1h"}
+			}),
 			wantErr: []string{"cluster.adminKubeconfig.certLifetime", "negative"},
 		},
 		{
