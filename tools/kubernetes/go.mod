@@ -2,7 +2,7 @@ module github.com/nodepki/nodepki/tools/kubernetes
 
 go 1.26.2
 
-// kubectl is upstream main package; kube-apiserver is built from ./kube-apiserver.
+// kubectl is built from its upstream main package, kube-apiserver from ./kube-apiserver.
 tool k8s.io/kubernetes/cmd/kubectl
 
 require (
