@@ -4,6 +4,8 @@ import (
 	"context"
 	"crypto/tls"
 	"crypto/x509"
+	"encoding/base64"
+	"fmt"
 	"net"
 	"net/http"
 	"net/netip"
@@ -18,6 +20,8 @@ import (
 	talosconfig "github.com/siderolabs/talos/pkg/machinery/client/config"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
+	authenticationv1 "k8s.io/api/authentication/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
@@ -125,6 +129,107 @@ func TestAPIServerOnNodepkiFiles(t *testing.T) {
 		require.NoError(t, err, "%s", out)
 		assert.Contains(t, string(out), "Verify return code: 0 (ok)")
 	})
+
+	// A Kubernetes CA rotation by hand, through machine config patches; kube-apiserver is never
+	// restarted: it reloads ca.crt and its serving pair by itself.
+	t.Run("a Kubernetes CA rotation reaches kube-apiserver without a restart", func(t *testing.T) {
+		oldCA := base64.StdEncoding.EncodeToString(b.Certs.K8s.Crt)
+
+		newCrt, newKey, err := certs.NewRootCA(certs.RootKubernetes)
+		require.NoError(t, err)
+
+		newCA, err := certs.LoadCA(newCrt, newKey)
+		require.NoError(t, err)
+
+		oldKubeconfig := kubeconfigPath
+
+		// 1. Accept the new CA: ca.crt holds both, a client certificate of the new CA is accepted.
+		step := time.Now()
+		patch(t, c, fmt.Sprintf(`[{"op": "add", "path": "/cluster/acceptedCAs", "value": [{"crt": %q}]}]`, base64.StdEncoding.EncodeToString(newCrt)))
+
+		crt, key, err := newCA.Issue(certs.Profile{
+			CommonName: "new-admin", Organization: []string{"system:masters"},
+			KeyUsage: x509.KeyUsageDigitalSignature, ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth}, Lifetime: time.Hour,
+		}, time.Now())
+		require.NoError(t, err)
+
+		withNewClient := rest.CopyConfig(restConfig)
+		withNewClient.CertData, withNewClient.KeyData = crt, key
+		requireWhoami(t, withNewClient, "new-admin")
+		t.Logf("accept: a client certificate of the new CA is accepted %s after the patch", time.Since(step).Round(time.Millisecond))
+
+		// 2. Issue with the new CA, the old one still accepted: kube-apiserver serves the reissued
+		// pair. Clients verify it with CA data that has the new CA, as in a fresh nodepkictl
+		// kubeconfig; the old client certificate is still accepted.
+		step = time.Now()
+		patch(t, c, fmt.Sprintf(`[{"op": "replace", "path": "/cluster/ca", "value": {"crt": %q, "key": %q}}, {"op": "replace", "path": "/cluster/acceptedCAs", "value": [{"crt": %q}]}]`,
+			base64.StdEncoding.EncodeToString(newCrt), base64.StdEncoding.EncodeToString(newKey), oldCA))
+
+		newRoots := x509.NewCertPool()
+		newRoots.AddCert(newCA.Crt)
+
+		require.EventuallyWithT(t, func(c *assert.CollectT) {
+			served, err := fetchServedCertificate(newRoots)
+			if assert.NoError(c, err) {
+				assert.NoError(c, served.CheckSignatureFrom(newCA.Crt))
+			}
+		}, 90*time.Second, 200*time.Millisecond)
+		t.Logf("switch: kube-apiserver serves the certificate of the new CA %s after the patch", time.Since(step).Round(time.Millisecond))
+
+		newKubeconfig := filepath.Join(t.TempDir(), "kubeconfig")
+		out, err := exec.CommandContext(t.Context(), nodepkictl, "--talosconfig", c.Talosconfig, "-n", controlPlane,
+			"kubeconfig", newKubeconfig, "--merge=false").CombinedOutput()
+		require.NoError(t, err, "%s", out)
+
+		fresh, err := clientcmd.BuildConfigFromFlags("", newKubeconfig)
+		require.NoError(t, err)
+		requireWhoami(t, fresh, "admin")
+
+		// The old client certificate is still accepted (the old CA is still in ca.crt).
+		oldClient, err := clientcmd.BuildConfigFromFlags("", oldKubeconfig)
+		require.NoError(t, err)
+		oldClient.CAData = fresh.CAData
+		requireWhoami(t, oldClient, "admin")
+
+		// 3. Retire the old CA: the old client certificate is refused, the new kubeconfig works.
+		step = time.Now()
+		patch(t, c, `[{"op": "remove", "path": "/cluster/acceptedCAs"}]`)
+
+		clientset, err := kubernetes.NewForConfig(oldClient)
+		require.NoError(t, err)
+
+		require.EventuallyWithT(t, func(c *assert.CollectT) {
+			_, err := clientset.AuthenticationV1().SelfSubjectReviews().Create(t.Context(), &authenticationv1.SelfSubjectReview{}, metav1.CreateOptions{})
+			assert.True(c, apierrors.IsUnauthorized(err), "old client certificate: %v", err)
+		}, 90*time.Second, 200*time.Millisecond)
+		t.Logf("retire: the old client certificate is refused %s after the patch", time.Since(step).Round(time.Millisecond))
+
+		requireWhoami(t, fresh, "admin")
+	})
+}
+
+// patch applies an RFC 6902 patch to the machine config of the control plane.
+func patch(t *testing.T, c *cluster.Cluster, jsonPatch string) {
+	t.Helper()
+
+	out, err := exec.CommandContext(t.Context(), nodepkictl, "--talosconfig", c.Talosconfig, "-n", controlPlane,
+		"patch", "machineconfig", "--patch", jsonPatch).CombinedOutput()
+	require.NoError(t, err, "%s", out)
+}
+
+// requireWhoami waits until a SelfSubjectReview with cfg's credentials names user.
+func requireWhoami(t *testing.T, cfg *rest.Config, user string) {
+	t.Helper()
+
+	clientset, err := kubernetes.NewForConfig(cfg)
+	require.NoError(t, err)
+
+	require.EventuallyWithT(t, func(c *assert.CollectT) {
+		review, err := clientset.AuthenticationV1().SelfSubjectReviews().Create(t.Context(), &authenticationv1.SelfSubjectReview{}, metav1.CreateOptions{})
+		if assert.NoError(c, err) {
+			assert.Equal(c, user, review.Status.UserInfo.Username)
+		}
+	}, 90*time.Second, 200*time.Millisecond)
 }
 
 // startCluster creates a local cluster of one control plane; it is destroyed when the test ends.
@@ -305,18 +410,19 @@ func requireNamespaces(t *testing.T, cfg *rest.Config) {
 func servedCertificate(t *testing.T, roots *x509.CertPool) *x509.Certificate {
 	t.Helper()
 
-	client := &http.Client{Transport: &http.Transport{TLSClientConfig: tlsConfig(roots)}}
-
-	resp, err := client.Get("https://" + controlPlane + ":6443/readyz")
+	crt, err := fetchServedCertificate(roots)
 	require.NoError(t, err)
 
-	defer resp.Body.Close() //nolint:errcheck
-
-	require.NotNil(t, resp.TLS)
-
-	return resp.TLS.PeerCertificates[0]
+	return crt
 }
 
-func tlsConfig(roots *x509.CertPool) *tls.Config {
-	return &tls.Config{RootCAs: roots, MinVersion: tls.VersionTLS12}
+func fetchServedCertificate(roots *x509.CertPool) (*x509.Certificate, error) {
+	conn, err := tls.Dial("tcp", controlPlane+":6443", &tls.Config{RootCAs: roots, MinVersion: tls.VersionTLS12})
+	if err != nil {
+		return nil, err
+	}
+
+	defer conn.Close() //nolint:errcheck
+
+	return conn.ConnectionState().PeerCertificates[0], nil
 }
