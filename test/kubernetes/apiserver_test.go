@@ -130,6 +130,28 @@ func TestAPIServerOnNodepkiFiles(t *testing.T) {
 		assert.Contains(t, string(out), "Verify return code: 0 (ok)")
 	})
 
+	t.Run("the requestheader path: front-proxy-client with X-Remote-User", func(t *testing.T) {
+		proxy := &rest.Config{
+			Host: restConfig.Host,
+			TLSClientConfig: rest.TLSClientConfig{
+				CAData:   restConfig.CAData,
+				CertFile: filepath.Join(filesDir, kubepki.ProxyClientCertFile),
+				KeyFile:  filepath.Join(filesDir, kubepki.ProxyClientKeyFile),
+			},
+			WrapTransport: func(rt http.RoundTripper) http.RoundTripper {
+				return roundTripperFunc(func(req *http.Request) (*http.Response, error) {
+					req = req.Clone(req.Context())
+					req.Header.Set("X-Remote-User", "alice")
+					req.Header.Set("X-Remote-Group", "system:masters")
+
+					return rt.RoundTrip(req)
+				})
+			},
+		}
+
+		requireWhoami(t, proxy, "alice")
+	})
+
 	// A Kubernetes CA rotation by hand, through machine config patches; kube-apiserver is never
 	// restarted: it reloads ca.crt and its serving pair by itself.
 	t.Run("a Kubernetes CA rotation reaches kube-apiserver without a restart", func(t *testing.T) {
@@ -426,3 +448,7 @@ func fetchServedCertificate(roots *x509.CertPool) (*x509.Certificate, error) {
 
 	return conn.ConnectionState().PeerCertificates[0], nil
 }
+
+type roundTripperFunc func(*http.Request) (*http.Response, error)
+
+func (f roundTripperFunc) RoundTrip(req *http.Request) (*http.Response, error) { return f(req) }
