@@ -126,3 +126,35 @@ func TestServiceIP(t *testing.T) {
 		assert.Equal(t, want, ip.String(), subnet)
 	}
 }
+
+// FuzzAPIServerSANs feeds arbitrary config values: APIServerSANs refuses them or returns SANs that
+// are valid IP addresses and DNS names, always with the in-cluster names and localhost.
+func FuzzAPIServerSANs(f *testing.F) {
+	f.Add("extra.example", "https://cp.example:6443", "cluster.local", "10.96.0.0/12")
+	f.Add("*.lb.example", "https://[fd00::1]:6443", "corp.local.", "fd00:20::/112")
+	f.Add("", "https://:6443", "-x", "10.1.2.3/32")
+
+	f.Fuzz(func(t *testing.T, san, endpoint, dnsDomain, subnet string) {
+		sans, err := kubernetes.APIServerSANs(&machineconfig.ClusterSection{
+			ControlPlane: &machineconfig.ControlPlane{Endpoint: endpoint},
+			APIServer:    &machineconfig.APIServer{CertSANs: []string{san}},
+			Network:      &machineconfig.ClusterNetwork{DNSDomain: dnsDomain, ServiceSubnets: []string{subnet}},
+		}, []string{"127.0.110.2"}, "")
+		if err != nil {
+			return
+		}
+
+		require.Contains(t, sans.DNSNames, "kubernetes.default.svc")
+		require.Contains(t, sans.DNSNames, "localhost")
+
+		for _, ip := range sans.IPs {
+			require.True(t, ip.IsValid())
+			require.False(t, ip.IsUnspecified())
+		}
+
+		for _, name := range sans.DNSNames {
+			require.NotEmpty(t, name)
+			require.NotContains(t, name, " ")
+		}
+	})
+}
