@@ -130,6 +130,14 @@ func TestAPIServerOnNodepkiFiles(t *testing.T) {
 		assert.Contains(t, string(out), "Verify return code: 0 (ok)")
 	})
 
+	t.Run("APIServerFiles records the files", func(t *testing.T) {
+		out, err := exec.CommandContext(t.Context(), nodepkictl, "--talosconfig", c.Talosconfig, "-n", controlPlane,
+			"get", "apiserverfiles", "-o", "yaml").CombinedOutput()
+		require.NoError(t, err, "%s", out)
+		assert.Contains(t, string(out), "dir: "+filesDir)
+		assert.Contains(t, string(out), "name: "+kubepki.ServingCertFile)
+	})
+
 	t.Run("the requestheader path: front-proxy-client with X-Remote-User", func(t *testing.T) {
 		proxy := &rest.Config{
 			Host: restConfig.Host,
