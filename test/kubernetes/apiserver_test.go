@@ -346,25 +346,19 @@ func startEtcd(t *testing.T, b *bundle.Bundle) string {
 	return clientURL
 }
 
-// startAPIServer runs kube-apiserver with the certificate flags of pkg/kubernetes for dir.
+// startAPIServer runs kube-apiserver with the command line of pkg/kubernetes for the files in dir.
 func startAPIServer(t *testing.T, dir, etcdURL string) {
 	t.Helper()
 
-	args := append(kubepki.APIServerFlags(dir),
-		"--bind-address="+controlPlane,
-		"--advertise-address="+controlPlane,
-		"--secure-port=6443",
-		"--cert-dir="+t.TempDir(),
-		"--etcd-servers="+etcdURL,
-		"--service-cluster-ip-range=10.96.0.0/12",
-		"--service-account-issuer=https://"+controlPlane+":6443",
-		"--authorization-mode=RBAC",
-		"--requestheader-allowed-names=front-proxy-client",
-		"--requestheader-username-headers=X-Remote-User",
-		"--requestheader-group-headers=X-Remote-Group",
-		"--requestheader-extra-headers-prefix=X-Remote-Extra-",
-		"--profiling=false",
-	)
+	cfg := kubepki.APIServerConfig{
+		Address:              netip.MustParseAddr(controlPlane),
+		PKIDir:               dir,
+		EtcdServers:          []string{etcdURL},
+		ServiceAccountIssuer: "https://" + controlPlane + ":6443",
+	}
+
+	args, err := cfg.Args()
+	require.NoError(t, err)
 
 	startProcess(t, "kube-apiserver", kubeAPIServer, args...)
 }
