@@ -74,12 +74,13 @@ func (n *nodeService) ApplyConfiguration(ctx context.Context, req *node.ApplyCon
 		return nil, err
 	}
 
-	if err = next.Validate(); err != nil {
-		return nil, status.Errorf(codes.InvalidArgument, "the new machine config is invalid: %v", err)
-	}
-
+	// A type change is checked first: it explains the validation errors it would cause.
 	if oldType, newType := machineTypeOf(current), machineTypeOf(next); oldType != newType {
 		return nil, status.Errorf(codes.InvalidArgument, "machine.type cannot change on a running node (%q -> %q)", oldType, newType)
+	}
+
+	if err = next.Validate(); err != nil {
+		return nil, status.Errorf(codes.InvalidArgument, "the new machine config is invalid: %v", err)
 	}
 
 	diff, err := machineconfig.Diff(current, next)
