@@ -118,6 +118,15 @@ func APIServerSANs(c *machineconfig.ClusterSection, nodeAddresses []string, host
 	return b.sans(), nil
 }
 
+// CheckCluster reports the problems of the cluster fields APIServerSANs reads, each naming its
+// field, so that a config a control plane could not issue its API server certificate from is
+// refused when it is applied.
+func CheckCluster(c *machineconfig.ClusterSection) error {
+	_, err := APIServerSANs(c, nil, "")
+
+	return err
+}
+
 // ServiceIP is the ClusterIP of the kubernetes Service in a service subnet: its network address
 // plus one (10.96.0.1 for 10.96.0.0/12).
 func ServiceIP(subnet string) (netip.Addr, error) {

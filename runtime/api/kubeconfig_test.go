@@ -168,3 +168,34 @@ func untarKubeconfig(t *testing.T, archive []byte) []byte {
 
 	return data
 }
+
+// TestApplyConfigurationChecksKubernetesFields: a control plane refuses a config it could not
+// issue its API server certificate from, naming the field, and keeps its config.
+func TestApplyConfigurationChecksKubernetesFields(t *testing.T) {
+	t.Parallel()
+
+	p := getPKI(t)
+	n := startNode(t, p, nodeSpec{addr: "127.0.110.4", controlPlane: true})
+	admin := nodeClient(n.dialAs(t, p, role.Admin))
+
+	for _, tc := range []struct {
+		patch string
+		want  string
+	}{
+		{`{"cluster": {"apiServer": {"certSANs": ["ok.example", "bad_name"]}}}`, `cluster.apiServer.certSANs[2]: "bad_name" is neither an IP address nor a DNS name`},
+		{`{"cluster": {"network": {"serviceSubnets": ["10.96.0.0"]}}}`, `cluster.network.serviceSubnets[1]: "10.96.0.0" is not a CIDR subnet`},
+		{`{"cluster": {"network": {"dnsDomain": "Corp_Local"}}}`, `cluster.network.dnsDomain: "Corp_Local" is not a DNS domain`},
+	} {
+		_, err := admin.ApplyConfiguration(callCtx(t), &node.ApplyConfigurationRequest{Patches: [][]byte{[]byte(tc.patch)}})
+		assert.Equal(t, codes.InvalidArgument, status.Code(err), "%v", err)
+		assert.ErrorContains(t, err, tc.want)
+	}
+
+	raw, writes := n.store.snapshot()
+	assert.Equal(t, p.controlPlane, raw)
+	assert.Zero(t, writes)
+
+	resp, err := admin.ApplyConfiguration(callCtx(t), &node.ApplyConfigurationRequest{Patches: [][]byte{[]byte(`{"cluster": {"apiServer": {"certSANs": ["api.example.com"]}}}`)}})
+	require.NoError(t, err)
+	assert.True(t, resp.GetChanged())
+}
