@@ -138,13 +138,13 @@ func TestAPIServerOnNodepkiFiles(t *testing.T) {
 		assert.Contains(t, string(out), "name: "+kubepki.ServingCertFile)
 	})
 
-	t.Run("the requestheader path: front-proxy-client with X-Remote-User", func(t *testing.T) {
-		proxy := &rest.Config{
+	proxyClient := func(crtFile, keyFile string) *rest.Config {
+		return &rest.Config{
 			Host: restConfig.Host,
 			TLSClientConfig: rest.TLSClientConfig{
 				CAData:   restConfig.CAData,
-				CertFile: filepath.Join(filesDir, kubepki.ProxyClientCertFile),
-				KeyFile:  filepath.Join(filesDir, kubepki.ProxyClientKeyFile),
+				CertFile: crtFile,
+				KeyFile:  keyFile,
 			},
 			WrapTransport: func(rt http.RoundTripper) http.RoundTripper {
 				return roundTripperFunc(func(req *http.Request) (*http.Response, error) {
@@ -156,8 +156,68 @@ func TestAPIServerOnNodepkiFiles(t *testing.T) {
 				})
 			},
 		}
+	}
 
-		requireWhoami(t, proxy, "alice")
+	t.Run("the requestheader path: front-proxy-client with X-Remote-User", func(t *testing.T) {
+		requireWhoami(t, proxyClient(filepath.Join(filesDir, kubepki.ProxyClientCertFile), filepath.Join(filesDir, kubepki.ProxyClientKeyFile)), "alice")
+	})
+
+	// An aggregator CA rotation by hand: kube-apiserver reloads front-proxy-ca.crt by itself.
+	t.Run("an aggregator CA rotation reaches the requestheader path without a restart", func(t *testing.T) {
+		// The front-proxy client pair of the old CA, kept aside as a proxy that was not updated.
+		oldPair := t.TempDir()
+		for _, name := range []string{kubepki.ProxyClientCertFile, kubepki.ProxyClientKeyFile} {
+			data, err := os.ReadFile(filepath.Join(filesDir, name))
+			require.NoError(t, err)
+			require.NoError(t, os.WriteFile(filepath.Join(oldPair, name), data, 0o600))
+		}
+
+		oldProxy := proxyClient(filepath.Join(oldPair, kubepki.ProxyClientCertFile), filepath.Join(oldPair, kubepki.ProxyClientKeyFile))
+
+		newCrt, newKey, err := certs.NewRootCA(certs.RootAggregator)
+		require.NoError(t, err)
+
+		newCA, err := certs.LoadCA(newCrt, newKey)
+		require.NoError(t, err)
+
+		oldCA := base64.StdEncoding.EncodeToString(b.Certs.K8sAggregator.Crt)
+
+		// Accept, then issue with the new CA: the reissued front-proxy-client pair is accepted.
+		step := time.Now()
+		patch(t, c, fmt.Sprintf(`[{"op": "add", "path": "/cluster/acceptedAggregatorCAs", "value": [{"crt": %q}]}]`, base64.StdEncoding.EncodeToString(newCrt)))
+		patch(t, c, fmt.Sprintf(`[{"op": "replace", "path": "/cluster/aggregatorCA", "value": {"crt": %q, "key": %q}}, {"op": "replace", "path": "/cluster/acceptedAggregatorCAs", "value": [{"crt": %q}]}]`,
+			base64.StdEncoding.EncodeToString(newCrt), base64.StdEncoding.EncodeToString(newKey), oldCA))
+
+		require.EventuallyWithT(t, func(c *assert.CollectT) {
+			data, err := os.ReadFile(filepath.Join(filesDir, kubepki.ProxyClientCertFile))
+			if !assert.NoError(c, err) {
+				return
+			}
+
+			crt, err := certs.ParseCertificate(data)
+			if assert.NoError(c, err) {
+				assert.NoError(c, crt.CheckSignatureFrom(newCA.Crt))
+			}
+		}, 90*time.Second, 200*time.Millisecond)
+
+		requireWhoami(t, proxyClient(filepath.Join(filesDir, kubepki.ProxyClientCertFile), filepath.Join(filesDir, kubepki.ProxyClientKeyFile)), "alice")
+		requireWhoami(t, oldProxy, "alice")
+		t.Logf("switch: the front-proxy-client pair of the new CA is accepted %s after the patches", time.Since(step).Round(time.Millisecond))
+
+		// Retire the old CA: the old pair is refused.
+		step = time.Now()
+		patch(t, c, `[{"op": "remove", "path": "/cluster/acceptedAggregatorCAs"}]`)
+
+		clientset, err := kubernetes.NewForConfig(oldProxy)
+		require.NoError(t, err)
+
+		require.EventuallyWithT(t, func(c *assert.CollectT) {
+			_, err := clientset.AuthenticationV1().SelfSubjectReviews().Create(t.Context(), &authenticationv1.SelfSubjectReview{}, metav1.CreateOptions{})
+			assert.True(c, apierrors.IsUnauthorized(err), "old front-proxy-client: %v", err)
+		}, 90*time.Second, 200*time.Millisecond)
+		t.Logf("retire: the old front-proxy-client pair is refused %s after the patch", time.Since(step).Round(time.Millisecond))
+
+		requireWhoami(t, proxyClient(filepath.Join(filesDir, kubepki.ProxyClientCertFile), filepath.Join(filesDir, kubepki.ProxyClientKeyFile)), "alice")
 	})
 
 	// A Kubernetes CA rotation by hand, through machine config patches; kube-apiserver is never
