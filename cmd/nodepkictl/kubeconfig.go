@@ -142,7 +142,7 @@ func runKubeconfig(cmd *cobra.Command, path string, opts kubeconfigOptions) erro
 	}
 
 	if !opts.merge {
-		if err := atomicfile.WriteFile(path, issued); err != nil {
+		if err := atomicfile.WriteFile(symlinkTarget(path), issued); err != nil {
 			return fmt.Errorf("writing %s: %w", path, err)
 		}
 
@@ -169,7 +169,7 @@ func mergeKubeconfig(cmd *cobra.Command, path string, issued []byte, forceContex
 		return fmt.Errorf("creating the directory of %s: %w", path, err)
 	}
 
-	if err := atomicfile.WriteFile(path, res.Data); err != nil {
+	if err := atomicfile.WriteFile(symlinkTarget(path), res.Data); err != nil {
 		return fmt.Errorf("writing %s: %w", path, err)
 	}
 
@@ -180,6 +180,16 @@ func mergeKubeconfig(cmd *cobra.Command, path string, issued []byte, forceContex
 	fmt.Fprintf(cmd.OutOrStdout(), "merged context %q into %s; it is the current context\n", res.Context, path)
 
 	return nil
+}
+
+// symlinkTarget is the file a symlink at path points to, so that replacing the file atomically
+// keeps the link (a kubeconfig kept in a dotfiles repository, say); path itself otherwise.
+func symlinkTarget(path string) string {
+	if resolved, err := filepath.EvalSymlinks(path); err == nil {
+		return resolved
+	}
+
+	return path
 }
 
 // readExistingKubeconfig reads the file to merge into (nil if there is none) and checks that it

@@ -137,6 +137,22 @@ func TestKubeconfig(t *testing.T) {
 		assert.Equal(t, "lab", loadKubeconfig(t, path).CurrentContext)
 	})
 
+	t.Run("a symlinked kubeconfig stays a symlink", func(t *testing.T) {
+		sub := t.TempDir()
+		target := filepath.Join(sub, "real-config")
+		link := filepath.Join(sub, "config")
+		require.NoError(t, os.WriteFile(target, []byte(otherCluster), 0o600))
+		require.NoError(t, os.Symlink(target, link))
+
+		_, _, err := run(t, link)
+		require.NoError(t, err)
+
+		info, err := os.Lstat(link)
+		require.NoError(t, err)
+		assert.Equal(t, os.ModeSymlink, info.Mode().Type())
+		checkAdminCertificate(t, srv, loadKubeconfig(t, target), "admin@test-1", kubeconfig.AdminLifetime)
+	})
+
 	t.Run("merge into ~/.kube/config by default, creating it", func(t *testing.T) {
 		home := t.TempDir()
 		t.Setenv("HOME", home)
