@@ -31,6 +31,8 @@ func TestNodeServiceKubeconfig(t *testing.T) {
 	lis := listenSamePort(t, "127.0.110.2", "127.0.110.3")
 	cp := startNode(t, p, nodeSpec{addr: "127.0.110.2", controlPlane: true, lis: lis[0]})
 	startNode(t, p, nodeSpec{addr: "127.0.110.3", lis: lis[1]})
+	// The control plane forwards to the members it records only.
+	addMember(t, cp.st, "127.0.110.3")
 
 	admin := nodeClient(cp.dialAs(t, p, role.Admin))
 
