@@ -172,7 +172,8 @@ func TestRuntimeLifetimes(t *testing.T) {
 func TestRuntimeEveryTypeHasOneOwner(t *testing.T) {
 	t.Parallel()
 
-	rt, err := runtime.New(runtime.Options{Hostname: "node-1"})
+	// With a state directory, as nodepkid runs: kube-apiserver's files are written only then.
+	rt, err := runtime.New(runtime.Options{StateDir: t.TempDir(), Hostname: "node-1"})
 	require.NoError(t, err)
 
 	t.Cleanup(func() { require.NoError(t, rt.Close()) })
