@@ -12,6 +12,7 @@ import (
 	"github.com/stretchr/testify/require"
 	"go.yaml.in/yaml/v4"
 
+	"github.com/nodepki/nodepki/pkg/certs"
 	"github.com/nodepki/nodepki/pkg/clientconfig"
 	"github.com/nodepki/nodepki/pkg/role"
 	"github.com/nodepki/nodepki/resources/pki"
@@ -79,5 +80,36 @@ func TestTalosGetSecurityStatus(t *testing.T) {
 			assert.Contains(collect, []string{"certificate/api", "certificate/api-client", "certificate/trustd"}, spec.EarliestExpiryOf, node)
 			assert.WithinDuration(collect, time.Now().Add(24*time.Hour), spec.EarliestExpiry.Time, time.Minute)
 		}, 20*time.Second, 100*time.Millisecond)
+
+		// `talosctl get castatus`: the OS CA of the bundle, issuing, by its short fingerprint.
+		rd, err = cl.ResolveResourceKind(ctx, &ns, "castatus")
+		require.NoError(t, err)
+
+		list, err := cl.COSI.List(ctx, resource.NewMetadata(ns, rd.TypedSpec().Type, "", resource.VersionUndefined),
+			state.WithListUnmarshalOptions(state.WithSkipProtobufUnmarshal()))
+		require.NoError(t, err)
+
+		osFingerprint := certs.Fingerprint(mustParse(t, b.Certs.OS.Crt))
+		found := false
+
+		for _, item := range list.Items {
+			if item.Metadata().ID() != "os-"+osFingerprint[:12] {
+				continue
+			}
+
+			found = true
+
+			out, err := yaml.Marshal(item.Spec())
+			require.NoError(t, err)
+
+			var spec pki.CAStatusSpec
+			require.NoError(t, yaml.Unmarshal(out, &spec))
+			assert.Equal(t, pki.CAStatusSpec{
+				Root: "os", Subject: "O=talos", Fingerprint: osFingerprint, ShortFingerprint: osFingerprint[:12],
+				NotBefore: spec.NotBefore, NotAfter: pki.NewTime(mustParse(t, b.Certs.OS.Crt).NotAfter), Role: pki.CARoleIssuing,
+			}, spec)
+		}
+
+		assert.True(t, found, "%s lists the OS CA among its CAStatuses", node)
 	}
 }
