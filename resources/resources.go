@@ -12,6 +12,7 @@ import (
 
 	"github.com/nodepki/nodepki/resources/cluster"
 	"github.com/nodepki/nodepki/resources/config"
+	"github.com/nodepki/nodepki/resources/kubernetes"
 	"github.com/nodepki/nodepki/resources/network"
 	"github.com/nodepki/nodepki/resources/pki"
 )
@@ -19,10 +20,11 @@ import (
 // Namespaces maps each nodepki namespace to its description.
 func Namespaces() map[string]string {
 	return map[string]string{
-		config.NamespaceName:  "Machine configuration.",
-		network.NamespaceName: "Node addresses.",
-		pki.NamespaceName:     "Roots, trust pools, leaf certificates and their status.",
-		cluster.NamespaceName: "Nodes of the cluster known to this control plane.",
+		config.NamespaceName:     "Machine configuration.",
+		network.NamespaceName:    "Node addresses.",
+		pki.NamespaceName:        "Roots, trust pools, leaf certificates and their status.",
+		cluster.NamespaceName:    "Nodes of the cluster known to this control plane.",
+		kubernetes.NamespaceName: "The Kubernetes control plane of a control plane: the files of its kube-apiserver.",
 	}
 }
 
@@ -38,6 +40,7 @@ func Definitions() []meta.ResourceWithRD {
 		&pki.NodeCertificate{},
 		&pki.CertificateStatus{},
 		&cluster.Member{},
+		&kubernetes.APIServerFiles{},
 	}
 }
 
