@@ -9,17 +9,15 @@ import (
 	"slices"
 	"strings"
 
-	"github.com/nodepki/nodepki/pkg/atomicfile"
-
-	"github.com/nodepki/nodepki/pkg/role"
-
 	"github.com/spf13/cobra"
 
+	"github.com/nodepki/nodepki/pkg/atomicfile"
 	"github.com/nodepki/nodepki/pkg/bundle"
 	"github.com/nodepki/nodepki/pkg/certs"
 	"github.com/nodepki/nodepki/pkg/clientconfig"
 	"github.com/nodepki/nodepki/pkg/machineconfig"
 	"github.com/nodepki/nodepki/pkg/machineconfig/generate"
+	"github.com/nodepki/nodepki/pkg/role"
 )
 
 // Output file names, as talosctl writes them.

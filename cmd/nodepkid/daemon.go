@@ -42,7 +42,7 @@ func run(ctx context.Context, opts daemonOptions) error {
 		return err
 	}
 
-	defer logger.Sync() //nolint:errcheck
+	defer logger.Sync() //nolint:errcheck // syncing stderr fails on some terminals; nothing to do at exit
 
 	address, err := netip.ParseAddr(opts.address)
 	if err != nil {
@@ -84,7 +84,7 @@ func run(ctx context.Context, opts daemonOptions) error {
 		return err
 	}
 
-	defer rt.Close() //nolint:errcheck
+	defer rt.Close()
 
 	cfg, err := bootConfig(ctx, rt, fileConfig, fileData, opts.configPath, logger)
 	if err != nil {

@@ -21,7 +21,7 @@ func WriteFiles(paths []string, contents [][]byte) (err error) {
 	defer func() {
 		if err != nil {
 			for _, tmp := range temps {
-				os.Remove(tmp) //nolint:errcheck
+				os.Remove(tmp)
 			}
 		}
 	}()
@@ -60,8 +60,8 @@ func writeTemp(path string, data []byte) (name string, err error) {
 
 	for _, step := range steps {
 		if err = step(); err != nil {
-			tmp.Close()           //nolint:errcheck
-			os.Remove(tmp.Name()) //nolint:errcheck
+			tmp.Close()
+			os.Remove(tmp.Name())
 
 			return "", fmt.Errorf("writing %q: %w", path, err)
 		}

@@ -14,16 +14,15 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/nodepki/nodepki/pkg/client"
-	"github.com/nodepki/nodepki/pkg/role"
-	"github.com/nodepki/nodepki/runtime/trustd"
-
 	"github.com/nodepki/nodepki/pkg/atomicfile"
 	"github.com/nodepki/nodepki/pkg/bundle"
 	"github.com/nodepki/nodepki/pkg/certs"
+	"github.com/nodepki/nodepki/pkg/client"
 	"github.com/nodepki/nodepki/pkg/clientconfig"
 	"github.com/nodepki/nodepki/pkg/machineconfig"
 	"github.com/nodepki/nodepki/pkg/machineconfig/generate"
+	"github.com/nodepki/nodepki/pkg/role"
+	"github.com/nodepki/nodepki/runtime/trustd"
 )
 
 // Options configure Create.
@@ -229,7 +228,7 @@ func (c *Cluster) start(n *Node) error {
 		return fmt.Errorf("error opening the log of %s: %w", n.Name, err)
 	}
 
-	defer logFile.Close() //nolint:errcheck
+	defer logFile.Close()
 
 	cmd := exec.Command(c.Daemon,
 		"--config", n.Config,
@@ -251,13 +250,13 @@ func (c *Cluster) start(n *Node) error {
 
 	// Reap the child when it exits so that a stopped node does not linger as a zombie while the
 	// starting process (a test, say) is still running.
-	go cmd.Wait() //nolint:errcheck
+	go cmd.Wait() //nolint:errcheck // only reaps; stop and the readiness checks judge the node
 
 	return nil
 }
 
 func (c *Cluster) stopAll() {
 	for i := range c.Nodes {
-		c.Nodes[i].stop(5 * time.Second) //nolint:errcheck
+		c.Nodes[i].stop(5 * time.Second) //nolint:errcheck // best effort while cleaning up after a failed start
 	}
 }

@@ -451,14 +451,14 @@ func TestPreflightRefuses(t *testing.T) {
 			r := newRun(t, cluster, RootOS)
 			tc.setup(t, cluster, r)
 
-			planBefore, _ := os.ReadFile(r.plan) //nolint:errcheck // absent is fine
+			planBefore, _ := os.ReadFile(r.plan) // absent is fine
 
 			out, err := r.exec(t)
 			require.Error(t, err, out)
 			assert.Contains(t, err.Error()+out, tc.want)
 			assert.Zero(t, cluster.fake.applies, "nothing may change")
 
-			planAfter, _ := os.ReadFile(r.plan) //nolint:errcheck
+			planAfter, _ := os.ReadFile(r.plan)
 			assert.Equal(t, planBefore, planAfter, "the plan must not be written")
 
 			if !tc.forceable {
