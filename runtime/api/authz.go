@@ -27,6 +27,7 @@ var methodRoles = map[string][]string{
 	node.NodeService_Version_FullMethodName:                     role.All,
 	node.NodeService_ApplyConfiguration_FullMethodName:          {role.Admin},
 	node.NodeService_GenerateClientConfiguration_FullMethodName: {role.Admin},
+	node.NodeService_RenewClientCertificate_FullMethodName:      role.All,
 
 	v1alpha1.State_Get_FullMethodName:   readRoles,
 	v1alpha1.State_List_FullMethodName:  readRoles,
