@@ -60,10 +60,48 @@ func (r *rotation) discover(ctx context.Context) ([]string, error) {
 		return nil, err
 	}
 
+	members, err := DiscoverMembers(ctx, r.cl, r.opts.Endpoints)
+	if err != nil {
+		return nil, err
+	}
+
+	var (
+		nodes []string
+		found []string
+		now   = r.opts.Now()
+	)
+
+	for _, m := range members {
+		if m.Stale(now, r.opts.MemberStaleAfter) {
+			r.out.node(m.Address, fmt.Sprintf("stale member, last seen %s, left out; pass -n to include it", lastSeenText(m.LastSeen, now)))
+
+			continue
+		}
+
+		nodes = append(nodes, m.Address)
+		found = append(found, fmt.Sprintf("%s (%s)", m.Address, cmp.Or(m.MachineType, "unknown type")))
+	}
+
+	if len(found) > 0 {
+		r.out.printf("  nodes discovered through the endpoints: %s\n", strings.Join(found, ", "))
+	}
+
+	return nodes, nil
+}
+
+// MemberLister is the part of Cluster discovery needs.
+type MemberLister interface {
+	Members(ctx context.Context, endpoint string) ([]Member, error)
+}
+
+// DiscoverMembers asks the control plane behind every endpoint for the cluster members it knows
+// and returns their union, control planes first. Any endpoint that cannot be asked is an error: a
+// worker only that control plane signed for would be missed.
+func DiscoverMembers(ctx context.Context, cl MemberLister, endpoints []string) ([]Member, error) {
 	known := map[string]Member{}
 
-	for _, endpoint := range r.opts.Endpoints {
-		members, err := r.cl.Members(ctx, endpoint)
+	for _, endpoint := range endpoints {
+		members, err := cl.Members(ctx, endpoint)
 		if err != nil {
 			return nil, fmt.Errorf("listing the cluster members on endpoint %s: %w (discovery asks every endpoint: fix it, "+
 				"or pass --nodes with every node of the cluster)", endpoint, err)
@@ -85,28 +123,12 @@ func (r *rotation) discover(ctx context.Context) ([]string, error) {
 
 	slices.SortFunc(members, compareMembers)
 
-	var (
-		nodes []string
-		found []string
-		now   = r.opts.Now()
-	)
+	return members, nil
+}
 
-	for _, m := range members {
-		if m.LastSeen.IsZero() || now.Sub(m.LastSeen) > r.opts.MemberStaleAfter {
-			r.out.node(m.Address, fmt.Sprintf("stale member, last seen %s, left out; pass -n to include it", lastSeenText(m.LastSeen, now)))
-
-			continue
-		}
-
-		nodes = append(nodes, m.Address)
-		found = append(found, fmt.Sprintf("%s (%s)", m.Address, cmp.Or(m.MachineType, "unknown type")))
-	}
-
-	if len(found) > 0 {
-		r.out.printf("  nodes discovered through the endpoints: %s\n", strings.Join(found, ", "))
-	}
-
-	return nodes, nil
+// Stale reports whether the member was last seen more than staleAfter before now, or never.
+func (m Member) Stale(now time.Time, staleAfter time.Duration) bool {
+	return m.LastSeen.IsZero() || now.Sub(m.LastSeen) > staleAfter
 }
 
 // compareMembers orders control planes before workers, then by address.
