@@ -32,6 +32,7 @@ type daemonOptions struct {
 	trustdEndpoints []string
 	hostAddresses   bool
 	logLevel        string
+	metricsAddress  string
 }
 
 func run(ctx context.Context, opts daemonOptions) error {
@@ -53,6 +54,10 @@ func run(ctx context.Context, opts daemonOptions) error {
 		if port < 1 || port > 65535 {
 			return fmt.Errorf("%s %d is not a port: use 1-65535", flag, port)
 		}
+	}
+
+	if err = checkMetricsAddress(opts.metricsAddress); err != nil {
+		return err
 	}
 
 	// The config file is checked before anything is created, so that a bad file or a missing
@@ -125,6 +130,10 @@ func run(ctx context.Context, opts daemonOptions) error {
 		if err = serveTrustd(ctx, group, rt.State(), address, opts.trustdPort, logger); err != nil {
 			return err
 		}
+	}
+
+	if err = serveMetrics(ctx, group, rt.State(), opts.metricsAddress, logger); err != nil {
+		return err
 	}
 
 	group.Go(func() error {

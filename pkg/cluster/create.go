@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net"
 	"net/netip"
 	"net/url"
 	"os"
@@ -237,6 +238,7 @@ func (c *Cluster) start(n *Node) error {
 		"--api-port", strconv.Itoa(c.APIPort),
 		"--trustd-port", strconv.Itoa(c.TrustdPort),
 		"--host-addresses=false",
+		"--metrics-address", net.JoinHostPort(n.Address, strconv.Itoa(MetricsPort)),
 	)
 	cmd.Stdout = logFile
 	cmd.Stderr = logFile

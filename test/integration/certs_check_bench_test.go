@@ -1,6 +1,7 @@
 package integration
 
 import (
+	"encoding/json"
 	"testing"
 	"time"
 
@@ -14,6 +15,23 @@ import (
 // cluster of real nodepkid processes with 3 control planes and 27 workers.
 func BenchmarkCertsCheck(b *testing.B) {
 	c := startCluster(b, "127.0.101.2", 3, 27)
+
+	// The check sees every node: discovery through the endpoints found all 30.
+	stdout, stderr, code := certsCheck(b, c.Talosconfig, "-o", "json")
+	require.Equal(b, certcheck.ExitOK, code, stderr)
+
+	var report certcheck.Report
+	require.NoError(b, json.Unmarshal([]byte(stdout), &report))
+
+	checked := map[string]bool{}
+
+	for _, item := range report.Items {
+		if item.Kind == certcheck.KindLeaf {
+			checked[item.Nodes[0]] = true
+		}
+	}
+
+	require.Len(b, checked, 30)
 
 	var worst time.Duration
 
