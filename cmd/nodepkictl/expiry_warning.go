@@ -44,7 +44,8 @@ func addExpiryWarning(root *cobra.Command) {
 // command would use expires within clientExpiryWindow, and how to get a new one when it has
 // expired. A missing or unreadable talosconfig says nothing: the commands that need it report that.
 func warnClientCertExpiry(cmd *cobra.Command, now time.Time) {
-	if expiryWarningSilenced(cmd) {
+	// config renew reports on the certificate itself.
+	if expiryWarningSilenced(cmd) || cmd.Name() == "renew" && cmd.HasParent() && cmd.Parent().Name() == "config" {
 		return
 	}
 
@@ -53,7 +54,7 @@ func warnClientCertExpiry(cmd *cobra.Command, now time.Time) {
 		return
 	}
 
-	writeExpiryWarning(cmd.ErrOrStderr(), path, contextName, crt, now, cmd.Name() == "renew" && cmd.HasParent() && cmd.Parent().Name() == "config")
+	writeExpiryWarning(cmd.ErrOrStderr(), path, contextName, crt, now)
 }
 
 func expiryWarningSilenced(cmd *cobra.Command) bool {
@@ -100,9 +101,8 @@ func clientCertificate(cmd *cobra.Command) (path, contextName string, crt *x509.
 	return path, contextName, crt
 }
 
-// writeExpiryWarning writes the warning, if any is due; renewing says that the command is `config
-// renew`, which needs no advice to run itself.
-func writeExpiryWarning(w io.Writer, path, contextName string, crt *x509.Certificate, now time.Time, renewing bool) {
+// writeExpiryWarning writes the warning, if one is due.
+func writeExpiryWarning(w io.Writer, path, contextName string, crt *x509.Certificate, now time.Time) {
 	left := crt.NotAfter.Sub(now)
 	roles := strings.Join(slices.Sorted(slices.Values(crt.Subject.Organization)), ",")
 
@@ -113,7 +113,7 @@ func writeExpiryWarning(w io.Writer, path, contextName string, crt *x509.Certifi
 		fmt.Fprintln(w, "  Get a new one from the cluster's secrets bundle: `nodepkictl gen config CLUSTER ENDPOINT --with-secrets secrets.yaml "+
 			"-t talosconfig -o talosconfig.new`, `nodepkictl config merge talosconfig.new` (it becomes the current context), "+
 			"`nodepkictl config endpoint CONTROL-PLANE...`; or ask an admin for one (`nodepkictl config new`).")
-	case left <= clientExpiryWindow && !renewing:
+	case left <= clientExpiryWindow:
 		fmt.Fprintf(w, "warning: the client certificate of context %q (%s) in %s expires %s (%s): renew it with `nodepkictl config renew` "+
 			"(silence: --%s or %s=1)\n",
 			contextName, roles, path, clientconfig.Relative(left), crt.NotAfter.UTC().Format(time.RFC3339), noExpiryWarningFlag, noExpiryWarningEnv)
