@@ -155,3 +155,40 @@ func TestRenewClientCertificate(t *testing.T) {
 		assert.ErrorContains(t, err, "control-plane nodes only")
 	})
 }
+
+func FuzzParseRenewalCSR(f *testing.F) {
+	key, err := certs.ParsePrivateKey(fuzzClientKey(f))
+	require.NoError(f, err)
+
+	der, err := x509.CreateCertificateRequest(rand.Reader, &x509.CertificateRequest{}, key)
+	require.NoError(f, err)
+
+	f.Add(pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE REQUEST", Bytes: der}))
+	f.Add([]byte("-----BEGIN CERTIFICATE REQUEST-----\n-----END CERTIFICATE REQUEST-----\n"))
+	f.Add([]byte{})
+
+	f.Fuzz(func(t *testing.T, data []byte) {
+		csr, err := parseRenewalCSR(data)
+		if err != nil {
+			assert.Equal(t, codes.InvalidArgument, status.Code(err), "%v", err)
+
+			return
+		}
+
+		assert.NotNil(t, csr.PublicKey)
+		assert.LessOrEqual(t, len(data), maxCSRSize)
+	})
+}
+
+// fuzzClientKey is the PEM key of a client certificate of the shared test PKI.
+func fuzzClientKey(f *testing.F) []byte {
+	f.Helper()
+
+	p, err := sharedPKI()
+	require.NoError(f, err)
+
+	_, key, err := p.osCA.Issue(certs.ClientProfile([]string{role.Reader}, time.Hour), time.Now())
+	require.NoError(f, err)
+
+	return key
+}
