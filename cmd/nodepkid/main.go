@@ -35,8 +35,10 @@ func newRootCmd() *cobra.Command {
 		Long: `nodepkid runs the nodepki certificate subsystem of one node.
 
 On first boot it takes the machine config from --config, validates it and persists it under
---state-dir; later boots use the persisted config (a config applied through the API survives a
-restart) and ignore the file. It serves the node API on --address:--api-port with mutual TLS and,
+--state-dir once it can serve (a first boot that fails, on a port in use say, persists nothing).
+Later boots use the persisted config (a config applied through the API survives a restart); a
+--config file that differs from it is ignored with a warning: change a running node's config with
+nodepkictl apply-config. It serves the node API on --address:--api-port with mutual TLS and,
 on control-plane nodes, trustd on --address:--trustd-port for workers' certificate requests.`,
 		Example:       `  nodepkid --config controlplane.yaml --state-dir /var/lib/nodepki --address 127.0.0.2`,
 		Args:          cobra.NoArgs,

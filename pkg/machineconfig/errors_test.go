@@ -82,6 +82,16 @@ func TestBadInput(t *testing.T) {
 			wantErr: []string{"machine.certSANs", "want a list"},
 		},
 		{
+			name:    "wildcard certSAN trustd would refuse",
+			config:  worker(func(d map[string]any) { section(d, "machine")["certSANs"] = []any{"node3.example.com", "*.bad"} }),
+			wantErr: []string{"machine.certSANs[1]", `"*.bad"`, "wildcard names are not allowed"},
+		},
+		{
+			name:    "certSAN that is no host name",
+			config:  cp(func(d map[string]any) { section(d, "machine")["certSANs"] = []any{"under_score.example", "0.0.0.0"} }),
+			wantErr: []string{"machine.certSANs[0]", `character '_'`, "machine.certSANs[1]", "unspecified address"},
+		},
+		{
 			name:    "wrong version",
 			config:  cp(func(d map[string]any) { d["version"] = "v1alpha2" }),
 			wantErr: []string{"version:", `want "v1alpha1"`},

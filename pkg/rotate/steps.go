@@ -252,7 +252,7 @@ func (r *rotation) applyGroup(ctx context.Context, group []*node, target Phase) 
 			}
 
 			if len(patches) == 0 {
-				return "already " + target.String(), nil
+				return noPatch(target), nil
 			}
 
 			if _, err = applyLocally(cfg, patches); err != nil {
@@ -384,7 +384,7 @@ func (r *rotation) dryRun() error {
 		for _, n := range ordered {
 			patches := s.patches[index[n]]
 			if len(patches) == 0 {
-				r.out.node(n.name, "nothing to do")
+				r.out.node(n.name, noPatch(s.target))
 
 				continue
 			}

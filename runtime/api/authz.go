@@ -16,6 +16,7 @@ import (
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
 
+	"github.com/nodepki/nodepki/api/machine"
 	"github.com/nodepki/nodepki/api/node"
 )
 
@@ -28,6 +29,10 @@ var methodRoles = map[string][]string{
 	node.NodeService_ApplyConfiguration_FullMethodName:          {role.Admin},
 	node.NodeService_GenerateClientConfiguration_FullMethodName: {role.Admin},
 	node.NodeService_RenewClientCertificate_FullMethodName:      role.All,
+
+	machine.MachineService_Version_FullMethodName:                     role.All,
+	machine.MachineService_GenerateClientConfiguration_FullMethodName: {role.Admin},
+	machine.MachineService_Kubeconfig_FullMethodName:                  {role.Admin},
 
 	v1alpha1.State_Get_FullMethodName:   readRoles,
 	v1alpha1.State_List_FullMethodName:  readRoles,

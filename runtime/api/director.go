@@ -34,24 +34,44 @@ func (s *Server) direct(ctx context.Context, fullMethod string) (proxy.Mode, []p
 
 	md, _ := metadata.FromIncomingContext(ctx)
 
+	if isMachineMethod(fullMethod) {
+		return s.directMachine(logger, fullMethod, md, roles)
+	}
+
+	return s.directOne(logger, md, roles)
+}
+
+// directOne routes a call to the one node its metadata names.
+func (s *Server) directOne(logger *zap.Logger, md metadata.MD, roles []string) (proxy.Mode, []proxy.Backend, error) {
 	target, err := targetNode(md)
 	if err != nil {
 		return proxy.One2One, nil, err
 	}
 
+	backend, err := s.backendFor(logger, target, roles)
+	if err != nil {
+		return proxy.One2One, nil, err
+	}
+
+	return proxy.One2One, []proxy.Backend{backend}, nil
+}
+
+// backendFor picks the backend of a call to target (canonical, "" for this node): the internal
+// server, or the target's node API through the forwarder.
+func (s *Server) backendFor(logger *zap.Logger, target string, roles []string) (proxy.Backend, error) {
 	if target == "" || s.material.isLocal(target) {
-		return proxy.One2One, []proxy.Backend{s.localBackend(roles)}, nil
+		return s.localBackend(roles), nil
 	}
 
 	if !s.material.canForward() {
 		logger.Debug("forwarding refused: no client certificate", zap.String("node", target))
 
-		return proxy.One2One, nil, errNoForwarding
+		return nil, errNoForwarding
 	}
 
 	logger.Debug("forwarding call", zap.String("node", target), zap.Strings("roles", roles))
 
-	return proxy.One2One, []proxy.Backend{s.forwarder.backend(target, roles)}, nil
+	return s.forwarder.backend(target, roles), nil
 }
 
 // targetNode returns the canonical node a call is addressed to, or "" when it is for this node.
@@ -66,7 +86,7 @@ func targetNode(md metadata.MD) (string, error) {
 	case len(node) > 1:
 		return "", status.Error(codes.InvalidArgument, "node metadata must be single-valued")
 	case len(nodes) > 1:
-		return "", status.Error(codes.InvalidArgument, "one-to-many calls are not supported: call each node with its own node metadata")
+		return "", status.Error(codes.InvalidArgument, "one-to-many calls are not supported by this service: call each node with its own node metadata")
 	case len(node) == 1:
 		value = node[0]
 	case len(nodes) == 1:
@@ -75,6 +95,11 @@ func targetNode(md metadata.MD) (string, error) {
 		return "", nil
 	}
 
+	return parseNodeName(value)
+}
+
+// parseNodeName checks one value of the node (or nodes) metadata and returns it canonical.
+func parseNodeName(value string) (string, error) {
 	value = strings.TrimSuffix(strings.TrimPrefix(strings.TrimSpace(value), "["), "]")
 	if !validNodeName(value) {
 		return "", status.Errorf(codes.InvalidArgument, "node metadata %q is not an address or a host name (give it without port)", value)

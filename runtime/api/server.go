@@ -2,7 +2,8 @@
 // certificate and client-CA pool follow the state without a listener restart, per-call client
 // authentication with roles from the certificate, routing of `node`-addressed calls to other nodes
 // (control planes only, as Talos's apid does), and the services behind it: the read-only COSI State
-// service and NodeService, each behind a role check.
+// service, NodeService and the part of Talos's MachineService that talosctl calls, each behind a
+// role check.
 //
 // The public gRPC server registers no service: every call goes through a transparent proxy whose
 // director authenticates the caller and then picks the backend, either the internal server of this
@@ -34,6 +35,7 @@ import (
 	"google.golang.org/grpc/status"
 	"google.golang.org/grpc/test/bufconn"
 
+	"github.com/nodepki/nodepki/api/machine"
 	"github.com/nodepki/nodepki/api/node"
 	"github.com/nodepki/nodepki/pkg/machineconfig"
 )
@@ -194,7 +196,7 @@ func (s *Server) Serve(ctx context.Context, lis net.Listener) error {
 	public := grpc.NewServer(
 		grpc.Creds(credentials.NewTLS(s.tlsConfig())),
 		grpc.ForceServerCodecV2(proxy.Codec()),
-		grpc.UnknownServiceHandler(proxy.TransparentHandler(s.direct)),
+		grpc.UnknownServiceHandler(proxy.TransparentHandler(s.direct, proxy.WithStreamedDetector(isStreamingMachineMethod))),
 	)
 
 	s.logger.Info("node API listening", zap.Stringer("address", lis.Addr()))
@@ -239,6 +241,7 @@ func (s *Server) newInternalServer() *grpc.Server {
 
 	v1alpha1.RegisterStateServer(srv, server.NewState(state.Filter(s.opts.State, accessRule(s.opts.State))))
 	node.RegisterNodeServiceServer(srv, s.node)
+	machine.RegisterMachineServiceServer(srv, newMachineService(s))
 
 	return srv
 }

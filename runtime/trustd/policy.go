@@ -8,8 +8,6 @@ import (
 	"encoding/pem"
 	"errors"
 	"fmt"
-	"net"
-	"strings"
 
 	"github.com/nodepki/nodepki/pkg/certs"
 )
@@ -17,9 +15,6 @@ import (
 // Limits of what a CSR may ask for.
 const (
 	maxCommonNameLength = 64 // ub-common-name (RFC 5280)
-	maxSANs             = 64
-	maxDNSNameLength    = 253
-	maxDNSLabelLength   = 63
 	minRSABits          = 2048
 )
 
@@ -68,19 +63,19 @@ func serverProfile(csr *x509.CertificateRequest, ca *certs.CA) (certs.Profile, e
 	switch {
 	case sans == 0:
 		return certs.Profile{}, errors.New("csr: no SANs: request at least one DNS name or IP address of the node")
-	case sans > maxSANs:
-		return certs.Profile{}, fmt.Errorf("csr: %d SANs requested, at most %d are allowed", sans, maxSANs)
+	case sans > certs.MaxSANs:
+		return certs.Profile{}, fmt.Errorf("csr: %d SANs requested, at most %d are allowed", sans, certs.MaxSANs)
 	}
 
 	for _, name := range csr.DNSNames {
-		if err := checkDNSName(name); err != nil {
+		if err := certs.CheckDNSName(name); err != nil {
 			return certs.Profile{}, fmt.Errorf("csr: DNS SAN %q: %w", name, err)
 		}
 	}
 
 	for _, ip := range csr.IPAddresses {
-		if ip.IsUnspecified() {
-			return certs.Profile{}, fmt.Errorf("csr: IP SAN %s is the unspecified address: request the node's own addresses", ip)
+		if err := certs.CheckIPSAN(ip); err != nil {
+			return certs.Profile{}, fmt.Errorf("csr: IP SAN %w", err)
 		}
 	}
 
@@ -121,50 +116,4 @@ func keyFamily(pub any) string {
 	default:
 		return fmt.Sprintf("unsupported (%T)", pub)
 	}
-}
-
-// checkDNSName accepts a host name of letter-digit-hyphen labels; wildcards are refused because
-// a node certificate must name the node, not a domain.
-func checkDNSName(name string) error {
-	if strings.Contains(name, "*") {
-		return errors.New("wildcard names are not allowed: request the node's exact names")
-	}
-
-	if name == "" || len(name) > maxDNSNameLength {
-		return fmt.Errorf("must be 1 to %d characters", maxDNSNameLength)
-	}
-
-	if net.ParseIP(name) != nil {
-		return errors.New("is an IP address: request it as an IP SAN")
-	}
-
-	for label := range strings.SplitSeq(name, ".") {
-		if err := checkDNSLabel(label); err != nil {
-			return err
-		}
-	}
-
-	return nil
-}
-
-func checkDNSLabel(label string) error {
-	if label == "" || len(label) > maxDNSLabelLength {
-		return fmt.Errorf("every label must be 1 to %d characters (no empty label, no trailing dot)", maxDNSLabelLength)
-	}
-
-	if label[0] == '-' || label[len(label)-1] == '-' {
-		return fmt.Errorf("label %q starts or ends with a hyphen", label)
-	}
-
-	for _, ch := range label {
-		if !isLetterDigitHyphen(ch) {
-			return fmt.Errorf("label %q has character %q: only letters, digits and hyphens are allowed", label, ch)
-		}
-	}
-
-	return nil
-}
-
-func isLetterDigitHyphen(ch rune) bool {
-	return ch >= 'a' && ch <= 'z' || ch >= 'A' && ch <= 'Z' || ch >= '0' && ch <= '9' || ch == '-'
 }
