@@ -588,7 +588,7 @@ func TestGetWatchKeepsColumnsAligned(t *testing.T) {
 	waitFor(t, &out, done, hasRow("node1", "pki", "CertificateStatus", "etcd-peer", "2"))
 
 	cancel()
-	<-done
+	require.NoError(t, <-done)
 
 	lines := strings.Split(strings.TrimSuffix(out.String(), "\n"), "\n")
 	require.Len(t, lines, 5, out.String())

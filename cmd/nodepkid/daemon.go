@@ -112,7 +112,7 @@ func run(ctx context.Context, opts daemonOptions) error {
 		return fmt.Errorf("error listening for the node API: %w", err)
 	}
 
-	defer apiListener.Close() //nolint:errcheck // Serve closes it; this covers the early returns
+	defer apiListener.Close() // Serve closes it; this covers the early returns
 
 	apiServer, err := api.New(api.Options{
 		State:       rt.State(),

@@ -622,10 +622,10 @@ func TestRunWordsANodeWithNothingToDoAlike(t *testing.T) {
 
 	r.opts.DryRun = false
 
-	real, err := r.exec(t)
-	require.NoError(t, err, real)
+	applied, err := r.exec(t)
+	require.NoError(t, err, applied)
 
-	for _, out := range []string{dry, real} {
+	for _, out := range []string{dry, applied} {
 		accept := out[strings.Index(out, "> accept:"):strings.Index(out, "> switch:")]
 		assert.Regexp(t, regexp.MustCompile(`(?m)^- 10\.0\.0\.1: (OK \()?already accepted, no patch\)?$`), accept)
 		assert.NotContains(t, accept, "nothing to do")
