@@ -114,7 +114,7 @@ func Create(ctx context.Context, opts Options) (*Cluster, error) {
 		return nil, err
 	}
 
-	if err = checkPortsFree(addresses, opts.APIPort, opts.TrustdPort); err != nil {
+	if err = checkPortsFree(addresses, opts.APIPort, opts.TrustdPort, MetricsPort); err != nil {
 		return nil, err
 	}
 
@@ -215,8 +215,8 @@ func (e *notReadyError) Error() string {
 
 func (e *notReadyError) Unwrap() error { return e.err }
 
-// checkPortsFree refuses addresses on which the node API or trustd port is taken, typically by
-// another local cluster: its nodes would answer in place of the new ones.
+// checkPortsFree refuses addresses on which the node API, trustd or metrics port is taken,
+// typically by another local cluster: its nodes would answer in place of the new ones.
 func checkPortsFree(addresses []netip.Addr, ports ...int) error {
 	for _, addr := range addresses {
 		for _, port := range ports {
