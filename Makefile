@@ -3,7 +3,7 @@ GO ?= go
 BIN := bin
 CLUSTER_STATE ?= $(CURDIR)/_out/cluster
 
-.PHONY: build run test bench generate lint clean
+.PHONY: build run test bench fuzz generate lint clean
 
 build:
 	$(GO) build -o $(BIN)/ ./cmd/...
@@ -20,6 +20,26 @@ test:
 bench: build
 	$(GO) test -run '^$$' -bench . -benchtime 2s -timeout 20m ./pkg/... ./controllers/... ./runtime/...
 	$(GO) test -run '^$$' -bench . -benchtime 10x -timeout 20m ./test/...
+
+# Go native fuzzing, one target at a time (go test -fuzz takes one): FUZZTIME each. Crashers are
+# written to the package's testdata/fuzz and replayed by `make test` from then on. Minimizing a
+# new input is capped at 10 s (default 60 s) so that short runs spend their time fuzzing.
+FUZZTIME ?= 60s
+FUZZ_TARGETS := \
+	./pkg/machineconfig:FuzzParse \
+	./pkg/machineconfig:FuzzPatch \
+	./pkg/bundle:FuzzParse \
+	./pkg/clientconfig:FuzzParse \
+	./pkg/certs:FuzzPEM \
+	./runtime/trustd:FuzzCSRPolicy \
+	./runtime/api:FuzzLabelledBackendAppendInfo
+
+fuzz:
+	@set -e; for t in $(FUZZ_TARGETS); do \
+		pkg=$${t%%:*}; name=$${t##*:}; \
+		echo "fuzz $$pkg $$name for $(FUZZTIME)"; \
+		$(GO) test -run '^$$' -fuzz "^$$name\$$" -fuzztime $(FUZZTIME) -fuzzminimizetime 10s $$pkg; \
+	done
 
 PROTOC_GEN_GO := google.golang.org/protobuf/cmd/protoc-gen-go@v1.36.11
 PROTOC_GEN_GO_GRPC := google.golang.org/grpc/cmd/protoc-gen-go-grpc@v1.5.1

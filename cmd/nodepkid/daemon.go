@@ -18,6 +18,7 @@ import (
 	"golang.org/x/sync/errgroup"
 
 	controllerspki "github.com/nodepki/nodepki/controllers/pki"
+	"github.com/nodepki/nodepki/pkg/certs"
 	"github.com/nodepki/nodepki/pkg/machineconfig"
 	"github.com/nodepki/nodepki/runtime"
 	"github.com/nodepki/nodepki/runtime/api"
@@ -28,9 +29,11 @@ type daemonOptions struct {
 	configPath      string
 	stateDir        string
 	address         string
+	hostname        string
 	apiPort         int
 	trustdPort      int
 	trustdEndpoints []string
+	controlPlanes   []string
 	hostAddresses   bool
 	logLevel        string
 	metricsAddress  string
@@ -74,9 +77,9 @@ func run(ctx context.Context, opts daemonOptions) error {
 		}
 	}
 
-	hostname, err := os.Hostname()
+	hostname, err := nodeHostname(opts.hostname)
 	if err != nil {
-		return fmt.Errorf("error reading hostname: %w", err)
+		return err
 	}
 
 	rt, err := runtime.New(runtime.Options{
@@ -115,12 +118,13 @@ func run(ctx context.Context, opts daemonOptions) error {
 	defer apiListener.Close() // Serve closes it; this covers the early returns
 
 	apiServer, err := api.New(api.Options{
-		State:       rt.State(),
-		Config:      rt,
-		NodeAddress: address,
-		MachineType: cfg.Document().Machine.Type,
-		Logger:      logger.With(zap.String("component", "api")),
-		APIPort:     opts.apiPort,
+		State:         rt.State(),
+		Config:        rt,
+		NodeAddress:   address,
+		MachineType:   cfg.Document().Machine.Type,
+		Logger:        logger.With(zap.String("component", "api")),
+		APIPort:       opts.apiPort,
+		ControlPlanes: opts.controlPlanes,
 	})
 	if err != nil {
 		return err
@@ -129,7 +133,7 @@ func run(ctx context.Context, opts daemonOptions) error {
 	var serveTrustd func(context.Context) error
 
 	if cfg.Document().Machine.IsControlPlane() {
-		if serveTrustd, err = newTrustd(rt.State(), address, opts.trustdPort, logger); err != nil {
+		if serveTrustd, err = newTrustd(rt.State(), address, opts, logger); err != nil {
 			return err
 		}
 	}
@@ -179,18 +183,36 @@ func run(ctx context.Context, opts daemonOptions) error {
 }
 
 // newTrustd listens on the trustd port and returns the function that serves it.
-func newTrustd(st state.State, address netip.Addr, port int, logger *zap.Logger) (func(context.Context) error, error) {
-	listener, err := net.Listen("tcp", net.JoinHostPort(address.String(), strconv.Itoa(port)))
+func newTrustd(st state.State, address netip.Addr, opts daemonOptions, logger *zap.Logger) (func(context.Context) error, error) {
+	listener, err := net.Listen("tcp", net.JoinHostPort(address.String(), strconv.Itoa(opts.trustdPort)))
 	if err != nil {
 		return nil, fmt.Errorf("error listening for trustd: %w", err)
 	}
 
-	server, err := trustd.New(trustd.Options{State: st, Logger: logger.With(zap.String("component", "trustd"))})
+	server, err := trustd.New(trustd.Options{State: st, Logger: logger.With(zap.String("component", "trustd")), ControlPlanes: opts.controlPlanes})
 	if err != nil {
 		return nil, errors.Join(err, listener.Close())
 	}
 
 	return func(ctx context.Context) error { return server.Serve(ctx, listener) }, nil
+}
+
+// nodeHostname is --hostname, checked as a host name, or the machine's host name.
+func nodeHostname(flag string) (string, error) {
+	if flag == "" {
+		hostname, err := os.Hostname()
+		if err != nil {
+			return "", fmt.Errorf("error reading hostname (set --hostname): %w", err)
+		}
+
+		return hostname, nil
+	}
+
+	if err := certs.CheckDNSName(flag); err != nil {
+		return "", fmt.Errorf("--hostname %q is not a host name (%w): use letters, digits and hyphens in dot-separated labels of 1-63 characters", flag, err)
+	}
+
+	return flag, nil
 }
 
 // readConfigFile parses and validates the --config file and returns it with its exact bytes

@@ -53,10 +53,15 @@ on control-plane nodes, trustd on --address:--trustd-port for workers' certifica
 	flags.StringVar(&opts.configPath, "config", "", "machine config file used on first boot")
 	flags.StringVar(&opts.stateDir, "state-dir", "", "directory for persisted state (created 0700)")
 	flags.StringVar(&opts.address, "address", "", "IP address this node serves on and is known by")
+	flags.StringVar(&opts.hostname, "hostname", "",
+		"host name of this node (certificate SANs, member record); default: the machine's host name. Nodes of one cluster need distinct names: trustd never signs one node's name for another")
 	flags.IntVar(&opts.apiPort, "api-port", 50000, "node API port")
 	flags.IntVar(&opts.trustdPort, "trustd-port", 50001, "trustd port (control-plane nodes)")
 	flags.StringSliceVar(&opts.trustdEndpoints, "trustd-endpoint", nil,
 		"extra trustd endpoints for workers (host or host:port), besides cluster.controlPlane.endpoint's host")
+	flags.StringSliceVar(&opts.controlPlanes, "control-plane", nil,
+		"addresses and host names of the other control planes (on a control plane): the node API forwards calls to them "+
+			"(besides the members it records and cluster.controlPlane.endpoint's host), and trustd never signs them for a worker")
 	flags.BoolVar(&opts.hostAddresses, "host-addresses", true,
 		"add the host's non-loopback addresses to the node addresses (certificate SANs)")
 	flags.StringVar(&opts.logLevel, "log-level", "info", "log level: debug, info, warn, error")

@@ -222,7 +222,7 @@ func resolveNodes(ctx context.Context, cl Cluster, opts Options, report *Report)
 		return opts.Nodes, nil
 	}
 
-	members, err := rotate.DiscoverMembers(ctx, cl, opts.Endpoints)
+	members, err := rotate.DiscoverMembers(ctx, cl, opts.Endpoints, nil)
 	if err != nil {
 		return nil, err
 	}

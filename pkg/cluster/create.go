@@ -13,6 +13,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"strconv"
 	"syscall"
 	"time"
@@ -49,9 +50,17 @@ type Options struct {
 	ReadyTimeout time.Duration
 }
 
+// hostnameLabel is a cluster name that leaves room in a 63-character DNS label for the node suffix.
+var hostnameLabel = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9-]{0,39}$`)
+
 func (o *Options) setDefaults() error {
 	if o.Name == "" {
 		o.Name = "nodepki"
+	}
+
+	if !hostnameLabel.MatchString(o.Name) {
+		return fmt.Errorf("--name %q cannot start host names: each node is named <name>-controlplane-N or <name>-worker-N, "+
+			"so use at most 40 letters, digits and hyphens, starting with a letter or digit", o.Name)
 	}
 
 	if o.ControlPlanes < 1 {
@@ -381,15 +390,28 @@ func (c *Cluster) startNode(n *Node) error {
 
 	defer logFile.Close()
 
-	cmd := exec.Command(c.Daemon,
+	args := []string{
 		"--config", n.Config,
 		"--state-dir", n.StateDir,
 		"--address", n.Address,
+		"--hostname", n.Name,
 		"--api-port", strconv.Itoa(c.APIPort),
 		"--trustd-port", strconv.Itoa(c.TrustdPort),
 		"--host-addresses=false",
 		"--metrics-address", net.JoinHostPort(n.Address, strconv.Itoa(MetricsPort)),
-	)
+	}
+
+	// Each control plane is told the others, so that it forwards calls to them and trustd never
+	// signs their names for a worker.
+	if n.Type != machineconfig.TypeWorker {
+		for _, other := range c.Nodes {
+			if other.Type != machineconfig.TypeWorker && other.Address != n.Address {
+				args = append(args, "--control-plane", other.Address, "--control-plane", other.Name)
+			}
+		}
+	}
+
+	cmd := exec.Command(c.Daemon, args...)
 	cmd.Stdout = logFile
 	cmd.Stderr = logFile
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}

@@ -60,7 +60,7 @@ func (r *rotation) discover(ctx context.Context) ([]string, error) {
 		return nil, err
 	}
 
-	members, err := DiscoverMembers(ctx, r.cl, r.opts.Endpoints)
+	members, err := DiscoverMembers(ctx, r.cl, r.opts.Endpoints, r.addMemberTypes)
 	if err != nil {
 		return nil, err
 	}
@@ -96,8 +96,9 @@ type MemberLister interface {
 
 // DiscoverMembers asks the control plane behind every endpoint for the cluster members it knows
 // and returns their union, control planes first. Any endpoint that cannot be asked is an error: a
-// worker only that control plane signed for would be missed.
-func DiscoverMembers(ctx context.Context, cl MemberLister, endpoints []string) ([]Member, error) {
+// worker only that control plane signed for would be missed. each, when not nil, sees every
+// endpoint's own records before they are merged.
+func DiscoverMembers(ctx context.Context, cl MemberLister, endpoints []string, each func([]Member)) ([]Member, error) {
 	known := map[string]Member{}
 
 	for _, endpoint := range endpoints {
@@ -113,6 +114,10 @@ func DiscoverMembers(ctx context.Context, cl MemberLister, endpoints []string) (
 			if prev, ok := known[m.Address]; !ok || m.LastSeen.After(prev.LastSeen) {
 				known[m.Address] = m
 			}
+		}
+
+		if each != nil {
+			each(members)
 		}
 	}
 

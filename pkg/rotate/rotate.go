@@ -169,6 +169,8 @@ type rotation struct {
 	nodes []*node
 	// planChanged is set when the plan is new or was filled in and must be saved.
 	planChanged bool
+	// memberTypes are the machine types of the members the endpoints record, for a new plan.
+	memberTypes map[string]string
 }
 
 // node is one node of the rotation.
@@ -205,6 +207,10 @@ func (r *rotation) run(ctx context.Context) error {
 	}
 
 	if err = r.resolveNodes(ctx); err != nil {
+		return err
+	}
+
+	if err = r.collectMembers(ctx); err != nil {
 		return err
 	}
 

@@ -288,6 +288,10 @@ func (r *rotation) nodePatches(n *node, cfg *machineconfig.Config, target Phase)
 			return nil, err
 		}
 
+		if err = r.checkKeyShipping(n, root, rc); err != nil {
+			return nil, err
+		}
+
 		p, err := patchFor(root, rc, r.plan.Roots.Get(root), target)
 		if err != nil {
 			return nil, fmt.Errorf("%s: %w", root, err)

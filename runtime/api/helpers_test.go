@@ -142,6 +142,10 @@ type nodeSpec struct {
 	controlPlane bool
 	// lis is the listener to serve; if nil, one is opened on addr with a free port.
 	lis net.Listener
+	// logger replaces the test logger.
+	logger *zap.Logger
+	// controlPlanes is Options.ControlPlanes.
+	controlPlanes []string
 }
 
 func startNode(t *testing.T, p *testPKI, spec nodeSpec) *testNode {
@@ -202,12 +206,18 @@ func startNode(t *testing.T, p *testPKI, spec nodeSpec) *testNode {
 
 	store := &fakeStore{raw: cfg}
 
+	logger := spec.logger
+	if logger == nil {
+		logger = zaptest.NewLogger(t, zaptest.Level(zap.InfoLevel)).With(zap.String("node", addr.String()))
+	}
+
 	srv, err := New(Options{
-		State:       st,
-		Config:      store,
-		NodeAddress: addr,
-		Logger:      zaptest.NewLogger(t, zaptest.Level(zap.InfoLevel)).With(zap.String("node", addr.String())),
-		APIPort:     port,
+		State:         st,
+		Config:        store,
+		NodeAddress:   addr,
+		Logger:        logger,
+		APIPort:       port,
+		ControlPlanes: spec.controlPlanes,
 	})
 	require.NoError(t, err)
 

@@ -11,7 +11,6 @@ import (
 	"time"
 
 	"github.com/siderolabs/grpc-proxy/proxy"
-	"go.uber.org/zap"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/metadata"
@@ -241,14 +240,14 @@ func unservedMachineMethod(fullMethod string) error {
 // call goes to every node named, as Talos's apid does: unary replies are merged into one response,
 // streamed ones passed through, each labelled with its node; a node that fails contributes its
 // error, labelled too, and does not fail the others.
-func (s *Server) directMachine(logger *zap.Logger, fullMethod string, md metadata.MD, roles []string) (proxy.Mode, []proxy.Backend, error) {
+func (s *Server) directMachine(c *caller, fullMethod string, md metadata.MD) (proxy.Mode, []proxy.Backend, error) {
 	if !isServedMachineMethod(fullMethod) {
 		return proxy.One2One, nil, unservedMachineMethod(fullMethod)
 	}
 
 	nodes := md.Get(NodesMetadataKey)
 	if len(nodes) == 0 || len(md.Get(NodeMetadataKey)) > 0 {
-		return s.directOne(logger, md, roles)
+		return s.directOne(c, md)
 	}
 
 	if len(nodes) > maxFanOut {
@@ -264,7 +263,7 @@ func (s *Server) directMachine(logger *zap.Logger, fullMethod string, md metadat
 		}
 
 		b := &labelledBackend{node: strings.TrimSpace(name)}
-		b.backend, b.err = s.backendFor(logger, target, roles)
+		b.backend, b.err = s.backendFor(c, target)
 		backends = append(backends, b)
 	}
 

@@ -84,6 +84,11 @@ func TestMachineService(t *testing.T) {
 	w1 := startNode(t, p, nodeSpec{addr: "127.0.80.3", lis: lis[1]})
 	startNode(t, p, nodeSpec{addr: "127.0.80.4", lis: lis[2]})
 
+	// The control plane forwards to the members it records only (127.0.80.9 does not answer).
+	for _, member := range []string{"127.0.80.3", "127.0.80.4", "127.0.80.9"} {
+		addMember(t, cp.st, member)
+	}
+
 	admin := machineClient(cp.dialAs(t, p, role.Admin))
 	reader := machineClient(cp.dialAs(t, p, role.Reader))
 

@@ -76,6 +76,9 @@ type Options struct {
 	Logger *zap.Logger
 	// APIPort is the port other nodes serve the API on, for forwarded calls (default DefaultPort).
 	APIPort int
+	// ControlPlanes are the addresses or host names of the other control planes: forwarding
+	// reaches them besides the recorded members and the control-plane endpoint host.
+	ControlPlanes []string
 }
 
 // Server is the node API server.
@@ -83,6 +86,7 @@ type Server struct {
 	opts      Options
 	logger    *zap.Logger
 	material  *material
+	guard     *guard
 	forwarder *forwarder
 	node      *nodeService
 
@@ -119,6 +123,7 @@ func New(opts Options) (*Server, error) {
 		material: newMaterial(opts.Logger, opts.NodeAddress),
 	}
 
+	s.guard = newGuard(opts.Logger, s.material)
 	s.forwarder = newForwarder(opts.Logger, s.material, opts.APIPort)
 	s.material.onForwardingChange = s.forwarder.flush
 	s.node = &nodeService{server: s}
@@ -197,13 +202,16 @@ func (s *Server) Serve(ctx context.Context, lis net.Listener) error {
 		grpc.Creds(credentials.NewTLS(s.tlsConfig())),
 		grpc.ForceServerCodecV2(proxy.Codec()),
 		grpc.UnknownServiceHandler(proxy.TransparentHandler(s.direct, proxy.WithStreamedDetector(isStreamingMachineMethod))),
+		grpc.StatsHandler(s.guard),
+		grpc.MaxRecvMsgSize(maxRequestBytes),
+		grpc.MaxHeaderListSize(maxHeaderBytes),
 	)
 
 	s.logger.Info("node API listening", zap.Stringer("address", lis.Addr()))
 
 	serveErr := make(chan error, 1)
 
-	go func() { serveErr <- public.Serve(lis) }()
+	go func() { serveErr <- public.Serve(s.guard.listener(lis)) }()
 
 	select {
 	case err = <-serveErr:
@@ -235,8 +243,9 @@ func (s *Server) tlsConfig() *tls.Config {
 
 func (s *Server) newInternalServer() *grpc.Server {
 	srv := grpc.NewServer(
-		grpc.ChainUnaryInterceptor(unaryAuthorizer),
+		grpc.ChainUnaryInterceptor(unaryRequestSize, unaryAuthorizer),
 		grpc.ChainStreamInterceptor(streamAuthorizer),
+		grpc.MaxRecvMsgSize(maxRequestBytes),
 	)
 
 	v1alpha1.RegisterStateServer(srv, server.NewState(state.Filter(s.opts.State, accessRule(s.opts.State))))

@@ -3,6 +3,7 @@ package trustd
 import (
 	"crypto/ecdsa"
 	"crypto/ed25519"
+	"crypto/elliptic"
 	"crypto/rsa"
 	"crypto/x509"
 	"encoding/pem"
@@ -16,9 +17,11 @@ import (
 const (
 	maxCommonNameLength = 64 // ub-common-name (RFC 5280)
 	minRSABits          = 2048
+	maxRSABits          = 4096
 )
 
-// parseCSR decodes and verifies a PEM certificate request.
+// parseCSR decodes a PEM certificate request; its signature is checked by serverProfile, once the
+// key is known to be of an accepted family and size (verifying a huge RSA key costs the server).
 func parseCSR(csrPEM []byte) (*x509.CertificateRequest, error) {
 	block, _ := pem.Decode(csrPEM)
 	if block == nil {
@@ -34,10 +37,6 @@ func parseCSR(csrPEM []byte) (*x509.CertificateRequest, error) {
 		return nil, fmt.Errorf("csr: not a valid certificate request: %w", err)
 	}
 
-	if err := csr.CheckSignature(); err != nil {
-		return nil, fmt.Errorf("csr: signature is invalid: %w", err)
-	}
-
 	return csr, nil
 }
 
@@ -50,8 +49,16 @@ func serverProfile(csr *x509.CertificateRequest, ca *certs.CA) (certs.Profile, e
 		return certs.Profile{}, err
 	}
 
+	if err := checkSignature(csr); err != nil {
+		return certs.Profile{}, err
+	}
+
 	if len(csr.Subject.CommonName) > maxCommonNameLength {
 		return certs.Profile{}, fmt.Errorf("csr: common name is %d characters, at most %d are allowed", len(csr.Subject.CommonName), maxCommonNameLength)
+	}
+
+	if err := certs.CheckDNSName(csr.Subject.CommonName); err != nil {
+		return certs.Profile{}, fmt.Errorf("csr: common name %q must be the node's host name: %w", csr.Subject.CommonName, err)
 	}
 
 	if len(csr.EmailAddresses) > 0 || len(csr.URIs) > 0 {
@@ -98,8 +105,30 @@ func checkKeyFamily(csr *x509.CertificateRequest, ca *certs.CA) error {
 		return fmt.Errorf("csr: key type is %s but the OS CA is %s: generate an %s key", got, want, want)
 	}
 
-	if rsaKey, ok := csr.PublicKey.(*rsa.PublicKey); ok && rsaKey.N.BitLen() < minRSABits {
-		return fmt.Errorf("csr: RSA key is %d bits, at least %d are required", rsaKey.N.BitLen(), minRSABits)
+	switch key := csr.PublicKey.(type) {
+	case *rsa.PublicKey:
+		if bits := key.N.BitLen(); bits < minRSABits || bits > maxRSABits {
+			return fmt.Errorf("csr: RSA key is %d bits, %d to %d are accepted", bits, minRSABits, maxRSABits)
+		}
+	case *ecdsa.PublicKey:
+		if key.Curve != elliptic.P256() && key.Curve != elliptic.P384() && key.Curve != elliptic.P521() {
+			return fmt.Errorf("csr: ECDSA curve %s is not accepted: use P-256, P-384 or P-521", key.Curve.Params().Name)
+		}
+	}
+
+	return nil
+}
+
+// checkSignature verifies the CSR's self-signature, refusing SHA-1 (and older) digests, which the
+// standard library still accepts on certificate requests.
+func checkSignature(csr *x509.CertificateRequest) error {
+	switch csr.SignatureAlgorithm {
+	case x509.SHA1WithRSA, x509.ECDSAWithSHA1, x509.DSAWithSHA1, x509.MD5WithRSA, x509.MD2WithRSA:
+		return fmt.Errorf("csr: signature algorithm %s is not accepted: sign with SHA-256 or better", csr.SignatureAlgorithm)
+	}
+
+	if err := csr.CheckSignature(); err != nil {
+		return fmt.Errorf("csr: signature is invalid: %w", err)
 	}
 
 	return nil
