@@ -68,7 +68,7 @@ func syncDir(dir string) error {
 	}
 
 	if err = d.Sync(); err != nil {
-		d.Close() //nolint:errcheck
+		d.Close()
 
 		return err
 	}
