@@ -26,6 +26,7 @@ const (
 	NodeService_ApplyConfiguration_FullMethodName          = "/nodepki.node.v1.NodeService/ApplyConfiguration"
 	NodeService_GenerateClientConfiguration_FullMethodName = "/nodepki.node.v1.NodeService/GenerateClientConfiguration"
 	NodeService_RenewClientCertificate_FullMethodName      = "/nodepki.node.v1.NodeService/RenewClientCertificate"
+	NodeService_Kubeconfig_FullMethodName                  = "/nodepki.node.v1.NodeService/Kubeconfig"
 )
 
 // NodeServiceClient is the client API for NodeService service.
@@ -41,6 +42,9 @@ type NodeServiceClient interface {
 	// RenewClientCertificate signs a new client certificate for the key of a CSR, with the caller's
 	// own roles (never more). Control plane, any role.
 	RenewClientCertificate(ctx context.Context, in *RenewClientCertificateRequest, opts ...grpc.CallOption) (*RenewClientCertificateResponse, error)
+	// Kubeconfig signs an admin client certificate (CN admin, O system:masters) with the Kubernetes
+	// CA and returns a kubeconfig for cluster.controlPlane.endpoint. Control plane, os:admin.
+	Kubeconfig(ctx context.Context, in *KubeconfigRequest, opts ...grpc.CallOption) (*KubeconfigResponse, error)
 }
 
 type nodeServiceClient struct {
@@ -91,6 +95,16 @@ func (c *nodeServiceClient) RenewClientCertificate(ctx context.Context, in *Rene
 	return out, nil
 }
 
+func (c *nodeServiceClient) Kubeconfig(ctx context.Context, in *KubeconfigRequest, opts ...grpc.CallOption) (*KubeconfigResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(KubeconfigResponse)
+	err := c.cc.Invoke(ctx, NodeService_Kubeconfig_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // NodeServiceServer is the server API for NodeService service.
 // All implementations must embed UnimplementedNodeServiceServer
 // for forward compatibility.
@@ -104,6 +118,9 @@ type NodeServiceServer interface {
 	// RenewClientCertificate signs a new client certificate for the key of a CSR, with the caller's
 	// own roles (never more). Control plane, any role.
 	RenewClientCertificate(context.Context, *RenewClientCertificateRequest) (*RenewClientCertificateResponse, error)
+	// Kubeconfig signs an admin client certificate (CN admin, O system:masters) with the Kubernetes
+	// CA and returns a kubeconfig for cluster.controlPlane.endpoint. Control plane, os:admin.
+	Kubeconfig(context.Context, *KubeconfigRequest) (*KubeconfigResponse, error)
 	mustEmbedUnimplementedNodeServiceServer()
 }
 
@@ -125,6 +142,9 @@ func (UnimplementedNodeServiceServer) GenerateClientConfiguration(context.Contex
 }
 func (UnimplementedNodeServiceServer) RenewClientCertificate(context.Context, *RenewClientCertificateRequest) (*RenewClientCertificateResponse, error) {
 	return nil, status.Errorf(codes.Unimplemented, "method RenewClientCertificate not implemented")
+}
+func (UnimplementedNodeServiceServer) Kubeconfig(context.Context, *KubeconfigRequest) (*KubeconfigResponse, error) {
+	return nil, status.Errorf(codes.Unimplemented, "method Kubeconfig not implemented")
 }
 func (UnimplementedNodeServiceServer) mustEmbedUnimplementedNodeServiceServer() {}
 func (UnimplementedNodeServiceServer) testEmbeddedByValue()                     {}
@@ -219,6 +239,24 @@ func _NodeService_RenewClientCertificate_Handler(srv interface{}, ctx context.Co
 	return interceptor(ctx, in, info, handler)
 }
 
+func _NodeService_Kubeconfig_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(KubeconfigRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(NodeServiceServer).Kubeconfig(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: NodeService_Kubeconfig_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(NodeServiceServer).Kubeconfig(ctx, req.(*KubeconfigRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // NodeService_ServiceDesc is the grpc.ServiceDesc for NodeService service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -241,6 +279,10 @@ var NodeService_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "RenewClientCertificate",
 			Handler:    _NodeService_RenewClientCertificate_Handler,
+		},
+		{
+			MethodName: "Kubeconfig",
+			Handler:    _NodeService_Kubeconfig_Handler,
 		},
 	},
 	Streams:  []grpc.StreamDesc{},
