@@ -172,8 +172,8 @@ func TestRuntimeLifetimes(t *testing.T) {
 func TestRuntimeEveryTypeHasOneOwner(t *testing.T) {
 	t.Parallel()
 
-	// With a state directory, as nodepkid runs: kube-apiserver's files are written only then.
-	rt, err := runtime.New(runtime.Options{StateDir: t.TempDir(), Hostname: "node-1"})
+	// With a state directory, so that the controllers that write files are registered too.
+	rt, err := runtime.New(runtime.Options{Hostname: "node-1", StateDir: filepath.Join(t.TempDir(), "state")})
 	require.NoError(t, err)
 
 	t.Cleanup(func() { require.NoError(t, rt.Close()) })

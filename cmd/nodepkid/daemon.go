@@ -34,6 +34,7 @@ type daemonOptions struct {
 	controlPlanes   []string
 	hostAddresses   bool
 	logLevel        string
+	metricsAddress  string
 }
 
 func run(ctx context.Context, opts daemonOptions) error {
@@ -44,7 +45,7 @@ func run(ctx context.Context, opts daemonOptions) error {
 		return err
 	}
 
-	defer logger.Sync() //nolint:errcheck
+	defer logger.Sync() //nolint:errcheck // syncing stderr fails on some terminals; nothing to do at exit
 
 	address, err := netip.ParseAddr(opts.address)
 	if err != nil {
@@ -55,6 +56,10 @@ func run(ctx context.Context, opts daemonOptions) error {
 		if port < 1 || port > 65535 {
 			return fmt.Errorf("%s %d is not a port: use 1-65535", flag, port)
 		}
+	}
+
+	if err = checkMetricsAddress(opts.metricsAddress); err != nil {
+		return err
 	}
 
 	// The config file is checked before anything is created, so that a bad file or a missing
@@ -92,7 +97,7 @@ func run(ctx context.Context, opts daemonOptions) error {
 		return err
 	}
 
-	defer rt.Close() //nolint:errcheck
+	defer rt.Close()
 
 	cfg, firstBoot, err := bootConfig(ctx, rt, fileConfig, fileData, opts, logger)
 	if err != nil {
@@ -106,7 +111,7 @@ func run(ctx context.Context, opts daemonOptions) error {
 		return fmt.Errorf("error listening for the node API: %w", err)
 	}
 
-	defer apiListener.Close() //nolint:errcheck // Serve closes it; this covers the early returns
+	defer apiListener.Close() // Serve closes it; this covers the early returns
 
 	apiServer, err := api.New(api.Options{
 		State:         rt.State(),
@@ -137,6 +142,10 @@ func run(ctx context.Context, opts daemonOptions) error {
 
 	group.Go(func() error { return rt.Run(ctx) })
 	group.Go(func() error { return apiServer.Serve(ctx, apiListener) })
+
+	if err = serveMetrics(ctx, group, rt.State(), opts.metricsAddress, logger); err != nil {
+		return err
+	}
 
 	group.Go(func() error {
 		if waitErr := apiServer.WaitReady(ctx); waitErr != nil {

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/cosi-project/runtime/pkg/controller"
@@ -47,7 +48,7 @@ type NodeCertificatesOptions struct {
 
 // NewNodeCertificatesController creates a NodeCertificatesController.
 func NewNodeCertificatesController(opts NodeCertificatesOptions) *NodeCertificatesController {
-	issuer := &nodeCertificates{clock: opts.Clock, trustd: newTrustdIssuer(opts.Trustd)}
+	issuer := &nodeCertificates{clock: opts.Clock, trustd: newTrustdIssuer(opts.Trustd), unwritten: &unwritten{}}
 
 	return qtransform.NewQController(
 		qtransform.Settings[*pki.CertificateRequest, *pki.NodeCertificate]{
@@ -85,8 +86,9 @@ func requestsOfRoot(ctx context.Context, _ *zap.Logger, r controller.QRuntime, r
 }
 
 type nodeCertificates struct {
-	clock  func() time.Time
-	trustd *trustdIssuer
+	clock     func() time.Time
+	trustd    *trustdIssuer
+	unwritten *unwritten
 }
 
 func (ctrl *nodeCertificates) now() time.Time {
@@ -119,7 +121,7 @@ func (ctrl *nodeCertificates) transform(ctx context.Context, r controller.Reader
 
 	switch request.Issuer {
 	case pki.IssuerLocal:
-		if err = ctrl.issueLocal(logger, request, root, pool, spec, now); err != nil {
+		if err = ctrl.issueLocal(logger, req.Metadata().ID(), request, root, pool, spec, now); err != nil {
 			return err
 		}
 
@@ -131,7 +133,7 @@ func (ctrl *nodeCertificates) transform(ctx context.Context, r controller.Reader
 			return controller.NewRequeueInterval(localRetryInterval)
 		}
 	case pki.IssuerTrustd:
-		if err = ctrl.trustd.obtain(ctx, logger, request, root, pool, spec, now); err != nil {
+		if err = ctrl.trustd.obtain(ctx, logger, ctrl.unwritten, req.Metadata().ID(), request, root, pool, spec, now); err != nil {
 			return err
 		}
 	default:
@@ -159,7 +161,7 @@ func renewalRequeue(spec *pki.NodeCertificateSpec, now time.Time) error {
 
 // issueLocal signs the certificate with the root's issuing key.
 func (ctrl *nodeCertificates) issueLocal(
-	logger *zap.Logger, request *pki.CertificateRequestSpec, root *pki.RootSecret, pool *pki.AcceptedCA, spec *pki.NodeCertificateSpec, now time.Time,
+	logger *zap.Logger, id resource.ID, request *pki.CertificateRequestSpec, root *pki.RootSecret, pool *pki.AcceptedCA, spec *pki.NodeCertificateSpec, now time.Time,
 ) error {
 	if root == nil || root.TypedSpec().IssuingCert == "" || root.TypedSpec().IssuingKey == "" {
 		spec.LastError = fmt.Sprintf("no issuing CA with its key for the %s root in the machine config", request.Root)
@@ -185,6 +187,15 @@ func (ctrl *nodeCertificates) issueLocal(
 	bundle := strings.Join(pool.TypedSpec().Certificates, "")
 
 	if !due(spec, digest, now) {
+		ctrl.unwritten.forget(id)
+
+		spec.CABundle = bundle
+
+		return nil
+	}
+
+	if issued, ok := ctrl.unwritten.get(id, digest, now); ok {
+		*spec = issued
 		spec.CABundle = bundle
 
 		return nil
@@ -220,6 +231,8 @@ func (ctrl *nodeCertificates) issueLocal(
 		Request:           digest,
 		RenewAt:           pki.NewTime(renewalTime(issued.Crt)),
 	}
+
+	ctrl.unwritten.put(id, *spec)
 
 	logger.Info("issued certificate",
 		zap.String("root", request.Root),
@@ -289,4 +302,45 @@ func getOptional[R generic.ResourceWithRD](ctx context.Context, r controller.Rea
 	}
 
 	return res, nil
+}
+
+// unwritten holds the certificates a reconcile obtained until the state has them. Modify runs the
+// transform again when the resource changed between its read and its write (another controller
+// adding its finalizer to a new certificate), and that run must write the certificate just
+// obtained, not sign or request another. One entry per certificate at most, dropped once the
+// state holds it.
+type unwritten struct {
+	mu      sync.Mutex
+	entries map[resource.ID]pki.NodeCertificateSpec
+}
+
+// get returns the certificate obtained for id and digest if it is not due yet at now.
+func (u *unwritten) get(id resource.ID, digest string, now time.Time) (pki.NodeCertificateSpec, bool) {
+	u.mu.Lock()
+	defer u.mu.Unlock()
+
+	spec, ok := u.entries[id]
+	if !ok || due(&spec, digest, now) {
+		return pki.NodeCertificateSpec{}, false
+	}
+
+	return spec, true
+}
+
+func (u *unwritten) put(id resource.ID, spec pki.NodeCertificateSpec) {
+	u.mu.Lock()
+	defer u.mu.Unlock()
+
+	if u.entries == nil {
+		u.entries = map[resource.ID]pki.NodeCertificateSpec{}
+	}
+
+	u.entries[id] = spec
+}
+
+func (u *unwritten) forget(id resource.ID) {
+	u.mu.Lock()
+	defer u.mu.Unlock()
+
+	delete(u.entries, id)
 }

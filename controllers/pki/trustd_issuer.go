@@ -17,6 +17,7 @@ import (
 	"time"
 
 	"github.com/cosi-project/runtime/pkg/controller"
+	"github.com/cosi-project/runtime/pkg/resource"
 	"github.com/siderolabs/go-retry/retry"
 	"go.uber.org/zap"
 	"google.golang.org/grpc/codes"
@@ -68,8 +69,8 @@ func newTrustdIssuer(opts TrustdOptions) *trustdIssuer {
 // obtain brings spec in line with request through trustd. A failure keeps the current certificate
 // with LastError set and requeues the request after the retry window.
 func (issuer *trustdIssuer) obtain(
-	ctx context.Context, logger *zap.Logger, request *pki.CertificateRequestSpec, root *pki.RootSecret, pool *pki.AcceptedCA,
-	spec *pki.NodeCertificateSpec, now time.Time,
+	ctx context.Context, logger *zap.Logger, held *unwritten, id resource.ID, request *pki.CertificateRequestSpec,
+	root *pki.RootSecret, pool *pki.AcceptedCA, spec *pki.NodeCertificateSpec, now time.Time,
 ) error {
 	if pool == nil || len(pool.TypedSpec().Certificates) == 0 {
 		spec.LastError = "no accepted OS CA in the machine config (machine.ca.crt, machine.acceptedCAs): trustd cannot be verified"
@@ -91,6 +92,14 @@ func (issuer *trustdIssuer) obtain(
 	digest := requestDigest(request, certs.Fingerprint(issuing))
 
 	if !due(spec, digest, now) {
+		held.forget(id)
+
+		return nil
+	}
+
+	if obtained, ok := held.get(id, digest, now); ok {
+		*spec = obtained
+
 		return nil
 	}
 
@@ -117,6 +126,8 @@ func (issuer *trustdIssuer) obtain(
 
 	obtained.Request = digest
 	*spec = obtained
+
+	held.put(id, obtained)
 
 	logger.Info("obtained the certificate from trustd",
 		zap.String("issuer_fingerprint", spec.IssuerFingerprint),

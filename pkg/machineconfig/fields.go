@@ -98,7 +98,7 @@ func checkDuration(n *yaml.Node, path string, errs []error) []error {
 
 	d, err := time.ParseDuration(n.Value)
 	if err != nil {
-		return append(errs, fmt.Errorf("%s: %q is not a duration (line %d): write a Go duration such as 8760h, 24h, 90m or 30s", path, n.Value, n.Line))
+		return append(errs, fmt.Errorf("%s: %q is not a duration (line %d): write it as hours, minutes and seconds, e.g. 8760h or 720h30m", path, n.Value, n.Line))
 	}
 
 	if d < 0 {
