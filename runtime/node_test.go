@@ -33,7 +33,7 @@ var (
 // node is a running runtime.New node.
 type node struct {
 	rt  *runtime.Runtime
-	ctx context.Context //nolint:containedctx // the node's lifetime is the test's
+	ctx context.Context
 	cfg *machineconfig.Config
 }
 

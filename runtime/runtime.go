@@ -227,7 +227,7 @@ func openStore(dir string) (*bolt.BackingStore, error) {
 	}
 
 	// MkdirAll leaves an existing directory as it is; the state holds CA keys.
-	if err := os.Chmod(dir, 0o700); err != nil {
+	if err := os.Chmod(dir, 0o700); err != nil { //nolint:gosec // a directory: 0700 is owner-only, and it must be searchable
 		return nil, fmt.Errorf("error setting state directory permissions: %w", err)
 	}
 

@@ -7,8 +7,6 @@ import (
 	"slices"
 	"time"
 
-	"github.com/nodepki/nodepki/controllers/configview"
-
 	"github.com/cosi-project/runtime/pkg/controller"
 	"github.com/cosi-project/runtime/pkg/resource"
 	"github.com/cosi-project/runtime/pkg/safe"
@@ -16,6 +14,7 @@ import (
 	"github.com/siderolabs/gen/optional"
 	"go.uber.org/zap"
 
+	"github.com/nodepki/nodepki/controllers/configview"
 	"github.com/nodepki/nodepki/resources/cluster"
 	"github.com/nodepki/nodepki/resources/network"
 )

@@ -79,7 +79,7 @@ func Decode(raw []byte) (*machineconfig.Document, error) {
 
 // isTypeError reports a document that parsed as YAML but does not fit the typed view.
 func isTypeError(err error) bool {
-	var typeErr *yaml.TypeError
+	var loadErrs *yaml.LoadErrors
 
-	return errors.As(err, &typeErr)
+	return errors.As(err, &loadErrs)
 }

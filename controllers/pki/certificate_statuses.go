@@ -106,7 +106,7 @@ func certificateStatus(crt *pki.NodeCertificateSpec, pool *pki.AcceptedCA, now t
 
 	if pool != nil {
 		// AcceptedCAs only holds certificates that parsed when the pool was built.
-		cas, _ = certs.ParseCertificates([]byte(strings.Join(pool.TypedSpec().Certificates, ""))) //nolint:errcheck
+		cas, _ = certs.ParseCertificates([]byte(strings.Join(pool.TypedSpec().Certificates, "")))
 	}
 
 	v := verify(leaf, cas, now)

@@ -205,7 +205,7 @@ func (ctrl *nodeCertificates) issueLocal(
 	if err != nil {
 		spec.LastError = err.Error()
 
-		return nil
+		return nil //nolint:nilerr // the error is the certificate's LastError, and the reconcile writes it
 	}
 
 	ca, err := certs.LoadCA([]byte(root.TypedSpec().IssuingCert), []byte(root.TypedSpec().IssuingKey))
