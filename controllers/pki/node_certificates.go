@@ -174,7 +174,7 @@ func (ctrl *nodeCertificates) issueLocal(
 	if issuing.crtErr != nil {
 		spec.LastError = fmt.Sprintf("error loading the %s issuing CA: %v", request.Root, issuing.crtErr)
 
-		return nil
+		return nil //nolint:nilerr // the error is the certificate's LastError, and the reconcile writes it
 	}
 
 	fingerprint := issuing.fingerprint
