@@ -12,6 +12,7 @@ import (
 
 	"github.com/nodepki/nodepki/resources/cluster"
 	"github.com/nodepki/nodepki/resources/config"
+	"github.com/nodepki/nodepki/resources/etcd"
 	"github.com/nodepki/nodepki/resources/network"
 	"github.com/nodepki/nodepki/resources/pki"
 )
@@ -22,6 +23,7 @@ var Namespaces = map[string]string{
 	network.NamespaceName: "Node addresses.",
 	pki.NamespaceName:     "Roots, trust pools, leaf certificates and their status.",
 	cluster.NamespaceName: "Nodes of the cluster known to this control plane.",
+	etcd.NamespaceName:    "The etcd member of a control plane: its PKI files and its status.",
 }
 
 // Definitions lists one empty resource of every type.
@@ -35,6 +37,9 @@ func Definitions() []meta.ResourceWithRD {
 		&pki.NodeCertificate{},
 		&pki.CertificateStatus{},
 		&cluster.Member{},
+		&etcd.PKIFiles{},
+		&etcd.MemberStatus{},
+		&etcd.Bootstrap{},
 	}
 }
 

@@ -69,7 +69,7 @@ func TestRuntimeBuildsTheGraph(t *testing.T) {
 	require.Equal(t, raw, got)
 
 	ids := []resource.ID{
-		pki.CertAPI, pki.CertAPIClient, pki.CertTrustd, pki.CertEtcdServer, pki.CertEtcdPeer, pki.CertEtcdClient,
+		pki.CertAPI, pki.CertAPIClient, pki.CertTrustd, pki.CertEtcdServer, pki.CertEtcdPeer, pki.CertEtcdClient, pki.CertEtcdAdmin,
 		pki.CertKubeAPIServer, pki.CertKubeAPIServerKubeletClient, pki.CertFrontProxyClient,
 	}
 

@@ -40,7 +40,7 @@ func runGraph(t *testing.T, lifetimes map[resource.ID]time.Duration, extra ...co
 // controlPlaneCertificates are the certificates a control plane issues itself.
 var controlPlaneCertificates = []resource.ID{
 	pki.CertAPI, pki.CertAPIClient, pki.CertTrustd,
-	pki.CertEtcdServer, pki.CertEtcdPeer, pki.CertEtcdClient,
+	pki.CertEtcdServer, pki.CertEtcdPeer, pki.CertEtcdClient, pki.CertEtcdAdmin,
 	pki.CertKubeAPIServer, pki.CertKubeAPIServerKubeletClient, pki.CertFrontProxyClient,
 }
 
@@ -50,7 +50,7 @@ func certificatesOf(root resource.ID) []resource.ID {
 	case pki.RootOS:
 		return []resource.ID{pki.CertAPI, pki.CertAPIClient, pki.CertTrustd}
 	case pki.RootEtcd:
-		return []resource.ID{pki.CertEtcdServer, pki.CertEtcdPeer, pki.CertEtcdClient}
+		return []resource.ID{pki.CertEtcdServer, pki.CertEtcdPeer, pki.CertEtcdClient, pki.CertEtcdAdmin}
 	case pki.RootKubernetes:
 		return []resource.ID{pki.CertKubeAPIServer, pki.CertKubeAPIServerKubeletClient}
 	case pki.RootAggregator:

@@ -59,6 +59,7 @@ func TestNodeCertificatesControlPlaneProfiles(t *testing.T) {
 		{pki.CertEtcdServer, pki.RootEtcd, testHostname, nil, []string{"localhost", testHostname}, []string{"10.5.0.2", "127.0.0.1", "::1", "2001:db8::2"}, ds | ke, []stdx509.ExtKeyUsage{server, client}, year},
 		{pki.CertEtcdPeer, pki.RootEtcd, testHostname, nil, []string{testHostname}, nodeIPs, ds | ke, []stdx509.ExtKeyUsage{server, client}, year},
 		{pki.CertEtcdClient, pki.RootEtcd, "kube-apiserver", nil, nil, nil, ds | ke, []stdx509.ExtKeyUsage{client}, year},
+		{pki.CertEtcdAdmin, pki.RootEtcd, "nodepki", nil, nil, nil, ds | ke, []stdx509.ExtKeyUsage{client}, year},
 		{
 			pki.CertKubeAPIServer, pki.RootKubernetes, "kube-apiserver", []string{"kube-master"},
 			[]string{"cluster.example.test", "kubernetes", "kubernetes.default", "kubernetes.default.svc", "kubernetes.default.svc.cluster.local", "localhost", testHostname},

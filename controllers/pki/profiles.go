@@ -75,6 +75,11 @@ var leafDefinitions = []leafDefinition{
 		profile: fixed(certs.Profile{CommonName: "kube-apiserver", KeyUsage: digitalSignature | keyEncipherment, ExtKeyUsage: eku(clientAuth)}, false),
 	},
 	{
+		// nodepkid's own etcd client (member add, health, snapshots, the restart lock): admin.crt.
+		id: pki.CertEtcdAdmin, root: pki.RootEtcd, controlPlaneOnly: true, lifetime: KubernetesLifetime,
+		profile: fixed(certs.Profile{CommonName: "nodepki", KeyUsage: digitalSignature | keyEncipherment, ExtKeyUsage: eku(clientAuth)}, false),
+	},
+	{
 		id: pki.CertKubeAPIServer, root: pki.RootKubernetes, controlPlaneOnly: true, lifetime: KubernetesLifetime,
 		profile: withSANs(pki.SANsKubernetes, certs.Profile{
 			CommonName: "kube-apiserver", Organization: []string{"kube-master"},
