@@ -29,6 +29,7 @@ import (
 	"go.uber.org/zap"
 
 	ctrlcluster "github.com/nodepki/nodepki/controllers/cluster"
+	ctrletcd "github.com/nodepki/nodepki/controllers/etcd"
 	"github.com/nodepki/nodepki/controllers/network"
 	"github.com/nodepki/nodepki/controllers/pki"
 	"github.com/nodepki/nodepki/resources"
@@ -157,7 +158,18 @@ func (rt *Runtime) setup(logger *zap.Logger, hostname string, opts Options) erro
 		}
 	}
 
+	if opts.StateDir != "" {
+		if err = rt.RegisterController(ctrletcd.NewPKIFilesController(EtcdPKIDir(opts.StateDir))); err != nil {
+			return err
+		}
+	}
+
 	return nil
+}
+
+// EtcdPKIDir is where a control plane writes the etcd PKI files: <state-dir>/secrets/etcd.
+func EtcdPKIDir(stateDir string) string {
+	return filepath.Join(stateDir, "secrets", "etcd")
 }
 
 // openStore opens (or creates) the bolt database in dir, tightening permissions that are too open.
