@@ -269,7 +269,7 @@ type reissueWaiter struct {
 	statuses     map[resource.ID]*pki.CertificateStatusSpec
 }
 
-const controlPlaneCertificateCount = 9
+const controlPlaneCertificateCount = 10
 
 func newReissueWaiter(ctx context.Context, tb testing.TB, st state.State) *reissueWaiter {
 	tb.Helper()
