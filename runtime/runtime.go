@@ -75,6 +75,9 @@ type Options struct {
 	Lifetimes map[resource.ID]time.Duration
 	// Clock overrides time.Now for certificate issuance and status.
 	Clock func() time.Time
+	// EtcdBinary, on a control plane, runs an etcd member on the first of Addresses (needs StateDir);
+	// "" only writes the etcd PKI files.
+	EtcdBinary string
 }
 
 // Runtime is the nodepki subsystem of one node.
@@ -160,6 +163,18 @@ func (rt *Runtime) setup(logger *zap.Logger, hostname string, opts Options) erro
 
 	if opts.StateDir != "" {
 		if err = rt.RegisterController(ctrletcd.NewPKIFilesController(EtcdPKIDir(opts.StateDir))); err != nil {
+			return err
+		}
+	}
+
+	if opts.EtcdBinary != "" {
+		if opts.StateDir == "" || len(opts.Addresses) == 0 {
+			return errors.New("running etcd needs Options.StateDir and Options.Addresses")
+		}
+
+		if err = rt.RegisterController(&ctrletcd.MemberStatusController{
+			Binary: opts.EtcdBinary, StateDir: opts.StateDir, Address: opts.Addresses[0],
+		}); err != nil {
 			return err
 		}
 	}

@@ -32,6 +32,7 @@ type daemonOptions struct {
 	trustdEndpoints []string
 	hostAddresses   bool
 	logLevel        string
+	etcdBinary      string
 }
 
 func run(ctx context.Context, opts daemonOptions) error {
@@ -73,12 +74,22 @@ func run(ctx context.Context, opts daemonOptions) error {
 		return fmt.Errorf("error reading hostname: %w", err)
 	}
 
+	// A missing or broken binary is reported in the etcd member status and the log, and breaks
+	// nothing else; only the path is made absolute here.
+	etcdBinary := opts.etcdBinary
+	if etcdBinary != "" {
+		if etcdBinary, err = filepath.Abs(etcdBinary); err != nil {
+			return fmt.Errorf("--etcd-binary %q: %w", opts.etcdBinary, err)
+		}
+	}
+
 	rt, err := runtime.New(runtime.Options{
 		StateDir:      opts.stateDir,
 		Logger:        logger,
 		Addresses:     []netip.Addr{address},
 		HostAddresses: opts.hostAddresses,
 		Hostname:      hostname,
+		EtcdBinary:    etcdBinary,
 	})
 	if err != nil {
 		return err
