@@ -28,6 +28,10 @@ var methodRoles = map[string][]string{
 	node.NodeService_ApplyConfiguration_FullMethodName:          {role.Admin},
 	node.NodeService_GenerateClientConfiguration_FullMethodName: {role.Admin},
 
+	node.EtcdService_Bootstrap_FullMethodName:  {role.Admin},
+	node.EtcdService_MemberList_FullMethodName: role.All,
+	node.EtcdService_Snapshot_FullMethodName:   {role.Admin, role.Operator, role.EtcdBackup},
+
 	v1alpha1.State_Get_FullMethodName:   readRoles,
 	v1alpha1.State_List_FullMethodName:  readRoles,
 	v1alpha1.State_Watch_FullMethodName: readRoles,
