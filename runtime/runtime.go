@@ -172,8 +172,15 @@ func (rt *Runtime) setup(logger *zap.Logger, hostname string, opts Options) erro
 			return errors.New("running etcd needs Options.StateDir and Options.Addresses")
 		}
 
+		// etcd's command line names its data directory, which is how a restarted nodepkid finds
+		// its etcd again whatever its working directory.
+		stateDir, absErr := filepath.Abs(opts.StateDir)
+		if absErr != nil {
+			return fmt.Errorf("error resolving the state directory: %w", absErr)
+		}
+
 		if err = rt.RegisterController(&ctrletcd.MemberStatusController{
-			Binary: opts.EtcdBinary, StateDir: opts.StateDir, Address: opts.Addresses[0],
+			Binary: opts.EtcdBinary, StateDir: stateDir, Address: opts.Addresses[0],
 		}); err != nil {
 			return err
 		}

@@ -44,14 +44,21 @@ func defaultClusterState() string {
 
 func newClusterCreateCmd() *cobra.Command {
 	var (
-		opts   cluster.Options
-		daemon string
+		opts       cluster.Options
+		daemon     string
+		withEtcd   bool
+		etcdBinary string
 	)
 
 	cmd := &cobra.Command{
 		Use:   "create",
 		Short: "Create and start a local cluster",
+		Long: `Create a local cluster and start it. With --etcd every control plane also runs a real etcd
+member on its address (:2379, :2380) with the etcd certificates nodepki issues; the first control
+plane bootstraps the etcd cluster and the others join it. The etcd binary is --etcd-binary, else
+etcd next to nodepkictl, else etcd on $PATH (make tools builds it into bin/).`,
 		Example: `  nodepkictl cluster create --workers 2
+  nodepkictl cluster create --controlplanes 3 --workers 1 --etcd
   nodepkictl cluster create --name demo --controlplanes 1 --workers 2 --state ./_out/cluster`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
@@ -62,6 +69,16 @@ func newClusterCreateCmd() *cobra.Command {
 
 			if opts.Daemon, err = findDaemon(daemon); err != nil {
 				return err
+			}
+
+			if etcdBinary != "" && !withEtcd {
+				return errors.New("--etcd-binary needs --etcd")
+			}
+
+			if withEtcd {
+				if opts.EtcdBinary, err = findBinary(etcdBinary, "etcd", "--etcd-binary", "make tools"); err != nil {
+					return err
+				}
 			}
 
 			c, err := cluster.Create(cmd.Context(), opts)
@@ -88,6 +105,8 @@ talosconfig: %s
 	flags.IntVar(&opts.ControlPlanes, "controlplanes", 1, "number of control-plane nodes")
 	flags.IntVar(&opts.Workers, "workers", 2, "number of worker nodes")
 	flags.StringVar(&daemon, "daemon", "", "path of the nodepkid binary (default: next to nodepkictl, then $PATH)")
+	flags.BoolVar(&withEtcd, "etcd", false, "run a real etcd member on every control plane")
+	flags.StringVar(&etcdBinary, "etcd-binary", "", "path of the etcd binary, with --etcd (default: next to nodepkictl, then $PATH)")
 
 	return cmd
 }
@@ -143,20 +162,25 @@ func newClusterDestroyCmd() *cobra.Command {
 
 // findDaemon locates nodepkid: the flag, next to this executable, or on $PATH.
 func findDaemon(flag string) (string, error) {
+	return findBinary(flag, "nodepkid", "--daemon", "make build")
+}
+
+// findBinary locates an executable: the flag, next to this executable, or on $PATH.
+func findBinary(flag, name, flagName, build string) (string, error) {
 	if flag != "" {
 		return filepath.Abs(flag)
 	}
 
 	if self, err := os.Executable(); err == nil {
-		candidate := filepath.Join(filepath.Dir(self), "nodepkid")
+		candidate := filepath.Join(filepath.Dir(self), name)
 		if _, err = os.Stat(candidate); err == nil {
 			return candidate, nil
 		}
 	}
 
-	path, err := exec.LookPath("nodepkid")
+	path, err := exec.LookPath(name)
 	if err != nil {
-		return "", errors.New("nodepkid not found next to nodepkictl or on $PATH: build it with `make build` or pass --daemon")
+		return "", fmt.Errorf("%s not found next to nodepkictl or on $PATH: build it with `%s` or pass %s", name, build, flagName)
 	}
 
 	return filepath.Abs(path)

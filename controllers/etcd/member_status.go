@@ -262,7 +262,7 @@ func (ctrl *MemberStatusController) reconcile(ctx context.Context, r controller.
 	ctrl.fillHealth(&status, health)
 
 	if health.IsLearner {
-		ctrl.promote(ctx, logger, health.MemberID)
+		ctrl.promote(ctx, r, logger, health.MemberID)
 	}
 
 	if status.Healthy && time.Since(ctrl.startedAt) > healthyResetsBackoff {
@@ -435,7 +435,8 @@ func (ctrl *MemberStatusController) join(ctx context.Context, r controller.Reade
 			if _, err = client.MemberRemove(ctx, m.ID); err != nil {
 				return "", fmt.Errorf("error removing the stale etcd member %s: %w", etcdpkg.FormatID(m.ID), err)
 			}
-		case m.Name == "":
+		case m.Name == "" || m.IsLearner:
+			// etcd takes one learner at a time.
 			return "", fmt.Errorf("waiting for etcd member %s (%v) to finish joining", etcdpkg.FormatID(m.ID), m.PeerURLs)
 		}
 	}
@@ -560,13 +561,29 @@ func (ctrl *MemberStatusController) joinEndpoints(ctx context.Context, r control
 	return endpoints, nil
 }
 
-// promote makes the learner a voting member; etcd refuses until it is in sync, and the next
-// probe tries again.
-func (ctrl *MemberStatusController) promote(ctx context.Context, logger *zap.Logger, id uint64) {
+// promote makes the learner a voting member, through the members it joined (a learner serves no
+// membership calls); etcd refuses until it is in sync, and the next probe tries again.
+func (ctrl *MemberStatusController) promote(ctx context.Context, r controller.Reader, logger *zap.Logger, id uint64) {
+	endpoints, err := ctrl.joinEndpoints(ctx, r)
+	if err != nil || len(endpoints) == 0 {
+		logger.Warn("no voting member to promote this learner through", zap.Error(err))
+
+		return
+	}
+
+	client, err := etcdpkg.NewClient(endpoints, ctrl.client.tls)
+	if err != nil {
+		logger.Warn("error connecting to promote this learner", zap.Error(err))
+
+		return
+	}
+
+	defer client.Close() //nolint:errcheck
+
 	ctx, cancel := context.WithTimeout(ctx, probeTimeout*3)
 	defer cancel()
 
-	if _, err := ctrl.client.client.MemberPromote(ctx, id); err != nil {
+	if _, err = client.MemberPromote(ctx, id); err != nil {
 		logger.Debug("learner not promoted yet", zap.Error(err))
 
 		return

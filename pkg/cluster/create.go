@@ -43,8 +43,10 @@ type Options struct {
 	Bundle *bundle.Bundle
 	// Progress receives one line per step.
 	Progress io.Writer
-	// ReadyTimeout bounds the wait for every node's API certificate (default 60 s).
+	// ReadyTimeout bounds the wait for every node's API certificate, and then for etcd (default 60 s).
 	ReadyTimeout time.Duration
+	// EtcdBinary makes every control plane run an etcd member, bootstrapped on the first one.
+	EtcdBinary string
 }
 
 func (o *Options) setDefaults() error {
@@ -84,6 +86,12 @@ func (o *Options) setDefaults() error {
 		return fmt.Errorf("nodepkid binary %q: %w (build it with `make build`)", o.Daemon, err)
 	}
 
+	if o.EtcdBinary != "" {
+		if _, err := os.Stat(o.EtcdBinary); err != nil {
+			return fmt.Errorf("etcd binary %q: %w (build it with `make tools`)", o.EtcdBinary, err)
+		}
+	}
+
 	return nil
 }
 
@@ -115,6 +123,7 @@ func Create(ctx context.Context, opts Options) (*Cluster, error) {
 		APIPort:     opts.APIPort,
 		TrustdPort:  opts.TrustdPort,
 		Talosconfig: filepath.Join(opts.Dir, "talosconfig"),
+		EtcdBinary:  opts.EtcdBinary,
 	}
 
 	if err = c.generate(opts, addresses); err != nil {
@@ -146,6 +155,12 @@ func Create(ctx context.Context, opts Options) (*Cluster, error) {
 
 	if err = c.WaitReady(waitCtx, opts.Progress); err != nil {
 		return c, fmt.Errorf("cluster started but not ready: %w (node logs are in %s)", err, filepath.Join(opts.Dir, "nodes"))
+	}
+
+	if c.EtcdBinary != "" {
+		if err = c.bootstrapEtcd(waitCtx, opts.Progress); err != nil {
+			return c, fmt.Errorf("cluster started but etcd is not ready: %w (etcd logs are in %s)", err, filepath.Join(opts.Dir, "nodes", "*", "etcd.log"))
+		}
 	}
 
 	return c, nil
@@ -231,14 +246,20 @@ func (c *Cluster) start(n *Node) error {
 
 	defer logFile.Close() //nolint:errcheck
 
-	cmd := exec.Command(c.Daemon,
+	args := []string{
 		"--config", n.Config,
 		"--state-dir", n.StateDir,
 		"--address", n.Address,
 		"--api-port", strconv.Itoa(c.APIPort),
 		"--trustd-port", strconv.Itoa(c.TrustdPort),
 		"--host-addresses=false",
-	)
+	}
+
+	if c.EtcdBinary != "" && n.Type != machineconfig.TypeWorker {
+		args = append(args, "--etcd-binary", c.EtcdBinary)
+	}
+
+	cmd := exec.Command(c.Daemon, args...)
 	cmd.Stdout = logFile
 	cmd.Stderr = logFile
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
