@@ -270,7 +270,7 @@ func (ctrl *MemberStatusController) reconcile(ctx context.Context, r controller.
 	}
 
 	if status.Healthy && files.TypedSpec().TrustBundleDigest != ctrl.proc.TrustBundleDigest {
-		ctrl.rollingRestart(ctx, logger, files.TypedSpec(), &status)
+		ctrl.rollingRestart(ctx, r, logger, files.TypedSpec(), &status)
 	}
 
 	return ctrl.withProcess(status)
@@ -595,7 +595,9 @@ func (ctrl *MemberStatusController) promote(ctx context.Context, r controller.Re
 // rollingRestart restarts the member to load a new trust bundle, under the cluster-wide lock and
 // only while every member is healthy; it releases the lock once the member is back, healthy and
 // caught up. Whatever stops it early is retried at the next probe.
-func (ctrl *MemberStatusController) rollingRestart(ctx context.Context, logger *zap.Logger, files *etcd.PKIFilesSpec, status *etcd.MemberStatusSpec) {
+func (ctrl *MemberStatusController) rollingRestart(
+	ctx context.Context, r controller.Runtime, logger *zap.Logger, files *etcd.PKIFilesSpec, status *etcd.MemberStatusSpec,
+) {
 	endpoints, err := ctrl.memberEndpoints(ctx)
 	if err != nil {
 		status.LastError = fmt.Sprintf("trust bundle changed, restart pending: %v", err)
@@ -653,6 +655,21 @@ func (ctrl *MemberStatusController) rollingRestart(ctx context.Context, logger *
 
 	logger.Info("restarting etcd to load the new trust bundle",
 		zap.String("from", ctrl.proc.TrustBundleDigest), zap.String("to", files.TrustBundleDigest))
+
+	// The restart is visible while it lasts: it holds the lock, and the other members wait.
+	restarting := ctrl.withProcess(*status)
+	restarting.State = etcd.StateRestarting
+	restarting.Healthy = false
+
+	if err = safe.WriterModify(ctx, r, etcd.NewMemberStatus(etcd.LocalMemberID), func(res *etcd.MemberStatus) error {
+		*res.TypedSpec() = restarting
+
+		return nil
+	}); err != nil {
+		status.LastError = fmt.Sprintf("error writing etcd member status: %v", err)
+
+		return
+	}
 
 	if err = ctrl.proc.Stop(ctx, stopGrace); err != nil {
 		status.LastError = err.Error()

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
+	"os"
 	"path/filepath"
 	"slices"
 	"strconv"
@@ -180,6 +181,10 @@ func (r *rotation) writeEtcdClientDir(what string, roots ...[]byte) error {
 	}
 
 	dir := r.opts.EtcdClientDir
+
+	if err = os.MkdirAll(dir, 0o700); err != nil {
+		return fmt.Errorf("error creating --etcd-client-dir: %w", err)
+	}
 
 	if err = atomicfile.WriteFiles(
 		[]string{filepath.Join(dir, "ca.crt"), filepath.Join(dir, "client.crt"), filepath.Join(dir, "client.key")},
