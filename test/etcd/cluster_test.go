@@ -9,6 +9,8 @@ import (
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
+
+	"github.com/nodepki/nodepki/pkg/etcd/etcdtest"
 )
 
 // TestEtcdClusterAndSnapshots forms a 3-member etcd cluster on nodepki certificates (plus a
@@ -58,7 +60,7 @@ func TestEtcdClusterAndSnapshots(t *testing.T) {
 			require.NoError(t, err)
 			assert.Equal(t, os.FileMode(0o600), info.Mode().Perm())
 
-			status, err := exec.Command(etcdutl, "snapshot", "status", snapshot, "-w", "table").CombinedOutput()
+			status, err := exec.Command(etcdtest.Require(t).Etcdutl, "snapshot", "status", snapshot, "-w", "table").CombinedOutput()
 			require.NoError(t, err, string(status))
 			t.Logf("%s", status)
 		})

@@ -15,16 +15,13 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/nodepki/nodepki/pkg/cluster"
+	"github.com/nodepki/nodepki/pkg/etcd/etcdtest"
 )
 
-// The binaries under test: nodepkid and nodepkictl built by TestMain, etcd and etcdutl from bin/.
+// The binaries under test, built by TestMain; the etcd binaries come from etcdtest.Require.
 var (
 	nodepkid   string
 	nodepkictl string
-	etcdBinary string
-	etcdutl    string
-	// missingEtcd is why etcd tests cannot run; they skip locally and fail in CI.
-	missingEtcd string
 )
 
 func TestMain(m *testing.M) {
@@ -61,54 +58,15 @@ func runMain(m *testing.M) int {
 
 	nodepkid = filepath.Join(dir, "nodepkid")
 	nodepkictl = filepath.Join(dir, "nodepkictl")
-	etcdBinary, etcdutl, missingEtcd = findEtcd()
 
 	return m.Run()
-}
-
-// findEtcd locates etcd and etcdutl in the repository's bin/ (NODEPKI_ETCD_BIN overrides the directory).
-func findEtcd() (etcd, etcdutl, missing string) {
-	dir := os.Getenv("NODEPKI_ETCD_BIN")
-	if dir == "" {
-		out, err := exec.Command("go", "env", "GOMOD").Output()
-		if err != nil {
-			return "", "", fmt.Sprintf("cannot locate the repository: %v", err)
-		}
-
-		dir = filepath.Join(filepath.Dir(strings.TrimSpace(string(out))), "bin")
-	}
-
-	etcd, etcdutl = filepath.Join(dir, "etcd"), filepath.Join(dir, "etcdutl")
-
-	for _, path := range []string{etcd, etcdutl} {
-		if _, err := os.Stat(path); err != nil {
-			return "", "", fmt.Sprintf("%s is missing: run `make tools`", path)
-		}
-	}
-
-	return etcd, etcdutl, ""
-}
-
-// requireEtcd skips the test when the etcd binaries are missing, and fails it in CI, where
-// `.ci/run` builds them first.
-func requireEtcd(t testing.TB) {
-	t.Helper()
-
-	if missingEtcd == "" {
-		return
-	}
-
-	if os.Getenv("CI") == "true" {
-		t.Fatalf("etcd tests need the etcd binaries: %s", missingEtcd)
-	}
-
-	t.Skipf("etcd tests need the etcd binaries: %s", missingEtcd)
 }
 
 // startCluster creates a local cluster whose control planes run etcd; it is destroyed when the test ends.
 func startCluster(t testing.TB, first string, controlPlanes, workers int) *cluster.Cluster {
 	t.Helper()
-	requireEtcd(t)
+
+	etcdBinaries := etcdtest.Require(t)
 
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
@@ -121,7 +79,7 @@ func startCluster(t testing.TB, first string, controlPlanes, workers int) *clust
 		Daemon:        nodepkid,
 		FirstAddress:  netip.MustParseAddr(first),
 		ReadyTimeout:  2 * time.Minute,
-		EtcdBinary:    etcdBinary,
+		EtcdBinary:    etcdBinaries.Etcd,
 		Progress:      testWriter{t},
 	})
 	if c != nil {
