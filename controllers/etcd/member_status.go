@@ -135,6 +135,14 @@ func (ctrl *MemberStatusController) Run(ctx context.Context, r controller.Runtim
 
 	defer ctrl.closeClient()
 
+	// etcd stops with nodepkid, whichever way Run returns on shutdown; after a crash it keeps
+	// running, to be adopted.
+	defer func() {
+		if ctx.Err() != nil {
+			ctrl.shutdown(logger)
+		}
+	}()
+
 	if !ctrl.adopted {
 		ctrl.adopted = true
 
@@ -159,8 +167,6 @@ func (ctrl *MemberStatusController) Run(ctx context.Context, r controller.Runtim
 
 		select {
 		case <-ctx.Done():
-			ctrl.shutdown(logger)
-
 			return nil
 		case <-r.EventCh():
 		case <-probe.C:
@@ -216,10 +222,10 @@ func (ctrl *MemberStatusController) shutdown(logger *zap.Logger) {
 func (ctrl *MemberStatusController) exited(logger *zap.Logger) {
 	err := ctrl.proc.Err()
 	ctrl.proc = nil
-	ctrl.lastErr = fmt.Sprintf("etcd exited: %v (see %s)", err, ctrl.config().LogFile)
+	ctrl.lastErr = fmt.Sprintf("etcd exited: %v: %s (see %s)", err, etcdpkg.LastLogLine(ctrl.config().LogFile), ctrl.config().LogFile)
 	ctrl.retryAt = time.Now().Add(ctrl.nextBackoff())
 
-	logger.Error("etcd exited", zap.Error(err), zap.Time("retry_at", ctrl.retryAt))
+	logger.Error("etcd exited", zap.Error(err), zap.String("last_log", ctrl.lastErr), zap.Time("retry_at", ctrl.retryAt))
 }
 
 func (ctrl *MemberStatusController) nextBackoff() time.Duration {

@@ -3,6 +3,7 @@ package etcd
 import (
 	"bytes"
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"net/netip"
@@ -237,4 +238,48 @@ func (p *Process) Stop(ctx context.Context, grace time.Duration) error {
 	<-p.exited
 
 	return nil
+}
+
+// logTail is how much of the end of etcd's log LastLogLine reads.
+const logTail = 4096
+
+// LastLogLine is the last line etcd wrote to its log, with its message extracted from etcd's JSON
+// when it is JSON: what a status shows when etcd exits.
+func LastLogLine(path string) string {
+	f, err := os.Open(path)
+	if err != nil {
+		return ""
+	}
+
+	defer f.Close() //nolint:errcheck
+
+	info, err := f.Stat()
+	if err != nil {
+		return ""
+	}
+
+	offset := max(info.Size()-logTail, 0)
+	buf := make([]byte, info.Size()-offset)
+
+	if _, err = f.ReadAt(buf, offset); err != nil {
+		return ""
+	}
+
+	lines := strings.Split(strings.TrimSpace(string(buf)), "\n")
+	last := lines[len(lines)-1]
+
+	var entry struct {
+		Msg   string `json:"msg"`
+		Error string `json:"error"`
+	}
+
+	if json.Unmarshal([]byte(last), &entry) == nil && entry.Msg != "" {
+		if entry.Error != "" {
+			return entry.Msg + ": " + entry.Error
+		}
+
+		return entry.Msg
+	}
+
+	return last
 }
