@@ -15,8 +15,8 @@ import (
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
-	ctrletcd "github.com/nodepki/nodepki/controllers/etcd"
 	"github.com/nodepki/nodepki/controllers/ctest"
+	ctrletcd "github.com/nodepki/nodepki/controllers/etcd"
 	ctrlnetwork "github.com/nodepki/nodepki/controllers/network"
 	ctrlpki "github.com/nodepki/nodepki/controllers/pki"
 	"github.com/nodepki/nodepki/pkg/certs"
