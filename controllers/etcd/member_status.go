@@ -42,8 +42,10 @@ const (
 	lockSessionTTL = 5
 	// lockWait bounds one attempt to take the restart lock; the next probe tries again.
 	lockWait = 5 * time.Second
-	// stopGrace is how long etcd gets to stop on SIGTERM before SIGKILL.
+	// stopGrace is how long etcd gets to stop on SIGTERM before SIGKILL, when nodepkid stops.
 	stopGrace = 10 * time.Second
+	// restartStopGrace is the same for a restart under the lock, once the member leads nothing.
+	restartStopGrace = time.Second
 	// probeTimeout bounds one status call to one member.
 	probeTimeout = time.Second
 	// healthyResetsBackoff: a member healthy that long after a start has its backoff reset.
@@ -611,8 +613,9 @@ func (ctrl *MemberStatusController) rollingRestart(
 		return
 	}
 
-	// The lock's session is kept alive through every member, so that it survives this member's restart.
-	client, err := etcdpkg.NewClient(endpoints, ctrl.client.tls)
+	// The lock's session is kept alive through the other members: it survives this member's
+	// restart, and its keepalive stream does not hold up this member's shutdown.
+	client, err := etcdpkg.NewClient(otherEndpoints(endpoints, etcdpkg.ClientURL(ctrl.Address)), ctrl.client.tls)
 	if err != nil {
 		status.LastError = fmt.Sprintf("trust bundle changed, restart pending: %v", err)
 
@@ -677,11 +680,20 @@ func (ctrl *MemberStatusController) rollingRestart(
 		return
 	}
 
-	if err = ctrl.proc.Stop(ctx, stopGrace); err != nil {
+	ctrl.handOverLeadership(ctx, logger, endpoints)
+
+	stopping := time.Now()
+
+	// etcd's graceful stop waits up to its request timeout (7 s) for client streams (watches,
+	// lease keepalives) to end. Once it leads nothing, killing it loses nothing: every write it
+	// acknowledged is in its fsynced WAL, and the leader has it too.
+	if err = ctrl.proc.Stop(ctx, restartStopGrace); err != nil {
 		status.LastError = err.Error()
 
 		return
 	}
+
+	logger.Info("etcd stopped for the restart", zap.Duration("took", time.Since(stopping)))
 
 	ctrl.proc = nil
 
@@ -713,7 +725,48 @@ func (ctrl *MemberStatusController) rollingRestart(
 	health := etcdpkg.Status(ctx, ctrl.client.client, etcdpkg.ClientURL(ctrl.Address), probeTimeout)
 	ctrl.fillHealth(status, health)
 
-	logger.Info("etcd restarted with the new trust bundle", zap.Int("pid", proc.PID))
+	logger.Info("etcd restarted with the new trust bundle", zap.Int("pid", proc.PID), zap.Duration("down", time.Since(stopping)))
+}
+
+// otherEndpoints are the endpoints without self, or all of them when there is no other.
+func otherEndpoints(endpoints []string, self string) []string {
+	others := slices.DeleteFunc(slices.Clone(endpoints), func(e string) bool { return e == self })
+	if len(others) == 0 {
+		return endpoints
+	}
+
+	return others
+}
+
+// handOverLeadership moves the raft leadership to another member when this one leads, so that
+// its restart costs no election. A failure only makes the restart cost one.
+func (ctrl *MemberStatusController) handOverLeadership(ctx context.Context, logger *zap.Logger, endpoints []string) {
+	self := etcdpkg.Status(ctx, ctrl.client.client, etcdpkg.ClientURL(ctrl.Address), probeTimeout)
+	if self.Err != nil || self.Leader != self.MemberID {
+		return
+	}
+
+	for _, endpoint := range endpoints {
+		other := etcdpkg.Status(ctx, ctrl.client.client, endpoint, probeTimeout)
+		if other.Err != nil || other.MemberID == self.MemberID || other.IsLearner {
+			continue
+		}
+
+		moveCtx, cancel := context.WithTimeout(ctx, 3*probeTimeout)
+		_, err := ctrl.client.client.MoveLeader(moveCtx, other.MemberID)
+
+		cancel()
+
+		if err != nil {
+			logger.Warn("error handing the etcd leadership over before the restart", zap.Error(err))
+
+			return
+		}
+
+		logger.Info("handed the etcd leadership over before the restart", zap.String("to", etcdpkg.FormatID(other.MemberID)))
+
+		return
+	}
 }
 
 // memberEndpoints lists the client URLs of every member.

@@ -10,6 +10,8 @@ import (
 
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.uber.org/zap"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/backoff"
 )
 
 // DialTimeout bounds connecting to a member.
@@ -39,6 +41,12 @@ func NewClient(endpoints []string, tlsConfig *tls.Config) (*clientv3.Client, err
 		DialKeepAliveTime:    5 * time.Second,
 		DialKeepAliveTimeout: 3 * time.Second,
 		Logger:               zap.NewNop(),
+		// gRPC's default reconnect backoff grows to two minutes: a member that restarts for a
+		// trust change would be back long before its clients noticed.
+		DialOptions: []grpc.DialOption{grpc.WithConnectParams(grpc.ConnectParams{
+			Backoff:           backoff.Config{BaseDelay: 100 * time.Millisecond, Multiplier: 1.6, Jitter: 0.2, MaxDelay: time.Second},
+			MinConnectTimeout: DialTimeout,
+		})},
 	})
 	if err != nil {
 		return nil, fmt.Errorf("error creating etcd client for %v: %w", endpoints, err)

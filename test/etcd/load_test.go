@@ -216,8 +216,9 @@ func (l *load) stop() {
 	<-l.done
 }
 
-// prober probes every member's health every probeInterval and remembers the fewest members
-// healthy at once, and when.
+// prober probes every member's health every probeInterval, each probe on a new connection (a
+// kept connection would hide a short outage behind its reconnection), and remembers the fewest
+// members healthy at once and the longest outage of a member.
 type prober struct {
 	cancel context.CancelFunc
 	done   chan struct{}
@@ -227,13 +228,20 @@ type prober struct {
 	minAlive int
 	worst    []string
 	downs    map[string]int
+	// downSince is when each member that is down was first seen down; maxOutage the longest
+	// time a member was seen down, from its first failed probe to its next good one.
+	downSince map[string]time.Time
+	maxOutage time.Duration
 }
 
 func startProber(t testing.TB, dir string, endpoints []string) *prober {
 	t.Helper()
 
 	ctx, cancel := context.WithCancel(context.Background())
-	p := &prober{cancel: cancel, done: make(chan struct{}), minAlive: len(endpoints), downs: map[string]int{}}
+	p := &prober{
+		cancel: cancel, done: make(chan struct{}), minAlive: len(endpoints),
+		downs: map[string]int{}, downSince: map[string]time.Time{},
+	}
 	fc := newFollowingClient(dir, endpoints)
 
 	require.NoError(t, fc.refresh())
@@ -252,15 +260,34 @@ func startProber(t testing.TB, dir string, endpoints []string) *prober {
 			case <-tick.C:
 			}
 
+			sent := time.Now()
+
 			fc.refresh() //nolint:errcheck // a failed refresh keeps the current clients
 
 			results := make([]error, len(endpoints))
 
 			var wg sync.WaitGroup
 
+			tlsConfig, tlsErr := etcdpkg.TLSConfig(fc.files.ca, fc.files.crt, fc.files.key)
+
 			for i, endpoint := range endpoints {
 				wg.Go(func() {
-					h := etcdpkg.Status(ctx, fc.clients[i], endpoint, probeTimeout)
+					if tlsErr != nil {
+						results[i] = tlsErr
+
+						return
+					}
+
+					client, err := etcdpkg.NewClient([]string{endpoint}, tlsConfig)
+					if err != nil {
+						results[i] = err
+
+						return
+					}
+
+					defer client.Close() //nolint:errcheck
+
+					h := etcdpkg.Status(ctx, client, endpoint, probeTimeout)
 					if h.Err == nil && !h.Healthy() {
 						h.Err = fmt.Errorf("%s: no leader", endpoint)
 					}
@@ -275,14 +302,14 @@ func startProber(t testing.TB, dir string, endpoints []string) *prober {
 				return
 			}
 
-			p.record(endpoints, results)
+			p.record(endpoints, results, sent)
 		}
 	}()
 
 	return p
 }
 
-func (p *prober) record(endpoints []string, results []error) {
+func (p *prober) record(endpoints []string, results []error, sent time.Time) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 
@@ -296,7 +323,16 @@ func (p *prober) record(endpoints []string, results []error) {
 		if err == nil {
 			alive++
 
+			if since, ok := p.downSince[endpoints[i]]; ok {
+				p.maxOutage = max(p.maxOutage, sent.Sub(since))
+				delete(p.downSince, endpoints[i])
+			}
+
 			continue
+		}
+
+		if _, ok := p.downSince[endpoints[i]]; !ok {
+			p.downSince[endpoints[i]] = sent
 		}
 
 		p.downs[endpoints[i]]++
