@@ -156,16 +156,9 @@ func Adopt(c MemberConfig) (*Process, error) {
 		return nil, fmt.Errorf("error reading etcd pidfile: %w", err)
 	}
 
-	lines := strings.Split(strings.TrimSpace(string(data)), "\n")
-
-	pid, err := strconv.Atoi(strings.TrimSpace(lines[0]))
-	if err != nil || pid <= 1 {
+	pid, digest, ok := parsePIDFile(data)
+	if !ok {
 		return nil, removeStale(c.PIDFile)
-	}
-
-	var digest string
-	if len(lines) > 1 {
-		digest = strings.TrimSpace(lines[1])
 	}
 
 	// The PID may have been reused by an unrelated process: only an etcd on our data directory is ours.
@@ -199,6 +192,22 @@ func Adopt(c MemberConfig) (*Process, error) {
 	}()
 
 	return p, nil
+}
+
+// parsePIDFile reads what Start writes: the PID, then the trust bundle digest, one per line.
+func parsePIDFile(data []byte) (pid int, digest string, ok bool) {
+	lines := strings.Split(strings.TrimSpace(string(data)), "\n")
+
+	pid, err := strconv.Atoi(strings.TrimSpace(lines[0]))
+	if err != nil || pid <= 1 {
+		return 0, "", false
+	}
+
+	if len(lines) > 1 {
+		digest = strings.TrimSpace(lines[1])
+	}
+
+	return pid, digest, true
 }
 
 func removeStale(path string) error {
