@@ -2,6 +2,7 @@ package etcd
 
 import (
 	"bytes"
+	"os"
 	"os/exec"
 	"path/filepath"
 	"slices"
@@ -65,6 +66,16 @@ func TestRollingRestartSurvivesSupervisorCrash(t *testing.T) {
 
 		require.NoError(t, c.WaitEtcd(t.Context(), testWriter{t}))
 		probes.stop()
+
+		if target != holder {
+			// etcd outlived its supervisor, which found it again through the pidfile.
+			n, err := c.Node(target)
+			require.NoError(t, err)
+
+			log, err := os.ReadFile(n.Log)
+			require.NoError(t, err)
+			assert.Contains(t, string(log), "adopted running etcd")
+		}
 
 		t.Logf("probes: %d, fewest members healthy at once: %d, failed probes per member: %v", probes.probes, probes.minAlive, probes.downs)
 		assert.GreaterOrEqual(t, probes.minAlive, 2, "two members down at once: %v", probes.worst)
