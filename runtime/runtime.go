@@ -30,6 +30,7 @@ import (
 
 	ctrlcluster "github.com/nodepki/nodepki/controllers/cluster"
 	ctrletcd "github.com/nodepki/nodepki/controllers/etcd"
+	ctrlkubernetes "github.com/nodepki/nodepki/controllers/kubernetes"
 	"github.com/nodepki/nodepki/controllers/network"
 	"github.com/nodepki/nodepki/controllers/pki"
 	"github.com/nodepki/nodepki/resources"
@@ -162,6 +163,10 @@ func (rt *Runtime) setup(logger *zap.Logger, hostname string, opts Options) erro
 	}
 
 	if opts.StateDir != "" {
+		if err = rt.RegisterController(ctrlkubernetes.NewAPIServerFilesController(KubernetesPKIDir(opts.StateDir))); err != nil {
+			return err
+		}
+
 		if err = rt.RegisterController(ctrletcd.NewPKIFilesController(EtcdPKIDir(opts.StateDir))); err != nil {
 			return err
 		}
@@ -192,6 +197,11 @@ func (rt *Runtime) setup(logger *zap.Logger, hostname string, opts Options) erro
 // EtcdPKIDir is where a control plane writes the etcd PKI files: <state-dir>/secrets/etcd.
 func EtcdPKIDir(stateDir string) string {
 	return filepath.Join(stateDir, "secrets", "etcd")
+}
+
+// KubernetesPKIDir is where a control plane writes kube-apiserver's files: <state-dir>/secrets/kubernetes.
+func KubernetesPKIDir(stateDir string) string {
+	return filepath.Join(stateDir, "secrets", "kubernetes")
 }
 
 // openStore opens (or creates) the bolt database in dir, tightening permissions that are too open.

@@ -725,6 +725,106 @@ func (x *EtcdSnapshotChunk) GetData() []byte {
 	return nil
 }
 
+type KubeconfigRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// crt_ttl_seconds is the client certificate lifetime; 0 means cluster.adminKubeconfig.certLifetime
+	// (one year when unset).
+	CrtTtlSeconds int64 `protobuf:"varint,1,opt,name=crt_ttl_seconds,json=crtTtlSeconds,proto3" json:"crt_ttl_seconds,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *KubeconfigRequest) Reset() {
+	*x = KubeconfigRequest{}
+	mi := &file_node_node_proto_msgTypes[13]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *KubeconfigRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*KubeconfigRequest) ProtoMessage() {}
+
+func (x *KubeconfigRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_node_node_proto_msgTypes[13]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use KubeconfigRequest.ProtoReflect.Descriptor instead.
+func (*KubeconfigRequest) Descriptor() ([]byte, []int) {
+	return file_node_node_proto_rawDescGZIP(), []int{13}
+}
+
+func (x *KubeconfigRequest) GetCrtTtlSeconds() int64 {
+	if x != nil {
+		return x.CrtTtlSeconds
+	}
+	return 0
+}
+
+type KubeconfigResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// kubeconfig holds one cluster, user and context, "admin@<cluster.clusterName>"; its CA data is
+	// the accepted Kubernetes CA bundle.
+	Kubeconfig    []byte `protobuf:"bytes,1,opt,name=kubeconfig,proto3" json:"kubeconfig,omitempty"`
+	Node          string `protobuf:"bytes,2,opt,name=node,proto3" json:"node,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *KubeconfigResponse) Reset() {
+	*x = KubeconfigResponse{}
+	mi := &file_node_node_proto_msgTypes[14]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *KubeconfigResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*KubeconfigResponse) ProtoMessage() {}
+
+func (x *KubeconfigResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_node_node_proto_msgTypes[14]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use KubeconfigResponse.ProtoReflect.Descriptor instead.
+func (*KubeconfigResponse) Descriptor() ([]byte, []int) {
+	return file_node_node_proto_rawDescGZIP(), []int{14}
+}
+
+func (x *KubeconfigResponse) GetKubeconfig() []byte {
+	if x != nil {
+		return x.Kubeconfig
+	}
+	return nil
+}
+
+func (x *KubeconfigResponse) GetNode() string {
+	if x != nil {
+		return x.Node
+	}
+	return ""
+}
+
 var File_node_node_proto protoreflect.FileDescriptor
 
 const file_node_node_proto_rawDesc = "" +
@@ -772,11 +872,20 @@ const file_node_node_proto_rawDesc = "" +
 	"\amembers\x18\x02 \x03(\v2\x1b.nodepki.node.v1.EtcdMemberR\amembers\"\x15\n" +
 	"\x13EtcdSnapshotRequest\"'\n" +
 	"\x11EtcdSnapshotChunk\x12\x12\n" +
-	"\x04data\x18\x01 \x01(\fR\x04data2\xd5\x02\n" +
+	"\x04data\x18\x01 \x01(\fR\x04data\";\n" +
+	"\x11KubeconfigRequest\x12&\n" +
+	"\x0fcrt_ttl_seconds\x18\x01 \x01(\x03R\rcrtTtlSeconds\"H\n" +
+	"\x12KubeconfigResponse\x12\x1e\n" +
+	"\n" +
+	"kubeconfig\x18\x01 \x01(\fR\n" +
+	"kubeconfig\x12\x12\n" +
+	"\x04node\x18\x02 \x01(\tR\x04node2\xac\x03\n" +
 	"\vNodeService\x12L\n" +
 	"\aVersion\x12\x1f.nodepki.node.v1.VersionRequest\x1a .nodepki.node.v1.VersionResponse\x12m\n" +
 	"\x12ApplyConfiguration\x12*.nodepki.node.v1.ApplyConfigurationRequest\x1a+.nodepki.node.v1.ApplyConfigurationResponse\x12\x88\x01\n" +
-	"\x1bGenerateClientConfiguration\x123.nodepki.node.v1.GenerateClientConfigurationRequest\x1a4.nodepki.node.v1.GenerateClientConfigurationResponse2\xa0\x02\n" +
+	"\x1bGenerateClientConfiguration\x123.nodepki.node.v1.GenerateClientConfigurationRequest\x1a4.nodepki.node.v1.GenerateClientConfigurationResponse\x12U\n" +
+	"\n" +
+	"Kubeconfig\x12\".nodepki.node.v1.KubeconfigRequest\x1a#.nodepki.node.v1.KubeconfigResponse2\xa0\x02\n" +
 	"\vEtcdService\x12Z\n" +
 	"\tBootstrap\x12%.nodepki.node.v1.EtcdBootstrapRequest\x1a&.nodepki.node.v1.EtcdBootstrapResponse\x12]\n" +
 	"\n" +
@@ -795,7 +904,7 @@ func file_node_node_proto_rawDescGZIP() []byte {
 	return file_node_node_proto_rawDescData
 }
 
-var file_node_node_proto_msgTypes = make([]protoimpl.MessageInfo, 13)
+var file_node_node_proto_msgTypes = make([]protoimpl.MessageInfo, 15)
 var file_node_node_proto_goTypes = []any{
 	(*VersionRequest)(nil),                      // 0: nodepki.node.v1.VersionRequest
 	(*VersionResponse)(nil),                     // 1: nodepki.node.v1.VersionResponse
@@ -810,23 +919,27 @@ var file_node_node_proto_goTypes = []any{
 	(*EtcdMemberListResponse)(nil),              // 10: nodepki.node.v1.EtcdMemberListResponse
 	(*EtcdSnapshotRequest)(nil),                 // 11: nodepki.node.v1.EtcdSnapshotRequest
 	(*EtcdSnapshotChunk)(nil),                   // 12: nodepki.node.v1.EtcdSnapshotChunk
+	(*KubeconfigRequest)(nil),                   // 13: nodepki.node.v1.KubeconfigRequest
+	(*KubeconfigResponse)(nil),                  // 14: nodepki.node.v1.KubeconfigResponse
 }
 var file_node_node_proto_depIdxs = []int32{
 	9,  // 0: nodepki.node.v1.EtcdMemberListResponse.members:type_name -> nodepki.node.v1.EtcdMember
 	0,  // 1: nodepki.node.v1.NodeService.Version:input_type -> nodepki.node.v1.VersionRequest
 	2,  // 2: nodepki.node.v1.NodeService.ApplyConfiguration:input_type -> nodepki.node.v1.ApplyConfigurationRequest
 	4,  // 3: nodepki.node.v1.NodeService.GenerateClientConfiguration:input_type -> nodepki.node.v1.GenerateClientConfigurationRequest
-	6,  // 4: nodepki.node.v1.EtcdService.Bootstrap:input_type -> nodepki.node.v1.EtcdBootstrapRequest
-	8,  // 5: nodepki.node.v1.EtcdService.MemberList:input_type -> nodepki.node.v1.EtcdMemberListRequest
-	11, // 6: nodepki.node.v1.EtcdService.Snapshot:input_type -> nodepki.node.v1.EtcdSnapshotRequest
-	1,  // 7: nodepki.node.v1.NodeService.Version:output_type -> nodepki.node.v1.VersionResponse
-	3,  // 8: nodepki.node.v1.NodeService.ApplyConfiguration:output_type -> nodepki.node.v1.ApplyConfigurationResponse
-	5,  // 9: nodepki.node.v1.NodeService.GenerateClientConfiguration:output_type -> nodepki.node.v1.GenerateClientConfigurationResponse
-	7,  // 10: nodepki.node.v1.EtcdService.Bootstrap:output_type -> nodepki.node.v1.EtcdBootstrapResponse
-	10, // 11: nodepki.node.v1.EtcdService.MemberList:output_type -> nodepki.node.v1.EtcdMemberListResponse
-	12, // 12: nodepki.node.v1.EtcdService.Snapshot:output_type -> nodepki.node.v1.EtcdSnapshotChunk
-	7,  // [7:13] is the sub-list for method output_type
-	1,  // [1:7] is the sub-list for method input_type
+	13, // 4: nodepki.node.v1.NodeService.Kubeconfig:input_type -> nodepki.node.v1.KubeconfigRequest
+	6,  // 5: nodepki.node.v1.EtcdService.Bootstrap:input_type -> nodepki.node.v1.EtcdBootstrapRequest
+	8,  // 6: nodepki.node.v1.EtcdService.MemberList:input_type -> nodepki.node.v1.EtcdMemberListRequest
+	11, // 7: nodepki.node.v1.EtcdService.Snapshot:input_type -> nodepki.node.v1.EtcdSnapshotRequest
+	1,  // 8: nodepki.node.v1.NodeService.Version:output_type -> nodepki.node.v1.VersionResponse
+	3,  // 9: nodepki.node.v1.NodeService.ApplyConfiguration:output_type -> nodepki.node.v1.ApplyConfigurationResponse
+	5,  // 10: nodepki.node.v1.NodeService.GenerateClientConfiguration:output_type -> nodepki.node.v1.GenerateClientConfigurationResponse
+	14, // 11: nodepki.node.v1.NodeService.Kubeconfig:output_type -> nodepki.node.v1.KubeconfigResponse
+	7,  // 12: nodepki.node.v1.EtcdService.Bootstrap:output_type -> nodepki.node.v1.EtcdBootstrapResponse
+	10, // 13: nodepki.node.v1.EtcdService.MemberList:output_type -> nodepki.node.v1.EtcdMemberListResponse
+	12, // 14: nodepki.node.v1.EtcdService.Snapshot:output_type -> nodepki.node.v1.EtcdSnapshotChunk
+	8,  // [8:15] is the sub-list for method output_type
+	1,  // [1:8] is the sub-list for method input_type
 	1,  // [1:1] is the sub-list for extension type_name
 	1,  // [1:1] is the sub-list for extension extendee
 	0,  // [0:1] is the sub-list for field type_name
@@ -843,7 +956,7 @@ func file_node_node_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_node_node_proto_rawDesc), len(file_node_node_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   13,
+			NumMessages:   15,
 			NumExtensions: 0,
 			NumServices:   2,
 		},

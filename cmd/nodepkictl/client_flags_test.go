@@ -46,7 +46,7 @@ func newTestRoot() *cobra.Command {
 	config := &cobra.Command{Use: "config"}
 	config.AddCommand(newConfigNewCmd())
 
-	root.AddCommand(newGetCmd(), newApplyConfigCmd(), newPatchCmd(), newVersionCmd(), config)
+	root.AddCommand(newGetCmd(), newApplyConfigCmd(), newPatchCmd(), newVersionCmd(), newKubeconfigCmd(), config)
 
 	return root
 }
@@ -75,7 +75,7 @@ func TestCommandsAreWiredIntoRoot(t *testing.T) {
 	t.Parallel()
 
 	for _, path := range [][]string{
-		{"get"}, {"apply-config"}, {"patch", "machineconfig"}, {"patch", "mc"}, {"version"}, {"config", "new"},
+		{"get"}, {"apply-config"}, {"patch", "machineconfig"}, {"patch", "mc"}, {"version"}, {"config", "new"}, {"kubeconfig"},
 	} {
 		cmd, _, err := rootCmd.Find(path)
 		require.NoError(t, err, "%v", path)

@@ -3,6 +3,7 @@ package main
 import (
 	"errors"
 	"fmt"
+	"net/netip"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -10,6 +11,7 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/nodepki/nodepki/pkg/bundle"
 	"github.com/nodepki/nodepki/pkg/cluster"
 )
 
@@ -22,8 +24,8 @@ func newClusterCmd() *cobra.Command {
 		Use:   "cluster",
 		Short: "Run a local cluster of real nodepkid processes on loopback addresses",
 		Long: `A local cluster is a secrets bundle, machine configs and one nodepkid process per node, listening
-on 127.0.0.2, 127.0.0.3, ... Everything lives in the --state directory: secrets.yaml, talosconfig,
-cluster.yaml and nodes/<name>{.yaml,.log,/} for each node.`,
+on 127.0.0.2, 127.0.0.3, ... Everything lives in the --state directory: talosconfig, cluster.yaml,
+nodes/<name>{.yaml,.log,/} for each node, and secrets.yaml unless create was given --with-secrets.`,
 	}
 
 	cmd.PersistentFlags().String("state", defaultClusterState(), "directory holding the cluster's state")
@@ -46,6 +48,8 @@ func newClusterCreateCmd() *cobra.Command {
 	var (
 		opts       cluster.Options
 		daemon     string
+		secrets    string
+		first      string
 		withEtcd   bool
 		etcdBinary string
 	)
@@ -53,13 +57,26 @@ func newClusterCreateCmd() *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   "create",
 		Short: "Create and start a local cluster",
-		Long: `Create a local cluster and start it. With --etcd every control plane also runs a real etcd
-member on its address (:2379, :2380) with the etcd certificates nodepki issues; the first control
-plane bootstraps the etcd cluster and the others join it. The etcd binary is --etcd-binary, else
-etcd next to nodepkictl, else etcd on $PATH (make tools builds it into bin/).`,
+		Long: `Create a local cluster: machine configs and a talosconfig (every control plane an endpoint) from
+a new secrets bundle, or from --with-secrets FILE, then one nodepkid process per node on 127.0.0.2,
+127.0.0.3, ... (--first-address and the addresses after it; control planes first). It waits
+until every node's API certificate is valid.
+
+Addresses whose ports (50000, 50001) are in use are refused before anything is written. If a node
+exits while the cluster starts, its error is reported, the other nodes are stopped and nothing is
+left behind.
+
+With --etcd every control plane also runs a real etcd member on its address (:2379, :2380) with
+the etcd certificates nodepki issues; the first control plane bootstraps the etcd cluster and the
+others join it. The etcd binary is --etcd-binary, else etcd next to nodepkictl, else etcd on $PATH
+(make tools builds it into bin/).`,
 		Example: `  nodepkictl cluster create --workers 2
+  nodepkictl cluster create --name demo --controlplanes 1 --workers 2 --state ./_out/cluster
   nodepkictl cluster create --controlplanes 3 --workers 1 --etcd
-  nodepkictl cluster create --name demo --controlplanes 1 --workers 2 --state ./_out/cluster`,
+
+  # a cluster of your own bundle: its talosconfigs, configs and secrets.yaml work against it
+  nodepkictl gen secrets -o secrets.yaml
+  nodepkictl cluster create --name demo --with-secrets secrets.yaml --state ./_out/cluster`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			var err error
@@ -69,6 +86,16 @@ etcd next to nodepkictl, else etcd on $PATH (make tools builds it into bin/).`,
 
 			if opts.Daemon, err = findDaemon(daemon); err != nil {
 				return err
+			}
+
+			if opts.FirstAddress, err = netip.ParseAddr(first); err != nil {
+				return fmt.Errorf("--first-address %q is not an IP address: %w", first, err)
+			}
+
+			if secrets != "" {
+				if opts.Bundle, err = bundle.Load(secrets); err != nil {
+					return fmt.Errorf("--with-secrets: %w", err)
+				}
 			}
 
 			if etcdBinary != "" && !withEtcd {
@@ -104,6 +131,8 @@ talosconfig: %s
 	flags.StringVar(&opts.Name, "name", "nodepki", "cluster name (talosconfig context)")
 	flags.IntVar(&opts.ControlPlanes, "controlplanes", 1, "number of control-plane nodes")
 	flags.IntVar(&opts.Workers, "workers", 2, "number of worker nodes")
+	flags.StringVar(&first, "first-address", "127.0.0.2", "address of the first node; the others follow it (a loopback address)")
+	flags.StringVar(&secrets, "with-secrets", "", "secrets.yaml to build the cluster from (default: a new bundle, saved as secrets.yaml in --state)")
 	flags.StringVar(&daemon, "daemon", "", "path of the nodepkid binary (default: next to nodepkictl, then $PATH)")
 	flags.BoolVar(&withEtcd, "etcd", false, "run a real etcd member on every control plane")
 	flags.StringVar(&etcdBinary, "etcd-binary", "", "path of the etcd binary, with --etcd (default: next to nodepkictl, then $PATH)")

@@ -104,6 +104,7 @@ $TALOSCONFIG if set, else ~/.talos/config. It is rewritten atomically with mode 
 	cmd.AddCommand(
 		newConfigInfoCmd(),
 		newConfigMergeCmd(),
+		newConfigRemoveCmd(),
 		newConfigContextCmd(),
 		newConfigEndpointCmd(),
 		newConfigNodeCmd(),

@@ -146,6 +146,38 @@ func TestConfigMerge(t *testing.T) {
 	assert.Equal(t, before, after, "a failed merge changes nothing")
 }
 
+// TestConfigRemoveThenMergeReplacesAContext: the way to replace a context by a new one of the
+// same name (docs/rotation.md, by hand).
+func TestConfigRemoveThenMergeReplacesAContext(t *testing.T) {
+	t.Parallel()
+
+	path, _ := writeTalosconfig(t, "admin@demo", "127.0.0.1")
+	newer, _ := writeTalosconfig(t, "admin@demo", "127.0.0.9")
+
+	before, err := os.ReadFile(path)
+	require.NoError(t, err)
+
+	_, _, err = runSecretsConfigCLI(t, "--talosconfig", path, "config", "remove", "admin@demo", "nope")
+	require.ErrorContains(t, err, `context "nope" is not defined`)
+
+	after, err := os.ReadFile(path)
+	require.NoError(t, err)
+	assert.Equal(t, before, after, "a refused remove changes nothing")
+
+	_, stderr, err := runSecretsConfigCLI(t, "--talosconfig", path, "config", "remove", "admin@demo")
+	require.NoError(t, err)
+	assert.Contains(t, stderr, "no current context")
+	assert.Empty(t, openConfig(t, path).ContextNames())
+
+	_, _, err = runSecretsConfigCLI(t, "--talosconfig", path, "config", "merge", newer)
+	require.NoError(t, err)
+
+	cfg := openConfig(t, path)
+	assert.Equal(t, "admin@demo", cfg.Context)
+	assert.Equal(t, []string{"admin@demo"}, cfg.ContextNames())
+	assert.Equal(t, []string{"127.0.0.9"}, cfg.Contexts["admin@demo"].Endpoints)
+}
+
 // TestConfigDefaultPath checks the resolution order without --talosconfig: $TALOSCONFIG, then
 // ~/.talos/config (created with a 0700 directory by merge).
 func TestConfigDefaultPath(t *testing.T) {

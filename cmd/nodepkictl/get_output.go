@@ -7,7 +7,7 @@ import (
 	"io"
 	"reflect"
 	"strings"
-	"text/tabwriter"
+	"unicode/utf8"
 
 	"github.com/cosi-project/runtime/pkg/resource"
 	"github.com/cosi-project/runtime/pkg/resource/meta"
@@ -31,7 +31,7 @@ const outputFormats = "table, yaml, json or jsonpath=EXPR"
 func newResourcePrinter(format string, w io.Writer, withEvents bool) (resourcePrinter, error) {
 	switch {
 	case format == "table":
-		return &tablePrinter{w: tabwriter.NewWriter(w, 0, 0, 3, ' ', 0), withEvents: withEvents}, nil
+		return &tablePrinter{w: w, withEvents: withEvents}, nil
 	case format == "yaml":
 		return &yamlPrinter{w: w, withEvents: withEvents}, nil
 	case format == "json":
@@ -117,13 +117,20 @@ func resourceData(node string, r resource.Resource, event state.EventType, withE
 }
 
 // tablePrinter writes aligned columns: NODE, the change (watch), NAMESPACE, TYPE, ID, VERSION
-// and the definition's print columns.
+// and the definition's print columns. Rows are buffered until Flush; column widths only grow
+// from one Flush to the next, so that the rows a watch prints one by one stay aligned with the
+// header and the rows before them.
 type tablePrinter struct {
-	w           *tabwriter.Writer
+	w           io.Writer
 	withEvents  bool
 	displayType string
 	columns     []*jsonpath.JSONPath
+	rows        [][]string
+	widths      []int
 }
+
+// tableColumnGap separates columns.
+const tableColumnGap = 3
 
 func (p *tablePrinter) WriteHeader(rd *meta.ResourceDefinition) error {
 	spec := rd.TypedSpec()
@@ -146,9 +153,9 @@ func (p *tablePrinter) WriteHeader(rd *meta.ResourceDefinition) error {
 		fields = append(fields, strings.ToUpper(column.Name))
 	}
 
-	_, err := fmt.Fprintln(p.w, strings.Join(fields, "\t"))
+	p.rows = append(p.rows, fields)
 
-	return err
+	return nil
 }
 
 func (p *tablePrinter) WriteResource(node string, r resource.Resource, event state.EventType) error {
@@ -188,13 +195,41 @@ func (p *tablePrinter) WriteResource(node string, r resource.Resource, event sta
 		}
 	}
 
-	_, err := fmt.Fprintln(p.w, strings.Join(values, "\t"))
+	p.rows = append(p.rows, values)
 
-	return err
+	return nil
 }
 
 func (p *tablePrinter) Flush() error {
-	return p.w.Flush()
+	for _, row := range p.rows {
+		for i, cell := range row {
+			if i == len(p.widths) {
+				p.widths = append(p.widths, 0)
+			}
+
+			p.widths[i] = max(p.widths[i], utf8.RuneCountInString(cell))
+		}
+	}
+
+	var buf strings.Builder
+
+	for _, row := range p.rows {
+		for i, cell := range row {
+			buf.WriteString(cell)
+
+			if i < len(row)-1 {
+				buf.WriteString(strings.Repeat(" ", p.widths[i]-utf8.RuneCountInString(cell)+tableColumnGap))
+			}
+		}
+
+		buf.WriteByte('\n')
+	}
+
+	p.rows = p.rows[:0]
+
+	_, err := io.WriteString(p.w, buf.String())
+
+	return err
 }
 
 // yamlPrinter writes one YAML document per resource, separated by ---.

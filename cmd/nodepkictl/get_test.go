@@ -548,3 +548,54 @@ func TestWatchResubscribesAfterAnError(t *testing.T) {
 
 	assert.Equal(t, map[string]int{"node1": 2, "refused": 1}, st.calls)
 }
+
+// TestGetWatchKeepsColumnsAligned: the rows a watch prints one by one, after the current
+// resources, line up with the header.
+func TestGetWatchKeepsColumnsAligned(t *testing.T) {
+	t.Parallel()
+
+	srv, path := startNodeWithStatuses(t, "node1")
+
+	ctx, cancel := context.WithCancel(t.Context())
+	defer cancel()
+
+	var out, errOut syncBuffer
+
+	done := make(chan error, 1)
+
+	go func() {
+		done <- runCLIWith(ctx, &out, &errOut, "--talosconfig", path, "get", "cs", "-w")
+	}()
+
+	waitFor(t, &out, done, hasRow("node1", "+", "pki", "CertificateStatus", "etcd-server", "1"))
+
+	addStatus(t, srv.State, "etcd-peer", pki.StatePending, "")
+	waitFor(t, &out, done, hasRow("node1", "+", "pki", "CertificateStatus", "etcd-peer", "1"))
+
+	status := pki.NewCertificateStatus("etcd-peer")
+	_, err := safe.StateUpdateWithConflicts(t.Context(), srv.State, status.Metadata(), func(r *pki.CertificateStatus) error {
+		r.TypedSpec().State = pki.StateValid
+
+		return nil
+	})
+	require.NoError(t, err)
+	waitFor(t, &out, done, hasRow("node1", "pki", "CertificateStatus", "etcd-peer", "2"))
+
+	cancel()
+	<-done
+
+	lines := strings.Split(strings.TrimSuffix(out.String(), "\n"), "\n")
+	require.Len(t, lines, 5, out.String())
+
+	header := lines[0]
+
+	for _, column := range []string{"NAMESPACE", "TYPE", "ID", "VERSION", "ISSUER", "RENEW-AT", "STATE"} {
+		at := strings.Index(header, " "+column) + 1
+		require.Positive(t, at, header)
+
+		for _, line := range lines[1:] {
+			require.Greater(t, len(line), at, line)
+			assert.True(t, line[at-1] == ' ' && line[at] != ' ', "column %s does not start at %d in\n%s\n%s", column, at, header, line)
+		}
+	}
+}

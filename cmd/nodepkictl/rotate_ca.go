@@ -79,8 +79,10 @@ own address (port 50000) to verify it.
 
 Every step is derived from the nodes' configs, so an interrupted rotation is resumed by running the
 same command again: the plan file is loaded (no second CA is ever generated) and only the nodes that
-are behind get a patch. A complete plan is never reused: move it away to rotate again. To rotate to
-a CA of your own, write a plan with roots.<root>.new.crt and .key (see docs/rotation.md).
+are behind get a patch; after Ctrl-C, rerun the same command. A complete plan is never reused:
+rerunning its rotation says when it finished, a rotation of other roots with it is refused; pass a
+new --plan to rotate again. To rotate to a CA of your own, write a plan with roots.<root>.new.crt
+and .key (see docs/rotation.md).
 
 --dry-run is the default: it prints the plan and every patch it would apply, and changes nothing.`,
 		Example: `  # preview, then rotate the OS and Kubernetes CAs of the current context's nodes
@@ -202,11 +204,25 @@ func runRotateCA(cmd *cobra.Command, in rotateCAInput) error {
 		ClientGrace:     in.clientGrace,
 		EtcdClientDir:   in.etcdClientDir,
 	})
+	if err != nil && ctx.Err() != nil {
+		return interrupted(in.dryRun, planPath)
+	}
+
 	if err != nil {
 		return fmt.Errorf("rotate-ca: %w", err)
 	}
 
 	return nil
+}
+
+// interrupted is the error of a rotation stopped by Ctrl-C (or SIGTERM): every step is derived
+// from the nodes' configs and the plan, so the same command picks up where this one stopped.
+func interrupted(dryRun bool, planPath string) error {
+	if dryRun {
+		return errors.New("rotate-ca interrupted (dry run: nothing was changed)")
+	}
+
+	return fmt.Errorf("rotate-ca interrupted: nothing is lost; rerun the same command to resume (the plan, once written, is %s)", planPath)
 }
 
 func trimAll(values []string) []string {

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"context"
 	"path/filepath"
 	"testing"
 
@@ -87,4 +88,41 @@ func TestRotateCAFlags(t *testing.T) {
 	require.NoError(t, err)
 	assert.Equal(t, "rotate-ca", found.Name())
 	assert.NotEmpty(t, found.Example)
+}
+
+// TestRotateCAInterrupted: a rotation stopped by Ctrl-C says so and how to resume, instead of
+// "context canceled".
+func TestRotateCAInterrupted(t *testing.T) {
+	t.Parallel()
+
+	_, talosconfig := startNode(t, "node1")
+
+	for _, tc := range []struct {
+		name string
+		args []string
+		want string
+	}{
+		{"real run", []string{"--dry-run=false"}, "rotate-ca interrupted: nothing is lost; rerun the same command to resume"},
+		{"dry run", nil, "rotate-ca interrupted (dry run: nothing was changed)"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+
+			ctx, cancel := context.WithCancel(t.Context())
+			cancel()
+
+			root := newRotateCATestRoot()
+			root.SetArgs(append([]string{"--talosconfig", talosconfig, "rotate-ca", "--os"}, tc.args...))
+
+			var out syncBuffer
+
+			root.SetOut(&out)
+			root.SetErr(&out)
+
+			err := root.ExecuteContext(ctx)
+			require.Error(t, err)
+			assert.Contains(t, err.Error(), tc.want)
+			assert.NotContains(t, err.Error(), "context canceled")
+		})
+	}
 }

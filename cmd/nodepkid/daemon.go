@@ -1,6 +1,7 @@
 package main
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -17,6 +18,7 @@ import (
 	"golang.org/x/sync/errgroup"
 
 	controllerspki "github.com/nodepki/nodepki/controllers/pki"
+	"github.com/nodepki/nodepki/pkg/certs"
 	"github.com/nodepki/nodepki/pkg/machineconfig"
 	"github.com/nodepki/nodepki/runtime"
 	"github.com/nodepki/nodepki/runtime/api"
@@ -27,9 +29,11 @@ type daemonOptions struct {
 	configPath      string
 	stateDir        string
 	address         string
+	hostname        string
 	apiPort         int
 	trustdPort      int
 	trustdEndpoints []string
+	controlPlanes   []string
 	hostAddresses   bool
 	logLevel        string
 	etcdBinary      string
@@ -69,9 +73,9 @@ func run(ctx context.Context, opts daemonOptions) error {
 		}
 	}
 
-	hostname, err := os.Hostname()
+	hostname, err := nodeHostname(opts.hostname)
 	if err != nil {
-		return fmt.Errorf("error reading hostname: %w", err)
+		return err
 	}
 
 	// A missing or broken binary is reported in the etcd member status and the log, and breaks
@@ -97,7 +101,7 @@ func run(ctx context.Context, opts daemonOptions) error {
 
 	defer rt.Close() //nolint:errcheck
 
-	cfg, err := bootConfig(ctx, rt, fileConfig, fileData, opts.configPath, logger)
+	cfg, firstBoot, err := bootConfig(ctx, rt, fileConfig, fileData, opts, logger)
 	if err != nil {
 		return err
 	}
@@ -110,21 +114,42 @@ func run(ctx context.Context, opts daemonOptions) error {
 		return fmt.Errorf("error registering the worker API certificate controller: %w", err)
 	}
 
+	// Everything that can fail before the node serves (ports in use, say) runs before a first
+	// boot persists its config: a boot that never served leaves the next --config in charge.
 	apiListener, err := net.Listen("tcp", net.JoinHostPort(address.String(), strconv.Itoa(opts.apiPort)))
 	if err != nil {
 		return fmt.Errorf("error listening for the node API: %w", err)
 	}
 
+	defer apiListener.Close() //nolint:errcheck // Serve closes it; this covers the early returns
+
 	apiServer, err := api.New(api.Options{
-		State:       rt.State(),
-		Config:      rt,
-		NodeAddress: address,
-		MachineType: cfg.Document().Machine.Type,
-		Logger:      logger.With(zap.String("component", "api")),
-		APIPort:     opts.apiPort,
+		State:         rt.State(),
+		Config:        rt,
+		NodeAddress:   address,
+		MachineType:   cfg.Document().Machine.Type,
+		Logger:        logger.With(zap.String("component", "api")),
+		APIPort:       opts.apiPort,
+		ControlPlanes: opts.controlPlanes,
 	})
 	if err != nil {
 		return err
+	}
+
+	var serveTrustd func(context.Context) error
+
+	if cfg.Document().Machine.IsControlPlane() {
+		if serveTrustd, err = newTrustd(rt.State(), address, opts, logger); err != nil {
+			return err
+		}
+	}
+
+	if firstBoot {
+		if err = rt.SetMachineConfig(ctx, fileData); err != nil {
+			return fmt.Errorf("error persisting the machine config: %w", err)
+		}
+
+		logger.Info("machine config loaded from file", zap.String("file", opts.configPath))
 	}
 
 	group, ctx := errgroup.WithContext(ctx)
@@ -132,10 +157,8 @@ func run(ctx context.Context, opts daemonOptions) error {
 	group.Go(func() error { return rt.Run(ctx) })
 	group.Go(func() error { return apiServer.Serve(ctx, apiListener) })
 
-	if cfg.Document().Machine.IsControlPlane() {
-		if err = serveTrustd(ctx, group, rt.State(), address, opts.trustdPort, logger); err != nil {
-			return err
-		}
+	if serveTrustd != nil {
+		group.Go(func() error { return serveTrustd(ctx) })
 	}
 
 	group.Go(func() error {
@@ -161,20 +184,37 @@ func run(ctx context.Context, opts daemonOptions) error {
 	return err
 }
 
-func serveTrustd(ctx context.Context, group *errgroup.Group, st state.State, address netip.Addr, port int, logger *zap.Logger) error {
-	listener, err := net.Listen("tcp", net.JoinHostPort(address.String(), strconv.Itoa(port)))
+// newTrustd listens on the trustd port and returns the function that serves it.
+func newTrustd(st state.State, address netip.Addr, opts daemonOptions, logger *zap.Logger) (func(context.Context) error, error) {
+	listener, err := net.Listen("tcp", net.JoinHostPort(address.String(), strconv.Itoa(opts.trustdPort)))
 	if err != nil {
-		return fmt.Errorf("error listening for trustd: %w", err)
+		return nil, fmt.Errorf("error listening for trustd: %w", err)
 	}
 
-	server, err := trustd.New(trustd.Options{State: st, Logger: logger.With(zap.String("component", "trustd"))})
+	server, err := trustd.New(trustd.Options{State: st, Logger: logger.With(zap.String("component", "trustd")), ControlPlanes: opts.controlPlanes})
 	if err != nil {
-		return err
+		return nil, errors.Join(err, listener.Close())
 	}
 
-	group.Go(func() error { return server.Serve(ctx, listener) })
+	return func(ctx context.Context) error { return server.Serve(ctx, listener) }, nil
+}
 
-	return nil
+// nodeHostname is --hostname, checked as a host name, or the machine's host name.
+func nodeHostname(flag string) (string, error) {
+	if flag == "" {
+		hostname, err := os.Hostname()
+		if err != nil {
+			return "", fmt.Errorf("error reading hostname (set --hostname): %w", err)
+		}
+
+		return hostname, nil
+	}
+
+	if err := certs.CheckDNSName(flag); err != nil {
+		return "", fmt.Errorf("--hostname %q is not a host name (%w): use letters, digits and hyphens in dot-separated labels of 1-63 characters", flag, err)
+	}
+
+	return flag, nil
 }
 
 // readConfigFile parses and validates the --config file and returns it with its exact bytes
@@ -202,30 +242,37 @@ func readConfigFile(path string) (*machineconfig.Config, []byte, error) {
 }
 
 // bootConfig returns the config the node runs with: the persisted one if there is one, else the
-// --config file (already validated), which it persists.
-func bootConfig(ctx context.Context, rt *runtime.Runtime, file *machineconfig.Config, fileData []byte, path string, logger *zap.Logger) (*machineconfig.Config, error) {
+// --config file (already validated), which the caller persists once the node can serve
+// (firstBoot).
+func bootConfig(ctx context.Context, rt *runtime.Runtime, file *machineconfig.Config, fileData []byte, opts daemonOptions,
+	logger *zap.Logger,
+) (cfg *machineconfig.Config, firstBoot bool, err error) {
 	raw, err := rt.MachineConfig(ctx)
 
 	switch {
 	case err == nil:
-		if file != nil {
-			logger.Info("using the persisted machine config", zap.String("ignored_file", path))
-		}
-
-		return machineconfig.Parse(raw)
 	case !state.IsNotFoundError(err):
-		return nil, fmt.Errorf("error reading the persisted machine config: %w", err)
+		return nil, false, fmt.Errorf("error reading the persisted machine config: %w", err)
 	case file == nil:
-		return nil, errors.New("no persisted machine config: pass --config FILE on first boot")
+		return nil, false, errors.New("no persisted machine config: pass --config FILE on first boot")
+	default:
+		return file, true, nil
 	}
 
-	if err = rt.SetMachineConfig(ctx, fileData); err != nil {
-		return nil, fmt.Errorf("error persisting the machine config: %w", err)
+	switch {
+	case file == nil:
+	case bytes.Equal(raw, fileData):
+		logger.Info("using the persisted machine config, the same as --config", zap.String("file", opts.configPath))
+	default:
+		logger.Warn("--config differs from the persisted machine config and is ignored: the node runs with the persisted one; "+
+			"to change it, apply the file to the running node (nodepkictl -n "+opts.address+" apply-config -f "+opts.configPath+
+			"), or start with an empty --state-dir",
+			zap.String("ignored_file", opts.configPath), zap.String("state_dir", opts.stateDir))
 	}
 
-	logger.Info("machine config loaded from file", zap.String("file", path))
+	cfg, err = machineconfig.Parse(raw)
 
-	return file, nil
+	return cfg, false, err
 }
 
 func newLogger(level string) (*zap.Logger, error) {

@@ -35,8 +35,10 @@ func newRootCmd() *cobra.Command {
 		Long: `nodepkid runs the nodepki certificate subsystem of one node.
 
 On first boot it takes the machine config from --config, validates it and persists it under
---state-dir; later boots use the persisted config (a config applied through the API survives a
-restart) and ignore the file. It serves the node API on --address:--api-port with mutual TLS and,
+--state-dir once it can serve (a first boot that fails, on a port in use say, persists nothing).
+Later boots use the persisted config (a config applied through the API survives a restart); a
+--config file that differs from it is ignored with a warning: change a running node's config with
+nodepkictl apply-config. It serves the node API on --address:--api-port with mutual TLS and,
 on control-plane nodes, trustd on --address:--trustd-port for workers' certificate requests.
 
 Control planes write the etcd PKI files under --state-dir/secrets/etcd. With --etcd-binary a control
@@ -57,10 +59,15 @@ when it restarts; a clean shutdown of nodepkid stops it.`,
 	flags.StringVar(&opts.configPath, "config", "", "machine config file used on first boot")
 	flags.StringVar(&opts.stateDir, "state-dir", "", "directory for persisted state (created 0700)")
 	flags.StringVar(&opts.address, "address", "", "IP address this node serves on and is known by")
+	flags.StringVar(&opts.hostname, "hostname", "",
+		"host name of this node (certificate SANs, member record); default: the machine's host name. Nodes of one cluster need distinct names: trustd never signs one node's name for another")
 	flags.IntVar(&opts.apiPort, "api-port", 50000, "node API port")
 	flags.IntVar(&opts.trustdPort, "trustd-port", 50001, "trustd port (control-plane nodes)")
 	flags.StringSliceVar(&opts.trustdEndpoints, "trustd-endpoint", nil,
 		"extra trustd endpoints for workers (host or host:port), besides cluster.controlPlane.endpoint's host")
+	flags.StringSliceVar(&opts.controlPlanes, "control-plane", nil,
+		"addresses and host names of the other control planes (on a control plane): the node API forwards calls to them "+
+			"(besides the members it records and cluster.controlPlane.endpoint's host), and trustd never signs them for a worker")
 	flags.BoolVar(&opts.hostAddresses, "host-addresses", true,
 		"add the host's non-loopback addresses to the node addresses (certificate SANs)")
 	flags.StringVar(&opts.logLevel, "log-level", "info", "log level: debug, info, warn, error")

@@ -14,8 +14,14 @@ func WriteFile(path string, data []byte) error {
 }
 
 // WriteFiles writes every file to a temporary file beside it first and renames them into place
-// only once all are written, so that a failure while writing leaves none of them changed.
-func WriteFiles(paths []string, contents [][]byte) (err error) {
+// only once all are written, so that a failure while writing leaves none of them changed. The
+// directories are synced after the renames, so that the new names survive a power loss.
+func WriteFiles(paths []string, contents [][]byte) error {
+	return writeFiles(paths, contents, syncDir)
+}
+
+// writeFiles is WriteFiles with the directory sync given, so that tests can observe it.
+func writeFiles(paths []string, contents [][]byte, syncDirectory func(string) error) (err error) {
 	temps := make([]string, 0, len(paths))
 
 	defer func() {
@@ -35,13 +41,39 @@ func WriteFiles(paths []string, contents [][]byte) (err error) {
 		temps = append(temps, tmp)
 	}
 
+	dirs := map[string]bool{}
+
 	for i, path := range paths {
 		if err := os.Rename(temps[i], path); err != nil {
 			return fmt.Errorf("writing %q: %w", path, err)
 		}
+
+		dirs[filepath.Dir(path)] = true
+	}
+
+	for dir := range dirs {
+		if err := syncDirectory(dir); err != nil {
+			return fmt.Errorf("syncing directory %q: %w", dir, err)
+		}
 	}
 
 	return nil
+}
+
+// syncDir makes the directory's entries (the renames) durable.
+func syncDir(dir string) error {
+	d, err := os.Open(dir)
+	if err != nil {
+		return err
+	}
+
+	if err = d.Sync(); err != nil {
+		d.Close() //nolint:errcheck
+
+		return err
+	}
+
+	return d.Close()
 }
 
 // writeTemp writes data, mode 0600 and synced, to a new temporary file beside path.

@@ -31,6 +31,9 @@ type Node struct {
 	StateDir string `yaml:"stateDir"`
 	Config   string `yaml:"config"`
 	Log      string `yaml:"log"`
+
+	// exited is closed when the process this Cluster started exits; nil for a loaded cluster.
+	exited <-chan struct{}
 }
 
 // Cluster describes a local cluster; it is saved as cluster.yaml in Dir.
@@ -61,6 +64,10 @@ func Load(dir string) (*Cluster, error) {
 	}
 
 	var c Cluster
+
+	if dir, err = filepath.Abs(dir); err != nil {
+		return nil, fmt.Errorf("cluster directory: %w", err)
+	}
 
 	if err = yaml.Unmarshal(data, &c); err != nil {
 		return nil, fmt.Errorf("error parsing %s: %w", filepath.Join(dir, descriptorName), err)

@@ -1,15 +1,19 @@
 package cluster
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
 	"io"
+	"io/fs"
+	"net"
 	"net/netip"
 	"net/url"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"strconv"
 	"syscall"
 	"time"
@@ -49,9 +53,17 @@ type Options struct {
 	EtcdBinary string
 }
 
+// hostnameLabel is a cluster name that leaves room in a 63-character DNS label for the node suffix.
+var hostnameLabel = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9-]{0,39}$`)
+
 func (o *Options) setDefaults() error {
 	if o.Name == "" {
 		o.Name = "nodepki"
+	}
+
+	if !hostnameLabel.MatchString(o.Name) {
+		return fmt.Errorf("--name %q cannot start host names: each node is named <name>-controlplane-N or <name>-worker-N, "+
+			"so use at most 40 letters, digits and hyphens, starting with a letter or digit", o.Name)
 	}
 
 	if o.ControlPlanes < 1 {
@@ -96,15 +108,23 @@ func (o *Options) setDefaults() error {
 }
 
 // Create generates secrets and configs, starts one nodepkid per node and waits until every node
-// serves with a valid API certificate. On failure the processes it started are stopped.
+// serves with a valid API certificate. Addresses already in use are refused before anything is
+// written. A node that exits while the cluster starts fails Create at once with that node's own
+// error; the processes are then stopped and everything Create wrote is removed. A cluster whose
+// nodes run but are not ready in time is returned with the error and left running, for its logs.
 func Create(ctx context.Context, opts Options) (*Cluster, error) {
 	if err := opts.setDefaults(); err != nil {
 		return nil, err
 	}
 
-	if _, err := os.Stat(filepath.Join(opts.Dir, descriptorName)); err == nil {
+	dir, err := filepath.Abs(opts.Dir)
+	if err != nil {
+		return nil, fmt.Errorf("cluster directory %q: %w", opts.Dir, err)
+	}
+
+	if _, err = os.Stat(filepath.Join(dir, descriptorName)); err == nil {
 		return nil, fmt.Errorf("%s already holds a cluster: destroy it first with `nodepkictl cluster destroy --state %s`",
-			opts.Dir, opts.Dir)
+			dir, dir)
 	}
 
 	addresses, err := nodeAddresses(opts.FirstAddress, opts.ControlPlanes+opts.Workers)
@@ -112,40 +132,60 @@ func Create(ctx context.Context, opts Options) (*Cluster, error) {
 		return nil, err
 	}
 
-	if err = os.MkdirAll(opts.Dir, 0o700); err != nil {
+	if err = checkPortsFree(addresses, opts.APIPort, opts.TrustdPort); err != nil {
+		return nil, err
+	}
+
+	written, err := newEntries(dir)
+	if err != nil {
+		return nil, err
+	}
+
+	if err = os.MkdirAll(dir, 0o700); err != nil {
 		return nil, fmt.Errorf("error creating the cluster directory: %w", err)
 	}
 
 	c := &Cluster{
 		Name:        opts.Name,
-		Dir:         opts.Dir,
+		Dir:         dir,
 		Daemon:      opts.Daemon,
 		APIPort:     opts.APIPort,
 		TrustdPort:  opts.TrustdPort,
-		Talosconfig: filepath.Join(opts.Dir, "talosconfig"),
+		Talosconfig: filepath.Join(dir, "talosconfig"),
 		EtcdBinary:  opts.EtcdBinary,
 	}
 
-	if err = c.generate(opts, addresses); err != nil {
-		return nil, err
+	if err = c.start(ctx, opts, addresses); err != nil {
+		if errors.As(err, new(*notReadyError)) {
+			return c, err
+		}
+
+		c.stopAll()
+
+		return nil, errors.Join(err, removeAll(written))
+	}
+
+	return c, nil
+}
+
+// start generates the cluster's files, starts the nodes and waits for them.
+func (c *Cluster) start(ctx context.Context, opts Options, addresses []netip.Addr) error {
+	if err := c.generate(opts, addresses); err != nil {
+		return err
 	}
 
 	fmt.Fprintf(opts.Progress, "starting %d nodes\n", len(c.Nodes))
 
 	for i := range c.Nodes {
-		if err = c.start(&c.Nodes[i]); err != nil {
-			c.stopAll()
-
-			return nil, err
+		if err := c.startNode(&c.Nodes[i]); err != nil {
+			return err
 		}
 
 		fmt.Fprintf(opts.Progress, "- %s (%s, %s): started, pid %d\n", c.Nodes[i].Address, c.Nodes[i].Name, c.Nodes[i].Type, c.Nodes[i].PID)
 	}
 
-	if err = c.save(); err != nil {
-		c.stopAll()
-
-		return nil, fmt.Errorf("error saving the cluster descriptor: %w", err)
+	if err := c.save(); err != nil {
+		return fmt.Errorf("error saving the cluster descriptor: %w", err)
 	}
 
 	fmt.Fprintln(opts.Progress, "waiting for every node's API certificate")
@@ -153,17 +193,137 @@ func Create(ctx context.Context, opts Options) (*Cluster, error) {
 	waitCtx, cancel := context.WithTimeout(ctx, opts.ReadyTimeout)
 	defer cancel()
 
-	if err = c.WaitReady(waitCtx, opts.Progress); err != nil {
-		return c, fmt.Errorf("cluster started but not ready: %w (node logs are in %s)", err, filepath.Join(opts.Dir, "nodes"))
+	waitCtx, cancelCause := context.WithCancelCause(waitCtx)
+	defer cancelCause(nil)
+
+	for i := range c.Nodes {
+		go func(n *Node) {
+			select {
+			case <-n.exited:
+				cancelCause(n.exitError())
+			case <-waitCtx.Done():
+			}
+		}(&c.Nodes[i])
+	}
+
+	err := c.WaitReady(waitCtx, opts.Progress)
+
+	var exited *nodeExitedError
+	if cause := context.Cause(waitCtx); errors.As(cause, &exited) {
+		return cause
+	}
+
+	if err != nil {
+		return &notReadyError{err: err, timeout: opts.ReadyTimeout, dir: c.Dir}
 	}
 
 	if c.EtcdBinary != "" {
 		if err = c.bootstrapEtcd(waitCtx, opts.Progress); err != nil {
-			return c, fmt.Errorf("cluster started but etcd is not ready: %w (etcd logs are in %s)", err, filepath.Join(opts.Dir, "nodes", "*", "etcd.log"))
+			return &notReadyError{err: fmt.Errorf("etcd: %w (etcd logs: %s)", err, filepath.Join(c.Dir, "nodes", "*", "etcd.log")),
+				timeout: opts.ReadyTimeout, dir: c.Dir}
 		}
 	}
 
-	return c, nil
+	return nil
+}
+
+// notReadyError reports nodes that run but did not get a valid API certificate in time.
+type notReadyError struct {
+	err     error
+	timeout time.Duration
+	dir     string
+}
+
+func (e *notReadyError) Error() string {
+	return fmt.Sprintf("cluster started but not ready after %s: %v (the nodes keep running: their logs are in %s; "+
+		"`nodepkictl cluster destroy --state %s` stops them)", e.timeout, e.err, filepath.Join(e.dir, "nodes"), e.dir)
+}
+
+func (e *notReadyError) Unwrap() error { return e.err }
+
+// checkPortsFree refuses addresses on which the node API or trustd port is taken, typically by
+// another local cluster: its nodes would answer in place of the new ones.
+func checkPortsFree(addresses []netip.Addr, ports ...int) error {
+	for _, addr := range addresses {
+		for _, port := range ports {
+			hostPort := netip.AddrPortFrom(addr, uint16(port)).String() //nolint:gosec // ports are checked by the daemon's flags
+
+			l, err := net.Listen("tcp", hostPort)
+			if err != nil {
+				return fmt.Errorf("%s is already in use (another local cluster? `nodepkictl cluster show --state DIR` lists one, "+
+					"`nodepkictl cluster destroy --state DIR` stops it; --first-address picks other addresses): %w", hostPort, err)
+			}
+
+			if err = l.Close(); err != nil {
+				return fmt.Errorf("checking %s: %w", hostPort, err)
+			}
+		}
+	}
+
+	return nil
+}
+
+// nodeExitedError reports a node process that exited while the cluster was starting.
+type nodeExitedError struct {
+	node    string
+	address string
+	log     string
+}
+
+func (e *nodeExitedError) Error() string {
+	return fmt.Sprintf("node %s (%s) exited at start: %s", e.node, e.address, e.log)
+}
+
+// maxLogTail bounds the log excerpt of a node that exited at start.
+const maxLogTail = 2048
+
+// exitError describes the node's exit with the end of its log, which holds the daemon's error.
+func (n *Node) exitError() error {
+	tail := "(no log)"
+
+	if data, err := os.ReadFile(n.Log); err == nil && len(data) > 0 {
+		data = bytes.TrimSpace(data[max(0, len(data)-maxLogTail):])
+		tail = string(data)
+	}
+
+	return &nodeExitedError{node: n.Name, address: n.Address, log: tail}
+}
+
+// newEntries lists what Create would write in dir that is not there yet: all of dir if it does
+// not exist. Undoing a failed Create removes these and nothing else.
+func newEntries(dir string) ([]string, error) {
+	if _, err := os.Stat(dir); errors.Is(err, fs.ErrNotExist) {
+		return []string{dir}, nil
+	}
+
+	var out []string
+
+	for _, name := range []string{descriptorName, "talosconfig", "nodes", "secrets.yaml"} {
+		path := filepath.Join(dir, name)
+
+		_, err := os.Stat(path)
+
+		switch {
+		case errors.Is(err, fs.ErrNotExist):
+			out = append(out, path)
+		case err != nil:
+			return nil, fmt.Errorf("checking the cluster directory: %w", err)
+		}
+	}
+
+	return out, nil
+}
+
+func removeAll(paths []string) error {
+	var errs []error
+
+	for _, path := range paths {
+		if err := os.RemoveAll(path); err != nil {
+			errs = append(errs, err)
+		}
+	}
+
+	return errors.Join(errs...)
 }
 
 // generate writes secrets.yaml, the machine configs and the talosconfig, and fills c.Nodes.
@@ -231,14 +391,15 @@ func (c *Cluster) generate(opts Options, addresses []netip.Addr) error {
 		return err
 	}
 
-	talosconfig := clientconfig.New(opts.Name, []string{addresses[0].String()}, b.Certs.OS.Crt, crt, key)
+	// Every control plane is an endpoint, so that the client fails over when one is down.
+	talosconfig := clientconfig.New(opts.Name, c.ControlPlanes(), b.Certs.OS.Crt, crt, key)
 	talosconfig.Contexts[opts.Name].Nodes = c.Addresses()
 
 	return talosconfig.Save(c.Talosconfig)
 }
 
-// start launches the node's nodepkid in its own session, logging to its log file.
-func (c *Cluster) start(n *Node) error {
+// startNode launches the node's nodepkid in its own session, logging to its log file.
+func (c *Cluster) startNode(n *Node) error {
 	logFile, err := os.OpenFile(n.Log, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
 	if err != nil {
 		return fmt.Errorf("error opening the log of %s: %w", n.Name, err)
@@ -250,9 +411,20 @@ func (c *Cluster) start(n *Node) error {
 		"--config", n.Config,
 		"--state-dir", n.StateDir,
 		"--address", n.Address,
+		"--hostname", n.Name,
 		"--api-port", strconv.Itoa(c.APIPort),
 		"--trustd-port", strconv.Itoa(c.TrustdPort),
 		"--host-addresses=false",
+	}
+
+	// Each control plane is told the others, so that it forwards calls to them and trustd never
+	// signs their names for a worker.
+	if n.Type != machineconfig.TypeWorker {
+		for _, other := range c.Nodes {
+			if other.Type != machineconfig.TypeWorker && other.Address != n.Address {
+				args = append(args, "--control-plane", other.Address, "--control-plane", other.Name)
+			}
+		}
 	}
 
 	if c.EtcdBinary != "" && n.Type != machineconfig.TypeWorker {
@@ -269,10 +441,16 @@ func (c *Cluster) start(n *Node) error {
 	}
 
 	n.PID = cmd.Process.Pid
+	exited := make(chan struct{})
+	n.exited = exited
 
 	// Reap the child when it exits so that a stopped node does not linger as a zombie while the
 	// starting process (a test, say) is still running.
-	go cmd.Wait() //nolint:errcheck
+	go func() {
+		cmd.Wait() //nolint:errcheck // the exit is reported through the node's log
+
+		close(exited)
+	}()
 
 	return nil
 }

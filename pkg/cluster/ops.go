@@ -64,7 +64,7 @@ func (c *Cluster) Start(nameOrAddress string) error {
 		return fmt.Errorf("node %s is already running (pid %d)", n.Name, n.PID)
 	}
 
-	if err = c.start(n); err != nil {
+	if err = c.startNode(n); err != nil {
 		return err
 	}
 

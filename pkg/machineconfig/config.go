@@ -5,6 +5,8 @@ package machineconfig
 
 import (
 	"bytes"
+	"encoding/base64"
+	"encoding/pem"
 	"errors"
 	"fmt"
 	"io"
@@ -30,6 +32,10 @@ type Config struct {
 // Parse parses a machine config file. Other documents (kind: ...) are kept as they are; exactly one
 // v1alpha1 document (`version: v1alpha1`, no kind) is required and decoded into the typed view.
 func Parse(data []byte) (*Config, error) {
+	if err := checkConfigSize(data); err != nil {
+		return nil, err
+	}
+
 	docs, err := parseDocuments(data)
 	if errors.Is(err, errNoDocuments) {
 		return nil, errors.New("the config is empty: want a YAML document with version: v1alpha1")
@@ -104,6 +110,10 @@ func parseDocuments(data []byte) ([]*yaml.Node, error) {
 			continue
 		}
 
+		if err := checkExpansion(doc.Content[0]); err != nil {
+			return nil, err
+		}
+
 		if err := checkDuplicateKeys(doc.Content[0], ""); err != nil {
 			return nil, err
 		}
@@ -164,8 +174,10 @@ func (c *Config) Bytes() ([]byte, error) {
 	return encodeDocuments(c.docs)
 }
 
-// Redacted encodes the config with secrets replaced by "******", as Talos's Redact does (keys,
-// tokens, cluster.secret, encryption secrets), for diffs and logs.
+// Redacted encodes the config with secrets replaced by "******", for diffs and logs: the known
+// secret fields of the v1alpha1 document (keys, tokens, cluster.secret, encryption secrets, as
+// Talos's Redact does), and every private key anywhere in any document, known field or not,
+// recognized by its content (PEM, or base64 of PEM).
 func (c *Config) Redacted() ([]byte, error) {
 	docs := cloneDocuments(c.docs)
 	root := docs[c.v1].Content[0]
@@ -174,7 +186,52 @@ func (c *Config) Redacted() ([]byte, error) {
 		redact(root, path)
 	}
 
+	for _, d := range docs {
+		redactPrivateKeys(d)
+	}
+
 	return encodeDocuments(docs)
+}
+
+// redactPrivateKeys replaces every scalar holding a private key. Aliases are not followed (their
+// targets are shared with the original tree, see cloneNode): an anchored node is redacted where
+// it is defined, and the encoder writes the alias, not the value.
+func redactPrivateKeys(n *yaml.Node) {
+	if n.Kind == yaml.ScalarNode && holdsPrivateKey(n.Value) {
+		*n = yaml.Node{Kind: yaml.ScalarNode, Tag: "!!str", Value: Redacted}
+
+		return
+	}
+
+	for _, c := range n.Content {
+		redactPrivateKeys(c)
+	}
+}
+
+// holdsPrivateKey reports whether a value is, or is the base64 of, a PEM private key.
+func holdsPrivateKey(value string) bool {
+	if isPrivateKeyPEM([]byte(value)) {
+		return true
+	}
+
+	decoded, err := base64.StdEncoding.DecodeString(strings.TrimSpace(value))
+
+	return err == nil && isPrivateKeyPEM(decoded)
+}
+
+func isPrivateKeyPEM(data []byte) bool {
+	for {
+		var block *pem.Block
+
+		block, data = pem.Decode(data)
+		if block == nil {
+			return false
+		}
+
+		if strings.Contains(block.Type, "PRIVATE KEY") {
+			return true
+		}
+	}
 }
 
 // redactedPaths are the secrets of the v1alpha1 document: Talos's list plus nodepki's accepted

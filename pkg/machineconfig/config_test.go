@@ -3,6 +3,7 @@ package machineconfig_test
 import (
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
@@ -28,6 +29,15 @@ machine:
 cluster:
     controlPlane:
         endpoint: https://cp.test:6443
+    clusterName: demo
+    network:
+        dnsDomain: corp.local
+        serviceSubnets: [10.96.0.0/12, fd00:20::/112]
+    apiServer:
+        certSANs: [api.corp.example]
+        extraArgs: {v: "2"}
+    adminKubeconfig:
+        certLifetime: 720h0m0s
     zzz: last
     aaa: after
 ---
@@ -49,6 +59,10 @@ name: foo
 	assert.Equal(t, machineconfig.TypeControlPlane, doc.Machine.Type)
 	assert.Equal(t, []string{"a.example"}, doc.Machine.CertSANs)
 	assert.Equal(t, "https://cp.test:6443", doc.Cluster.ControlPlane.Endpoint)
+	assert.Equal(t, "demo", doc.Cluster.ClusterName)
+	assert.Equal(t, &machineconfig.ClusterNetwork{DNSDomain: "corp.local", ServiceSubnets: []string{"10.96.0.0/12", "fd00:20::/112"}}, doc.Cluster.Network)
+	assert.Equal(t, []string{"api.corp.example"}, doc.Cluster.APIServer.CertSANs)
+	assert.Equal(t, machineconfig.Duration(720*time.Hour), doc.Cluster.AdminKubeconfig.CertLifetime)
 	assert.True(t, cfg.IsControlPlane())
 }
 

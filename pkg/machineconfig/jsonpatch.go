@@ -23,6 +23,10 @@ func decodeJSONPatch(data []byte) (Patch, error) {
 		return Patch{}, errors.New("invalid JSON patch: the list of operations is empty")
 	}
 
+	if len(ops) > MaxJSONPatchOperations {
+		return Patch{}, fmt.Errorf("invalid JSON patch: %d operations, at most %d are allowed: split it", len(ops), MaxJSONPatchOperations)
+	}
+
 	for i, op := range ops {
 		if err := checkOperation(op); err != nil {
 			return Patch{}, fmt.Errorf("invalid JSON patch: operation %d: %w", i+1, err)
@@ -86,8 +90,15 @@ func applyJSONPatch(docs []*yaml.Node, p jsonpatch.Patch) ([]*yaml.Node, error) 
 		return nil, err
 	}
 
-	patched, err := p.Apply(doc)
+	options := jsonpatch.NewApplyOptions()
+	options.AccumulatedCopySizeLimit = MaxJSONPatchCopyBytes
+
+	patched, err := p.ApplyWithOptions(doc, options)
 	if err != nil {
+		return nil, fmt.Errorf("JSON patch: %w", err)
+	}
+
+	if err = checkConfigSize(patched); err != nil {
 		return nil, fmt.Errorf("JSON patch: %w", err)
 	}
 

@@ -67,6 +67,7 @@ func (v *validator) machine(m *MachineSection) {
 	}
 
 	v.acceptedCAs("machine.acceptedCAs", m.AcceptedCAs)
+	v.certSANs(m.CertSANs)
 
 	switch {
 	case m.IsControlPlane():
@@ -86,6 +87,22 @@ func (v *validator) machine(m *MachineSection) {
 			}
 		} else {
 			v.caCertificate("machine.ca.crt", m.CA.Crt)
+		}
+	}
+}
+
+// certSANs applies the rules trustd signs by (certs.CheckSAN), so that a name trustd would refuse
+// is refused here rather than failing every renewal of the node's API certificate.
+func (v *validator) certSANs(sans []string) {
+	const path = "machine.certSANs"
+
+	if len(sans) > certs.MaxSANs {
+		v.fail(path, "has %d entries, at most %d are allowed in a certificate: remove some", len(sans), certs.MaxSANs)
+	}
+
+	for i, san := range sans {
+		if err := certs.CheckSAN(san); err != nil {
+			v.fail(fmt.Sprintf("%s[%d]", path, i), "%q %v", san, err)
 		}
 	}
 }

@@ -76,6 +76,8 @@ func (r *rotation) discover(ctx context.Context) ([]string, error) {
 				known[m.Address] = m
 			}
 		}
+
+		r.addMemberTypes(members)
 	}
 
 	members := make([]Member, 0, len(known))

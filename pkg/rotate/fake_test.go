@@ -54,6 +54,8 @@ type fakeCluster struct {
 	members map[string][]Member
 	// membersCalls counts the Members calls.
 	membersCalls int
+	// sent is every patch sent to each node, applied or not.
+	sent map[string][][]byte
 }
 
 var errCrash = errors.New("simulated crash")
@@ -351,6 +353,11 @@ func (f *fakeCluster) MachineConfig(_ context.Context, node string) ([]byte, err
 
 func (f *fakeCluster) ApplyPatches(_ context.Context, node string, patches [][]byte) error {
 	return f.do(node, func(n *fakeNode) error {
+		if f.sent == nil {
+			f.sent = map[string][][]byte{}
+		}
+
+		f.sent[node] = append(f.sent[node], patches...)
 		f.applies++
 		crash := f.crashAt > 0 && f.applies == f.crashAt
 

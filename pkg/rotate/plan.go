@@ -36,6 +36,9 @@ type Plan struct {
 	Roots     PlanRoots  `yaml:"roots"`
 	// Client is the client certificate issued by the new OS CA for the talosconfig (os rotations).
 	Client *ClientCertificate `yaml:"client,omitempty"`
+	// ControlPlanes are the only nodes new issuing keys are sent to, recorded when the plan is
+	// made from the control planes' own membership records (see keyship.go).
+	ControlPlanes []string `yaml:"controlPlanes,omitempty"`
 }
 
 // PlanRoots holds one entry per rotated root.

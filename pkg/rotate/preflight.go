@@ -286,6 +286,7 @@ func (r *rotation) completePlan(roles []string) error {
 	}
 
 	r.planChanged = r.planChanged || changed
+	r.recordControlPlanes()
 
 	return r.setPlanCredentials()
 }

@@ -171,6 +171,8 @@ type rotation struct {
 	nodes []*node
 	// planChanged is set when the plan is new or was filled in and must be saved.
 	planChanged bool
+	// memberTypes are the machine types of the members the endpoints record, for a new plan.
+	memberTypes map[string]string
 }
 
 // node is one node of the rotation.
@@ -207,6 +209,10 @@ func (r *rotation) run(ctx context.Context) error {
 	}
 
 	if err = r.resolveNodes(ctx); err != nil {
+		return err
+	}
+
+	if err = r.collectMembers(ctx); err != nil {
 		return err
 	}
 
@@ -252,9 +258,18 @@ func (r *rotation) loadPlan() (done bool, err error) {
 	}
 
 	if plan.Completed != nil {
-		r.out.printf("the rotation in %s is complete (finished %s): nothing to do.\n"+
-			"To rotate again, move that file away (or pass another --plan) and rerun.\n",
-			r.opts.PlanPath, plan.Completed.UTC().Format(time.RFC3339))
+		finished := plan.Completed.UTC().Format(time.RFC3339)
+
+		// A completed plan never stands for a rotation it did not do.
+		if !plan.sameRoots(r.opts.Roots) {
+			return false, fmt.Errorf("the plan %s is a completed rotation of %s (finished %s), not of %s: "+
+				"to start a new rotation, pass a new --plan FILE (or move %s away) and rerun",
+				r.opts.PlanPath, rootNames(plan.Roots.List()), finished, rootNames(r.opts.Roots), r.opts.PlanPath)
+		}
+
+		r.out.printf("the rotation of %s in %s is complete (finished %s): nothing to do.\n"+
+			"To rotate again, pass a new --plan FILE (or move %s away) and rerun.\n",
+			rootNames(plan.Roots.List()), r.opts.PlanPath, finished, r.opts.PlanPath)
 
 		return true, nil
 	}
@@ -370,6 +385,11 @@ func (p *printer) printf(format string, args ...any) {
 
 func (p *printer) step(name, what string) {
 	p.printf("> %s: %s\n", name, what)
+}
+
+// noPatch is how a dry run and a real run both say that a node is already at a step's phase.
+func noPatch(target Phase) string {
+	return "already " + target.String() + ", no patch"
 }
 
 func (p *printer) node(name, result string) {

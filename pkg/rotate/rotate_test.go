@@ -371,7 +371,7 @@ func TestRunDryRunResumesFromPlan(t *testing.T) {
 	require.NoError(t, err, out)
 	assert.Contains(t, out, "nodes: 2 accepted")
 	assert.Contains(t, out, "plan loaded from")
-	assert.Regexp(t, regexp.MustCompile(`(?s)> accept: patches.*- 10\.0\.0\.1: nothing to do.*> switch: patches.*- 10\.0\.0\.1: 1 patch`), out)
+	assert.Regexp(t, regexp.MustCompile(`(?s)> accept: patches.*- 10\.0\.0\.1: already accepted, no patch.*> switch: patches.*- 10\.0\.0\.1: 1 patch`), out)
 }
 
 func TestPreflightRefuses(t *testing.T) {
@@ -552,4 +552,82 @@ func TestRunRefusesForeignSecrets(t *testing.T) {
 	require.Error(t, err, out)
 	assert.Contains(t, out, "pass the cluster's secrets.yaml")
 	assert.Zero(t, cluster.fake.applies)
+}
+
+// TestRunCompletedPlanServesOnlyItsRotation: a completed plan of the os root never passes for a
+// rotation of the kubernetes root (refused, nothing changes); rerunning the os rotation says when
+// it finished and how to rotate again.
+func TestRunCompletedPlanServesOnlyItsRotation(t *testing.T) {
+	t.Parallel()
+
+	cluster := newTestCluster(t, 1, 1)
+	r := newRun(t, cluster, RootOS)
+
+	out, err := r.exec(t)
+	require.NoError(t, err, out)
+
+	completed := r.loadPlan(t).Completed
+	require.NotNil(t, completed)
+
+	applies := cluster.fake.applies
+	kubernetesCA := func() string {
+		rc, err := readRoot(cluster.fake.configOf(cluster.nodes[0]).Document(), RootKubernetes)
+		require.NoError(t, err)
+
+		return string(rc.issuingCrt)
+	}
+	before := kubernetesCA()
+
+	for _, dryRun := range []bool{false, true} {
+		r.opts.Roots = []Root{RootKubernetes}
+		r.opts.DryRun = dryRun
+
+		out, err = r.exec(t)
+		require.Error(t, err, out)
+		assert.Contains(t, err.Error(), "is a completed rotation of os")
+		assert.Contains(t, err.Error(), "not of kubernetes")
+		assert.Contains(t, err.Error(), "pass a new --plan FILE")
+		assert.NotContains(t, out, "nothing to do")
+		assert.Equal(t, applies, cluster.fake.applies, "no node is patched")
+		assert.Equal(t, before, kubernetesCA(), "the Kubernetes CA is unchanged")
+	}
+
+	r.opts.Roots = []Root{RootOS}
+	r.opts.DryRun = false
+
+	out, err = r.exec(t)
+	require.NoError(t, err, out)
+	assert.Contains(t, out, "the rotation of os in "+r.plan+" is complete (finished "+completed.UTC().Format(time.RFC3339)+")")
+	assert.Contains(t, out, "To rotate again, pass a new --plan FILE")
+	assert.Equal(t, applies, cluster.fake.applies)
+}
+
+// TestRunWordsANodeWithNothingToDoAlike: a node already at a step's phase is reported in the same
+// words by a dry run and by a real run.
+func TestRunWordsANodeWithNothingToDoAlike(t *testing.T) {
+	t.Parallel()
+
+	cluster := newTestCluster(t, 1, 1)
+	cluster.fake.crashAt = 3 // after the accept step, at the first switch patch
+
+	r := newRun(t, cluster, RootOS)
+	_, err := r.exec(t)
+	require.ErrorIs(t, err, errCrash)
+
+	cluster.fake.crashAt = 0
+	r.opts.DryRun = true
+
+	dry, err := r.exec(t)
+	require.NoError(t, err, dry)
+
+	r.opts.DryRun = false
+
+	real, err := r.exec(t)
+	require.NoError(t, err, real)
+
+	for _, out := range []string{dry, real} {
+		accept := out[strings.Index(out, "> accept:"):strings.Index(out, "> switch:")]
+		assert.Regexp(t, regexp.MustCompile(`(?m)^- 10\.0\.0\.1: (OK \()?already accepted, no patch\)?$`), accept)
+		assert.NotContains(t, accept, "nothing to do")
+	}
 }

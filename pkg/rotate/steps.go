@@ -260,7 +260,7 @@ func (r *rotation) applyGroup(ctx context.Context, group []*node, target Phase) 
 			}
 
 			if len(patches) == 0 {
-				return "already " + target.String(), nil
+				return noPatch(target), nil
 			}
 
 			if _, err = applyLocally(cfg, patches); err != nil {
@@ -293,6 +293,10 @@ func (r *rotation) nodePatches(n *node, cfg *machineconfig.Config, target Phase)
 	for _, root := range n.roots {
 		rc, err := readRoot(cfg.Document(), root)
 		if err != nil {
+			return nil, err
+		}
+
+		if err = r.checkKeyShipping(n, root, rc); err != nil {
 			return nil, err
 		}
 
@@ -392,7 +396,7 @@ func (r *rotation) dryRun() error {
 		for _, n := range ordered {
 			patches := s.patches[index[n]]
 			if len(patches) == 0 {
-				r.out.node(n.name, "nothing to do")
+				r.out.node(n.name, noPatch(s.target))
 
 				continue
 			}

@@ -11,9 +11,7 @@ import (
 	"github.com/nodepki/nodepki/pkg/role"
 
 	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/metadata"
-	"google.golang.org/grpc/peer"
 	"google.golang.org/grpc/status"
 )
 
@@ -33,6 +31,7 @@ var (
 	errNoClientCert    = status.Error(codes.Unauthenticated, "a client certificate is required")
 	errNoForwarding    = status.Error(codes.PermissionDenied, "no request forwarding on this node (worker)")
 	errWriteNotAllowed = status.Error(codes.PermissionDenied, "write access is not allowed")
+	errSecondHop       = status.Error(codes.PermissionDenied, "a forwarded call is not forwarded again")
 )
 
 // parseRoles keeps the known roles of values (trimmed, sorted, deduplicated) and reports whether
@@ -58,11 +57,11 @@ func hasAnyRole(roles, allowed []string) bool {
 	return slices.ContainsFunc(roles, func(r string) bool { return slices.Contains(allowed, r) })
 }
 
-// authenticate verifies the caller's client certificate against the current accepted OS CAs and
-// returns the roles the call runs with.
+// authenticate returns the roles a call runs with, from the verdict on the caller's client
+// certificate (see guard.verdictFor) and, for the impersonator role only, the roles it asserts.
 //
 // The TLS handshake only asks for a certificate (RequestClientCert) and leaves the chain
-// unverified; the check happens here, per call, for three reasons:
+// unverified; the check happens on the calls of the connection, for three reasons:
 //   - a handshake failure reaches the client as an opaque TLS alert ("bad certificate", or in TLS 1.3
 //     a reset after the handshake that gRPC retries as Unavailable), while a gRPC status carries the
 //     exact reason: unknown authority, expired, or missing client-auth usage;
@@ -74,25 +73,14 @@ func hasAnyRole(roles, allowed []string) bool {
 // A connection without any certificate completes the handshake (so that `openssl s_client` can
 // inspect the server certificate) but every call on it is refused here. Possession of the leaf's
 // key is still proven in the handshake (CertificateVerify).
-func authenticate(ctx context.Context, pool *x509.CertPool, now time.Time) ([]string, error) {
-	p, ok := peer.FromContext(ctx)
-	if !ok {
-		return nil, errNoClientCert
+func authenticate(ctx context.Context, v *verdict) ([]string, error) {
+	if v.err != nil {
+		return nil, v.err
 	}
 
-	tlsInfo, ok := p.AuthInfo.(credentials.TLSInfo)
-	if !ok || len(tlsInfo.State.PeerCertificates) == 0 {
-		return nil, errNoClientCert
-	}
+	roles := v.roles
 
-	chain := tlsInfo.State.PeerCertificates
-	if err := verifyClientCertificate(chain, pool, now); err != nil {
-		return nil, status.Error(codes.Unauthenticated, err.Error())
-	}
-
-	roles, impersonator := parseRoles(chain[0].Subject.Organization)
-
-	if impersonator {
+	if v.impersonator {
 		md, _ := metadata.FromIncomingContext(ctx)
 		if asserted := md.Get(RoleMetadataKey); len(asserted) > 0 {
 			roles, _ = parseRoles(asserted)
@@ -106,10 +94,19 @@ func authenticate(ctx context.Context, pool *x509.CertPool, now time.Time) ([]st
 	return roles, nil
 }
 
-// verifyClientCertificate checks that chain[0] chains to pool at now and that every non-CA
-// certificate of the verified chain has exactly the client-auth extended key usage (a
-// server+client certificate is refused, as Talos does since 1.12).
-func verifyClientCertificate(chain []*x509.Certificate, pool *x509.CertPool, now time.Time) error {
+func unauthenticated(err error) error {
+	return status.Error(codes.Unauthenticated, err.Error())
+}
+
+// verifyClientCertificate checks that chain[0] is a leaf (not a CA) that chains to pool at now
+// and that every non-CA certificate of the verified chain has exactly the client-auth extended
+// key usage (a server+client certificate is refused, as Talos does since 1.12). It returns the
+// verified chain.
+func verifyClientCertificate(chain []*x509.Certificate, pool *x509.CertPool, now time.Time) ([]*x509.Certificate, error) {
+	if chain[0].IsCA {
+		return nil, fmt.Errorf("certificate %q is a CA certificate: a client authenticates with a leaf certificate", chain[0].Subject)
+	}
+
 	if pool == nil {
 		// A nil Roots would make Verify trust the system roots.
 		pool = x509.NewCertPool()
@@ -128,7 +125,7 @@ func verifyClientCertificate(chain []*x509.Certificate, pool *x509.CertPool, now
 		KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageAny},
 	})
 	if err != nil {
-		return err
+		return nil, err
 	}
 
 	for _, c := range chains[0] {
@@ -137,11 +134,11 @@ func verifyClientCertificate(chain []*x509.Certificate, pool *x509.CertPool, now
 		}
 
 		if !slices.Equal(c.ExtKeyUsage, []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth}) || len(c.UnknownExtKeyUsage) > 0 {
-			return fmt.Errorf("certificate %q is missing the client auth extended key usage", c.Subject)
+			return nil, fmt.Errorf("certificate %q is missing the client auth extended key usage", c.Subject)
 		}
 	}
 
-	return nil
+	return chains[0], nil
 }
 
 type rolesContextKey struct{}

@@ -16,6 +16,7 @@ import (
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
 
+	"github.com/nodepki/nodepki/api/machine"
 	"github.com/nodepki/nodepki/api/node"
 )
 
@@ -27,6 +28,11 @@ var methodRoles = map[string][]string{
 	node.NodeService_Version_FullMethodName:                     role.All,
 	node.NodeService_ApplyConfiguration_FullMethodName:          {role.Admin},
 	node.NodeService_GenerateClientConfiguration_FullMethodName: {role.Admin},
+	node.NodeService_Kubeconfig_FullMethodName:                  {role.Admin},
+
+	machine.MachineService_Version_FullMethodName:                     role.All,
+	machine.MachineService_GenerateClientConfiguration_FullMethodName: {role.Admin},
+	machine.MachineService_Kubeconfig_FullMethodName:                  {role.Admin},
 
 	node.EtcdService_Bootstrap_FullMethodName:  {role.Admin},
 	node.EtcdService_MemberList_FullMethodName: role.All,

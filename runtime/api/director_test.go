@@ -8,6 +8,7 @@ import (
 	"github.com/nodepki/nodepki/pkg/role"
 
 	"github.com/cosi-project/runtime/pkg/safe"
+	"github.com/cosi-project/runtime/pkg/state"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 	"google.golang.org/grpc/codes"
@@ -15,6 +16,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	"github.com/nodepki/nodepki/api/node"
+	"github.com/nodepki/nodepki/resources/cluster"
 	"github.com/nodepki/nodepki/resources/pki"
 )
 
@@ -31,8 +33,11 @@ func TestForwarding(t *testing.T) {
 
 	p := getPKI(t)
 	lisA, lisB := listenPair(t)
-	a := startNode(t, p, nodeSpec{addr: "127.0.0.2", controlPlane: true, lis: lisA})
+	a := startNode(t, p, nodeSpec{addr: "127.0.0.2", controlPlane: true, lis: lisA, controlPlanes: []string{"127.0.0.4"}})
 	b := startNode(t, p, nodeSpec{addr: "127.0.0.3", lis: lisB})
+
+	// A forwards to the members it records (and the control planes it is given) only.
+	addMember(t, a.st, "127.0.0.3")
 
 	adminViaA := a.dialAs(t, p, role.Admin)
 	readerViaA := a.dialAs(t, p, role.Reader)
@@ -118,10 +123,21 @@ func TestForwarding(t *testing.T) {
 		}
 	})
 
-	t.Run("an unreachable node is not answered locally", func(t *testing.T) {
+	t.Run("an unreachable node is not answered locally, with a generic error", func(t *testing.T) {
 		_, err := nodeClient(adminViaA).Version(toNode(callCtx(t), "127.0.0.4"), &node.VersionRequest{})
 		require.Error(t, err)
 		assert.Equal(t, codes.Unavailable, status.Code(err), "%v", err)
+		assert.Equal(t, "node 127.0.0.4 cannot be reached", status.Convert(err).Message(), "no dial or TLS detail leaks")
+	})
+
+	t.Run("an address that is not a member is not dialed", func(t *testing.T) {
+		for _, target := range []string{"127.0.90.99", "10.1.2.3", "example.com"} {
+			_, err := nodeClient(adminViaA).Version(toNode(callCtx(t), target), &node.VersionRequest{})
+			require.Error(t, err)
+			assert.Equal(t, codes.PermissionDenied, status.Code(err), "%v", err)
+			assert.Contains(t, status.Convert(err).Message(), "node "+target+" is not a member of this cluster known to this node: not forwarded")
+			assert.NotContains(t, status.Convert(err).Message(), "dial")
+		}
 	})
 
 	t.Run("forwarding follows the client certificate", func(t *testing.T) {
@@ -190,4 +206,13 @@ func TestParseRoles(t *testing.T) {
 	roles, impersonator = parseRoles([]string{"talos", "admin"})
 	assert.Empty(t, roles)
 	assert.False(t, impersonator)
+}
+
+func addMember(t *testing.T, st state.State, address string) {
+	t.Helper()
+
+	m := cluster.NewMember(address)
+	m.TypedSpec().Addresses = []string{address}
+	m.TypedSpec().MachineType = "worker"
+	require.NoError(t, st.Create(t.Context(), m))
 }

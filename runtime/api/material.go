@@ -45,7 +45,11 @@ type material struct {
 	clientCertPEM string
 	caPool        *x509.CertPool
 	caPEMs        []string
-	addresses     map[string]struct{}
+	// caVersion counts the pool's changes; caChanged is closed (and replaced) at each change, so
+	// that open streams can check their caller against the new pool.
+	caVersion uint64
+	caChanged chan struct{}
+	addresses map[string]struct{}
 }
 
 func newMaterial(logger *zap.Logger, nodeAddress netip.Addr) *material {
@@ -53,6 +57,7 @@ func newMaterial(logger *zap.Logger, nodeAddress netip.Addr) *material {
 		logger:             logger,
 		ready:              make(chan struct{}),
 		caPool:             x509.NewCertPool(),
+		caChanged:          make(chan struct{}),
 		onForwardingChange: func() {},
 	}
 
@@ -248,6 +253,9 @@ func (m *material) setAcceptedCAs(r resource.Resource) {
 
 	m.mu.Lock()
 	m.caPool, m.caPEMs = pool, slices.Clone(pems)
+	m.caVersion++
+	close(m.caChanged)
+	m.caChanged = make(chan struct{})
 	m.mu.Unlock()
 
 	m.logger.Info("accepted OS CAs loaded", zap.Strings("fingerprints", fingerprints))
@@ -280,11 +288,20 @@ func (m *material) getServerCertificate(*tls.ClientHelloInfo) (*tls.Certificate,
 	return m.serverCert, nil
 }
 
-func (m *material) clientCAs() *x509.CertPool {
+// clientCAsVersion returns the accepted pool and its version.
+func (m *material) clientCAsVersion() (*x509.CertPool, uint64) {
 	m.mu.RLock()
 	defer m.mu.RUnlock()
 
-	return m.caPool
+	return m.caPool, m.caVersion
+}
+
+// clientCAsChanged returns the current pool, its version and a channel closed when it is replaced.
+func (m *material) clientCAsChanged() (*x509.CertPool, uint64, <-chan struct{}) {
+	m.mu.RLock()
+	defer m.mu.RUnlock()
+
+	return m.caPool, m.caVersion, m.caChanged
 }
 
 // forwardingMaterial returns the client certificate and the CA pool for a new connection to another

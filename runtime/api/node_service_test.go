@@ -81,6 +81,8 @@ func TestApplyConfiguration(t *testing.T) {
 		{"JSON patch on a missing path", &node.ApplyConfigurationRequest{Patches: [][]byte{[]byte(`[{"op": "replace", "path": "/machine/nope/x", "value": 1}]`)}},
 			"patches cannot be applied"},
 		{"machine type change", &node.ApplyConfigurationRequest{Data: p.controlPlane}, "machine.type cannot change on a running node"},
+		{"machine type change that breaks validation too", &node.ApplyConfigurationRequest{Patches: [][]byte{[]byte("machine:\n  type: controlplane\n")}},
+			"machine.type cannot change on a running node (\"worker\" -> \"controlplane\")"},
 		{"both data and patches", &node.ApplyConfigurationRequest{Data: p.worker, Patches: [][]byte{[]byte("machine: {}")}}, "not both"},
 		{"nothing", &node.ApplyConfigurationRequest{}, "nothing to apply"},
 	}

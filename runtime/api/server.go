@@ -2,7 +2,8 @@
 // certificate and client-CA pool follow the state without a listener restart, per-call client
 // authentication with roles from the certificate, routing of `node`-addressed calls to other nodes
 // (control planes only, as Talos's apid does), and the services behind it: the read-only COSI State
-// service and NodeService, each behind a role check.
+// service, NodeService and the part of Talos's MachineService that talosctl calls, each behind a
+// role check.
 //
 // The public gRPC server registers no service: every call goes through a transparent proxy whose
 // director authenticates the caller and then picks the backend, either the internal server of this
@@ -34,6 +35,7 @@ import (
 	"google.golang.org/grpc/status"
 	"google.golang.org/grpc/test/bufconn"
 
+	"github.com/nodepki/nodepki/api/machine"
 	"github.com/nodepki/nodepki/api/node"
 	"github.com/nodepki/nodepki/pkg/machineconfig"
 )
@@ -74,6 +76,9 @@ type Options struct {
 	Logger *zap.Logger
 	// APIPort is the port other nodes serve the API on, for forwarded calls (default DefaultPort).
 	APIPort int
+	// ControlPlanes are the addresses or host names of the other control planes: forwarding
+	// reaches them besides the recorded members and the control-plane endpoint host.
+	ControlPlanes []string
 }
 
 // Server is the node API server.
@@ -81,6 +86,7 @@ type Server struct {
 	opts      Options
 	logger    *zap.Logger
 	material  *material
+	guard     *guard
 	forwarder *forwarder
 	node      *nodeService
 
@@ -117,6 +123,7 @@ func New(opts Options) (*Server, error) {
 		material: newMaterial(opts.Logger, opts.NodeAddress),
 	}
 
+	s.guard = newGuard(opts.Logger, s.material)
 	s.forwarder = newForwarder(opts.Logger, s.material, opts.APIPort)
 	s.material.onForwardingChange = s.forwarder.flush
 	s.node = &nodeService{server: s}
@@ -194,14 +201,17 @@ func (s *Server) Serve(ctx context.Context, lis net.Listener) error {
 	public := grpc.NewServer(
 		grpc.Creds(credentials.NewTLS(s.tlsConfig())),
 		grpc.ForceServerCodecV2(proxy.Codec()),
-		grpc.UnknownServiceHandler(proxy.TransparentHandler(s.direct)),
+		grpc.UnknownServiceHandler(proxy.TransparentHandler(s.direct, proxy.WithStreamedDetector(isStreamingMachineMethod))),
+		grpc.StatsHandler(s.guard),
+		grpc.MaxRecvMsgSize(maxRequestBytes),
+		grpc.MaxHeaderListSize(maxHeaderBytes),
 	)
 
 	s.logger.Info("node API listening", zap.Stringer("address", lis.Addr()))
 
 	serveErr := make(chan error, 1)
 
-	go func() { serveErr <- public.Serve(lis) }()
+	go func() { serveErr <- public.Serve(s.guard.listener(lis)) }()
 
 	select {
 	case err = <-serveErr:
@@ -233,13 +243,15 @@ func (s *Server) tlsConfig() *tls.Config {
 
 func (s *Server) newInternalServer() *grpc.Server {
 	srv := grpc.NewServer(
-		grpc.ChainUnaryInterceptor(unaryAuthorizer),
+		grpc.ChainUnaryInterceptor(unaryRequestSize, unaryAuthorizer),
 		grpc.ChainStreamInterceptor(streamAuthorizer),
+		grpc.MaxRecvMsgSize(maxRequestBytes),
 	)
 
 	v1alpha1.RegisterStateServer(srv, server.NewState(state.Filter(s.opts.State, accessRule(s.opts.State))))
 	node.RegisterNodeServiceServer(srv, s.node)
 	node.RegisterEtcdServiceServer(srv, &etcdService{server: s})
+	machine.RegisterMachineServiceServer(srv, newMachineService(s))
 
 	return srv
 }

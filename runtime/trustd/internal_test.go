@@ -74,22 +74,26 @@ func TestTokenAccepted(t *testing.T) {
 	}
 }
 
-func TestPeerLimiterForgetsIdlePeers(t *testing.T) {
+func TestPeerLimiter(t *testing.T) {
 	t.Parallel()
 
-	limiter := newPeerLimiter(1, 2)
+	limiter := newPeerLimiter(1, 2, 3)
 	now := time.Now()
 
-	assert.True(t, limiter.allow("a", now))
-	assert.True(t, limiter.allow("a", now))
-	assert.False(t, limiter.allow("a", now), "past the burst")
-	assert.True(t, limiter.allow("b", now), "peers have separate buckets")
+	assert.True(t, limiter.allow("10.0.0.1", now))
+	assert.True(t, limiter.allow("10.0.0.1", now))
+	assert.False(t, limiter.allow("10.0.0.1", now), "past the burst")
+	assert.True(t, limiter.allow("10.0.0.2", now), "IPv4 peers have separate buckets")
 
-	limiter.forgetIdle(now)
-	assert.Len(t, limiter.buckets, 2, "buckets still refilling are kept")
+	assert.True(t, limiter.allow("fd00::1", now))
+	assert.True(t, limiter.allow("fd00::ffff:2", now))
+	assert.False(t, limiter.allow("fd00::3", now), "an IPv6 /64 shares one bucket")
+	assert.True(t, limiter.allow("fd00:0:0:1::1", now), "another /64 has its own")
 
-	limiter.forgetIdle(now.Add(time.Minute))
-	assert.Empty(t, limiter.buckets, "full buckets are forgotten")
+	assert.Len(t, limiter.buckets, 3, "the table is bounded")
+	assert.Equal(t, 3, limiter.order.Len())
+
+	assert.True(t, limiter.allow("10.0.0.1", now), "the least recently seen peer was forgotten")
 }
 
 func TestNewRateLimitDefaults(t *testing.T) {

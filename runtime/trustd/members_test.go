@@ -24,19 +24,19 @@ func TestServerRecordsMembers(t *testing.T) {
 	addr := startServer(t, cp.state, nil)
 
 	// A control plane's own record, which a worker's CSR must not overwrite.
-	self := cluster.MemberSpec{Addresses: []string{"10.5.0.2"}, Hostname: "cp-1", MachineType: "controlplane", LastSeen: "2025-03-04T05:06:07Z"}
-	require.NoError(t, safe.StateModify(t.Context(), cp.state, cluster.NewMember("10.5.0.2"), func(m *cluster.Member) error {
+	self := cluster.MemberSpec{Addresses: []string{"127.0.90.2"}, Hostname: "cp-1", MachineType: "controlplane", LastSeen: "2025-03-04T05:06:07Z"}
+	require.NoError(t, safe.StateModify(t.Context(), cp.state, cluster.NewMember("127.0.90.2"), func(m *cluster.Member) error {
 		*m.TypedSpec() = self
 
 		return nil
 	}, state.WithUpdateOwner("cluster.SelfMemberController")))
 
-	sign := func(req csrRequest) time.Time {
+	sign := func(from string, req csrRequest) time.Time {
 		t.Helper()
 
 		before := time.Now().Truncate(time.Second)
 
-		_, _, err := trustd.RequestCertificate(t.Context(), []string{addr}, bundle(cp.accepted), machineToken, makeCSR(t, req))
+		_, err := requestFrom(t, addr, cp, from, makeCSR(t, req))
 		require.NoError(t, err, "recording a member never fails the signing")
 
 		return before
@@ -67,26 +67,26 @@ func TestServerRecordsMembers(t *testing.T) {
 		want cluster.MemberSpec
 	}{
 		{
-			name: "first IP SAN is the ID",
-			req:  csrRequest{commonName: "worker-1", dnsNames: []string{"worker-1"}, ips: []string{"10.5.0.3", "fd00::3"}},
-			id:   "10.5.0.3",
-			want: cluster.MemberSpec{Addresses: []string{"10.5.0.3", "fd00::3"}, Hostname: "worker-1", MachineType: "worker"},
+			name: "the requesting address is the ID",
+			req:  csrRequest{commonName: "worker-1", dnsNames: []string{"worker-1"}, ips: []string{"fd00::3", "127.0.90.3"}},
+			id:   "127.0.90.3",
+			want: cluster.MemberSpec{Addresses: []string{"fd00::3", "127.0.90.3"}, Hostname: "worker-1", MachineType: "worker"},
 		},
 		{
-			name: "IPv6 only",
-			req:  csrRequest{commonName: "worker-2", ips: []string{"fd00::4"}},
-			id:   "fd00::4",
-			want: cluster.MemberSpec{Addresses: []string{"fd00::4"}, Hostname: "worker-2", MachineType: "worker"},
+			name: "another worker",
+			req:  csrRequest{commonName: "worker-2", ips: []string{"127.0.90.4"}},
+			id:   "127.0.90.4",
+			want: cluster.MemberSpec{Addresses: []string{"127.0.90.4"}, Hostname: "worker-2", MachineType: "worker"},
 		},
 		{
 			name: "renewal with a new address list",
-			req:  csrRequest{commonName: "worker-1", dnsNames: []string{"worker-1"}, ips: []string{"10.5.0.3", "10.6.0.3"}},
-			id:   "10.5.0.3",
-			want: cluster.MemberSpec{Addresses: []string{"10.5.0.3", "10.6.0.3"}, Hostname: "worker-1", MachineType: "worker"},
+			req:  csrRequest{commonName: "worker-1", dnsNames: []string{"worker-1"}, ips: []string{"127.0.90.3", "10.6.0.3"}},
+			id:   "127.0.90.3",
+			want: cluster.MemberSpec{Addresses: []string{"127.0.90.3", "10.6.0.3"}, Hostname: "worker-1", MachineType: "worker"},
 		},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			since := sign(tc.req)
+			since := sign(string(tc.id), tc.req)
 
 			m := member(tc.id)
 			assert.Equal(t, trustd.MemberOwner, m.Metadata().Owner())
@@ -99,12 +99,11 @@ func TestServerRecordsMembers(t *testing.T) {
 	}
 
 	// No IP SAN: nothing to reach the node on, nothing recorded.
-	sign(csrRequest{commonName: "worker-3", dnsNames: []string{"worker-3.example.test"}})
+	sign("127.0.90.5", csrRequest{commonName: "worker-3", dnsNames: []string{"worker-3.example.test"}})
 
-	// A CSR naming the control plane's address: signed under the policy, but the control plane's
-	// record stays as it is.
-	sign(csrRequest{commonName: "impostor", ips: []string{"10.5.0.2"}})
-	assert.Equal(t, self, *member("10.5.0.2").TypedSpec())
+	// A request from the control plane's own address (a process on that host): its record stays.
+	sign("127.0.90.2", csrRequest{commonName: "impostor", ips: []string{"127.0.90.2"}})
+	assert.Equal(t, self, *member("127.0.90.2").TypedSpec())
 
 	members, err := safe.StateListAll[*cluster.Member](t.Context(), cp.state)
 	require.NoError(t, err)
@@ -114,7 +113,7 @@ func TestServerRecordsMembers(t *testing.T) {
 		ids = append(ids, m.Metadata().ID())
 	}
 
-	assert.ElementsMatch(t, []resource.ID{"10.5.0.2", "10.5.0.3", "fd00::4"}, ids)
+	assert.ElementsMatch(t, []resource.ID{"127.0.90.2", "127.0.90.3", "127.0.90.4"}, ids)
 }
 
 // TestMemberIDIsTheRequestingAddress proves that a worker dialing trustd from its node address
@@ -124,15 +123,15 @@ func TestMemberIDIsTheRequestingAddress(t *testing.T) {
 
 	cp := newControlPlane(t, certs.RootOS)
 	addr := startServer(t, cp.state, nil)
-	csr := makeCSR(t, csrRequest{commonName: "worker", ips: []string{"127.0.0.1", "127.0.55.3"}})
+	csr := makeCSR(t, csrRequest{commonName: "worker", ips: []string{"127.0.0.1", "127.0.90.6"}})
 
 	_, _, err := trustd.RequestCertificate(t.Context(), []string{addr}, bundle(cp.accepted), machineToken, csr,
-		trustd.FromAddress(netip.MustParseAddr("127.0.55.3")))
+		trustd.FromAddress(netip.MustParseAddr("127.0.90.6")))
 	require.NoError(t, err)
 
-	m, err := safe.StateGetByID[*cluster.Member](t.Context(), cp.state, "127.0.55.3")
+	m, err := safe.StateGetByID[*cluster.Member](t.Context(), cp.state, "127.0.90.6")
 	require.NoError(t, err)
-	assert.Equal(t, []string{"127.0.0.1", "127.0.55.3"}, m.TypedSpec().Addresses)
+	assert.Equal(t, []string{"127.0.0.1", "127.0.90.6"}, m.TypedSpec().Addresses)
 }
 
 // TestSigningRefreshesAStaleMemberOnly proves that signing again for an unchanged worker seen
@@ -150,12 +149,12 @@ func TestSigningRefreshesAStaleMemberOnly(t *testing.T) {
 		hostname  string
 		rewritten bool
 	}{
-		{name: "seen ten minutes ago", seenAgo: 10 * time.Minute, hostname: "worker", rewritten: false},
-		{name: "seen two hours ago", seenAgo: 2 * time.Hour, hostname: "worker", rewritten: true},
+		{name: "seen ten minutes ago", seenAgo: 10 * time.Minute, hostname: "worker-30", rewritten: false},
+		{name: "seen two hours ago", seenAgo: 2 * time.Hour, hostname: "worker-31", rewritten: true},
 		{name: "hostname changed", seenAgo: time.Minute, hostname: "old-name", rewritten: true},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			id := fmt.Sprintf("10.5.1.%d", i+1)
+			id := fmt.Sprintf("127.0.90.%d", 30+i)
 			recorded := cluster.MemberSpec{
 				Addresses:   []string{id},
 				Hostname:    tc.hostname,
@@ -169,8 +168,9 @@ func TestSigningRefreshesAStaleMemberOnly(t *testing.T) {
 				return nil
 			}, state.WithUpdateOwner(trustd.MemberOwner)))
 
-			csr := makeCSR(t, csrRequest{commonName: "worker", ips: []string{id}})
-			_, _, err := trustd.RequestCertificate(t.Context(), []string{addr}, bundle(cp.accepted), machineToken, csr)
+			hostname := fmt.Sprintf("worker-%d", 30+i)
+			csr := makeCSR(t, csrRequest{commonName: hostname, ips: []string{id}})
+			_, err := requestFrom(t, addr, cp, id, csr)
 			require.NoError(t, err)
 
 			m, err := safe.StateGetByID[*cluster.Member](t.Context(), cp.state, id)
@@ -182,7 +182,7 @@ func TestSigningRefreshesAStaleMemberOnly(t *testing.T) {
 				return
 			}
 
-			assert.Equal(t, "worker", m.TypedSpec().Hostname)
+			assert.Equal(t, hostname, m.TypedSpec().Hostname)
 			assert.WithinDuration(t, time.Now(), mustParseTime(t, m.TypedSpec().LastSeen), time.Minute)
 		})
 	}

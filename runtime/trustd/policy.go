@@ -3,13 +3,12 @@ package trustd
 import (
 	"crypto/ecdsa"
 	"crypto/ed25519"
+	"crypto/elliptic"
 	"crypto/rsa"
 	"crypto/x509"
 	"encoding/pem"
 	"errors"
 	"fmt"
-	"net"
-	"strings"
 
 	"github.com/nodepki/nodepki/pkg/certs"
 )
@@ -17,13 +16,12 @@ import (
 // Limits of what a CSR may ask for.
 const (
 	maxCommonNameLength = 64 // ub-common-name (RFC 5280)
-	maxSANs             = 64
-	maxDNSNameLength    = 253
-	maxDNSLabelLength   = 63
 	minRSABits          = 2048
+	maxRSABits          = 4096
 )
 
-// parseCSR decodes and verifies a PEM certificate request.
+// parseCSR decodes a PEM certificate request; its signature is checked by serverProfile, once the
+// key is known to be of an accepted family and size (verifying a huge RSA key costs the server).
 func parseCSR(csrPEM []byte) (*x509.CertificateRequest, error) {
 	block, _ := pem.Decode(csrPEM)
 	if block == nil {
@@ -39,10 +37,6 @@ func parseCSR(csrPEM []byte) (*x509.CertificateRequest, error) {
 		return nil, fmt.Errorf("csr: not a valid certificate request: %w", err)
 	}
 
-	if err := csr.CheckSignature(); err != nil {
-		return nil, fmt.Errorf("csr: signature is invalid: %w", err)
-	}
-
 	return csr, nil
 }
 
@@ -55,8 +49,16 @@ func serverProfile(csr *x509.CertificateRequest, ca *certs.CA) (certs.Profile, e
 		return certs.Profile{}, err
 	}
 
+	if err := checkSignature(csr); err != nil {
+		return certs.Profile{}, err
+	}
+
 	if len(csr.Subject.CommonName) > maxCommonNameLength {
 		return certs.Profile{}, fmt.Errorf("csr: common name is %d characters, at most %d are allowed", len(csr.Subject.CommonName), maxCommonNameLength)
+	}
+
+	if err := certs.CheckDNSName(csr.Subject.CommonName); err != nil {
+		return certs.Profile{}, fmt.Errorf("csr: common name %q must be the node's host name: %w", csr.Subject.CommonName, err)
 	}
 
 	if len(csr.EmailAddresses) > 0 || len(csr.URIs) > 0 {
@@ -68,19 +70,19 @@ func serverProfile(csr *x509.CertificateRequest, ca *certs.CA) (certs.Profile, e
 	switch {
 	case sans == 0:
 		return certs.Profile{}, errors.New("csr: no SANs: request at least one DNS name or IP address of the node")
-	case sans > maxSANs:
-		return certs.Profile{}, fmt.Errorf("csr: %d SANs requested, at most %d are allowed", sans, maxSANs)
+	case sans > certs.MaxSANs:
+		return certs.Profile{}, fmt.Errorf("csr: %d SANs requested, at most %d are allowed", sans, certs.MaxSANs)
 	}
 
 	for _, name := range csr.DNSNames {
-		if err := checkDNSName(name); err != nil {
+		if err := certs.CheckDNSName(name); err != nil {
 			return certs.Profile{}, fmt.Errorf("csr: DNS SAN %q: %w", name, err)
 		}
 	}
 
 	for _, ip := range csr.IPAddresses {
-		if ip.IsUnspecified() {
-			return certs.Profile{}, fmt.Errorf("csr: IP SAN %s is the unspecified address: request the node's own addresses", ip)
+		if err := certs.CheckIPSAN(ip); err != nil {
+			return certs.Profile{}, fmt.Errorf("csr: IP SAN %w", err)
 		}
 	}
 
@@ -103,8 +105,30 @@ func checkKeyFamily(csr *x509.CertificateRequest, ca *certs.CA) error {
 		return fmt.Errorf("csr: key type is %s but the OS CA is %s: generate an %s key", got, want, want)
 	}
 
-	if rsaKey, ok := csr.PublicKey.(*rsa.PublicKey); ok && rsaKey.N.BitLen() < minRSABits {
-		return fmt.Errorf("csr: RSA key is %d bits, at least %d are required", rsaKey.N.BitLen(), minRSABits)
+	switch key := csr.PublicKey.(type) {
+	case *rsa.PublicKey:
+		if bits := key.N.BitLen(); bits < minRSABits || bits > maxRSABits {
+			return fmt.Errorf("csr: RSA key is %d bits, %d to %d are accepted", bits, minRSABits, maxRSABits)
+		}
+	case *ecdsa.PublicKey:
+		if key.Curve != elliptic.P256() && key.Curve != elliptic.P384() && key.Curve != elliptic.P521() {
+			return fmt.Errorf("csr: ECDSA curve %s is not accepted: use P-256, P-384 or P-521", key.Curve.Params().Name)
+		}
+	}
+
+	return nil
+}
+
+// checkSignature verifies the CSR's self-signature, refusing SHA-1 (and older) digests, which the
+// standard library still accepts on certificate requests.
+func checkSignature(csr *x509.CertificateRequest) error {
+	switch csr.SignatureAlgorithm {
+	case x509.SHA1WithRSA, x509.ECDSAWithSHA1, x509.DSAWithSHA1, x509.MD5WithRSA, x509.MD2WithRSA:
+		return fmt.Errorf("csr: signature algorithm %s is not accepted: sign with SHA-256 or better", csr.SignatureAlgorithm)
+	}
+
+	if err := csr.CheckSignature(); err != nil {
+		return fmt.Errorf("csr: signature is invalid: %w", err)
 	}
 
 	return nil
@@ -121,50 +145,4 @@ func keyFamily(pub any) string {
 	default:
 		return fmt.Sprintf("unsupported (%T)", pub)
 	}
-}
-
-// checkDNSName accepts a host name of letter-digit-hyphen labels; wildcards are refused because
-// a node certificate must name the node, not a domain.
-func checkDNSName(name string) error {
-	if strings.Contains(name, "*") {
-		return errors.New("wildcard names are not allowed: request the node's exact names")
-	}
-
-	if name == "" || len(name) > maxDNSNameLength {
-		return fmt.Errorf("must be 1 to %d characters", maxDNSNameLength)
-	}
-
-	if net.ParseIP(name) != nil {
-		return errors.New("is an IP address: request it as an IP SAN")
-	}
-
-	for label := range strings.SplitSeq(name, ".") {
-		if err := checkDNSLabel(label); err != nil {
-			return err
-		}
-	}
-
-	return nil
-}
-
-func checkDNSLabel(label string) error {
-	if label == "" || len(label) > maxDNSLabelLength {
-		return fmt.Errorf("every label must be 1 to %d characters (no empty label, no trailing dot)", maxDNSLabelLength)
-	}
-
-	if label[0] == '-' || label[len(label)-1] == '-' {
-		return fmt.Errorf("label %q starts or ends with a hyphen", label)
-	}
-
-	for _, ch := range label {
-		if !isLetterDigitHyphen(ch) {
-			return fmt.Errorf("label %q has character %q: only letters, digits and hyphens are allowed", label, ch)
-		}
-	}
-
-	return nil
-}
-
-func isLetterDigitHyphen(ch rune) bool {
-	return ch >= 'a' && ch <= 'z' || ch >= 'A' && ch <= 'Z' || ch >= '0' && ch <= '9' || ch == '-'
 }

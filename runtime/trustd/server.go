@@ -50,6 +50,16 @@ type Options struct {
 	RateBurst int
 	// Lifetime of the signed certificates; zero means CertificateLifetime, which is also the maximum.
 	Lifetime time.Duration
+	// MaxMembers bounds the workers recorded as members; zero means DefaultMaxMembers.
+	MaxMembers int
+	// MemberRetention is how long a worker that no longer renews stays a member; zero means
+	// DefaultMemberRetention.
+	MemberRetention time.Duration
+	// Clock overrides time.Now for the members' lastSeen and their garbage collection.
+	Clock func() time.Time
+	// ControlPlanes are the addresses and host names of the other control planes, which no
+	// worker may hold (besides those the members and the state tell).
+	ControlPlanes []string
 }
 
 // Server is the trustd gRPC server. Create it with New and run it with Serve.
@@ -65,6 +75,12 @@ type Server struct {
 	issuingCA lastDerived[caPEM, *certs.CA]
 	// caBundle is the PEM bundle of AcceptedCAs/os, built again only when its certificates change.
 	caBundle lastDerived[[]string, []byte]
+	// endpointHost is the control-plane endpoint host of the machine config, parsed again only
+	// when the config changes.
+	endpointHost lastDerived[string, string]
+
+	members       memberOptions
+	controlPlanes []string
 }
 
 type caPEM struct{ crt, key string }
@@ -151,14 +167,25 @@ func New(opts Options) (*Server, error) {
 		return nil, fmt.Errorf("trustd: certificate lifetime %s must be positive and at most %s", lifetime, CertificateLifetime)
 	}
 
+	members, err := newMemberOptions(opts)
+	if err != nil {
+		return nil, err
+	}
+
 	return &Server{
-		state:       opts.State,
-		logger:      logger,
-		certificate: newCertificateSource(),
-		limiter:     newPeerLimiter(limit, burst),
-		lifetime:    lifetime,
-		issuingCA:   lastDerived[caPEM, *certs.CA]{equal: func(a, b caPEM) bool { return a == b }, derive: loadCA},
-		caBundle:    lastDerived[[]string, []byte]{equal: slices.Equal[[]string], derive: buildCABundle},
+		controlPlanes: slices.Clone(opts.ControlPlanes),
+		members:       members,
+		state:         opts.State,
+		logger:        logger,
+		certificate:   newCertificateSource(),
+		limiter:       newPeerLimiter(limit, burst, maxTrackedPeers),
+		lifetime:      lifetime,
+		issuingCA:     lastDerived[caPEM, *certs.CA]{equal: func(a, b caPEM) bool { return a == b }, derive: loadCA},
+		caBundle:      lastDerived[[]string, []byte]{equal: slices.Equal[[]string], derive: buildCABundle},
+		endpointHost: lastDerived[string, string]{
+			equal:  func(a, b string) bool { return a == b },
+			derive: endpointHostOf,
+		},
 	}, nil
 }
 
@@ -186,6 +213,19 @@ func (s *Server) Serve(ctx context.Context, lis net.Listener) error {
 	watchErr := make(chan error, 1)
 
 	go func() { watchErr <- s.certificate.watch(ctx, s.state, s.logger) }()
+
+	collected := make(chan struct{})
+
+	go func() {
+		defer close(collected)
+
+		s.collectMembers(ctx)
+	}()
+
+	defer func() {
+		cancel()
+		<-collected
+	}()
 
 	serveErr := make(chan error, 1)
 
@@ -331,6 +371,24 @@ func (s *Server) sign(ctx context.Context, csrPEM []byte) (*trustdapi.Certificat
 		return nil, status.Error(codes.InvalidArgument, err.Error())
 	}
 
+	requester, ok := parseAddr(peerHost(ctx))
+	if !ok {
+		return nil, status.Error(codes.InvalidArgument, "the request does not come from an IP address")
+	}
+
+	owners, err := s.ownershipFor(ctx, requester)
+	if err != nil {
+		s.logger.Error("trustd cannot tell who owns which names", zap.Error(err))
+
+		return nil, status.Error(codes.Unavailable, "trustd is not ready: the cluster's names cannot be read")
+	}
+
+	if err = owners.checkProfile(profile); err != nil {
+		s.logger.Warn("trustd request refused: names the requester does not own", zap.String("peer", requester.String()), zap.Error(err))
+
+		return nil, status.Error(codes.PermissionDenied, err.Error())
+	}
+
 	profile.Lifetime = s.lifetime
 
 	caBundle, err := s.acceptedCABundle(ctx)
@@ -360,7 +418,7 @@ func (s *Server) sign(ctx context.Context, csrPEM []byte) (*trustdapi.Certificat
 		zap.Time("not_after", signedAt.Add(profile.Lifetime)),
 	)
 
-	s.recordMember(ctx, profile, signedAt)
+	s.recordMember(ctx, requester, profile)
 
 	return &trustdapi.CertificateResponse{Ca: caBundle, Crt: crtPEM}, nil
 }

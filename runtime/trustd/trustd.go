@@ -1,7 +1,9 @@
 // Package trustd owns the certificate-signing service of control-plane nodes (the trustd role,
 // :50001) and its client: workers send a CSR with the join token and get back a server
-// certificate for their node API, signed by the OS CA under a strict policy. Each worker signed
-// for is recorded as a cluster.Member, which is how rotate-ca finds the workers.
+// certificate for their node API, signed by the OS CA under a strict policy (policy.go: the
+// shape of the request; ownership.go: only names the requester owns). Each worker signed for is
+// recorded as a cluster.Member under the address it called from (members.go), which is how
+// rotate-ca finds the workers.
 package trustd
 
 import "time"

@@ -38,6 +38,7 @@ func TestDaemonRefusesBadInput(t *testing.T) {
 		{"invalid YAML", []string{"--config", badYAML}, "invalid YAML"},
 		{"worker carrying CA keys", []string{"--config", workerWithKey}, "machine.ca.key"},
 		{"address not an IP", []string{"--config", badYAML, "--address", "node-1"}, "--address"},
+		{"hostname not a host name", []string{"--config", filepath.Join(dir, "out", "worker.yaml"), "--hostname", "node_1\n"}, `--hostname "node_1\n" is not a host name`},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			stateDir := filepath.Join(dir, "state-"+filepath.Base(t.Name()))
