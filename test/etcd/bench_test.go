@@ -28,7 +28,7 @@ func BenchmarkEtcdCARotation(b *testing.B) {
 		probes := startProber(b, dir, endpoints)
 
 		start := time.Now()
-		out, err := runCLI(b, c, "rotate-ca", "--etcd", "--dry-run=false", "--etcd-client-dir", dir, "--plan", plan)
+		out, err := runCLI(b, c, "-e", c.ControlPlanes()[0], "rotate-ca", "--etcd", "--dry-run=false", "--etcd-client-dir", dir, "--plan", plan)
 		elapsed := time.Since(start)
 
 		probes.stop()

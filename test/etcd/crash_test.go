@@ -34,7 +34,7 @@ func TestRollingRestartSurvivesSupervisorCrash(t *testing.T) {
 		t.Logf("rotation %d: killing nodepkid on the %s", i+1, victim)
 
 		plan := filepath.Join(t.TempDir(), "plan.yaml")
-		args := []string{"--talosconfig", c.Talosconfig, "rotate-ca", "--etcd", "--dry-run=false", "--etcd-client-dir", dir, "--plan", plan}
+		args := []string{"--talosconfig", c.Talosconfig, "-e", c.ControlPlanes()[0], "rotate-ca", "--etcd", "--dry-run=false", "--etcd-client-dir", dir, "--plan", plan}
 
 		probes := startProber(t, dir, endpoints)
 
