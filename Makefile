@@ -73,7 +73,9 @@ FUZZ_TARGETS := \
 	./runtime/trustd:FuzzCSRPolicy \
 	./runtime/api:FuzzLabelledBackendAppendInfo \
 	./pkg/kubeconfig:FuzzMerge \
-	./pkg/kubernetes:FuzzAPIServerSANs
+	./pkg/kubernetes:FuzzAPIServerSANs \
+	./runtime/api:FuzzParseRenewalCSR \
+	./cmd/nodepkid:FuzzCheckMetricsAddress
 
 fuzz:
 	@set -e; for t in $(FUZZ_TARGETS); do \
@@ -91,9 +93,18 @@ generate:
 	GOBIN=$(CURDIR)/$(BIN)/tools $(GO) install $(PROTOC_GEN_GO_GRPC)
 	PATH=$(CURDIR)/$(BIN)/tools:$$PATH $(GO) generate ./...
 
-lint:
+GOLANGCI_LINT_VERSION := v2.15.0
+GOLANGCI_LINT := $(BIN)/tools/golangci-lint
+
+# Installed once into bin/tools at the pinned version; `make clean` removes it.
+$(GOLANGCI_LINT):
+	GOBIN=$(CURDIR)/$(BIN)/tools $(GO) install github.com/golangci/golangci-lint/v2/cmd/golangci-lint@$(GOLANGCI_LINT_VERSION)
+
+# Configuration in .golangci.yml.
+lint: $(GOLANGCI_LINT)
 	$(GO) vet ./...
 	test -z "$$(gofmt -l $$(git ls-files '*.go'))"
+	$(GOLANGCI_LINT) run ./...
 
 clean:
 	rm -rf $(BIN) _out

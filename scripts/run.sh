@@ -31,6 +31,8 @@ cat <<MSG
 The cluster keeps running. Try:
   $ctl --talosconfig $state/talosconfig get rd
   $ctl --talosconfig $state/talosconfig get certificatestatuses -w
+  $ctl --talosconfig $state/talosconfig certs check
+  curl -s http://127.0.0.2:9180/metrics | grep ^nodepki_
   $ctl --talosconfig $state/talosconfig rotate-ca --os
   $ctl --talosconfig $state/talosconfig rotate-ca --etcd --dry-run=false
   $ctl --talosconfig $state/talosconfig -n 127.0.0.2 etcd snapshot db.snapshot

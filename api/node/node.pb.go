@@ -725,6 +725,116 @@ func (x *EtcdSnapshotChunk) GetData() []byte {
 	return nil
 }
 
+type RenewClientCertificateRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// csr is a PEM certificate request signed with the key the new certificate is for (`config
+	// renew` uses the context's own key); only its public key is used: the subject, usages and
+	// roles come from the server.
+	Csr []byte `protobuf:"bytes,1,opt,name=csr,proto3" json:"csr,omitempty"`
+	// crt_ttl_seconds is the new certificate's lifetime; 0 means one year. It never outlives the CA.
+	CrtTtlSeconds int64 `protobuf:"varint,2,opt,name=crt_ttl_seconds,json=crtTtlSeconds,proto3" json:"crt_ttl_seconds,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RenewClientCertificateRequest) Reset() {
+	*x = RenewClientCertificateRequest{}
+	mi := &file_node_node_proto_msgTypes[13]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RenewClientCertificateRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RenewClientCertificateRequest) ProtoMessage() {}
+
+func (x *RenewClientCertificateRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_node_node_proto_msgTypes[13]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RenewClientCertificateRequest.ProtoReflect.Descriptor instead.
+func (*RenewClientCertificateRequest) Descriptor() ([]byte, []int) {
+	return file_node_node_proto_rawDescGZIP(), []int{13}
+}
+
+func (x *RenewClientCertificateRequest) GetCsr() []byte {
+	if x != nil {
+		return x.Csr
+	}
+	return nil
+}
+
+func (x *RenewClientCertificateRequest) GetCrtTtlSeconds() int64 {
+	if x != nil {
+		return x.CrtTtlSeconds
+	}
+	return 0
+}
+
+type RenewClientCertificateResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// crt is the new client certificate (PEM), with the caller's roles as organizations.
+	Crt []byte `protobuf:"bytes,1,opt,name=crt,proto3" json:"crt,omitempty"`
+	// ca is the CA certificate that signed it (PEM).
+	Ca            []byte `protobuf:"bytes,2,opt,name=ca,proto3" json:"ca,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RenewClientCertificateResponse) Reset() {
+	*x = RenewClientCertificateResponse{}
+	mi := &file_node_node_proto_msgTypes[14]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RenewClientCertificateResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RenewClientCertificateResponse) ProtoMessage() {}
+
+func (x *RenewClientCertificateResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_node_node_proto_msgTypes[14]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RenewClientCertificateResponse.ProtoReflect.Descriptor instead.
+func (*RenewClientCertificateResponse) Descriptor() ([]byte, []int) {
+	return file_node_node_proto_rawDescGZIP(), []int{14}
+}
+
+func (x *RenewClientCertificateResponse) GetCrt() []byte {
+	if x != nil {
+		return x.Crt
+	}
+	return nil
+}
+
+func (x *RenewClientCertificateResponse) GetCa() []byte {
+	if x != nil {
+		return x.Ca
+	}
+	return nil
+}
+
 type KubeconfigRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// crt_ttl_seconds is the client certificate lifetime; 0 means cluster.adminKubeconfig.certLifetime
@@ -736,7 +846,7 @@ type KubeconfigRequest struct {
 
 func (x *KubeconfigRequest) Reset() {
 	*x = KubeconfigRequest{}
-	mi := &file_node_node_proto_msgTypes[13]
+	mi := &file_node_node_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -748,7 +858,7 @@ func (x *KubeconfigRequest) String() string {
 func (*KubeconfigRequest) ProtoMessage() {}
 
 func (x *KubeconfigRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_node_node_proto_msgTypes[13]
+	mi := &file_node_node_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -761,7 +871,7 @@ func (x *KubeconfigRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use KubeconfigRequest.ProtoReflect.Descriptor instead.
 func (*KubeconfigRequest) Descriptor() ([]byte, []int) {
-	return file_node_node_proto_rawDescGZIP(), []int{13}
+	return file_node_node_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *KubeconfigRequest) GetCrtTtlSeconds() int64 {
@@ -783,7 +893,7 @@ type KubeconfigResponse struct {
 
 func (x *KubeconfigResponse) Reset() {
 	*x = KubeconfigResponse{}
-	mi := &file_node_node_proto_msgTypes[14]
+	mi := &file_node_node_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -795,7 +905,7 @@ func (x *KubeconfigResponse) String() string {
 func (*KubeconfigResponse) ProtoMessage() {}
 
 func (x *KubeconfigResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_node_node_proto_msgTypes[14]
+	mi := &file_node_node_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -808,7 +918,7 @@ func (x *KubeconfigResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use KubeconfigResponse.ProtoReflect.Descriptor instead.
 func (*KubeconfigResponse) Descriptor() ([]byte, []int) {
-	return file_node_node_proto_rawDescGZIP(), []int{14}
+	return file_node_node_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *KubeconfigResponse) GetKubeconfig() []byte {
@@ -872,18 +982,25 @@ const file_node_node_proto_rawDesc = "" +
 	"\amembers\x18\x02 \x03(\v2\x1b.nodepki.node.v1.EtcdMemberR\amembers\"\x15\n" +
 	"\x13EtcdSnapshotRequest\"'\n" +
 	"\x11EtcdSnapshotChunk\x12\x12\n" +
-	"\x04data\x18\x01 \x01(\fR\x04data\";\n" +
+	"\x04data\x18\x01 \x01(\fR\x04data\"Y\n" +
+	"\x1dRenewClientCertificateRequest\x12\x10\n" +
+	"\x03csr\x18\x01 \x01(\fR\x03csr\x12&\n" +
+	"\x0fcrt_ttl_seconds\x18\x02 \x01(\x03R\rcrtTtlSeconds\"B\n" +
+	"\x1eRenewClientCertificateResponse\x12\x10\n" +
+	"\x03crt\x18\x01 \x01(\fR\x03crt\x12\x0e\n" +
+	"\x02ca\x18\x02 \x01(\fR\x02ca\";\n" +
 	"\x11KubeconfigRequest\x12&\n" +
 	"\x0fcrt_ttl_seconds\x18\x01 \x01(\x03R\rcrtTtlSeconds\"H\n" +
 	"\x12KubeconfigResponse\x12\x1e\n" +
 	"\n" +
 	"kubeconfig\x18\x01 \x01(\fR\n" +
 	"kubeconfig\x12\x12\n" +
-	"\x04node\x18\x02 \x01(\tR\x04node2\xac\x03\n" +
+	"\x04node\x18\x02 \x01(\tR\x04node2\xa7\x04\n" +
 	"\vNodeService\x12L\n" +
 	"\aVersion\x12\x1f.nodepki.node.v1.VersionRequest\x1a .nodepki.node.v1.VersionResponse\x12m\n" +
 	"\x12ApplyConfiguration\x12*.nodepki.node.v1.ApplyConfigurationRequest\x1a+.nodepki.node.v1.ApplyConfigurationResponse\x12\x88\x01\n" +
-	"\x1bGenerateClientConfiguration\x123.nodepki.node.v1.GenerateClientConfigurationRequest\x1a4.nodepki.node.v1.GenerateClientConfigurationResponse\x12U\n" +
+	"\x1bGenerateClientConfiguration\x123.nodepki.node.v1.GenerateClientConfigurationRequest\x1a4.nodepki.node.v1.GenerateClientConfigurationResponse\x12y\n" +
+	"\x16RenewClientCertificate\x12..nodepki.node.v1.RenewClientCertificateRequest\x1a/.nodepki.node.v1.RenewClientCertificateResponse\x12U\n" +
 	"\n" +
 	"Kubeconfig\x12\".nodepki.node.v1.KubeconfigRequest\x1a#.nodepki.node.v1.KubeconfigResponse2\xa0\x02\n" +
 	"\vEtcdService\x12Z\n" +
@@ -904,7 +1021,7 @@ func file_node_node_proto_rawDescGZIP() []byte {
 	return file_node_node_proto_rawDescData
 }
 
-var file_node_node_proto_msgTypes = make([]protoimpl.MessageInfo, 15)
+var file_node_node_proto_msgTypes = make([]protoimpl.MessageInfo, 17)
 var file_node_node_proto_goTypes = []any{
 	(*VersionRequest)(nil),                      // 0: nodepki.node.v1.VersionRequest
 	(*VersionResponse)(nil),                     // 1: nodepki.node.v1.VersionResponse
@@ -919,27 +1036,31 @@ var file_node_node_proto_goTypes = []any{
 	(*EtcdMemberListResponse)(nil),              // 10: nodepki.node.v1.EtcdMemberListResponse
 	(*EtcdSnapshotRequest)(nil),                 // 11: nodepki.node.v1.EtcdSnapshotRequest
 	(*EtcdSnapshotChunk)(nil),                   // 12: nodepki.node.v1.EtcdSnapshotChunk
-	(*KubeconfigRequest)(nil),                   // 13: nodepki.node.v1.KubeconfigRequest
-	(*KubeconfigResponse)(nil),                  // 14: nodepki.node.v1.KubeconfigResponse
+	(*RenewClientCertificateRequest)(nil),       // 13: nodepki.node.v1.RenewClientCertificateRequest
+	(*RenewClientCertificateResponse)(nil),      // 14: nodepki.node.v1.RenewClientCertificateResponse
+	(*KubeconfigRequest)(nil),                   // 15: nodepki.node.v1.KubeconfigRequest
+	(*KubeconfigResponse)(nil),                  // 16: nodepki.node.v1.KubeconfigResponse
 }
 var file_node_node_proto_depIdxs = []int32{
 	9,  // 0: nodepki.node.v1.EtcdMemberListResponse.members:type_name -> nodepki.node.v1.EtcdMember
 	0,  // 1: nodepki.node.v1.NodeService.Version:input_type -> nodepki.node.v1.VersionRequest
 	2,  // 2: nodepki.node.v1.NodeService.ApplyConfiguration:input_type -> nodepki.node.v1.ApplyConfigurationRequest
 	4,  // 3: nodepki.node.v1.NodeService.GenerateClientConfiguration:input_type -> nodepki.node.v1.GenerateClientConfigurationRequest
-	13, // 4: nodepki.node.v1.NodeService.Kubeconfig:input_type -> nodepki.node.v1.KubeconfigRequest
-	6,  // 5: nodepki.node.v1.EtcdService.Bootstrap:input_type -> nodepki.node.v1.EtcdBootstrapRequest
-	8,  // 6: nodepki.node.v1.EtcdService.MemberList:input_type -> nodepki.node.v1.EtcdMemberListRequest
-	11, // 7: nodepki.node.v1.EtcdService.Snapshot:input_type -> nodepki.node.v1.EtcdSnapshotRequest
-	1,  // 8: nodepki.node.v1.NodeService.Version:output_type -> nodepki.node.v1.VersionResponse
-	3,  // 9: nodepki.node.v1.NodeService.ApplyConfiguration:output_type -> nodepki.node.v1.ApplyConfigurationResponse
-	5,  // 10: nodepki.node.v1.NodeService.GenerateClientConfiguration:output_type -> nodepki.node.v1.GenerateClientConfigurationResponse
-	14, // 11: nodepki.node.v1.NodeService.Kubeconfig:output_type -> nodepki.node.v1.KubeconfigResponse
-	7,  // 12: nodepki.node.v1.EtcdService.Bootstrap:output_type -> nodepki.node.v1.EtcdBootstrapResponse
-	10, // 13: nodepki.node.v1.EtcdService.MemberList:output_type -> nodepki.node.v1.EtcdMemberListResponse
-	12, // 14: nodepki.node.v1.EtcdService.Snapshot:output_type -> nodepki.node.v1.EtcdSnapshotChunk
-	8,  // [8:15] is the sub-list for method output_type
-	1,  // [1:8] is the sub-list for method input_type
+	13, // 4: nodepki.node.v1.NodeService.RenewClientCertificate:input_type -> nodepki.node.v1.RenewClientCertificateRequest
+	15, // 5: nodepki.node.v1.NodeService.Kubeconfig:input_type -> nodepki.node.v1.KubeconfigRequest
+	6,  // 6: nodepki.node.v1.EtcdService.Bootstrap:input_type -> nodepki.node.v1.EtcdBootstrapRequest
+	8,  // 7: nodepki.node.v1.EtcdService.MemberList:input_type -> nodepki.node.v1.EtcdMemberListRequest
+	11, // 8: nodepki.node.v1.EtcdService.Snapshot:input_type -> nodepki.node.v1.EtcdSnapshotRequest
+	1,  // 9: nodepki.node.v1.NodeService.Version:output_type -> nodepki.node.v1.VersionResponse
+	3,  // 10: nodepki.node.v1.NodeService.ApplyConfiguration:output_type -> nodepki.node.v1.ApplyConfigurationResponse
+	5,  // 11: nodepki.node.v1.NodeService.GenerateClientConfiguration:output_type -> nodepki.node.v1.GenerateClientConfigurationResponse
+	14, // 12: nodepki.node.v1.NodeService.RenewClientCertificate:output_type -> nodepki.node.v1.RenewClientCertificateResponse
+	16, // 13: nodepki.node.v1.NodeService.Kubeconfig:output_type -> nodepki.node.v1.KubeconfigResponse
+	7,  // 14: nodepki.node.v1.EtcdService.Bootstrap:output_type -> nodepki.node.v1.EtcdBootstrapResponse
+	10, // 15: nodepki.node.v1.EtcdService.MemberList:output_type -> nodepki.node.v1.EtcdMemberListResponse
+	12, // 16: nodepki.node.v1.EtcdService.Snapshot:output_type -> nodepki.node.v1.EtcdSnapshotChunk
+	9,  // [9:17] is the sub-list for method output_type
+	1,  // [1:9] is the sub-list for method input_type
 	1,  // [1:1] is the sub-list for extension type_name
 	1,  // [1:1] is the sub-list for extension extendee
 	0,  // [0:1] is the sub-list for field type_name
@@ -956,7 +1077,7 @@ func file_node_node_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_node_node_proto_rawDesc), len(file_node_node_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   15,
+			NumMessages:   17,
 			NumExtensions: 0,
 			NumServices:   2,
 		},

@@ -25,6 +25,7 @@ const (
 	NodeService_Version_FullMethodName                     = "/nodepki.node.v1.NodeService/Version"
 	NodeService_ApplyConfiguration_FullMethodName          = "/nodepki.node.v1.NodeService/ApplyConfiguration"
 	NodeService_GenerateClientConfiguration_FullMethodName = "/nodepki.node.v1.NodeService/GenerateClientConfiguration"
+	NodeService_RenewClientCertificate_FullMethodName      = "/nodepki.node.v1.NodeService/RenewClientCertificate"
 	NodeService_Kubeconfig_FullMethodName                  = "/nodepki.node.v1.NodeService/Kubeconfig"
 )
 
@@ -38,6 +39,9 @@ type NodeServiceClient interface {
 	ApplyConfiguration(ctx context.Context, in *ApplyConfigurationRequest, opts ...grpc.CallOption) (*ApplyConfigurationResponse, error)
 	// GenerateClientConfiguration signs a client certificate with the OS CA. Control plane, os:admin.
 	GenerateClientConfiguration(ctx context.Context, in *GenerateClientConfigurationRequest, opts ...grpc.CallOption) (*GenerateClientConfigurationResponse, error)
+	// RenewClientCertificate signs a new client certificate for the key of a CSR, with the caller's
+	// own roles (never more). Control plane, any role.
+	RenewClientCertificate(ctx context.Context, in *RenewClientCertificateRequest, opts ...grpc.CallOption) (*RenewClientCertificateResponse, error)
 	// Kubeconfig signs an admin client certificate (CN admin, O system:masters) with the Kubernetes
 	// CA and returns a kubeconfig for cluster.controlPlane.endpoint. Control plane, os:admin.
 	Kubeconfig(ctx context.Context, in *KubeconfigRequest, opts ...grpc.CallOption) (*KubeconfigResponse, error)
@@ -81,6 +85,16 @@ func (c *nodeServiceClient) GenerateClientConfiguration(ctx context.Context, in 
 	return out, nil
 }
 
+func (c *nodeServiceClient) RenewClientCertificate(ctx context.Context, in *RenewClientCertificateRequest, opts ...grpc.CallOption) (*RenewClientCertificateResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(RenewClientCertificateResponse)
+	err := c.cc.Invoke(ctx, NodeService_RenewClientCertificate_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 func (c *nodeServiceClient) Kubeconfig(ctx context.Context, in *KubeconfigRequest, opts ...grpc.CallOption) (*KubeconfigResponse, error) {
 	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
 	out := new(KubeconfigResponse)
@@ -101,6 +115,9 @@ type NodeServiceServer interface {
 	ApplyConfiguration(context.Context, *ApplyConfigurationRequest) (*ApplyConfigurationResponse, error)
 	// GenerateClientConfiguration signs a client certificate with the OS CA. Control plane, os:admin.
 	GenerateClientConfiguration(context.Context, *GenerateClientConfigurationRequest) (*GenerateClientConfigurationResponse, error)
+	// RenewClientCertificate signs a new client certificate for the key of a CSR, with the caller's
+	// own roles (never more). Control plane, any role.
+	RenewClientCertificate(context.Context, *RenewClientCertificateRequest) (*RenewClientCertificateResponse, error)
 	// Kubeconfig signs an admin client certificate (CN admin, O system:masters) with the Kubernetes
 	// CA and returns a kubeconfig for cluster.controlPlane.endpoint. Control plane, os:admin.
 	Kubeconfig(context.Context, *KubeconfigRequest) (*KubeconfigResponse, error)
@@ -122,6 +139,9 @@ func (UnimplementedNodeServiceServer) ApplyConfiguration(context.Context, *Apply
 }
 func (UnimplementedNodeServiceServer) GenerateClientConfiguration(context.Context, *GenerateClientConfigurationRequest) (*GenerateClientConfigurationResponse, error) {
 	return nil, status.Errorf(codes.Unimplemented, "method GenerateClientConfiguration not implemented")
+}
+func (UnimplementedNodeServiceServer) RenewClientCertificate(context.Context, *RenewClientCertificateRequest) (*RenewClientCertificateResponse, error) {
+	return nil, status.Errorf(codes.Unimplemented, "method RenewClientCertificate not implemented")
 }
 func (UnimplementedNodeServiceServer) Kubeconfig(context.Context, *KubeconfigRequest) (*KubeconfigResponse, error) {
 	return nil, status.Errorf(codes.Unimplemented, "method Kubeconfig not implemented")
@@ -201,6 +221,24 @@ func _NodeService_GenerateClientConfiguration_Handler(srv interface{}, ctx conte
 	return interceptor(ctx, in, info, handler)
 }
 
+func _NodeService_RenewClientCertificate_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(RenewClientCertificateRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(NodeServiceServer).RenewClientCertificate(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: NodeService_RenewClientCertificate_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(NodeServiceServer).RenewClientCertificate(ctx, req.(*RenewClientCertificateRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 func _NodeService_Kubeconfig_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
 	in := new(KubeconfigRequest)
 	if err := dec(in); err != nil {
@@ -237,6 +275,10 @@ var NodeService_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "GenerateClientConfiguration",
 			Handler:    _NodeService_GenerateClientConfiguration_Handler,
+		},
+		{
+			MethodName: "RenewClientCertificate",
+			Handler:    _NodeService_RenewClientCertificate_Handler,
 		},
 		{
 			MethodName: "Kubeconfig",

@@ -128,8 +128,10 @@ func TestConnectErrors(t *testing.T) {
 		args    []string
 		wantErr []string
 	}{
-		{name: "missing file", args: []string{"--talosconfig", missing, "version"},
-			wantErr: []string{missing, "does not exist", "nodepkictl gen config", "nodepkictl cluster create"}},
+		{
+			name: "missing file", args: []string{"--talosconfig", missing, "version"},
+			wantErr: []string{missing, "does not exist", "nodepkictl gen config", "nodepkictl cluster create"},
+		},
 		{name: "no crt", args: []string{"--talosconfig", noCrt, "version"}, wantErr: []string{`context "test" in ` + noCrt + " has no crt"}},
 		{name: "no key", args: []string{"--talosconfig", noKey, "version"}, wantErr: []string{"has no key"}},
 		{name: "no endpoints", args: []string{"--talosconfig", noEndpoints, "version"}, wantErr: []string{"has no endpoints", "--endpoints"}},

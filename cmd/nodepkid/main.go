@@ -73,6 +73,8 @@ when it restarts; a clean shutdown of nodepkid stops it.`,
 	flags.StringVar(&opts.logLevel, "log-level", "info", "log level: debug, info, warn, error")
 	flags.StringVar(&opts.etcdBinary, "etcd-binary", "",
 		"etcd executable to run a member with on a control plane (default: only write the etcd PKI files)")
+	flags.StringVar(&opts.metricsAddress, "metrics-address", "",
+		"ADDR:PORT to serve Prometheus metrics on at /metrics over plain HTTP (default: off)")
 
 	for _, name := range []string{"state-dir", "address"} {
 		_ = cmd.MarkFlagRequired(name)

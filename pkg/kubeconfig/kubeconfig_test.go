@@ -136,7 +136,7 @@ func TestAdminKubeconfigAgainstTLSServer(t *testing.T) {
 		_, _ = w.Write([]byte(peer.Subject.CommonName + "/" + peer.Subject.Organization[0]))
 	})}
 
-	go srv.Serve(ln) //nolint:errcheck
+	go srv.Serve(ln) //nolint:errcheck // Serve returns when the test closes the server
 
 	t.Cleanup(func() { _ = srv.Close() })
 
@@ -152,7 +152,7 @@ func TestAdminKubeconfigAgainstTLSServer(t *testing.T) {
 	resp, err := client.Get(restConfig.Host + "/")
 	require.NoError(t, err)
 
-	defer resp.Body.Close() //nolint:errcheck
+	defer resp.Body.Close()
 
 	body := make([]byte, 64)
 	n, _ := resp.Body.Read(body)

@@ -46,8 +46,10 @@ func TestAPIServerArgs(t *testing.T) {
 	}.Args()
 	require.Error(t, err)
 
-	for _, want := range []string{"want the node's own address", "no PKI directory", `etcd server "http://127.0.110.2:2379" is not an https URL`,
-		`cluster.network.serviceSubnets[0]: "10.96.0.0" is not a CIDR subnet`, `service-account issuer "issuer"`} {
+	for _, want := range []string{
+		"want the node's own address", "no PKI directory", `etcd server "http://127.0.110.2:2379" is not an https URL`,
+		`cluster.network.serviceSubnets[0]: "10.96.0.0" is not a CIDR subnet`, `service-account issuer "issuer"`,
+	} {
 		assert.ErrorContains(t, err, want)
 	}
 }

@@ -116,16 +116,26 @@ func TestAPIServerFilesRefusesInconsistentPKI(t *testing.T) {
 		{"proxy client of the Kubernetes CA", func(p *kubernetes.APIServerPKI) {
 			p.ProxyClient = issue(t, stranger, "front-proxy-client", x509.ExtKeyUsageClientAuth)
 		}, []string{"front-proxy-client.crt (front-proxy client)", "not in front-proxy-ca.crt"}},
-		{"key of another certificate", func(p *kubernetes.APIServerPKI) { p.EtcdClient.Key = p.Serving.Key },
-			[]string{"apiserver-etcd-client.crt (etcd client): the key does not match the certificate"}},
-		{"pair not issued yet", func(p *kubernetes.APIServerPKI) { p.KubeletClient = kubernetes.KeyPair{} },
-			[]string{"apiserver-kubelet-client.crt (kubelet client): not issued yet"}},
-		{"no aggregator CA", func(p *kubernetes.APIServerPKI) { p.AggregatorCAs = nil },
-			[]string{"front-proxy-ca.crt: no aggregator CA"}},
-		{"signing key not accepted", func(p *kubernetes.APIServerPKI) { p.ServiceAccountPublicKeys = p.ServiceAccountPublicKeys[:1] },
-			[]string{"sa.pub: the signing key's public key is not among the accepted service-account keys"}},
-		{"garbage CA", func(p *kubernetes.APIServerPKI) { p.EtcdCAs = []string{"not pem"} },
-			[]string{"etcd-ca.crt: etcd CA 0"}},
+		{
+			"key of another certificate", func(p *kubernetes.APIServerPKI) { p.EtcdClient.Key = p.Serving.Key },
+			[]string{"apiserver-etcd-client.crt (etcd client): the key does not match the certificate"},
+		},
+		{
+			"pair not issued yet", func(p *kubernetes.APIServerPKI) { p.KubeletClient = kubernetes.KeyPair{} },
+			[]string{"apiserver-kubelet-client.crt (kubelet client): not issued yet"},
+		},
+		{
+			"no aggregator CA", func(p *kubernetes.APIServerPKI) { p.AggregatorCAs = nil },
+			[]string{"front-proxy-ca.crt: no aggregator CA"},
+		},
+		{
+			"signing key not accepted", func(p *kubernetes.APIServerPKI) { p.ServiceAccountPublicKeys = p.ServiceAccountPublicKeys[:1] },
+			[]string{"sa.pub: the signing key's public key is not among the accepted service-account keys"},
+		},
+		{
+			"garbage CA", func(p *kubernetes.APIServerPKI) { p.EtcdCAs = []string{"not pem"} },
+			[]string{"etcd-ca.crt: etcd CA 0"},
+		},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			t.Parallel()

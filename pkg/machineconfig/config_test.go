@@ -102,7 +102,7 @@ func TestRedacted(t *testing.T) {
 		assert.NotContains(t, string(redacted), strings.TrimSpace(secret))
 	}
 
-	doc := decode(t, redacted).(map[string]any) //nolint:forcetypeassert
+	doc := decode(t, redacted).(map[string]any)
 
 	for _, path := range [][]string{
 		{"machine", "token"},
@@ -127,7 +127,7 @@ func TestRedacted(t *testing.T) {
 	// The worker's empty CA keys stay empty rather than look like secrets.
 	redactedWorker, err := mustParse(t, c.worker).Redacted()
 	require.NoError(t, err)
-	assert.Empty(t, section(decode(t, redactedWorker).(map[string]any), "machine", "ca")["key"]) //nolint:forcetypeassert
+	assert.Empty(t, section(decode(t, redactedWorker).(map[string]any), "machine", "ca")["key"])
 
 	// A redacted config still parses (the placeholder is allowed in PEM fields) but does not validate.
 	parsed, err := machineconfig.Parse(redacted)

@@ -60,32 +60,10 @@ func (r *rotation) discover(ctx context.Context) ([]string, error) {
 		return nil, err
 	}
 
-	known := map[string]Member{}
-
-	for _, endpoint := range r.opts.Endpoints {
-		members, err := r.cl.Members(ctx, endpoint)
-		if err != nil {
-			return nil, fmt.Errorf("listing the cluster members on endpoint %s: %w (discovery asks every endpoint: fix it, "+
-				"or pass --nodes with every node of the cluster)", endpoint, err)
-		}
-
-		// Each control plane knows the workers it signed for, when they last renewed there: the
-		// freshest record of a member counts.
-		for _, m := range members {
-			if prev, ok := known[m.Address]; !ok || m.LastSeen.After(prev.LastSeen) {
-				known[m.Address] = m
-			}
-		}
-
-		r.addMemberTypes(members)
+	members, err := DiscoverMembers(ctx, r.cl, r.opts.Endpoints, r.addMemberTypes)
+	if err != nil {
+		return nil, err
 	}
-
-	members := make([]Member, 0, len(known))
-	for _, m := range known {
-		members = append(members, m)
-	}
-
-	slices.SortFunc(members, compareMembers)
 
 	var (
 		nodes []string
@@ -94,7 +72,7 @@ func (r *rotation) discover(ctx context.Context) ([]string, error) {
 	)
 
 	for _, m := range members {
-		if m.LastSeen.IsZero() || now.Sub(m.LastSeen) > r.opts.MemberStaleAfter {
+		if m.Stale(now, r.opts.MemberStaleAfter) {
 			r.out.node(m.Address, fmt.Sprintf("stale member, last seen %s, left out; pass -n to include it", lastSeenText(m.LastSeen, now)))
 
 			continue
@@ -109,6 +87,53 @@ func (r *rotation) discover(ctx context.Context) ([]string, error) {
 	}
 
 	return nodes, nil
+}
+
+// MemberLister is the part of Cluster discovery needs.
+type MemberLister interface {
+	Members(ctx context.Context, endpoint string) ([]Member, error)
+}
+
+// DiscoverMembers asks the control plane behind every endpoint for the cluster members it knows
+// and returns their union, control planes first. Any endpoint that cannot be asked is an error: a
+// worker only that control plane signed for would be missed. each, when not nil, sees every
+// endpoint's own records before they are merged.
+func DiscoverMembers(ctx context.Context, cl MemberLister, endpoints []string, each func([]Member)) ([]Member, error) {
+	known := map[string]Member{}
+
+	for _, endpoint := range endpoints {
+		members, err := cl.Members(ctx, endpoint)
+		if err != nil {
+			return nil, fmt.Errorf("listing the cluster members on endpoint %s: %w (discovery asks every endpoint: fix it, "+
+				"or pass --nodes with every node of the cluster)", endpoint, err)
+		}
+
+		// Each control plane knows the workers it signed for, when they last renewed there: the
+		// freshest record of a member counts.
+		for _, m := range members {
+			if prev, ok := known[m.Address]; !ok || m.LastSeen.After(prev.LastSeen) {
+				known[m.Address] = m
+			}
+		}
+
+		if each != nil {
+			each(members)
+		}
+	}
+
+	members := make([]Member, 0, len(known))
+	for _, m := range known {
+		members = append(members, m)
+	}
+
+	slices.SortFunc(members, compareMembers)
+
+	return members, nil
+}
+
+// Stale reports whether the member was last seen more than staleAfter before now, or never.
+func (m Member) Stale(now time.Time, staleAfter time.Duration) bool {
+	return m.LastSeen.IsZero() || now.Sub(m.LastSeen) > staleAfter
 }
 
 // compareMembers orders control planes before workers, then by address.

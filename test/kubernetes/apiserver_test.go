@@ -92,7 +92,7 @@ func TestAPIServerOnNodepkiFiles(t *testing.T) {
 		cl, err := talosclient.New(t.Context(), talosclient.WithConfig(cfg))
 		require.NoError(t, err)
 
-		t.Cleanup(func() { cl.Close() }) //nolint:errcheck
+		t.Cleanup(func() { cl.Close() })
 
 		data, err := cl.Kubeconfig(talosclient.WithNodes(t.Context(), controlPlane))
 		require.NoError(t, err)
@@ -463,7 +463,7 @@ func waitReady(t *testing.T, cfg *rest.Config) {
 			return
 		}
 
-		resp.Body.Close() //nolint:errcheck
+		resp.Body.Close()
 		assert.Equal(c, http.StatusOK, resp.StatusCode)
 	}, 90*time.Second, 200*time.Millisecond)
 }
@@ -506,7 +506,7 @@ func fetchServedCertificate(roots *x509.CertPool) (*x509.Certificate, error) {
 		return nil, err
 	}
 
-	defer conn.Close() //nolint:errcheck
+	defer conn.Close()
 
 	return conn.ConnectionState().PeerCertificates[0], nil
 }

@@ -265,7 +265,7 @@ func talosClient(t *testing.T, cfg *talosconfig.Config) *talosclient.Client {
 	cl, err := talosclient.New(t.Context(), talosclient.WithConfig(cfg))
 	require.NoError(t, err)
 
-	t.Cleanup(func() { cl.Close() }) //nolint:errcheck
+	t.Cleanup(func() { cl.Close() })
 
 	return cl
 }
@@ -277,7 +277,7 @@ func readKubeconfig(ctx context.Context, cl *talosclient.Client) error {
 		return err
 	}
 
-	defer r.Close() //nolint:errcheck
+	defer r.Close()
 
 	_, err = io.Copy(io.Discard, r)
 	if err == nil {
