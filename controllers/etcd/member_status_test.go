@@ -116,7 +116,7 @@ func servedCertificate(t *testing.T, address, pkiDir string) *tls.ConnectionStat
 	pair, err := tls.LoadX509KeyPair(filepath.Join(pkiDir, "admin.crt"), filepath.Join(pkiDir, "admin.key"))
 	require.NoError(t, err)
 
-	//nolint:gosec // only the presented certificate is looked at
+	// Only the presented certificate is looked at.
 	conn, err := tls.Dial("tcp", address, &tls.Config{Certificates: []tls.Certificate{pair}, InsecureSkipVerify: true})
 	require.NoError(t, err)
 

@@ -167,7 +167,7 @@ func writeChanged(dir string, files map[string][]byte) ([]string, error) {
 	}
 
 	// MkdirAll leaves an existing directory as it is; this one holds private keys.
-	if err := os.Chmod(dir, 0o700); err != nil {
+	if err := os.Chmod(dir, 0o700); err != nil { //nolint:gosec // a directory needs its x bit; 0700 is owner-only
 		return nil, fmt.Errorf("error setting permissions of %s: %w", dir, err)
 	}
 

@@ -82,7 +82,7 @@ func waitEtcdMember(ctx context.Context, cl *client.Client, node string, members
 
 		select {
 		case <-ctx.Done():
-			return fmt.Errorf("%w (last: %v)", ctx.Err(), lastErr)
+			return fmt.Errorf("%w (last: %w)", ctx.Err(), lastErr)
 		case <-ticker.C:
 		}
 	}

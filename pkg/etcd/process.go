@@ -119,7 +119,8 @@ func Start(c MemberConfig, trustBundleDigest string) (*Process, error) {
 		return nil, fmt.Errorf("error opening etcd log file: %w", err)
 	}
 
-	defer logFile.Close() //nolint:errcheck // the child holds its own descriptor
+	// The child holds its own descriptor.
+	defer logFile.Close()
 
 	cmd := exec.Command(c.Binary, c.Args()...)
 	cmd.Stdout = logFile
@@ -162,7 +163,7 @@ func Adopt(c MemberConfig) (*Process, error) {
 	}
 
 	// The PID may have been reused by an unrelated process: only an etcd on our data directory is ours.
-	cmdline, err := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", pid))
+	cmdline, err := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", pid)) //nolint:gosec // pid is a parsed integer
 	if err != nil || !bytes.Contains(cmdline, []byte("\x00--data-dir="+c.DataDir+"\x00")) {
 		return nil, removeStale(c.PIDFile)
 	}
@@ -175,11 +176,11 @@ func Adopt(c MemberConfig) (*Process, error) {
 	p := &Process{PID: pid, TrustBundleDigest: digest, exited: make(chan struct{})}
 
 	go func() {
-		defer unix.Close(fd) //nolint:errcheck
+		defer unix.Close(fd)
 
 		// A pidfd becomes readable when the process exits; this works for a process that is not
 		// our child, which cannot be waited for.
-		fds := []unix.PollFd{{Fd: int32(fd), Events: unix.POLLIN}}
+		fds := []unix.PollFd{{Fd: int32(fd), Events: unix.POLLIN}} //nolint:gosec // a descriptor fits an int32
 
 		for {
 			if _, pollErr := unix.Poll(fds, -1); pollErr == nil || !errors.Is(pollErr, unix.EINTR) {
@@ -260,7 +261,7 @@ func LastLogLine(path string) string {
 		return ""
 	}
 
-	defer f.Close() //nolint:errcheck
+	defer f.Close()
 
 	info, err := f.Stat()
 	if err != nil {

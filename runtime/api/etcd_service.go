@@ -107,7 +107,7 @@ func (e *etcdService) MemberList(ctx context.Context, _ *node.EtcdMemberListRequ
 		return nil, err
 	}
 
-	defer client.Close() //nolint:errcheck
+	defer client.Close()
 
 	list, err := client.MemberList(ctx)
 	if err != nil {
@@ -151,14 +151,14 @@ func (e *etcdService) Snapshot(_ *node.EtcdSnapshotRequest, stream node.EtcdServ
 		return err
 	}
 
-	defer client.Close() //nolint:errcheck
+	defer client.Close()
 
 	snapshot, err := client.Snapshot(ctx)
 	if err != nil {
 		return status.Errorf(codes.Unavailable, "error taking an etcd snapshot on %s: %v", e.server.nodeName(), err)
 	}
 
-	defer snapshot.Close() //nolint:errcheck
+	defer snapshot.Close()
 
 	e.server.logger.Info("etcd snapshot requested", zap.String("peer", peerAddress(ctx)))
 
