@@ -218,8 +218,9 @@ func (c *Cluster) start(ctx context.Context, opts Options, addresses []netip.Add
 
 	if c.EtcdBinary != "" {
 		if err = c.bootstrapEtcd(waitCtx, opts.Progress); err != nil {
-			return &notReadyError{err: fmt.Errorf("etcd: %w (etcd logs: %s)", err, filepath.Join(c.Dir, "nodes", "*", "etcd.log")),
-				timeout: opts.ReadyTimeout, dir: c.Dir}
+			logs := filepath.Join(c.Dir, "nodes", "*", "etcd.log")
+
+			return &notReadyError{err: fmt.Errorf("etcd: %w (etcd logs: %s)", err, logs), timeout: opts.ReadyTimeout, dir: c.Dir}
 		}
 	}
 

@@ -137,8 +137,10 @@ func TestLastLogLine(t *testing.T) {
 	for _, tc := range []struct {
 		log, want string
 	}{
-		{`{"level":"info","msg":"ok"}` + "\n" + `{"level":"fatal","msg":"discovery failed","error":"listen tcp: bind: address already in use"}` + "\n",
-			"discovery failed: listen tcp: bind: address already in use"},
+		{
+			`{"level":"info","msg":"ok"}` + "\n" + `{"level":"fatal","msg":"discovery failed","error":"listen tcp: bind: address already in use"}` + "\n",
+			"discovery failed: listen tcp: bind: address already in use",
+		},
 		{"plain text\nlast line\n", "last line"},
 		{"", ""},
 	} {

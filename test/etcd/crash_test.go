@@ -90,7 +90,7 @@ func waitRestarting(t testing.TB, c *cluster.Cluster) string {
 	cl, err := c.Connect(t.Context())
 	require.NoError(t, err)
 
-	defer cl.Close() //nolint:errcheck
+	defer cl.Close()
 
 	deadline := time.Now().Add(time.Minute)
 

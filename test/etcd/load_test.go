@@ -144,7 +144,7 @@ func (fc *followingClient) refresh() error {
 
 func (fc *followingClient) close() {
 	for _, c := range fc.clients {
-		c.Close() //nolint:errcheck
+		c.Close()
 	}
 
 	fc.clients = nil
@@ -285,7 +285,7 @@ func startProber(t testing.TB, dir string, endpoints []string) *prober {
 						return
 					}
 
-					defer client.Close() //nolint:errcheck
+					defer client.Close()
 
 					// What `etcdctl endpoint health` does: a linearizable read, which the member
 					// serves only as part of a quorum with a leader (it waits through a leader
