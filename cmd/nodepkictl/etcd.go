@@ -154,8 +154,8 @@ func writeSnapshot(ctx context.Context, etcd nodeapi.EtcdServiceClient, path str
 
 	defer func() {
 		if err != nil {
-			tmp.Close()           //nolint:errcheck
-			os.Remove(tmp.Name()) //nolint:errcheck
+			tmp.Close()
+			os.Remove(tmp.Name())
 		}
 	}()
 

@@ -120,7 +120,7 @@ func servedCertificate(t *testing.T, address, pkiDir string) *tls.ConnectionStat
 	conn, err := tls.Dial("tcp", address, &tls.Config{Certificates: []tls.Certificate{pair}, InsecureSkipVerify: true})
 	require.NoError(t, err)
 
-	defer conn.Close() //nolint:errcheck
+	defer conn.Close()
 
 	state := conn.ConnectionState()
 

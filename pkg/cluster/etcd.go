@@ -26,7 +26,7 @@ func (c *Cluster) bootstrapEtcd(ctx context.Context, progress io.Writer) error {
 		return err
 	}
 
-	defer cl.Close() //nolint:errcheck
+	defer cl.Close()
 
 	first := c.ControlPlanes()[0]
 
@@ -46,7 +46,7 @@ func (c *Cluster) WaitEtcd(ctx context.Context, progress io.Writer) error {
 		return err
 	}
 
-	defer cl.Close() //nolint:errcheck
+	defer cl.Close()
 
 	return c.waitEtcd(ctx, cl, progress)
 }

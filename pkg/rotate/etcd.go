@@ -247,7 +247,7 @@ func (a *NodeAPI) EtcdProbe(ctx context.Context, node string, creds EtcdCredenti
 		return err
 	}
 
-	defer etcdClient.Close() //nolint:errcheck
+	defer etcdClient.Close()
 
 	return etcdpkg.Status(ctx, etcdClient, endpoint, etcdProbeTimeout).Err
 }
