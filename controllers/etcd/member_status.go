@@ -419,7 +419,7 @@ func (ctrl *MemberStatusController) join(ctx context.Context, r controller.Reade
 		return "", err
 	}
 
-	defer client.Close() //nolint:errcheck
+	defer client.Close()
 
 	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	defer cancel()
@@ -521,7 +521,7 @@ func (ctrl *MemberStatusController) ensureClient(files *etcd.PKIFilesSpec) error
 
 func (ctrl *MemberStatusController) closeClient() {
 	if ctrl.client != nil {
-		ctrl.client.client.Close() //nolint:errcheck
+		ctrl.client.client.Close()
 		ctrl.client = nil
 	}
 }
@@ -586,7 +586,7 @@ func (ctrl *MemberStatusController) promote(ctx context.Context, r controller.Re
 		return
 	}
 
-	defer client.Close() //nolint:errcheck
+	defer client.Close()
 
 	ctx, cancel := context.WithTimeout(ctx, probeTimeout*3)
 	defer cancel()
@@ -622,7 +622,7 @@ func (ctrl *MemberStatusController) rollingRestart(
 		return
 	}
 
-	defer client.Close() //nolint:errcheck
+	defer client.Close()
 
 	session, err := concurrency.NewSession(client, concurrency.WithTTL(lockSessionTTL), concurrency.WithContext(ctx))
 	if err != nil {
@@ -631,7 +631,7 @@ func (ctrl *MemberStatusController) rollingRestart(
 		return
 	}
 
-	defer session.Close() //nolint:errcheck
+	defer session.Close()
 
 	mutex := concurrency.NewMutex(session, RestartLockKey)
 

@@ -90,7 +90,7 @@ func TestRotateEtcdCAUnderLoad(t *testing.T) {
 		require.NoError(t, err)
 
 		h := etcdpkg.Status(ctx, client, endpoint, 3*time.Second)
-		client.Close() //nolint:errcheck
+		client.Close()
 
 		assert.Error(t, h.Err, "%s accepts a client certificate of the old etcd CA", endpoint)
 	}
