@@ -286,6 +286,11 @@ func (c *Client) Node() nodeapi.NodeServiceClient {
 	return c.node
 }
 
+// Etcd returns nodepki's EtcdService client (control planes running etcd).
+func (c *Client) Etcd() nodeapi.EtcdServiceClient {
+	return nodeapi.NewEtcdServiceClient(c.conn)
+}
+
 // Endpoints returns the endpoints the client balances across.
 func (c *Client) Endpoints() []Endpoint {
 	return slices.Clone(c.endpoints)

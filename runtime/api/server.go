@@ -266,6 +266,7 @@ func (s *Server) newInternalServer() *grpc.Server {
 
 	v1alpha1.RegisterStateServer(srv, server.NewState(state.Filter(s.opts.State, accessRule(s.opts.State))))
 	node.RegisterNodeServiceServer(srv, s.node)
+	node.RegisterEtcdServiceServer(srv, &etcdService{server: s})
 	machine.RegisterMachineServiceServer(srv, newMachineService(s))
 
 	return srv
