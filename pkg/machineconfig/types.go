@@ -5,6 +5,8 @@ import (
 	"fmt"
 
 	"go.yaml.in/yaml/v4"
+
+	"github.com/nodepki/nodepki/pkg/revocation"
 )
 
 // Machine types, as Talos spells them.
@@ -34,6 +36,8 @@ type MachineSection struct {
 	CA             *CertificateAndKey `yaml:"ca,omitempty"`
 	AcceptedCAs    []*Certificate     `yaml:"acceptedCAs,omitempty"`
 	CertSANs       []string           `yaml:"certSANs,omitempty"`
+	// RevokedCertificates is a nodepki extension: client credentials the node API refuses.
+	RevokedCertificates []revocation.Entry `yaml:"revokedCertificates,omitempty"`
 }
 
 // ClusterSection holds the PKI fields of .cluster.
