@@ -34,6 +34,7 @@ func Definitions() []meta.ResourceWithRD {
 		&pki.CertSAN{},
 		&pki.NodeCertificate{},
 		&pki.CertificateStatus{},
+		&pki.Revocations{},
 		&cluster.Member{},
 	}
 }

@@ -29,6 +29,7 @@ import (
 	"go.uber.org/zap"
 
 	ctrlcluster "github.com/nodepki/nodepki/controllers/cluster"
+	"github.com/nodepki/nodepki/controllers/credential"
 	"github.com/nodepki/nodepki/controllers/network"
 	"github.com/nodepki/nodepki/controllers/pki"
 	"github.com/nodepki/nodepki/resources"
@@ -151,6 +152,7 @@ func (rt *Runtime) setup(logger *zap.Logger, hostname string, opts Options) erro
 		&pki.CertSANsController{Hostname: hostname},
 		&pki.NodeCertificatesController{Hostname: hostname, Lifetimes: opts.Lifetimes, Clock: opts.Clock},
 		&pki.CertificateStatusesController{Clock: opts.Clock},
+		&credential.RevocationsController{},
 	} {
 		if err = rt.RegisterController(ctrl); err != nil {
 			return err
