@@ -60,12 +60,54 @@ func (r *rotation) discover(ctx context.Context) ([]string, error) {
 		return nil, err
 	}
 
+	d, err := DiscoverMembers(ctx, r.cl, r.opts.Endpoints, r.opts.Now(), r.opts.MemberStaleAfter)
+	if err != nil {
+		return nil, err
+	}
+
+	r.addMemberTypes(d.All)
+
+	for _, m := range d.Stale {
+		r.out.node(m.Address, fmt.Sprintf("stale member, last seen %s, left out; pass -n to include it", lastSeenText(m.LastSeen, r.opts.Now())))
+	}
+
+	var (
+		nodes []string
+		found []string
+	)
+
+	for _, m := range d.Fresh {
+		nodes = append(nodes, m.Address)
+		found = append(found, fmt.Sprintf("%s (%s)", m.Address, cmp.Or(m.MachineType, "unknown type")))
+	}
+
+	if len(found) > 0 {
+		r.out.printf("  nodes discovered through the endpoints: %s\n", strings.Join(found, ", "))
+	}
+
+	return nodes, nil
+}
+
+// Discovered are the members the control planes behind the endpoints know.
+type Discovered struct {
+	// All is every record, as each endpoint returned it.
+	All []Member
+	// Fresh are the members seen within the stale age, control planes first; Stale the others.
+	Fresh, Stale []Member
+}
+
+// DiscoverMembers asks every endpoint for the members it knows, keeps the freshest record of
+// each and splits them by age; the credentials of cl must be set. It is how rotate-ca, revoke
+// and every command that changes all nodes find them.
+func DiscoverMembers(ctx context.Context, cl Cluster, endpoints []string, now time.Time, staleAfter time.Duration) (Discovered, error) {
+	var d Discovered
+
 	known := map[string]Member{}
 
-	for _, endpoint := range r.opts.Endpoints {
-		members, err := r.cl.Members(ctx, endpoint)
+	for _, endpoint := range endpoints {
+		members, err := cl.Members(ctx, endpoint)
 		if err != nil {
-			return nil, fmt.Errorf("listing the cluster members on endpoint %s: %w (discovery asks every endpoint: fix it, "+
+			return d, fmt.Errorf("listing the cluster members on endpoint %s: %w (discovery asks every endpoint: fix it, "+
 				"or pass --nodes with every node of the cluster)", endpoint, err)
 		}
 
@@ -77,7 +119,7 @@ func (r *rotation) discover(ctx context.Context) ([]string, error) {
 			}
 		}
 
-		r.addMemberTypes(members)
+		d.All = append(d.All, members...)
 	}
 
 	members := make([]Member, 0, len(known))
@@ -87,28 +129,15 @@ func (r *rotation) discover(ctx context.Context) ([]string, error) {
 
 	slices.SortFunc(members, compareMembers)
 
-	var (
-		nodes []string
-		found []string
-		now   = r.opts.Now()
-	)
-
 	for _, m := range members {
-		if m.LastSeen.IsZero() || now.Sub(m.LastSeen) > r.opts.MemberStaleAfter {
-			r.out.node(m.Address, fmt.Sprintf("stale member, last seen %s, left out; pass -n to include it", lastSeenText(m.LastSeen, now)))
-
-			continue
+		if m.LastSeen.IsZero() || now.Sub(m.LastSeen) > staleAfter {
+			d.Stale = append(d.Stale, m)
+		} else {
+			d.Fresh = append(d.Fresh, m)
 		}
-
-		nodes = append(nodes, m.Address)
-		found = append(found, fmt.Sprintf("%s (%s)", m.Address, cmp.Or(m.MachineType, "unknown type")))
 	}
 
-	if len(found) > 0 {
-		r.out.printf("  nodes discovered through the endpoints: %s\n", strings.Join(found, ", "))
-	}
-
-	return nodes, nil
+	return d, nil
 }
 
 // compareMembers orders control planes before workers, then by address.
