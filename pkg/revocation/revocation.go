@@ -243,3 +243,19 @@ func (e *RevokedError) Error() string {
 
 	return msg + ")"
 }
+
+// Same reports whether a and b deny the same credential (same key, same serial of the same
+// issuer), whatever their spelling, reason or notAfter.
+func Same(a, b Entry) bool {
+	return a.key() == b.key()
+}
+
+func (e Entry) key() string {
+	k := NormalizeFingerprint(e.Fingerprint) + "|" + NormalizeFingerprint(e.Issuer) + "/"
+
+	if serial, err := ParseSerial(e.Serial); err == nil {
+		k += serial.Text(16)
+	}
+
+	return k
+}
