@@ -200,7 +200,7 @@ func New(ctx context.Context, opts ClientOptions) (*Client, error) {
 		endpoints: endpoints,
 		cosi: state.WrapCore(stateclient.NewAdapter(v1alpha1.NewStateClient(conn),
 			stateclient.WithRetryLogger(logger), stateclient.WithDisableWatchRetry())),
-		node:      nodeapi.NewNodeServiceClient(conn),
+		node: nodeapi.NewNodeServiceClient(conn),
 	}, nil
 }
 

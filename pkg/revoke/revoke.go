@@ -107,7 +107,9 @@ func Run(ctx context.Context, cl Cluster, opts Options) error {
 
 	// The nodes the endpoints name go last: when revoking one's own credentials (--force), the
 	// endpoint refuses every call once it has the entry.
-	slices.SortStableFunc(nodes, func(a, b string) int { return boolInt(isEndpoint(a, opts.Endpoints)) - boolInt(isEndpoint(b, opts.Endpoints)) })
+	slices.SortStableFunc(nodes, func(a, b string) int {
+		return boolInt(isEndpoint(a, opts.Endpoints)) - boolInt(isEndpoint(b, opts.Endpoints))
+	})
 
 	var (
 		failed []string
