@@ -158,8 +158,9 @@ func TestRevokeTalosconfig(t *testing.T) {
 	assertRefused(worker)
 }
 
-// TestRevokeBadInput: bad input is refused with the flag named, and changes nothing.
-func TestRevokeBadInput(t *testing.T) {
+// TestRevokeBadInputAndPrune: bad input is refused with the flag named, and changes nothing;
+// --prune drops the expired entries only.
+func TestRevokeBadInputAndPrune(t *testing.T) {
 	t.Parallel()
 
 	c := startCluster(t, "127.0.121.2", 1, 0)
@@ -183,4 +184,18 @@ func TestRevokeBadInput(t *testing.T) {
 	out, err := runCLI(t, c, "get", "revocations", "-o", "yaml")
 	require.NoError(t, err, out)
 	assert.NotContains(t, out, "fingerprint:")
+
+	expired, kept := strings.Repeat("e", 64), strings.Repeat("f", 64)
+	out, err = runCLI(t, c, "patch", "machineconfig", "--patch",
+		`{"machine": {"revokedCertificates": [{"fingerprint": "`+expired+`", "notAfter": "2020-01-01T00:00:00Z"}]}}`)
+	require.NoError(t, err, out)
+
+	out, err = runCLI(t, c, "revoke", "--fingerprint", kept, "--prune")
+	require.NoError(t, err, out)
+	assert.Contains(t, out, "revoked, 1 expired entries pruned, enforced")
+
+	out, err = runCLI(t, c, "get", "revocations", "-o", "yaml")
+	require.NoError(t, err, out)
+	assert.Contains(t, out, kept)
+	assert.NotContains(t, out, expired)
 }
