@@ -199,3 +199,43 @@ func TestRevokeBadInputAndPrune(t *testing.T) {
 	assert.Contains(t, out, kept)
 	assert.NotContains(t, out, expired)
 }
+
+// TestRevokeRerunAndForce: a node that is down is reported and the command fails; once it is
+// back, the same command completes on it and leaves the others as they are. Revoking one's own
+// credential needs --force, and locks it out of every node.
+func TestRevokeRerunAndForce(t *testing.T) {
+	t.Parallel()
+
+	c := startCluster(t, "127.0.122.2", 1, 1)
+	controlPlane, worker := c.ControlPlanes()[0], c.Addresses()[1]
+	key := strings.Repeat("c", 64)
+
+	require.NoError(t, c.Stop(worker))
+
+	out, err := runCLI(t, c, "-n", controlPlane+","+worker, "revoke", "--fingerprint", key, "--reason", "rerun")
+	require.Error(t, err, out)
+	assert.Contains(t, out, controlPlane+": revoked, enforced")
+	assert.Contains(t, out, worker+": FAILED")
+	assert.Contains(t, out, "1 of 2 nodes did not take the change: "+worker+"; rerun the same command")
+
+	require.NoError(t, c.Start(worker))
+
+	ctx, cancel := context.WithTimeout(t.Context(), time.Minute)
+	defer cancel()
+
+	require.NoError(t, c.WaitReady(ctx, io.Discard))
+
+	out, err = runCLI(t, c, "-n", controlPlane+","+worker, "revoke", "--fingerprint", key, "--reason", "rerun")
+	require.NoError(t, err, out)
+	assert.Contains(t, out, controlPlane+": already revoked, enforced")
+	assert.Contains(t, out, worker+": revoked, enforced")
+
+	out, err = runCLI(t, c, "revoke", "--talosconfig-file", c.Talosconfig, "--force", "--reason", "self")
+	require.NoError(t, err, out)
+
+	for _, node := range c.Addresses() {
+		out, err := runCLI(t, c, "-n", node, "get", "certificatestatuses")
+		require.Error(t, err, "%s still accepts the self-revoked credential: %s", node, out)
+		assert.Contains(t, out, "has been revoked", node)
+	}
+}
