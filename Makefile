@@ -32,7 +32,8 @@ FUZZ_TARGETS := \
 	./pkg/clientconfig:FuzzParse \
 	./pkg/certs:FuzzPEM \
 	./runtime/trustd:FuzzCSRPolicy \
-	./runtime/api:FuzzLabelledBackendAppendInfo
+	./runtime/api:FuzzLabelledBackendAppendInfo \
+	./pkg/revocation:FuzzEntry
 
 fuzz:
 	@set -e; for t in $(FUZZ_TARGETS); do \

@@ -7,6 +7,7 @@ import (
 	"crypto/x509"
 	"crypto/x509/pkix"
 	"math/big"
+	"strings"
 	"testing"
 	"time"
 
@@ -134,12 +135,22 @@ func TestSerial(t *testing.T) {
 	assert.Equal(t, "10", revocation.FormatSerial(big.NewInt(16)))
 }
 
-func FuzzEntryCheck(f *testing.F) {
+// FuzzEntry: any entry is either refused by Check or indexed, never a panic; a valid serial
+// prints back to the same number.
+func FuzzEntry(f *testing.F) {
 	f.Add("ab", "0A", "cd", "2027-01-01T00:00:00Z")
+	f.Add(strings.Repeat("a", 64), "serial=0a:bc", strings.Repeat("B", 64), "")
 	f.Fuzz(func(t *testing.T, fp, serial, issuer, notAfter string) {
 		e := revocation.Entry{Fingerprint: fp, Serial: serial, Issuer: issuer, NotAfter: notAfter}
 		if e.Check() == nil {
 			assert.Positive(t, revocation.NewList([]revocation.Entry{e}).Len())
+			assert.True(t, revocation.Same(e, e))
+		}
+
+		if n, err := revocation.ParseSerial(serial); err == nil {
+			again, err := revocation.ParseSerial(revocation.FormatSerial(n))
+			require.NoError(t, err)
+			assert.Zero(t, n.Cmp(again))
 		}
 	})
 }
