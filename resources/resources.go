@@ -12,16 +12,18 @@ import (
 
 	"github.com/nodepki/nodepki/resources/cluster"
 	"github.com/nodepki/nodepki/resources/config"
+	"github.com/nodepki/nodepki/resources/kubernetes"
 	"github.com/nodepki/nodepki/resources/network"
 	"github.com/nodepki/nodepki/resources/pki"
 )
 
 // Namespaces maps each nodepki namespace to its description.
 var Namespaces = map[string]string{
-	config.NamespaceName:  "Machine configuration.",
-	network.NamespaceName: "Node addresses.",
-	pki.NamespaceName:     "Roots, trust pools, leaf certificates and their status.",
-	cluster.NamespaceName: "Nodes of the cluster known to this control plane.",
+	config.NamespaceName:     "Machine configuration.",
+	network.NamespaceName:    "Node addresses.",
+	pki.NamespaceName:        "Roots, trust pools, leaf certificates and their status.",
+	cluster.NamespaceName:    "Nodes of the cluster known to this control plane.",
+	kubernetes.NamespaceName: "The Kubernetes control plane of a control plane: the files of its kube-apiserver.",
 }
 
 // Definitions lists one empty resource of every type.
@@ -36,6 +38,7 @@ func Definitions() []meta.ResourceWithRD {
 		&pki.CertificateStatus{},
 		&pki.Revocations{},
 		&cluster.Member{},
+		&kubernetes.APIServerFiles{},
 	}
 }
 

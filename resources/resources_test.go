@@ -17,6 +17,7 @@ import (
 	"github.com/nodepki/nodepki/resources"
 	"github.com/nodepki/nodepki/resources/cluster"
 	"github.com/nodepki/nodepki/resources/config"
+	"github.com/nodepki/nodepki/resources/kubernetes"
 	"github.com/nodepki/nodepki/resources/pki"
 )
 
@@ -52,7 +53,12 @@ func TestProtobufRoundTrip(t *testing.T) {
 	member.TypedSpec().MachineType = "worker"
 	member.TypedSpec().LastSeen = "2025-01-02T03:04:05Z"
 
-	for _, r := range []resource.Resource{mc, status, member} {
+	files := kubernetes.NewAPIServerFiles(kubernetes.APIServerFilesID)
+	files.TypedSpec().Dir = "/state/secrets/kubernetes"
+	files.TypedSpec().Files = []kubernetes.FileDigest{{Name: "apiserver.crt", Digest: "ab"}, {Name: "ca.crt", Digest: "cd"}}
+	files.TypedSpec().ClientCAFingerprints = []string{"ef"}
+
+	for _, r := range []resource.Resource{mc, status, member, files} {
 		p, err := protobuf.FromResource(r)
 		require.NoError(t, err)
 

@@ -30,6 +30,7 @@ import (
 
 	ctrlcluster "github.com/nodepki/nodepki/controllers/cluster"
 	"github.com/nodepki/nodepki/controllers/credential"
+	ctrlkubernetes "github.com/nodepki/nodepki/controllers/kubernetes"
 	"github.com/nodepki/nodepki/controllers/network"
 	"github.com/nodepki/nodepki/controllers/pki"
 	"github.com/nodepki/nodepki/resources"
@@ -159,7 +160,18 @@ func (rt *Runtime) setup(logger *zap.Logger, hostname string, opts Options) erro
 		}
 	}
 
+	if opts.StateDir != "" {
+		if err = rt.RegisterController(ctrlkubernetes.NewAPIServerFilesController(KubernetesPKIDir(opts.StateDir))); err != nil {
+			return err
+		}
+	}
+
 	return nil
+}
+
+// KubernetesPKIDir is where a control plane writes kube-apiserver's files: <state-dir>/secrets/kubernetes.
+func KubernetesPKIDir(stateDir string) string {
+	return filepath.Join(stateDir, "secrets", "kubernetes")
 }
 
 // openStore opens (or creates) the bolt database in dir, tightening permissions that are too open.

@@ -27,6 +27,8 @@ cat <<MSG
 The cluster keeps running. Try:
   $ctl --talosconfig $state/talosconfig get rd
   $ctl --talosconfig $state/talosconfig get certificatestatuses -w
+  $ctl --talosconfig $state/talosconfig certs check
+  curl -s http://127.0.0.2:9180/metrics | grep ^nodepki_
   $ctl --talosconfig $state/talosconfig rotate-ca --os
   $ctl cluster destroy --state $state
 MSG

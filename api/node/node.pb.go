@@ -376,6 +376,216 @@ func (x *GenerateClientConfigurationResponse) GetTalosconfig() []byte {
 	return nil
 }
 
+type RenewClientCertificateRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// csr is a PEM certificate request signed with the key the new certificate is for (`config
+	// renew` uses the context's own key); only its public key is used: the subject, usages and
+	// roles come from the server.
+	Csr []byte `protobuf:"bytes,1,opt,name=csr,proto3" json:"csr,omitempty"`
+	// crt_ttl_seconds is the new certificate's lifetime; 0 means one year. It never outlives the CA.
+	CrtTtlSeconds int64 `protobuf:"varint,2,opt,name=crt_ttl_seconds,json=crtTtlSeconds,proto3" json:"crt_ttl_seconds,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RenewClientCertificateRequest) Reset() {
+	*x = RenewClientCertificateRequest{}
+	mi := &file_node_node_proto_msgTypes[6]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RenewClientCertificateRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RenewClientCertificateRequest) ProtoMessage() {}
+
+func (x *RenewClientCertificateRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_node_node_proto_msgTypes[6]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RenewClientCertificateRequest.ProtoReflect.Descriptor instead.
+func (*RenewClientCertificateRequest) Descriptor() ([]byte, []int) {
+	return file_node_node_proto_rawDescGZIP(), []int{6}
+}
+
+func (x *RenewClientCertificateRequest) GetCsr() []byte {
+	if x != nil {
+		return x.Csr
+	}
+	return nil
+}
+
+func (x *RenewClientCertificateRequest) GetCrtTtlSeconds() int64 {
+	if x != nil {
+		return x.CrtTtlSeconds
+	}
+	return 0
+}
+
+type RenewClientCertificateResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// crt is the new client certificate (PEM), with the caller's roles as organizations.
+	Crt []byte `protobuf:"bytes,1,opt,name=crt,proto3" json:"crt,omitempty"`
+	// ca is the CA certificate that signed it (PEM).
+	Ca            []byte `protobuf:"bytes,2,opt,name=ca,proto3" json:"ca,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RenewClientCertificateResponse) Reset() {
+	*x = RenewClientCertificateResponse{}
+	mi := &file_node_node_proto_msgTypes[7]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RenewClientCertificateResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RenewClientCertificateResponse) ProtoMessage() {}
+
+func (x *RenewClientCertificateResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_node_node_proto_msgTypes[7]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RenewClientCertificateResponse.ProtoReflect.Descriptor instead.
+func (*RenewClientCertificateResponse) Descriptor() ([]byte, []int) {
+	return file_node_node_proto_rawDescGZIP(), []int{7}
+}
+
+func (x *RenewClientCertificateResponse) GetCrt() []byte {
+	if x != nil {
+		return x.Crt
+	}
+	return nil
+}
+
+func (x *RenewClientCertificateResponse) GetCa() []byte {
+	if x != nil {
+		return x.Ca
+	}
+	return nil
+}
+
+type KubeconfigRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// crt_ttl_seconds is the client certificate lifetime; 0 means cluster.adminKubeconfig.certLifetime
+	// (one year when unset).
+	CrtTtlSeconds int64 `protobuf:"varint,1,opt,name=crt_ttl_seconds,json=crtTtlSeconds,proto3" json:"crt_ttl_seconds,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *KubeconfigRequest) Reset() {
+	*x = KubeconfigRequest{}
+	mi := &file_node_node_proto_msgTypes[8]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *KubeconfigRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*KubeconfigRequest) ProtoMessage() {}
+
+func (x *KubeconfigRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_node_node_proto_msgTypes[8]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use KubeconfigRequest.ProtoReflect.Descriptor instead.
+func (*KubeconfigRequest) Descriptor() ([]byte, []int) {
+	return file_node_node_proto_rawDescGZIP(), []int{8}
+}
+
+func (x *KubeconfigRequest) GetCrtTtlSeconds() int64 {
+	if x != nil {
+		return x.CrtTtlSeconds
+	}
+	return 0
+}
+
+type KubeconfigResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// kubeconfig holds one cluster, user and context, "admin@<cluster.clusterName>"; its CA data is
+	// the accepted Kubernetes CA bundle.
+	Kubeconfig    []byte `protobuf:"bytes,1,opt,name=kubeconfig,proto3" json:"kubeconfig,omitempty"`
+	Node          string `protobuf:"bytes,2,opt,name=node,proto3" json:"node,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *KubeconfigResponse) Reset() {
+	*x = KubeconfigResponse{}
+	mi := &file_node_node_proto_msgTypes[9]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *KubeconfigResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*KubeconfigResponse) ProtoMessage() {}
+
+func (x *KubeconfigResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_node_node_proto_msgTypes[9]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use KubeconfigResponse.ProtoReflect.Descriptor instead.
+func (*KubeconfigResponse) Descriptor() ([]byte, []int) {
+	return file_node_node_proto_rawDescGZIP(), []int{9}
+}
+
+func (x *KubeconfigResponse) GetKubeconfig() []byte {
+	if x != nil {
+		return x.Kubeconfig
+	}
+	return nil
+}
+
+func (x *KubeconfigResponse) GetNode() string {
+	if x != nil {
+		return x.Node
+	}
+	return ""
+}
+
 var File_node_node_proto protoreflect.FileDescriptor
 
 const file_node_node_proto_rawDesc = "" +
@@ -402,11 +612,27 @@ const file_node_node_proto_rawDesc = "" +
 	"\x02ca\x18\x01 \x01(\fR\x02ca\x12\x10\n" +
 	"\x03crt\x18\x02 \x01(\fR\x03crt\x12\x10\n" +
 	"\x03key\x18\x03 \x01(\fR\x03key\x12 \n" +
-	"\vtalosconfig\x18\x04 \x01(\fR\vtalosconfig2\xd5\x02\n" +
+	"\vtalosconfig\x18\x04 \x01(\fR\vtalosconfig\"Y\n" +
+	"\x1dRenewClientCertificateRequest\x12\x10\n" +
+	"\x03csr\x18\x01 \x01(\fR\x03csr\x12&\n" +
+	"\x0fcrt_ttl_seconds\x18\x02 \x01(\x03R\rcrtTtlSeconds\"B\n" +
+	"\x1eRenewClientCertificateResponse\x12\x10\n" +
+	"\x03crt\x18\x01 \x01(\fR\x03crt\x12\x0e\n" +
+	"\x02ca\x18\x02 \x01(\fR\x02ca\";\n" +
+	"\x11KubeconfigRequest\x12&\n" +
+	"\x0fcrt_ttl_seconds\x18\x01 \x01(\x03R\rcrtTtlSeconds\"H\n" +
+	"\x12KubeconfigResponse\x12\x1e\n" +
+	"\n" +
+	"kubeconfig\x18\x01 \x01(\fR\n" +
+	"kubeconfig\x12\x12\n" +
+	"\x04node\x18\x02 \x01(\tR\x04node2\xa7\x04\n" +
 	"\vNodeService\x12L\n" +
 	"\aVersion\x12\x1f.nodepki.node.v1.VersionRequest\x1a .nodepki.node.v1.VersionResponse\x12m\n" +
 	"\x12ApplyConfiguration\x12*.nodepki.node.v1.ApplyConfigurationRequest\x1a+.nodepki.node.v1.ApplyConfigurationResponse\x12\x88\x01\n" +
-	"\x1bGenerateClientConfiguration\x123.nodepki.node.v1.GenerateClientConfigurationRequest\x1a4.nodepki.node.v1.GenerateClientConfigurationResponseB%Z#github.com/nodepki/nodepki/api/nodeb\x06proto3"
+	"\x1bGenerateClientConfiguration\x123.nodepki.node.v1.GenerateClientConfigurationRequest\x1a4.nodepki.node.v1.GenerateClientConfigurationResponse\x12y\n" +
+	"\x16RenewClientCertificate\x12..nodepki.node.v1.RenewClientCertificateRequest\x1a/.nodepki.node.v1.RenewClientCertificateResponse\x12U\n" +
+	"\n" +
+	"Kubeconfig\x12\".nodepki.node.v1.KubeconfigRequest\x1a#.nodepki.node.v1.KubeconfigResponseB%Z#github.com/nodepki/nodepki/api/nodeb\x06proto3"
 
 var (
 	file_node_node_proto_rawDescOnce sync.Once
@@ -420,7 +646,7 @@ func file_node_node_proto_rawDescGZIP() []byte {
 	return file_node_node_proto_rawDescData
 }
 
-var file_node_node_proto_msgTypes = make([]protoimpl.MessageInfo, 6)
+var file_node_node_proto_msgTypes = make([]protoimpl.MessageInfo, 10)
 var file_node_node_proto_goTypes = []any{
 	(*VersionRequest)(nil),                      // 0: nodepki.node.v1.VersionRequest
 	(*VersionResponse)(nil),                     // 1: nodepki.node.v1.VersionResponse
@@ -428,16 +654,24 @@ var file_node_node_proto_goTypes = []any{
 	(*ApplyConfigurationResponse)(nil),          // 3: nodepki.node.v1.ApplyConfigurationResponse
 	(*GenerateClientConfigurationRequest)(nil),  // 4: nodepki.node.v1.GenerateClientConfigurationRequest
 	(*GenerateClientConfigurationResponse)(nil), // 5: nodepki.node.v1.GenerateClientConfigurationResponse
+	(*RenewClientCertificateRequest)(nil),       // 6: nodepki.node.v1.RenewClientCertificateRequest
+	(*RenewClientCertificateResponse)(nil),      // 7: nodepki.node.v1.RenewClientCertificateResponse
+	(*KubeconfigRequest)(nil),                   // 8: nodepki.node.v1.KubeconfigRequest
+	(*KubeconfigResponse)(nil),                  // 9: nodepki.node.v1.KubeconfigResponse
 }
 var file_node_node_proto_depIdxs = []int32{
 	0, // 0: nodepki.node.v1.NodeService.Version:input_type -> nodepki.node.v1.VersionRequest
 	2, // 1: nodepki.node.v1.NodeService.ApplyConfiguration:input_type -> nodepki.node.v1.ApplyConfigurationRequest
 	4, // 2: nodepki.node.v1.NodeService.GenerateClientConfiguration:input_type -> nodepki.node.v1.GenerateClientConfigurationRequest
-	1, // 3: nodepki.node.v1.NodeService.Version:output_type -> nodepki.node.v1.VersionResponse
-	3, // 4: nodepki.node.v1.NodeService.ApplyConfiguration:output_type -> nodepki.node.v1.ApplyConfigurationResponse
-	5, // 5: nodepki.node.v1.NodeService.GenerateClientConfiguration:output_type -> nodepki.node.v1.GenerateClientConfigurationResponse
-	3, // [3:6] is the sub-list for method output_type
-	0, // [0:3] is the sub-list for method input_type
+	6, // 3: nodepki.node.v1.NodeService.RenewClientCertificate:input_type -> nodepki.node.v1.RenewClientCertificateRequest
+	8, // 4: nodepki.node.v1.NodeService.Kubeconfig:input_type -> nodepki.node.v1.KubeconfigRequest
+	1, // 5: nodepki.node.v1.NodeService.Version:output_type -> nodepki.node.v1.VersionResponse
+	3, // 6: nodepki.node.v1.NodeService.ApplyConfiguration:output_type -> nodepki.node.v1.ApplyConfigurationResponse
+	5, // 7: nodepki.node.v1.NodeService.GenerateClientConfiguration:output_type -> nodepki.node.v1.GenerateClientConfigurationResponse
+	7, // 8: nodepki.node.v1.NodeService.RenewClientCertificate:output_type -> nodepki.node.v1.RenewClientCertificateResponse
+	9, // 9: nodepki.node.v1.NodeService.Kubeconfig:output_type -> nodepki.node.v1.KubeconfigResponse
+	5, // [5:10] is the sub-list for method output_type
+	0, // [0:5] is the sub-list for method input_type
 	0, // [0:0] is the sub-list for extension type_name
 	0, // [0:0] is the sub-list for extension extendee
 	0, // [0:0] is the sub-list for field type_name
@@ -454,7 +688,7 @@ func file_node_node_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_node_node_proto_rawDesc), len(file_node_node_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   6,
+			NumMessages:   10,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -25,6 +25,8 @@ const (
 	NodeService_Version_FullMethodName                     = "/nodepki.node.v1.NodeService/Version"
 	NodeService_ApplyConfiguration_FullMethodName          = "/nodepki.node.v1.NodeService/ApplyConfiguration"
 	NodeService_GenerateClientConfiguration_FullMethodName = "/nodepki.node.v1.NodeService/GenerateClientConfiguration"
+	NodeService_RenewClientCertificate_FullMethodName      = "/nodepki.node.v1.NodeService/RenewClientCertificate"
+	NodeService_Kubeconfig_FullMethodName                  = "/nodepki.node.v1.NodeService/Kubeconfig"
 )
 
 // NodeServiceClient is the client API for NodeService service.
@@ -37,6 +39,12 @@ type NodeServiceClient interface {
 	ApplyConfiguration(ctx context.Context, in *ApplyConfigurationRequest, opts ...grpc.CallOption) (*ApplyConfigurationResponse, error)
 	// GenerateClientConfiguration signs a client certificate with the OS CA. Control plane, os:admin.
 	GenerateClientConfiguration(ctx context.Context, in *GenerateClientConfigurationRequest, opts ...grpc.CallOption) (*GenerateClientConfigurationResponse, error)
+	// RenewClientCertificate signs a new client certificate for the key of a CSR, with the caller's
+	// own roles (never more). Control plane, any role.
+	RenewClientCertificate(ctx context.Context, in *RenewClientCertificateRequest, opts ...grpc.CallOption) (*RenewClientCertificateResponse, error)
+	// Kubeconfig signs an admin client certificate (CN admin, O system:masters) with the Kubernetes
+	// CA and returns a kubeconfig for cluster.controlPlane.endpoint. Control plane, os:admin.
+	Kubeconfig(ctx context.Context, in *KubeconfigRequest, opts ...grpc.CallOption) (*KubeconfigResponse, error)
 }
 
 type nodeServiceClient struct {
@@ -77,6 +85,26 @@ func (c *nodeServiceClient) GenerateClientConfiguration(ctx context.Context, in 
 	return out, nil
 }
 
+func (c *nodeServiceClient) RenewClientCertificate(ctx context.Context, in *RenewClientCertificateRequest, opts ...grpc.CallOption) (*RenewClientCertificateResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(RenewClientCertificateResponse)
+	err := c.cc.Invoke(ctx, NodeService_RenewClientCertificate_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *nodeServiceClient) Kubeconfig(ctx context.Context, in *KubeconfigRequest, opts ...grpc.CallOption) (*KubeconfigResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(KubeconfigResponse)
+	err := c.cc.Invoke(ctx, NodeService_Kubeconfig_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // NodeServiceServer is the server API for NodeService service.
 // All implementations must embed UnimplementedNodeServiceServer
 // for forward compatibility.
@@ -87,6 +115,12 @@ type NodeServiceServer interface {
 	ApplyConfiguration(context.Context, *ApplyConfigurationRequest) (*ApplyConfigurationResponse, error)
 	// GenerateClientConfiguration signs a client certificate with the OS CA. Control plane, os:admin.
 	GenerateClientConfiguration(context.Context, *GenerateClientConfigurationRequest) (*GenerateClientConfigurationResponse, error)
+	// RenewClientCertificate signs a new client certificate for the key of a CSR, with the caller's
+	// own roles (never more). Control plane, any role.
+	RenewClientCertificate(context.Context, *RenewClientCertificateRequest) (*RenewClientCertificateResponse, error)
+	// Kubeconfig signs an admin client certificate (CN admin, O system:masters) with the Kubernetes
+	// CA and returns a kubeconfig for cluster.controlPlane.endpoint. Control plane, os:admin.
+	Kubeconfig(context.Context, *KubeconfigRequest) (*KubeconfigResponse, error)
 	mustEmbedUnimplementedNodeServiceServer()
 }
 
@@ -105,6 +139,12 @@ func (UnimplementedNodeServiceServer) ApplyConfiguration(context.Context, *Apply
 }
 func (UnimplementedNodeServiceServer) GenerateClientConfiguration(context.Context, *GenerateClientConfigurationRequest) (*GenerateClientConfigurationResponse, error) {
 	return nil, status.Errorf(codes.Unimplemented, "method GenerateClientConfiguration not implemented")
+}
+func (UnimplementedNodeServiceServer) RenewClientCertificate(context.Context, *RenewClientCertificateRequest) (*RenewClientCertificateResponse, error) {
+	return nil, status.Errorf(codes.Unimplemented, "method RenewClientCertificate not implemented")
+}
+func (UnimplementedNodeServiceServer) Kubeconfig(context.Context, *KubeconfigRequest) (*KubeconfigResponse, error) {
+	return nil, status.Errorf(codes.Unimplemented, "method Kubeconfig not implemented")
 }
 func (UnimplementedNodeServiceServer) mustEmbedUnimplementedNodeServiceServer() {}
 func (UnimplementedNodeServiceServer) testEmbeddedByValue()                     {}
@@ -181,6 +221,42 @@ func _NodeService_GenerateClientConfiguration_Handler(srv interface{}, ctx conte
 	return interceptor(ctx, in, info, handler)
 }
 
+func _NodeService_RenewClientCertificate_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(RenewClientCertificateRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(NodeServiceServer).RenewClientCertificate(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: NodeService_RenewClientCertificate_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(NodeServiceServer).RenewClientCertificate(ctx, req.(*RenewClientCertificateRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _NodeService_Kubeconfig_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(KubeconfigRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(NodeServiceServer).Kubeconfig(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: NodeService_Kubeconfig_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(NodeServiceServer).Kubeconfig(ctx, req.(*KubeconfigRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // NodeService_ServiceDesc is the grpc.ServiceDesc for NodeService service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -199,6 +275,14 @@ var NodeService_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "GenerateClientConfiguration",
 			Handler:    _NodeService_GenerateClientConfiguration_Handler,
+		},
+		{
+			MethodName: "RenewClientCertificate",
+			Handler:    _NodeService_RenewClientCertificate_Handler,
+		},
+		{
+			MethodName: "Kubeconfig",
+			Handler:    _NodeService_Kubeconfig_Handler,
 		},
 	},
 	Streams:  []grpc.StreamDesc{},

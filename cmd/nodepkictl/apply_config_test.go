@@ -64,8 +64,10 @@ func TestApplyConfig(t *testing.T) {
 			wantErr:   []string{"2 nodes failed:", "node1: rpc error: code = InvalidArgument desc = machine.ca: required field is missing", "node2: "},
 			wantCalls: 2,
 		},
-		{name: "one node unreachable", args: []string{"apply-config", "-f", config, "-n", "node9,node1"}, changed: true,
-			wantOut: "- node1: applied\n", wantErr: []string{`node9: rpc error: code = Unavailable desc = node "node9" is not reachable`}, wantCalls: 1},
+		{
+			name: "one node unreachable", args: []string{"apply-config", "-f", config, "-n", "node9,node1"}, changed: true,
+			wantOut: "- node1: applied\n", wantErr: []string{`node9: rpc error: code = Unavailable desc = node "node9" is not reachable`}, wantCalls: 1,
+		},
 		{name: "no file", args: []string{"apply-config"}, wantErr: []string{"--file is required"}},
 		{name: "missing file", args: []string{"apply-config", "-f", config + ".nope"}, wantErr: []string{"--file: open ", "no such file"}},
 		{name: "empty file", args: []string{"apply-config", "-f", empty}, wantErr: []string{"is empty"}},

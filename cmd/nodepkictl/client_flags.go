@@ -39,8 +39,9 @@ func readClientOverrides(cmd *cobra.Command) clientOverrides {
 	var o clientOverrides
 
 	flags := cmd.Flags()
-	o.endpoints, _ = flags.GetStringSlice("endpoints") //nolint:errcheck // absent flag: no override
-	o.nodes, _ = flags.GetStringSlice("nodes")         //nolint:errcheck
+	// An absent flag means no override.
+	o.endpoints, _ = flags.GetStringSlice("endpoints")
+	o.nodes, _ = flags.GetStringSlice("nodes")
 
 	return o
 }
@@ -135,7 +136,7 @@ func connect(ctx context.Context, cmd *cobra.Command) (*session, error) {
 
 // Close closes the connection.
 func (s *session) Close() {
-	s.client.Close() //nolint:errcheck // nothing to do about a failed close of a client connection
+	s.client.Close() // nothing to do about a failed close of a client connection
 }
 
 // forEachTarget calls fn for each target in turn with a context addressed to it; per-node errors

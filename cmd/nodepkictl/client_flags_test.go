@@ -46,7 +46,7 @@ func newTestRoot() *cobra.Command {
 	config := &cobra.Command{Use: "config"}
 	config.AddCommand(newConfigNewCmd())
 
-	root.AddCommand(newGetCmd(), newApplyConfigCmd(), newPatchCmd(), newVersionCmd(), config)
+	root.AddCommand(newGetCmd(), newApplyConfigCmd(), newPatchCmd(), newVersionCmd(), newKubeconfigCmd(), config)
 
 	return root
 }
@@ -75,7 +75,7 @@ func TestCommandsAreWiredIntoRoot(t *testing.T) {
 	t.Parallel()
 
 	for _, path := range [][]string{
-		{"get"}, {"apply-config"}, {"patch", "machineconfig"}, {"patch", "mc"}, {"version"}, {"config", "new"},
+		{"get"}, {"apply-config"}, {"patch", "machineconfig"}, {"patch", "mc"}, {"version"}, {"config", "new"}, {"kubeconfig"},
 	} {
 		cmd, _, err := rootCmd.Find(path)
 		require.NoError(t, err, "%v", path)
@@ -128,8 +128,10 @@ func TestConnectErrors(t *testing.T) {
 		args    []string
 		wantErr []string
 	}{
-		{name: "missing file", args: []string{"--talosconfig", missing, "version"},
-			wantErr: []string{missing, "does not exist", "nodepkictl gen config", "nodepkictl cluster create"}},
+		{
+			name: "missing file", args: []string{"--talosconfig", missing, "version"},
+			wantErr: []string{missing, "does not exist", "nodepkictl gen config", "nodepkictl cluster create"},
+		},
 		{name: "no crt", args: []string{"--talosconfig", noCrt, "version"}, wantErr: []string{`context "test" in ` + noCrt + " has no crt"}},
 		{name: "no key", args: []string{"--talosconfig", noKey, "version"}, wantErr: []string{"has no key"}},
 		{name: "no endpoints", args: []string{"--talosconfig", noEndpoints, "version"}, wantErr: []string{"has no endpoints", "--endpoints"}},

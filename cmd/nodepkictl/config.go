@@ -110,6 +110,7 @@ $TALOSCONFIG if set, else ~/.talos/config. It is rewritten atomically with mode 
 		newConfigNodeCmd(),
 		newConfigContextsCmd(),
 		newConfigNewCmd(),
+		newConfigRenewCmd(),
 	)
 
 	return cmd

@@ -9,14 +9,13 @@ import (
 	"strings"
 	"time"
 
-	"github.com/nodepki/nodepki/pkg/role"
-
 	"github.com/spf13/cobra"
 
 	nodeapi "github.com/nodepki/nodepki/api/node"
 	"github.com/nodepki/nodepki/pkg/certs"
 	"github.com/nodepki/nodepki/pkg/client"
 	"github.com/nodepki/nodepki/pkg/clientconfig"
+	"github.com/nodepki/nodepki/pkg/role"
 )
 
 func newConfigNewCmd() *cobra.Command {

@@ -30,15 +30,21 @@ func TestConfigNew(t *testing.T) {
 		wantTTL   time.Duration
 	}{
 		{name: "refuses an existing file", args: []string{"config", "new", existing}, wantErr: existing + " already exists"},
-		{name: "unknown role", args: []string{"config", "new", filepath.Join(dir, "a"), "--roles", "os:reader,os:root"},
-			wantErr: `--roles: unknown role "os:root": want one or more of os:admin, os:operator, os:reader, os:etcd:backup`},
+		{
+			name: "unknown role", args: []string{"config", "new", filepath.Join(dir, "a"), "--roles", "os:reader,os:root"},
+			wantErr: `--roles: unknown role "os:root": want one or more of os:admin, os:operator, os:reader, os:etcd:backup`,
+		},
 		{name: "no role", args: []string{"config", "new", filepath.Join(dir, "b"), "--roles", ""}, wantErr: "--roles: no roles given"},
 		{name: "negative ttl", args: []string{"config", "new", filepath.Join(dir, "c"), "--crt-ttl", "-1h"}, wantErr: "--crt-ttl must be positive"},
 		{name: "several nodes", args: []string{"-n", "node1,node2", "config", "new", filepath.Join(dir, "d")}, wantErr: "config new asks a single node, got 2 nodes"},
-		{name: "reader for 30 days", args: []string{"config", "new", filepath.Join(dir, "reader"), "--roles", "os:reader", "--crt-ttl", "720h"},
-			wantRoles: []string{"os:reader"}, wantTTL: 720 * time.Hour},
-		{name: "defaults", args: []string{"config", "new", filepath.Join(dir, "admin")},
-			wantRoles: []string{"os:admin"}, wantTTL: certs.ClientLifetime},
+		{
+			name: "reader for 30 days", args: []string{"config", "new", filepath.Join(dir, "reader"), "--roles", "os:reader", "--crt-ttl", "720h"},
+			wantRoles: []string{"os:reader"}, wantTTL: 720 * time.Hour,
+		},
+		{
+			name: "defaults", args: []string{"config", "new", filepath.Join(dir, "admin")},
+			wantRoles: []string{"os:admin"}, wantTTL: certs.ClientLifetime,
+		},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			before := len(srv.Node.Generated())

@@ -8,8 +8,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/nodepki/nodepki/pkg/role"
-
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 	"go.yaml.in/yaml/v4"
@@ -17,6 +15,7 @@ import (
 	"github.com/nodepki/nodepki/pkg/bundle"
 	"github.com/nodepki/nodepki/pkg/certs"
 	"github.com/nodepki/nodepki/pkg/clientconfig"
+	"github.com/nodepki/nodepki/pkg/role"
 )
 
 // writeTalosconfig saves a talosconfig with a real os:admin certificate from a fresh bundle

@@ -5,21 +5,18 @@ import (
 	"fmt"
 	"io/fs"
 	"os"
-	"path/filepath"
 	"slices"
 	"strings"
 
-	"github.com/nodepki/nodepki/pkg/atomicfile"
-
-	"github.com/nodepki/nodepki/pkg/role"
-
 	"github.com/spf13/cobra"
 
+	"github.com/nodepki/nodepki/pkg/atomicfile"
 	"github.com/nodepki/nodepki/pkg/bundle"
 	"github.com/nodepki/nodepki/pkg/certs"
 	"github.com/nodepki/nodepki/pkg/clientconfig"
 	"github.com/nodepki/nodepki/pkg/machineconfig"
 	"github.com/nodepki/nodepki/pkg/machineconfig/generate"
+	"github.com/nodepki/nodepki/pkg/role"
 )
 
 // Output file names, as talosctl writes them.
@@ -35,7 +32,8 @@ func init() {
 
 type genConfigOptions struct {
 	withSecrets         string
-	outputDir           string
+	output              string
+	outputTypes         []string
 	patches             []string
 	patchesControlPlane []string
 	patchesWorker       []string
@@ -60,7 +58,13 @@ Patches (strategic merge or RFC 6902 JSON patch; @file reads a file) are applied
 (--config-patch) or to one of them, and the results validated before anything is written. The files
 are written with mode 0600; existing files are only replaced with --force, and if any of them
 exists without --force nothing is written. The talosconfig holds an os:admin client certificate
-valid for one year and no endpoints (add them with "config endpoint"), as talosctl's.`,
+valid for one year and no endpoints (add them with "config endpoint"), as talosctl's.
+
+As with talosctl, --output-types (-t) picks what to write: with several types -o is a directory;
+with one type -o is a file, a directory to write it into under its usual name, or "-" for stdout.
+A new talosconfig for an existing cluster, for example when its client certificate has expired:
+
+  nodepkictl gen config NAME ENDPOINT --with-secrets secrets.yaml -t talosconfig -o ~/.talos/config --force`,
 		Args: cobra.ExactArgs(2),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			return runGenConfig(cmd, args[0], args[1], opts)
@@ -69,7 +73,10 @@ valid for one year and no endpoints (add them with "config endpoint"), as talosc
 
 	flags := cmd.Flags()
 	flags.StringVar(&opts.withSecrets, "with-secrets", "", "secrets bundle (secrets.yaml) to generate the configs from")
-	flags.StringVarP(&opts.outputDir, "output", "o", ".", "directory to write the files to")
+	flags.StringVarP(&opts.output, "output", "o", ".",
+		`where to write: a directory; with a single --output-types also a file, or "-" for stdout`)
+	flags.StringSliceVarP(&opts.outputTypes, "output-types", "t", []string{typeControlPlane, typeWorker, typeTalosconfig},
+		"what to generate: any of controlplane, worker, talosconfig")
 	flags.StringArrayVar(&opts.patches, "config-patch", nil, "patch applied to both configs (inline or @file; repeatable)")
 	flags.StringArrayVar(&opts.patchesControlPlane, "config-patch-control-plane", nil, "patch applied to the control-plane config (inline or @file; repeatable)")
 	flags.StringArrayVar(&opts.patchesWorker, "config-patch-worker", nil, "patch applied to the worker config (inline or @file; repeatable)")
@@ -80,14 +87,18 @@ valid for one year and no endpoints (add them with "config endpoint"), as talosc
 }
 
 func runGenConfig(cmd *cobra.Command, name, endpoint string, opts genConfigOptions) error {
-	targets := []string{
-		filepath.Join(opts.outputDir, controlPlaneFile),
-		filepath.Join(opts.outputDir, workerFile),
-		filepath.Join(opts.outputDir, talosconfigFile),
+	types, err := parseOutputTypes(opts.outputTypes)
+	if err != nil {
+		return err
 	}
 
-	if !opts.force {
-		if err := refuseExistingTargets(targets); err != nil {
+	dest, err := outputDestination(types, opts.output)
+	if err != nil {
+		return err
+	}
+
+	if !opts.force && !dest.stdout {
+		if err := refuseExistingTargets(dest.paths); err != nil {
 			return err
 		}
 	}
@@ -97,25 +108,26 @@ func runGenConfig(cmd *cobra.Command, name, endpoint string, opts genConfigOptio
 		return err
 	}
 
-	controlPlane, worker, err := generateConfigs(name, endpoint, b, opts)
+	contents, err := generateOutputs(name, endpoint, b, opts, types)
 	if err != nil {
 		return err
 	}
 
-	talosconfig, err := adminTalosconfig(name, b)
-	if err != nil {
+	if dest.stdout {
+		_, err = cmd.OutOrStdout().Write(contents[0])
+
 		return err
 	}
 
-	if err := os.MkdirAll(opts.outputDir, 0o700); err != nil {
+	if err := os.MkdirAll(dest.dir, 0o700); err != nil {
 		return fmt.Errorf("creating output directory: %w", err)
 	}
 
-	if err := atomicfile.WriteFiles(targets, [][]byte{controlPlane, worker, talosconfig}); err != nil {
+	if err := atomicfile.WriteFiles(dest.paths, contents); err != nil {
 		return err
 	}
 
-	fmt.Fprintf(cmd.ErrOrStderr(), "wrote %s, %s and %s to %s (mode 0600)\n", controlPlaneFile, workerFile, talosconfigFile, opts.outputDir)
+	fmt.Fprintf(cmd.ErrOrStderr(), "wrote %s (mode 0600)\n", dest.describe(types))
 
 	return nil
 }

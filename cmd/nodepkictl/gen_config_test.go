@@ -10,8 +10,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/nodepki/nodepki/pkg/role"
-
 	talosclient "github.com/siderolabs/talos/pkg/machinery/client/config"
 	"github.com/spf13/cobra"
 	"github.com/stretchr/testify/assert"
@@ -21,6 +19,7 @@ import (
 	"github.com/nodepki/nodepki/pkg/certs"
 	"github.com/nodepki/nodepki/pkg/clientconfig"
 	"github.com/nodepki/nodepki/pkg/machineconfig"
+	"github.com/nodepki/nodepki/pkg/role"
 )
 
 const genConfigEndpoint = "https://cp.demo.test:6443"

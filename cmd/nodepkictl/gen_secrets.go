@@ -107,7 +107,7 @@ func runGenSecrets(cmd *cobra.Command, opts genSecretsOptions) error {
 // match the bundle against what nodes report without ever printing key material.
 func describeRoots(out io.Writer, b *bundle.Bundle, kubernetesPKI string) {
 	w := tabwriter.NewWriter(out, 0, 0, 2, ' ', 0)
-	defer w.Flush() //nolint:errcheck
+	defer w.Flush()
 
 	from := func(file string) string {
 		if kubernetesPKI == "" {

@@ -346,7 +346,7 @@ func writeJSONPathValue(w *bytes.Buffer, value reflect.Value) error {
 		value = value.Elem()
 	}
 
-	switch value.Kind() { //nolint:exhaustive // everything else is a scalar
+	switch value.Kind() { // everything else is a scalar
 	case reflect.Map, reflect.Slice, reflect.Array, reflect.Struct:
 		out, err := json.MarshalIndent(value.Interface(), "", "    ")
 		if err != nil {

@@ -246,18 +246,24 @@ func TestGetErrors(t *testing.T) {
 		// wantOut is printed despite the error.
 		wantOut string
 	}{
-		{name: "unknown type", args: []string{"get", "nosuchtype"},
-			wantErr: []string{`resource "nosuchtype" is not registered`, "nodepkictl get rd"}},
+		{
+			name: "unknown type", args: []string{"get", "nosuchtype"},
+			wantErr: []string{`resource "nosuchtype" is not registered`, "nodepkictl get rd"},
+		},
 		{name: "unknown id", args: []string{"get", "cs", "kube-apiserver"}, wantErr: []string{"node1: ", "doesn't exist"}},
 		{name: "unknown output", args: []string{"get", "cs", "-o", "table2"}, wantErr: []string{`unknown output format "table2"`, "jsonpath=EXPR"}},
 		{name: "jsonpath without expression", args: []string{"get", "cs", "-o", "jsonpath"}, wantErr: []string{"needs an expression"}},
 		{name: "bad jsonpath", args: []string{"get", "cs", "-o", "jsonpath={.spec["}, wantErr: []string{"invalid expression"}},
-		{name: "one node unreachable", args: []string{"-n", "node1,node9,node2", "get", "cs", "api"},
+		{
+			name: "one node unreachable", args: []string{"-n", "node1,node9,node2", "get", "cs", "api"},
 			wantErr: []string{`node9: rpc error: code = Unavailable desc = node "node9" is not reachable`},
-			wantOut: "node2"},
-		{name: "first node unreachable", args: []string{"-n", "node9,node1", "get", "cs", "api"},
+			wantOut: "node2",
+		},
+		{
+			name: "first node unreachable", args: []string{"-n", "node9,node1", "get", "cs", "api"},
 			wantErr: []string{`node9: rpc error: code = Unavailable desc = node "node9" is not reachable`},
-			wantOut: "node1"},
+			wantOut: "node1",
+		},
 		{name: "no type", args: []string{"get"}, wantErr: []string{"accepts between 1 and 2 arg(s)"}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
@@ -582,7 +588,7 @@ func TestGetWatchKeepsColumnsAligned(t *testing.T) {
 	waitFor(t, &out, done, hasRow("node1", "pki", "CertificateStatus", "etcd-peer", "2"))
 
 	cancel()
-	<-done
+	require.NoError(t, <-done)
 
 	lines := strings.Split(strings.TrimSuffix(out.String(), "\n"), "\n")
 	require.Len(t, lines, 5, out.String())

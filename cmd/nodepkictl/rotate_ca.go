@@ -179,7 +179,7 @@ func runRotateCA(cmd *cobra.Command, in rotateCAInput) error {
 	defer stop()
 
 	api := rotate.NewNodeAPI(rotate.NodeAPIOptions{Endpoints: endpoints})
-	defer api.Close() //nolint:errcheck
+	defer api.Close()
 
 	err = rotate.Run(ctx, api, rotate.Options{
 		Roots:           in.roots,

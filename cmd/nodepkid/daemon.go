@@ -36,6 +36,7 @@ type daemonOptions struct {
 	controlPlanes   []string
 	hostAddresses   bool
 	logLevel        string
+	metricsAddress  string
 }
 
 func run(ctx context.Context, opts daemonOptions) error {
@@ -46,7 +47,7 @@ func run(ctx context.Context, opts daemonOptions) error {
 		return err
 	}
 
-	defer logger.Sync() //nolint:errcheck
+	defer logger.Sync() //nolint:errcheck // syncing stderr fails on some terminals; nothing to do at exit
 
 	address, err := netip.ParseAddr(opts.address)
 	if err != nil {
@@ -57,6 +58,10 @@ func run(ctx context.Context, opts daemonOptions) error {
 		if port < 1 || port > 65535 {
 			return fmt.Errorf("%s %d is not a port: use 1-65535", flag, port)
 		}
+	}
+
+	if err = checkMetricsAddress(opts.metricsAddress); err != nil {
+		return err
 	}
 
 	// The config file is checked before anything is created, so that a bad file or a missing
@@ -88,7 +93,7 @@ func run(ctx context.Context, opts daemonOptions) error {
 		return err
 	}
 
-	defer rt.Close() //nolint:errcheck
+	defer rt.Close()
 
 	cfg, firstBoot, err := bootConfig(ctx, rt, fileConfig, fileData, opts, logger)
 	if err != nil {
@@ -110,7 +115,7 @@ func run(ctx context.Context, opts daemonOptions) error {
 		return fmt.Errorf("error listening for the node API: %w", err)
 	}
 
-	defer apiListener.Close() //nolint:errcheck // Serve closes it; this covers the early returns
+	defer apiListener.Close() // Serve closes it; this covers the early returns
 
 	apiServer, err := api.New(api.Options{
 		State:         rt.State(),
@@ -148,6 +153,10 @@ func run(ctx context.Context, opts daemonOptions) error {
 
 	if serveTrustd != nil {
 		group.Go(func() error { return serveTrustd(ctx) })
+	}
+
+	if err = serveMetrics(ctx, group, rt.State(), opts.metricsAddress, logger); err != nil {
+		return err
 	}
 
 	group.Go(func() error {

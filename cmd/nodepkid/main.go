@@ -65,6 +65,8 @@ on control-plane nodes, trustd on --address:--trustd-port for workers' certifica
 	flags.BoolVar(&opts.hostAddresses, "host-addresses", true,
 		"add the host's non-loopback addresses to the node addresses (certificate SANs)")
 	flags.StringVar(&opts.logLevel, "log-level", "info", "log level: debug, info, warn, error")
+	flags.StringVar(&opts.metricsAddress, "metrics-address", "",
+		"ADDR:PORT to serve Prometheus metrics on at /metrics over plain HTTP (default: off)")
 
 	for _, name := range []string{"state-dir", "address"} {
 		_ = cmd.MarkFlagRequired(name)

@@ -27,7 +27,7 @@ func writeFiles(paths []string, contents [][]byte, syncDirectory func(string) er
 	defer func() {
 		if err != nil {
 			for _, tmp := range temps {
-				os.Remove(tmp) //nolint:errcheck
+				os.Remove(tmp)
 			}
 		}
 	}()
@@ -68,7 +68,7 @@ func syncDir(dir string) error {
 	}
 
 	if err = d.Sync(); err != nil {
-		d.Close() //nolint:errcheck
+		d.Close()
 
 		return err
 	}
@@ -92,8 +92,8 @@ func writeTemp(path string, data []byte) (name string, err error) {
 
 	for _, step := range steps {
 		if err = step(); err != nil {
-			tmp.Close()           //nolint:errcheck
-			os.Remove(tmp.Name()) //nolint:errcheck
+			tmp.Close()
+			os.Remove(tmp.Name())
 
 			return "", fmt.Errorf("writing %q: %w", path, err)
 		}

@@ -17,12 +17,11 @@ import (
 	"testing/iotest"
 	"time"
 
-	"github.com/nodepki/nodepki/pkg/role"
-
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
 	"github.com/nodepki/nodepki/pkg/certs"
+	"github.com/nodepki/nodepki/pkg/role"
 )
 
 var tokenPattern = regexp.MustCompile(`^[a-z0-9]{6}\.[a-z0-9]{16}$`)
@@ -163,8 +162,10 @@ func TestMarshalRoundTrip(t *testing.T) {
 	assert.True(t, strings.HasPrefix(string(data), "cluster:\n    id: "), "4-space indent like Talos:\n%s", data)
 	assert.Contains(t, string(data), "\n    os:\n        crt: ")
 
-	for _, key := range []string{"cluster:", "secrets:", "trustdinfo:", "certs:", "bootstraptoken:", "secretboxencryptionsecret:",
-		"token:", "etcd:", "k8s:", "k8saggregator:", "k8sserviceaccount:", "os:"} {
+	for _, key := range []string{
+		"cluster:", "secrets:", "trustdinfo:", "certs:", "bootstraptoken:", "secretboxencryptionsecret:",
+		"token:", "etcd:", "k8s:", "k8saggregator:", "k8sserviceaccount:", "os:",
+	} {
 		assert.Contains(t, string(data), key)
 	}
 

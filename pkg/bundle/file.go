@@ -12,10 +12,9 @@ import (
 	"strings"
 	"time"
 
-	"github.com/nodepki/nodepki/pkg/atomicfile"
-
 	"go.yaml.in/yaml/v4"
 
+	"github.com/nodepki/nodepki/pkg/atomicfile"
 	"github.com/nodepki/nodepki/pkg/machineconfig"
 )
 

@@ -253,6 +253,7 @@ const (
 	tokenByteLimit = 256 / len(tokenAlphabet) * len(tokenAlphabet)
 )
 
+//nolint:gosec // G101: an error message describing the token format, not a credential
 const tokenFormatHint = `not a valid token: want 6 and 16 characters of [a-z0-9] joined by a dot, like "abcdef.0123456789abcdef"`
 
 // newToken returns a Kubernetes bootstrap-token-shaped string ([a-z0-9]{6}.[a-z0-9]{16}), the

@@ -8,10 +8,10 @@ import (
 	"testing"
 	"time"
 
-	"github.com/nodepki/nodepki/pkg/role"
-
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
+
+	"github.com/nodepki/nodepki/pkg/role"
 )
 
 // TestOpenSSLAcceptsCertificates has openssl, an independent implementation, verify the OS CA

@@ -175,7 +175,7 @@ func TestClientCallsOverMutualTLS(t *testing.T) {
 			c, err := client.New(t.Context(), client.ClientOptions{Config: srv.Config(), Endpoints: tc.endpoints})
 			require.NoError(t, err)
 
-			t.Cleanup(func() { c.Close() }) //nolint:errcheck
+			t.Cleanup(func() { c.Close() })
 
 			ctx := client.WithNode(t.Context(), tc.node)
 
@@ -218,7 +218,7 @@ func TestClientRefusedWithoutTrustedCertificate(t *testing.T) {
 	c, err := client.New(t.Context(), client.ClientOptions{Config: cfg})
 	require.NoError(t, err)
 
-	t.Cleanup(func() { c.Close() }) //nolint:errcheck
+	t.Cleanup(func() { c.Close() })
 
 	_, err = c.Node().Version(t.Context(), &nodeapi.VersionRequest{})
 	// With TLS 1.3 the client may see the server's alert or just the closed connection.
@@ -235,7 +235,7 @@ func TestWithNodeSetsMetadata(t *testing.T) {
 	c, err := client.New(t.Context(), client.ClientOptions{Config: srv.Config()})
 	require.NoError(t, err)
 
-	t.Cleanup(func() { c.Close() }) //nolint:errcheck
+	t.Cleanup(func() { c.Close() })
 
 	// Re-addressing a context replaces the node rather than adding a second value.
 	ctx := c.WithNode(c.WithNode(t.Context(), "a"), "b")

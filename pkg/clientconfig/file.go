@@ -10,9 +10,9 @@ import (
 	"slices"
 	"strings"
 
-	"github.com/nodepki/nodepki/pkg/atomicfile"
-
 	"go.yaml.in/yaml/v4"
+
+	"github.com/nodepki/nodepki/pkg/atomicfile"
 )
 
 // EnvVar names the environment variable that points at the talosconfig file.

@@ -15,11 +15,10 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/nodepki/nodepki/pkg/machineconfig"
+	"go.yaml.in/yaml/v4"
 
 	"github.com/nodepki/nodepki/pkg/atomicfile"
-
-	"go.yaml.in/yaml/v4"
+	"github.com/nodepki/nodepki/pkg/machineconfig"
 )
 
 // Node is one nodepkid process of a local cluster.

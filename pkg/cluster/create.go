@@ -18,16 +18,15 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/nodepki/nodepki/pkg/client"
-	"github.com/nodepki/nodepki/pkg/role"
-	"github.com/nodepki/nodepki/runtime/trustd"
-
 	"github.com/nodepki/nodepki/pkg/atomicfile"
 	"github.com/nodepki/nodepki/pkg/bundle"
 	"github.com/nodepki/nodepki/pkg/certs"
+	"github.com/nodepki/nodepki/pkg/client"
 	"github.com/nodepki/nodepki/pkg/clientconfig"
 	"github.com/nodepki/nodepki/pkg/machineconfig"
 	"github.com/nodepki/nodepki/pkg/machineconfig/generate"
+	"github.com/nodepki/nodepki/pkg/role"
+	"github.com/nodepki/nodepki/runtime/trustd"
 )
 
 // Options configure Create.
@@ -124,7 +123,7 @@ func Create(ctx context.Context, opts Options) (*Cluster, error) {
 		return nil, err
 	}
 
-	if err = checkPortsFree(addresses, opts.APIPort, opts.TrustdPort); err != nil {
+	if err = checkPortsFree(addresses, opts.APIPort, opts.TrustdPort, MetricsPort); err != nil {
 		return nil, err
 	}
 
@@ -225,8 +224,8 @@ func (e *notReadyError) Error() string {
 
 func (e *notReadyError) Unwrap() error { return e.err }
 
-// checkPortsFree refuses addresses on which the node API or trustd port is taken, typically by
-// another local cluster: its nodes would answer in place of the new ones.
+// checkPortsFree refuses addresses on which the node API, trustd or metrics port is taken,
+// typically by another local cluster: its nodes would answer in place of the new ones.
 func checkPortsFree(addresses []netip.Addr, ports ...int) error {
 	for _, addr := range addresses {
 		for _, port := range ports {
@@ -389,7 +388,7 @@ func (c *Cluster) startNode(n *Node) error {
 		return fmt.Errorf("error opening the log of %s: %w", n.Name, err)
 	}
 
-	defer logFile.Close() //nolint:errcheck
+	defer logFile.Close()
 
 	args := []string{
 		"--config", n.Config,
@@ -399,6 +398,7 @@ func (c *Cluster) startNode(n *Node) error {
 		"--api-port", strconv.Itoa(c.APIPort),
 		"--trustd-port", strconv.Itoa(c.TrustdPort),
 		"--host-addresses=false",
+		"--metrics-address", net.JoinHostPort(n.Address, strconv.Itoa(MetricsPort)),
 	}
 
 	// Each control plane is told the others, so that it forwards calls to them and trustd never
@@ -437,6 +437,6 @@ func (c *Cluster) startNode(n *Node) error {
 
 func (c *Cluster) stopAll() {
 	for i := range c.Nodes {
-		c.Nodes[i].stop(5 * time.Second) //nolint:errcheck
+		c.Nodes[i].stop(5 * time.Second) //nolint:errcheck // best effort while cleaning up after a failed start
 	}
 }

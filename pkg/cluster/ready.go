@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/cosi-project/runtime/pkg/safe"
+	"github.com/siderolabs/go-retry/retry"
 
 	"github.com/nodepki/nodepki/pkg/client"
 	"github.com/nodepki/nodepki/pkg/clientconfig"
@@ -31,7 +32,7 @@ func (c *Cluster) WaitReady(ctx context.Context, progress io.Writer) error {
 		return err
 	}
 
-	defer cl.Close() //nolint:errcheck
+	defer cl.Close()
 
 	for _, n := range c.Nodes {
 		if err = waitNodeReady(ctx, cl, n.Address); err != nil {
@@ -44,28 +45,43 @@ func (c *Cluster) WaitReady(ctx context.Context, progress io.Writer) error {
 	return nil
 }
 
-func waitNodeReady(ctx context.Context, cl *client.Client, node string) error {
-	ticker := time.NewTicker(50 * time.Millisecond)
-	defer ticker.Stop()
+const (
+	// readyPollInterval is how often a node's API certificate status is read while waiting.
+	readyPollInterval = 50 * time.Millisecond
+	// readyWaitLimit only satisfies go-retry, which wants a bound of its own: the caller's context
+	// is what really bounds the wait.
+	readyWaitLimit = time.Hour
+)
 
+func waitNodeReady(ctx context.Context, cl *client.Client, node string) error {
 	var lastErr error
 
-	for {
-		status, err := safe.StateGetByID[*pki.CertificateStatus](cl.WithNode(ctx, node), cl.COSI(), pki.CertAPI)
+	err := retry.Constant(readyWaitLimit, retry.WithUnits(readyPollInterval)).RetryWithContext(ctx, func(ctx context.Context) error {
+		lastErr = nodeReady(ctx, cl, node)
 
-		switch {
-		case err != nil:
-			lastErr = err
-		case status.TypedSpec().State == pki.StateValid:
-			return nil
-		default:
-			lastErr = fmt.Errorf("API certificate is %s %s", status.TypedSpec().State, status.TypedSpec().LastError)
-		}
+		return retry.ExpectedError(lastErr)
+	})
 
-		select {
-		case <-ctx.Done():
-			return fmt.Errorf("%w (last: %v)", ctx.Err(), lastErr)
-		case <-ticker.C:
-		}
+	switch {
+	case err == nil:
+		return nil
+	case ctx.Err() != nil:
+		return fmt.Errorf("%w (last: %w)", ctx.Err(), lastErr)
+	default:
+		return fmt.Errorf("not ready after %s: %w", readyWaitLimit, lastErr)
 	}
+}
+
+// nodeReady returns nil when the node's API certificate is valid, and why not otherwise.
+func nodeReady(ctx context.Context, cl *client.Client, node string) error {
+	status, err := safe.StateGetByID[*pki.CertificateStatus](cl.WithNode(ctx, node), cl.COSI(), pki.CertAPI)
+	if err != nil {
+		return err
+	}
+
+	if status.TypedSpec().State != pki.StateValid {
+		return fmt.Errorf("API certificate is %s %s", status.TypedSpec().State, status.TypedSpec().LastError)
+	}
+
+	return nil
 }

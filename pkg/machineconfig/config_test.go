@@ -3,6 +3,7 @@ package machineconfig_test
 import (
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
@@ -28,6 +29,15 @@ machine:
 cluster:
     controlPlane:
         endpoint: https://cp.test:6443
+    clusterName: demo
+    network:
+        dnsDomain: corp.local
+        serviceSubnets: [10.96.0.0/12, fd00:20::/112]
+    apiServer:
+        certSANs: [api.corp.example]
+        extraArgs: {v: "2"}
+    adminKubeconfig:
+        certLifetime: 720h0m0s
     zzz: last
     aaa: after
 ---
@@ -49,6 +59,10 @@ name: foo
 	assert.Equal(t, machineconfig.TypeControlPlane, doc.Machine.Type)
 	assert.Equal(t, []string{"a.example"}, doc.Machine.CertSANs)
 	assert.Equal(t, "https://cp.test:6443", doc.Cluster.ControlPlane.Endpoint)
+	assert.Equal(t, "demo", doc.Cluster.ClusterName)
+	assert.Equal(t, &machineconfig.ClusterNetwork{DNSDomain: "corp.local", ServiceSubnets: []string{"10.96.0.0/12", "fd00:20::/112"}}, doc.Cluster.Network)
+	assert.Equal(t, []string{"api.corp.example"}, doc.Cluster.APIServer.CertSANs)
+	assert.Equal(t, machineconfig.Duration(720*time.Hour), doc.Cluster.AdminKubeconfig.CertLifetime)
 	assert.True(t, cfg.IsControlPlane())
 }
 
@@ -88,7 +102,7 @@ func TestRedacted(t *testing.T) {
 		assert.NotContains(t, string(redacted), strings.TrimSpace(secret))
 	}
 
-	doc := decode(t, redacted).(map[string]any) //nolint:forcetypeassert
+	doc := decode(t, redacted).(map[string]any)
 
 	for _, path := range [][]string{
 		{"machine", "token"},
@@ -113,7 +127,7 @@ func TestRedacted(t *testing.T) {
 	// The worker's empty CA keys stay empty rather than look like secrets.
 	redactedWorker, err := mustParse(t, c.worker).Redacted()
 	require.NoError(t, err)
-	assert.Empty(t, section(decode(t, redactedWorker).(map[string]any), "machine", "ca")["key"]) //nolint:forcetypeassert
+	assert.Empty(t, section(decode(t, redactedWorker).(map[string]any), "machine", "ca")["key"])
 
 	// A redacted config still parses (the placeholder is allowed in PEM fields) but does not validate.
 	parsed, err := machineconfig.Parse(redacted)

@@ -82,6 +82,25 @@ func TestBadInput(t *testing.T) {
 			wantErr: []string{"machine.certSANs", "want a list"},
 		},
 		{
+			name: "admin kubeconfig lifetime not a duration",
+			config: cp(func(d map[string]any) {
+				section(d, "cluster")["adminKubeconfig"] = map[string]any{"certLifetime": "one year"}
+			}),
+			wantErr: []string{"cluster.adminKubeconfig.certLifetime", `"one year" is not a duration`, "8760h"},
+		},
+		{
+			name: "admin kubeconfig lifetime negative",
+			config: cp(func(d map[string]any) {
+				section(d, "cluster")["adminKubeconfig"] = map[string]any{"certLifetime": "-1h"}
+			}),
+			wantErr: []string{"cluster.adminKubeconfig.certLifetime", "negative"},
+		},
+		{
+			name:    "string where the service subnets list belongs",
+			config:  cp(func(d map[string]any) { section(d, "cluster", "network")["serviceSubnets"] = "10.96.0.0/12" }),
+			wantErr: []string{"cluster.network.serviceSubnets", "want a list"},
+		},
+		{
 			name:    "wildcard certSAN trustd would refuse",
 			config:  worker(func(d map[string]any) { section(d, "machine")["certSANs"] = []any{"node3.example.com", "*.bad"} }),
 			wantErr: []string{"machine.certSANs[1]", `"*.bad"`, "wildcard names are not allowed"},

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"reflect"
 	"strings"
+	"time"
 
 	"go.yaml.in/yaml/v4"
 )
@@ -12,6 +13,7 @@ import (
 var (
 	documentType = reflect.TypeFor[Document]()
 	pemType      = reflect.TypeFor[PEM]()
+	durationType = reflect.TypeFor[Duration]()
 )
 
 // checkFields walks the YAML tree along the typed view t and reports every field the typed decode
@@ -33,6 +35,8 @@ func checkFields(n *yaml.Node, t reflect.Type, path string, errs []error) []erro
 	switch {
 	case t == pemType:
 		return checkPEM(n, path, errs)
+	case t == durationType:
+		return checkDuration(n, path, errs)
 	case t.Kind() == reflect.Struct:
 		if n.Kind != yaml.MappingNode {
 			return append(errs, fmt.Errorf("%s: want a mapping of fields (line %d), got a %s", displayPath(path), n.Line, kindName(n)))
@@ -82,6 +86,23 @@ func checkPEM(n *yaml.Node, path string, errs []error) []error {
 
 	if _, err := base64.StdEncoding.DecodeString(n.Value); err != nil {
 		return append(errs, fmt.Errorf("%s: not valid base64 (line %d): %w: the field holds the standard base64 encoding of the PEM text (e.g. `base64 -w0 ca.crt`)", path, n.Line, err))
+	}
+
+	return errs
+}
+
+func checkDuration(n *yaml.Node, path string, errs []error) []error {
+	if n.Kind != yaml.ScalarNode {
+		return append(errs, fmt.Errorf("%s: want a duration such as 8760h (line %d), got a %s", path, n.Line, kindName(n)))
+	}
+
+	d, err := time.ParseDuration(n.Value)
+	if err != nil {
+		return append(errs, fmt.Errorf("%s: %q is not a duration (line %d): write it as hours, minutes and seconds, e.g. 8760h or 720h30m", path, n.Value, n.Line))
+	}
+
+	if d < 0 {
+		return append(errs, fmt.Errorf("%s: %q is negative (line %d): write a positive duration, e.g. 8760h", path, n.Value, n.Line))
 	}
 
 	return errs

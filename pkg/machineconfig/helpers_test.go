@@ -121,7 +121,7 @@ func edit(t *testing.T, data []byte, fn func(doc map[string]any)) []byte {
 func section(doc map[string]any, keys ...string) map[string]any {
 	m := doc
 	for _, k := range keys {
-		m = m[k].(map[string]any) //nolint:forcetypeassert
+		m = m[k].(map[string]any)
 	}
 
 	return m

@@ -113,7 +113,7 @@ func TestTalosConfigPatchRoundTrip(t *testing.T) {
 			want := edit(t, input, func(d map[string]any) {
 				m := section(d, "machine")
 				m["acceptedCAs"] = []any{map[string]any{"crt": extraCA}}
-				m["certSANs"] = append(m["certSANs"].([]any), "added.test") //nolint:forcetypeassert
+				m["certSANs"] = append(m["certSANs"].([]any), "added.test")
 				section(d, "cluster")["acceptedCAs"] = []any{map[string]any{"crt": extraCA}}
 				section(d, "cluster")["clusterName"] = "renamed"
 			})
@@ -123,7 +123,6 @@ func TestTalosConfigPatchRoundTrip(t *testing.T) {
 			assert.Len(t, talosCfg.Machine().Security().AcceptedCAs(), 1)
 			assert.Len(t, talosCfg.Cluster().AcceptedCAs(), 1)
 			assert.Equal(t, "renamed", talosCfg.Cluster().Name())
-
 		})
 	}
 }

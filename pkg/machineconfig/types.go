@@ -3,6 +3,7 @@ package machineconfig
 import (
 	"encoding/base64"
 	"fmt"
+	"time"
 
 	"go.yaml.in/yaml/v4"
 
@@ -46,6 +47,7 @@ type ClusterSection struct {
 	Secret                    string             `yaml:"secret,omitempty"`
 	ControlPlane              *ControlPlane      `yaml:"controlPlane,omitempty"`
 	ClusterName               string             `yaml:"clusterName,omitempty"`
+	Network                   *ClusterNetwork    `yaml:"network,omitempty"`
 	Token                     string             `yaml:"token,omitempty"`
 	SecretboxEncryptionSecret string             `yaml:"secretboxEncryptionSecret,omitempty"`
 	AESCBCEncryptionSecret    string             `yaml:"aescbcEncryptionSecret,omitempty"`
@@ -58,8 +60,29 @@ type ClusterSection struct {
 	ServiceAccount        *Key           `yaml:"serviceAccount,omitempty"`
 	// AcceptedServiceAccountKeys is a nodepki extension: PEM public (or private) keys whose
 	// service-account tokens are still verified, for graceful rotation of the signing key.
-	AcceptedServiceAccountKeys []*Key `yaml:"acceptedServiceAccountKeys,omitempty"`
-	Etcd                       *Etcd  `yaml:"etcd,omitempty"`
+	AcceptedServiceAccountKeys []*Key           `yaml:"acceptedServiceAccountKeys,omitempty"`
+	APIServer                  *APIServer       `yaml:"apiServer,omitempty"`
+	Etcd                       *Etcd            `yaml:"etcd,omitempty"`
+	AdminKubeconfig            *AdminKubeconfig `yaml:"adminKubeconfig,omitempty"`
+}
+
+// ClusterNetwork is .cluster.network: the Kubernetes DNS domain and subnets.
+type ClusterNetwork struct {
+	DNSDomain      string   `yaml:"dnsDomain,omitempty"`
+	PodSubnets     []string `yaml:"podSubnets,omitempty"`
+	ServiceSubnets []string `yaml:"serviceSubnets,omitempty"`
+}
+
+// APIServer is the certificate part of .cluster.apiServer.
+type APIServer struct {
+	// CertSANs are extra SANs of the kube-apiserver serving certificate.
+	CertSANs []string `yaml:"certSANs,omitempty"`
+}
+
+// AdminKubeconfig is .cluster.adminKubeconfig.
+type AdminKubeconfig struct {
+	// CertLifetime is the lifetime of the admin client certificate of generated kubeconfigs.
+	CertLifetime Duration `yaml:"certLifetime,omitempty"`
 }
 
 // ControlPlane is .cluster.controlPlane.
@@ -124,6 +147,31 @@ func (p *PEM) UnmarshalYAML(node *yaml.Node) error {
 	}
 
 	*p = decoded
+
+	return nil
+}
+
+// Duration is a time.Duration written as Go duration text (e.g. 8760h0m0s), as Talos writes it.
+type Duration time.Duration
+
+// MarshalYAML implements yaml.Marshaler.
+func (d Duration) MarshalYAML() (any, error) {
+	return time.Duration(d).String(), nil
+}
+
+// UnmarshalYAML implements yaml.Unmarshaler.
+func (d *Duration) UnmarshalYAML(node *yaml.Node) error {
+	var s string
+	if err := node.Decode(&s); err != nil {
+		return err
+	}
+
+	parsed, err := time.ParseDuration(s)
+	if err != nil {
+		return fmt.Errorf("not a duration (line %d): %w", node.Line, err)
+	}
+
+	*d = Duration(parsed)
 
 	return nil
 }

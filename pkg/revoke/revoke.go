@@ -175,17 +175,20 @@ func resolveNodes(ctx context.Context, cl Cluster, opts Options) ([]string, erro
 		return slices.Clone(opts.Nodes), nil
 	}
 
-	d, err := rotate.DiscoverMembers(ctx, cl, opts.Endpoints, opts.Now(), rotate.DefaultMemberStaleAfter)
+	members, err := rotate.DiscoverMembers(ctx, cl, opts.Endpoints, nil)
 	if err != nil {
 		return nil, err
 	}
 
-	for _, m := range d.Stale {
-		fmt.Fprintf(opts.Out, "  %s: stale member, left out; pass -n to include it\n", m.Address)
-	}
+	var nodes []string
 
-	nodes := make([]string, 0, len(d.Fresh))
-	for _, m := range d.Fresh {
+	for _, m := range members {
+		if m.Stale(opts.Now(), rotate.DefaultMemberStaleAfter) {
+			fmt.Fprintf(opts.Out, "  %s: stale member, left out; pass -n to include it\n", m.Address)
+
+			continue
+		}
+
 		nodes = append(nodes, m.Address)
 	}
 

@@ -144,7 +144,7 @@ func (a *NodeAPI) Close() error {
 
 func closeAll(clients []*client.Client) {
 	for _, c := range clients {
-		c.Close() //nolint:errcheck // nothing to do about a failed close
+		c.Close() // nothing to do about a failed close
 	}
 }
 
@@ -280,7 +280,7 @@ func (a *NodeAPI) Probe(ctx context.Context, node string, creds Credentials, dir
 		return fmt.Errorf("%s credentials: %w", creds.Name, err)
 	}
 
-	defer c.Close() //nolint:errcheck
+	defer c.Close()
 
 	_, err = c.Node().Version(callCtx, &nodeapi.VersionRequest{})
 

@@ -60,23 +60,24 @@ func (r *rotation) discover(ctx context.Context) ([]string, error) {
 		return nil, err
 	}
 
-	d, err := DiscoverMembers(ctx, r.cl, r.opts.Endpoints, r.opts.Now(), r.opts.MemberStaleAfter)
+	members, err := DiscoverMembers(ctx, r.cl, r.opts.Endpoints, r.addMemberTypes)
 	if err != nil {
 		return nil, err
-	}
-
-	r.addMemberTypes(d.All)
-
-	for _, m := range d.Stale {
-		r.out.node(m.Address, fmt.Sprintf("stale member, last seen %s, left out; pass -n to include it", lastSeenText(m.LastSeen, r.opts.Now())))
 	}
 
 	var (
 		nodes []string
 		found []string
+		now   = r.opts.Now()
 	)
 
-	for _, m := range d.Fresh {
+	for _, m := range members {
+		if m.Stale(now, r.opts.MemberStaleAfter) {
+			r.out.node(m.Address, fmt.Sprintf("stale member, last seen %s, left out; pass -n to include it", lastSeenText(m.LastSeen, now)))
+
+			continue
+		}
+
 		nodes = append(nodes, m.Address)
 		found = append(found, fmt.Sprintf("%s (%s)", m.Address, cmp.Or(m.MachineType, "unknown type")))
 	}
@@ -88,26 +89,22 @@ func (r *rotation) discover(ctx context.Context) ([]string, error) {
 	return nodes, nil
 }
 
-// Discovered are the members the control planes behind the endpoints know.
-type Discovered struct {
-	// All is every record, as each endpoint returned it.
-	All []Member
-	// Fresh are the members seen within the stale age, control planes first; Stale the others.
-	Fresh, Stale []Member
+// MemberLister is the part of Cluster discovery needs.
+type MemberLister interface {
+	Members(ctx context.Context, endpoint string) ([]Member, error)
 }
 
-// DiscoverMembers asks every endpoint for the members it knows, keeps the freshest record of
-// each and splits them by age; the credentials of cl must be set. It is how rotate-ca, revoke
-// and every command that changes all nodes find them.
-func DiscoverMembers(ctx context.Context, cl Cluster, endpoints []string, now time.Time, staleAfter time.Duration) (Discovered, error) {
-	var d Discovered
-
+// DiscoverMembers asks the control plane behind every endpoint for the cluster members it knows
+// and returns their union, control planes first. Any endpoint that cannot be asked is an error: a
+// worker only that control plane signed for would be missed. each, when not nil, sees every
+// endpoint's own records before they are merged.
+func DiscoverMembers(ctx context.Context, cl MemberLister, endpoints []string, each func([]Member)) ([]Member, error) {
 	known := map[string]Member{}
 
 	for _, endpoint := range endpoints {
 		members, err := cl.Members(ctx, endpoint)
 		if err != nil {
-			return d, fmt.Errorf("listing the cluster members on endpoint %s: %w (discovery asks every endpoint: fix it, "+
+			return nil, fmt.Errorf("listing the cluster members on endpoint %s: %w (discovery asks every endpoint: fix it, "+
 				"or pass --nodes with every node of the cluster)", endpoint, err)
 		}
 
@@ -119,7 +116,9 @@ func DiscoverMembers(ctx context.Context, cl Cluster, endpoints []string, now ti
 			}
 		}
 
-		d.All = append(d.All, members...)
+		if each != nil {
+			each(members)
+		}
 	}
 
 	members := make([]Member, 0, len(known))
@@ -129,15 +128,12 @@ func DiscoverMembers(ctx context.Context, cl Cluster, endpoints []string, now ti
 
 	slices.SortFunc(members, compareMembers)
 
-	for _, m := range members {
-		if m.LastSeen.IsZero() || now.Sub(m.LastSeen) > staleAfter {
-			d.Stale = append(d.Stale, m)
-		} else {
-			d.Fresh = append(d.Fresh, m)
-		}
-	}
+	return members, nil
+}
 
-	return d, nil
+// Stale reports whether the member was last seen more than staleAfter before now, or never.
+func (m Member) Stale(now time.Time, staleAfter time.Duration) bool {
+	return m.LastSeen.IsZero() || now.Sub(m.LastSeen) > staleAfter
 }
 
 // compareMembers orders control planes before workers, then by address.

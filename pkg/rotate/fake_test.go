@@ -171,7 +171,7 @@ func (f *fakeCluster) reissue(n *fakeNode) {
 			continue
 		}
 
-		entry, _ := readRoot(f.nodes[f.entry].cfg.Document(), RootOS) //nolint:errcheck
+		entry, _ := readRoot(f.nodes[f.entry].cfg.Document(), RootOS)
 		n.leaves[id] = fakeLeaf{root: root, issuer: entry.issuingFingerprint}
 	}
 }

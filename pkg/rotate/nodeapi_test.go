@@ -77,7 +77,7 @@ func TestNodeAPIMembers(t *testing.T) {
 	endpoint := lis.Addr().String()
 	nodeAPI := NewNodeAPI(NodeAPIOptions{Endpoints: []string{endpoint}})
 
-	t.Cleanup(func() { nodeAPI.Close() }) //nolint:errcheck
+	t.Cleanup(func() { nodeAPI.Close() })
 
 	require.NoError(t, nodeAPI.UseCredentials(ctx, []Credentials{{Name: "admin", CA: b.Certs.OS.Crt, Crt: crt, Key: key}}))
 

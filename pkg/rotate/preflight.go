@@ -343,7 +343,7 @@ func (r *rotation) checkConsistency() []string {
 			seen = true
 			lowest, highest = min(lowest, phase), max(highest, phase)
 
-			rc, _ := readRoot(n.cfg.Document(), root) //nolint:errcheck // read without error in derive
+			rc, _ := readRoot(n.cfg.Document(), root) // read without error in derive
 
 			var other []string
 

@@ -43,9 +43,10 @@ const (
 	DefaultClientGrace  = 250 * time.Millisecond
 	DefaultConcurrency  = 16
 	// applyRetryTimeout bounds the retries of a patch on a node that is briefly unavailable.
-	applyRetryTimeout = 10 * time.Second
-	minPollInterval   = 10 * time.Millisecond
-	maxPollInterval   = 250 * time.Millisecond
+	applyRetryTimeout  = 10 * time.Second
+	applyRetryInterval = 100 * time.Millisecond
+	// pollInterval paces the checks that wait for nodes to reach a phase.
+	pollInterval = 100 * time.Millisecond
 )
 
 // Options configure a rotation.

@@ -451,14 +451,14 @@ func TestPreflightRefuses(t *testing.T) {
 			r := newRun(t, cluster, RootOS)
 			tc.setup(t, cluster, r)
 
-			planBefore, _ := os.ReadFile(r.plan) //nolint:errcheck // absent is fine
+			planBefore, _ := os.ReadFile(r.plan) // absent is fine
 
 			out, err := r.exec(t)
 			require.Error(t, err, out)
 			assert.Contains(t, err.Error()+out, tc.want)
 			assert.Zero(t, cluster.fake.applies, "nothing may change")
 
-			planAfter, _ := os.ReadFile(r.plan) //nolint:errcheck
+			planAfter, _ := os.ReadFile(r.plan)
 			assert.Equal(t, planBefore, planAfter, "the plan must not be written")
 
 			if !tc.forceable {
@@ -622,10 +622,10 @@ func TestRunWordsANodeWithNothingToDoAlike(t *testing.T) {
 
 	r.opts.DryRun = false
 
-	real, err := r.exec(t)
-	require.NoError(t, err, real)
+	applied, err := r.exec(t)
+	require.NoError(t, err, applied)
 
-	for _, out := range []string{dry, real} {
+	for _, out := range []string{dry, applied} {
 		accept := out[strings.Index(out, "> accept:"):strings.Index(out, "> switch:")]
 		assert.Regexp(t, regexp.MustCompile(`(?m)^- 10\.0\.0\.1: (OK \()?already accepted, no patch\)?$`), accept)
 		assert.NotContains(t, accept, "nothing to do")

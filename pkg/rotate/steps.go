@@ -11,6 +11,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/siderolabs/go-retry/retry"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
@@ -604,48 +605,52 @@ func forEach(ctx context.Context, limit, count int, fn func(context.Context, int
 	return errors.Join(errs...)
 }
 
-// poll calls fn until it succeeds, backing off from minPollInterval to maxPollInterval; after
-// timeout it returns the last error.
+// poll calls fn every pollInterval until it succeeds; after timeout it returns the last error. fn
+// runs under ctx, not the retry's own deadline, so that a check in flight is not cut short and
+// reported as a timeout of its own.
 func poll(ctx context.Context, timeout time.Duration, fn func() (string, error)) (string, error) {
-	deadline := time.Now().Add(timeout)
-	interval := minPollInterval
+	var (
+		detail  string
+		lastErr error
+	)
 
-	for {
-		detail, err := fn()
-		if err == nil {
-			return detail, nil
-		}
+	err := retry.Constant(timeout, retry.WithUnits(pollInterval)).RetryWithContext(ctx, func(context.Context) error {
+		detail, lastErr = fn()
 
-		if ctx.Err() != nil {
-			return "", ctx.Err()
-		}
+		return retry.ExpectedError(lastErr)
+	})
 
-		if time.Now().After(deadline) {
-			return "", fmt.Errorf("not done after %s: %w", timeout, err)
-		}
-
-		if err = sleep(ctx, interval); err != nil {
-			return "", err
-		}
-
-		interval = min(interval*2, maxPollInterval)
+	switch {
+	case err == nil:
+		return detail, nil
+	case ctx.Err() != nil:
+		return "", ctx.Err()
+	default:
+		return "", fmt.Errorf("not done after %s: %w", timeout, lastErr)
 	}
 }
 
-// retryUnavailable repeats fn while the node is unavailable, for a while.
+// retryUnavailable repeats fn while the node is unavailable, for up to applyRetryTimeout; any
+// other outcome, and the last one after that, is fn's own.
 func retryUnavailable(ctx context.Context, fn func() (string, error)) (string, error) {
-	deadline := time.Now().Add(applyRetryTimeout)
+	var (
+		detail  string
+		lastErr error
+	)
 
-	for {
-		detail, err := fn()
-		if status.Code(err) != codes.Unavailable || time.Now().After(deadline) {
-			return detail, err
+	err := retry.Constant(applyRetryTimeout, retry.WithUnits(applyRetryInterval)).RetryWithContext(ctx, func(context.Context) error {
+		detail, lastErr = fn()
+		if status.Code(lastErr) == codes.Unavailable {
+			return retry.ExpectedError(lastErr)
 		}
 
-		if err = sleep(ctx, 100*time.Millisecond); err != nil {
-			return "", err
-		}
+		return nil
+	})
+	if err != nil && ctx.Err() != nil {
+		return "", ctx.Err()
 	}
+
+	return detail, lastErr
 }
 
 func sleep(ctx context.Context, d time.Duration) error {

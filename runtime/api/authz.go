@@ -28,6 +28,8 @@ var methodRoles = map[string][]string{
 	node.NodeService_Version_FullMethodName:                     role.All,
 	node.NodeService_ApplyConfiguration_FullMethodName:          {role.Admin},
 	node.NodeService_GenerateClientConfiguration_FullMethodName: {role.Admin},
+	node.NodeService_RenewClientCertificate_FullMethodName:      role.All,
+	node.NodeService_Kubeconfig_FullMethodName:                  {role.Admin},
 
 	machine.MachineService_Version_FullMethodName:                     role.All,
 	machine.MachineService_GenerateClientConfiguration_FullMethodName: {role.Admin},

@@ -39,9 +39,12 @@ import (
 
 const testClusterName = "apitest"
 
-// testPKI is one cluster's secrets: the OS CA and the generated machine configs.
+// testPKI is one cluster's secrets: the OS CA, the Kubernetes CA with an older one still
+// accepted, and the generated machine configs.
 type testPKI struct {
 	osCA         *certs.CA
+	k8sCA        *certs.CA
+	oldK8sCA     *certs.CA
 	controlPlane []byte
 	worker       []byte
 }
@@ -62,7 +65,22 @@ var sharedPKI = sync.OnceValues(func() (*testPKI, error) {
 		return nil, err
 	}
 
-	p := &testPKI{osCA: osCA}
+	k8sCA, err := certs.LoadCA(b.Certs.K8s.Crt, b.Certs.K8s.Key)
+	if err != nil {
+		return nil, err
+	}
+
+	oldCrt, oldKey, err := certs.NewRootCA(certs.RootKubernetes)
+	if err != nil {
+		return nil, err
+	}
+
+	oldK8sCA, err := certs.LoadCA(oldCrt, oldKey)
+	if err != nil {
+		return nil, err
+	}
+
+	p := &testPKI{osCA: osCA, k8sCA: k8sCA, oldK8sCA: oldK8sCA}
 
 	if p.controlPlane, err = cp.Bytes(); err != nil {
 		return nil, err
@@ -171,6 +189,15 @@ func startNode(t *testing.T, p *testPKI, spec nodeSpec) *testNode {
 		crt, key, err := p.osCA.Issue(impersonatorProfile(), time.Now())
 		require.NoError(t, err)
 		createNodeCert(t, st, pki.CertAPIClient, crt, key)
+
+		k8sRoot := pki.NewRootSecret(pki.RootKubernetes)
+		k8sRoot.TypedSpec().IssuingCert = string(p.k8sCA.CrtPEM)
+		k8sRoot.TypedSpec().IssuingKey = string(p.k8sCA.KeyPEM)
+		require.NoError(t, st.Create(ctx, k8sRoot))
+
+		k8sAccepted := pki.NewAcceptedCA(pki.RootKubernetes)
+		k8sAccepted.TypedSpec().Certificates = []string{string(p.oldK8sCA.CrtPEM), string(p.k8sCA.CrtPEM)}
+		require.NoError(t, st.Create(ctx, k8sAccepted))
 	}
 
 	require.NoError(t, st.Create(ctx, rootSecret))

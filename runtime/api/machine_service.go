@@ -39,9 +39,6 @@ const (
 	// notAnOS is why most of machine.MachineService is not served.
 	notAnOS = "nodepki is the PKI subsystem of a node OS, not the OS: of machine.MachineService it serves " +
 		"Version, GenerateClientConfiguration and Kubeconfig; resources are read with `talosctl get` or `nodepkictl get`"
-
-	kubeconfigNotYet = "Kubeconfig is not served yet: nodepki builds no kubeconfig before its Kubernetes support " +
-		"(`nodepkictl kubeconfig`) lands; until then the Kubernetes CA is in `nodepkictl get rootsecrets kubernetes -o yaml` (os:admin)"
 )
 
 // machineServicePrefix starts the full names of Talos's MachineService methods.
@@ -139,19 +136,6 @@ func crtTTLSeconds(ttl *durationpb.Duration) (int64, error) {
 	default:
 		return int64(d / time.Second), nil
 	}
-}
-
-func (m *machineService) Kubeconfig(_ *emptypb.Empty, stream grpc.ServerStreamingServer[common.Data]) error {
-	cfg, err := m.server.currentConfig(stream.Context())
-	if err != nil {
-		return err
-	}
-
-	if !cfg.IsControlPlane() {
-		return workerRefusal(cfg, "kubeconfigs")
-	}
-
-	return status.Error(codes.Unimplemented, kubeconfigNotYet)
 }
 
 // workerRefusal answers a call that only control planes serve, naming the control plane to call.

@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/x509"
 	"errors"
+	"io"
 	"net"
 	"testing"
 	"time"
@@ -22,6 +23,7 @@ import (
 	"github.com/nodepki/nodepki/api/machine"
 	"github.com/nodepki/nodepki/pkg/certs"
 	"github.com/nodepki/nodepki/pkg/clientconfig"
+	"github.com/nodepki/nodepki/pkg/kubeconfig"
 	"github.com/nodepki/nodepki/pkg/role"
 )
 
@@ -231,7 +233,8 @@ func TestMachineService(t *testing.T) {
 			_, err := reader.GenerateClientConfiguration(ctx, &machine.GenerateClientConfigurationRequest{Roles: []string{role.Reader}})
 			assert.Equal(t, codes.PermissionDenied, status.Code(err), "%v", err)
 
-			assert.Equal(t, codes.PermissionDenied, status.Code(kubeconfig(ctx, reader)))
+			_, err = readKubeconfig(ctx, reader)
+			assert.Equal(t, codes.PermissionDenied, status.Code(err), "%v", err)
 		}
 
 		resp, err := reader.GenerateClientConfiguration(toNodes(callCtx(t), "127.0.80.2"), &machine.GenerateClientConfigurationRequest{Roles: []string{role.Reader}})
@@ -247,20 +250,24 @@ func TestMachineService(t *testing.T) {
 		assert.Equal(t, codes.FailedPrecondition, status.Code(err))
 		assert.Contains(t, err.Error(), "-n 127.0.0.2 (the host of cluster.controlPlane.endpoint https://127.0.0.2:6443)")
 
-		err = kubeconfig(toNode(callCtx(t), "127.0.80.3"), admin)
+		_, err = readKubeconfig(toNode(callCtx(t), "127.0.80.3"), admin)
 		assert.Equal(t, codes.FailedPrecondition, status.Code(err))
 		assert.Contains(t, err.Error(), "kubeconfigs are issued by control-plane nodes only")
 		assert.Contains(t, err.Error(), "-n 127.0.0.2")
 	})
 
-	t.Run("kubeconfig is not served yet and says what to use", func(t *testing.T) {
-		err := kubeconfig(callCtx(t), admin)
-		assert.Equal(t, codes.Unimplemented, status.Code(err))
-		assert.Contains(t, err.Error(), "nodepkictl get rootsecrets kubernetes")
+	t.Run("kubeconfig is a tar.gz of one kubeconfig file, also through nodes", func(t *testing.T) {
+		for _, ctx := range []context.Context{callCtx(t), toNodes(callCtx(t), "127.0.80.2"), toNode(callCtx(t), "127.0.80.2")} {
+			archive, err := readKubeconfig(ctx, admin)
+			require.NoError(t, err)
 
-		// Through `nodes`, the refusal is the labelled content of the stream.
-		err = kubeconfig(toNodes(callCtx(t), "127.0.80.2"), admin)
-		assert.Equal(t, codes.Unimplemented, status.Code(err), "%v", err)
+			data := untarKubeconfig(t, archive)
+			checkAdminKubeconfig(t, p, data, kubeconfig.AdminLifetime)
+		}
+
+		// Through `nodes`, a worker's refusal is the labelled content of the stream.
+		_, err := readKubeconfig(toNodes(callCtx(t), "127.0.80.3"), admin)
+		assert.Equal(t, codes.FailedPrecondition, status.Code(err), "%v", err)
 	})
 
 	t.Run("other methods are unimplemented, naming the nodepki command", func(t *testing.T) {
@@ -301,23 +308,31 @@ func TestMachineService(t *testing.T) {
 	})
 }
 
-// kubeconfig reads a Kubeconfig stream to its end and returns its error.
-func kubeconfig(ctx context.Context, cl machine.MachineServiceClient) error {
+// readKubeconfig reads a Kubeconfig stream to its end and returns the bytes it carried.
+func readKubeconfig(ctx context.Context, cl machine.MachineServiceClient) ([]byte, error) {
 	stream, err := cl.Kubeconfig(ctx, &emptypb.Empty{})
 	if err != nil {
-		return err
+		return nil, err
 	}
+
+	var data []byte
 
 	for {
 		msg, err := stream.Recv()
+		if errors.Is(err, io.EOF) {
+			return data, nil
+		}
+
 		if err != nil {
-			return err
+			return nil, err
 		}
 
 		// A node's failure in a call to several nodes arrives as a labelled message.
 		if md := msg.GetMetadata(); md.GetError() != "" {
-			return status.ErrorProto(md.GetStatus())
+			return nil, status.ErrorProto(md.GetStatus())
 		}
+
+		data = append(data, msg.GetBytes()...)
 	}
 }
 

@@ -19,6 +19,7 @@ import (
 	"github.com/nodepki/nodepki/api/node"
 	"github.com/nodepki/nodepki/pkg/certs"
 	"github.com/nodepki/nodepki/pkg/clientconfig"
+	"github.com/nodepki/nodepki/pkg/kubernetes"
 	"github.com/nodepki/nodepki/pkg/machineconfig"
 	"github.com/nodepki/nodepki/pkg/version"
 	"github.com/nodepki/nodepki/resources/pki"
@@ -81,6 +82,12 @@ func (n *nodeService) ApplyConfiguration(ctx context.Context, req *node.ApplyCon
 
 	if err = next.Validate(); err != nil {
 		return nil, status.Errorf(codes.InvalidArgument, "the new machine config is invalid: %v", err)
+	}
+
+	if next.IsControlPlane() {
+		if err = kubernetes.CheckCluster(next.Document().Cluster); err != nil {
+			return nil, status.Errorf(codes.InvalidArgument, "the new machine config is invalid: %v", err)
+		}
 	}
 
 	diff, err := machineconfig.Diff(current, next)

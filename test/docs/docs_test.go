@@ -148,8 +148,10 @@ func TestRotation(t *testing.T) {
 	// The new OS CA of the procedure by hand, read while new-secrets.yaml exists.
 	var manualFP string
 
-	keyFiles := []string{"new-secrets.yaml", "new-client", "transitional-talosconfig", "final-talosconfig",
-		"accept.yaml", "switch-controlplane.yaml", "switch-worker.yaml", "retire.yaml"}
+	keyFiles := []string{
+		"new-secrets.yaml", "new-client", "transitional-talosconfig", "final-talosconfig",
+		"accept.yaml", "switch-controlplane.yaml", "switch-worker.yaml", "retire.yaml",
+	}
 
 	runDocument(t, "docs/rotation.md",
 		check{"nodepkictl cluster create --name demo --workers 2 --state _out/cluster --with-secrets secrets.yaml", func(t *testing.T, dir, out string) {

@@ -123,7 +123,7 @@ func newSession(t *testing.T) *session {
 	for _, name := range []string{"nodepkid", "nodepkictl"} {
 		data, err := os.ReadFile(filepath.Join(binDir, name))
 		require.NoError(t, err)
-		require.NoError(t, os.WriteFile(filepath.Join(s.dir, "bin", name), data, 0o755)) //nolint:gosec // an executable
+		require.NoError(t, os.WriteFile(filepath.Join(s.dir, "bin", name), data, 0o755)) // an executable
 	}
 
 	reader, writer, err := os.Pipe()
@@ -226,11 +226,13 @@ func (s *session) run(b block) string {
 func (s *session) close() {
 	_ = s.stdin.Close()
 
+	// The shell's exit status says nothing here: it is closed, or killed when it does not exit.
 	select {
-	case <-s.exited:
+	case err := <-s.exited:
+		s.exited <- err
 	case <-time.After(5 * time.Second):
 		_ = syscall.Kill(-s.cmd.Process.Pid, syscall.SIGKILL)
-		<-s.exited
+		s.exited <- <-s.exited
 	}
 
 	_ = syscall.Kill(-s.cmd.Process.Pid, syscall.SIGKILL)

@@ -37,7 +37,7 @@ func runMain(m *testing.M) int {
 		return 1
 	}
 
-	defer os.RemoveAll(dir) //nolint:errcheck
+	defer os.RemoveAll(dir)
 
 	build := exec.Command("go", "build", "-o", dir+string(filepath.Separator),
 		"github.com/nodepki/nodepki/cmd/nodepkid", "github.com/nodepki/nodepki/cmd/nodepkictl")

@@ -46,7 +46,7 @@ func runMain(m *testing.M) int {
 		return 1
 	}
 
-	defer os.RemoveAll(dir) //nolint:errcheck
+	defer os.RemoveAll(dir)
 
 	build := exec.Command("go", "build", "-o", dir+string(filepath.Separator),
 		"github.com/nodepki/nodepki/cmd/nodepkid", "github.com/nodepki/nodepki/cmd/nodepkictl")
@@ -118,7 +118,7 @@ func connect(t testing.TB, path string, endpoints ...string) *client.Client {
 	c, err := client.New(t.Context(), client.ClientOptions{Config: cfg, Endpoints: endpoints})
 	require.NoError(t, err)
 
-	t.Cleanup(func() { c.Close() }) //nolint:errcheck
+	t.Cleanup(func() { c.Close() })
 
 	return c
 }

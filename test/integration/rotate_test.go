@@ -291,7 +291,7 @@ func version(t *testing.T, cctx *clientconfig.Context, node string) (*nodeapi.Ve
 	cl, err := client.New(t.Context(), client.ClientOptions{Context: cctx, Endpoints: []string{node}})
 	require.NoError(t, err)
 
-	defer cl.Close() //nolint:errcheck
+	defer cl.Close()
 
 	ctx, cancel := context.WithTimeout(t.Context(), 10*time.Second)
 	defer cancel()
@@ -381,7 +381,7 @@ func (l *load) call(ctx context.Context, talosconfig string, target loadTarget, 
 		return err
 	}
 
-	defer cl.Close() //nolint:errcheck
+	defer cl.Close()
 
 	callCtx, cancel := context.WithTimeout(client.WithNode(ctx, target.node), 10*time.Second)
 	defer cancel()
@@ -475,9 +475,9 @@ func startWatch(t *testing.T, c *cluster.Cluster) *watch {
 	}()
 
 	t.Cleanup(func() {
-		w.cmd.Process.Kill() //nolint:errcheck
+		w.cmd.Process.Kill() //nolint:errcheck // the watcher may have exited already
 		<-done
-		w.cmd.Wait() //nolint:errcheck
+		w.cmd.Wait() //nolint:errcheck // killed on purpose: the exit status says nothing
 	})
 
 	return w

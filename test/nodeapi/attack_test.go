@@ -164,7 +164,7 @@ func TestAttackRunningNode(t *testing.T) {
 			}))
 		require.NoError(t, err)
 
-		defer conn.Close() //nolint:errcheck
+		defer conn.Close()
 
 		const calls = 10_000
 

@@ -93,7 +93,7 @@ func waitServing(tb testing.TB, address string, ca *stdx509.Certificate) {
 	for time.Now().Before(deadline) {
 		conn, err := tls.Dial("tcp", net.JoinHostPort(address, "50000"), cfg)
 		if err == nil {
-			conn.Close() //nolint:errcheck
+			conn.Close()
 
 			return
 		}
@@ -119,7 +119,7 @@ func rssMiB(tb testing.TB, pid int) float64 {
 	f, err := os.Open(filepath.Join("/proc", strconv.Itoa(pid), "status"))
 	require.NoError(tb, err)
 
-	defer f.Close() //nolint:errcheck
+	defer f.Close()
 
 	scanner := bufio.NewScanner(f)
 	for scanner.Scan() {

@@ -36,7 +36,7 @@ func connectAs(t *testing.T, c *cluster.Cluster, caPEM, crtPEM, keyPEM []byte) *
 	cl, err := client.New(t.Context(), client.ClientOptions{Config: cfg})
 	require.NoError(t, err)
 
-	t.Cleanup(func() { cl.Close() }) //nolint:errcheck
+	t.Cleanup(func() { cl.Close() })
 
 	return cl
 }

@@ -37,7 +37,7 @@ func TestTalosClient(t *testing.T) {
 	cl, err := talosclient.New(t.Context(), talosclient.WithConfig(cfg))
 	require.NoError(t, err)
 
-	t.Cleanup(func() { cl.Close() }) //nolint:errcheck
+	t.Cleanup(func() { cl.Close() })
 
 	for _, node := range c.Addresses() {
 		ctx := talosclient.WithNode(t.Context(), node)

@@ -107,7 +107,7 @@ func startDaemon(t *testing.T, args ...string) func() string {
 	var output lockedBuffer
 
 	// Not tied to the test's context, which ends before the cleanup that stops the daemon.
-	cmd := exec.Command(filepath.Join(binDir, "nodepkid"), append(args, "--host-addresses=false")...) //nolint:noctx
+	cmd := exec.Command(filepath.Join(binDir, "nodepkid"), append(args, "--host-addresses=false")...)
 	cmd.Stdout, cmd.Stderr = &output, &output
 	require.NoError(t, cmd.Start())
 

@@ -30,7 +30,7 @@ func serverCertificate(t assert.TestingT, address string, ca *stdx509.Certificat
 		return nil
 	}
 
-	defer conn.Close() //nolint:errcheck
+	defer conn.Close()
 
 	return conn.ConnectionState().PeerCertificates[0]
 }

@@ -33,7 +33,7 @@ func run(m *testing.M) int {
 		return 1
 	}
 
-	defer os.RemoveAll(dir) //nolint:errcheck
+	defer os.RemoveAll(dir)
 
 	build := exec.Command("go", "build", "-o", dir+"/", "github.com/nodepki/nodepki/cmd/nodepkid", "github.com/nodepki/nodepki/cmd/nodepkictl")
 	build.Stdout, build.Stderr = os.Stderr, os.Stderr

@@ -2,6 +2,7 @@ package nodeapi_test
 
 import (
 	"context"
+	"crypto/x509"
 	"encoding/base64"
 	"errors"
 	"io"
@@ -21,6 +22,7 @@ import (
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/types/known/durationpb"
 	"google.golang.org/protobuf/types/known/emptypb"
+	"k8s.io/client-go/tools/clientcmd"
 
 	"github.com/nodepki/nodepki/pkg/certs"
 	"github.com/nodepki/nodepki/pkg/role"
@@ -140,11 +142,44 @@ func TestTalosctlMachineService(t *testing.T) {
 		assert.Contains(t, err.Error(), "-n "+cp)
 	})
 
-	t.Run("kubeconfig on a control plane says it is not served yet and what to use", func(t *testing.T) {
-		err := readKubeconfig(talosclient.WithNodes(t.Context(), cp), admin)
-		require.Error(t, err)
-		assert.Equal(t, codes.Unimplemented, talosclient.StatusCode(err), "%v", err)
-		assert.Contains(t, err.Error(), "nodepkictl get rootsecrets kubernetes")
+	t.Run("kubeconfig of a control plane: admin credentials of the Kubernetes CA", func(t *testing.T) {
+		ctx := talosclient.WithNodes(t.Context(), cp)
+
+		// Talos's client unpacks the .tar.gz and returns its one kubeconfig file.
+		data, err := admin.Kubeconfig(ctx)
+		require.NoError(t, err)
+
+		kubeconfig, err := clientcmd.Load(data)
+		require.NoError(t, err)
+
+		accepted, err := safe.StateGetByID[*pki.AcceptedCA](talosclient.WithNode(t.Context(), cp), admin.COSI, pki.RootKubernetes)
+		require.NoError(t, err)
+
+		context := kubeconfig.Contexts[kubeconfig.CurrentContext]
+		require.NotNil(t, context)
+
+		cluster := kubeconfig.Clusters[context.Cluster]
+		require.NotNil(t, cluster)
+
+		caData, err := certs.ParseCertificates(cluster.CertificateAuthorityData)
+		require.NoError(t, err)
+
+		wantCAs, err := certs.ParseCertificates([]byte(strings.Join(accepted.TypedSpec().Certificates, "\n")))
+		require.NoError(t, err)
+		assert.Equal(t, wantCAs, caData, "the CA data is the accepted Kubernetes CA bundle")
+
+		roots := x509.NewCertPool()
+		for _, ca := range caData {
+			roots.AddCert(ca)
+		}
+
+		crt, err := certs.ParseCertificate(kubeconfig.AuthInfos[context.AuthInfo].ClientCertificateData)
+		require.NoError(t, err)
+		assert.Equal(t, "admin", crt.Subject.CommonName)
+		assert.Equal(t, []string{"system:masters"}, crt.Subject.Organization)
+
+		_, err = crt.Verify(x509.VerifyOptions{Roots: roots, KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth}})
+		assert.NoError(t, err, "the admin certificate chains to the accepted Kubernetes CAs")
 	})
 
 	t.Run("other MachineService calls name the nodepki command", func(t *testing.T) {
@@ -230,7 +265,7 @@ func talosClient(t *testing.T, cfg *talosconfig.Config) *talosclient.Client {
 	cl, err := talosclient.New(t.Context(), talosclient.WithConfig(cfg))
 	require.NoError(t, err)
 
-	t.Cleanup(func() { cl.Close() }) //nolint:errcheck
+	t.Cleanup(func() { cl.Close() })
 
 	return cl
 }
@@ -242,7 +277,7 @@ func readKubeconfig(ctx context.Context, cl *talosclient.Client) error {
 		return err
 	}
 
-	defer r.Close() //nolint:errcheck
+	defer r.Close()
 
 	_, err = io.Copy(io.Discard, r)
 	if err == nil {

@@ -27,6 +27,7 @@ import (
 	nodeapi "github.com/nodepki/nodepki/api/node"
 	"github.com/nodepki/nodepki/pkg/certs"
 	"github.com/nodepki/nodepki/pkg/clientconfig"
+	"github.com/nodepki/nodepki/pkg/kubeconfig"
 	"github.com/nodepki/nodepki/resources"
 )
 
@@ -44,6 +45,8 @@ type Server struct {
 	Node *NodeService
 	// CA issued the server and client certificates.
 	CA *certs.CA
+	// KubernetesCA signs the kubeconfigs NodeService.Kubeconfig returns.
+	KubernetesCA *certs.CA
 	// ClientCrtPEM and ClientKeyPEM are an os:admin client certificate.
 	ClientCrtPEM, ClientKeyPEM []byte
 
@@ -95,7 +98,13 @@ func Start(t testing.TB, opts Options) *Server {
 	st := state.WrapCore(namespaced.NewState(inmem.Build))
 	must(t, resources.Register(t.Context(), st))
 
-	s := &Server{State: st, CA: ca, ClientCrtPEM: clientCrt, ClientKeyPEM: clientKey}
+	k8sCrt, k8sKey, err := certs.NewRootCA(certs.RootKubernetes)
+	must(t, err)
+
+	k8sCA, err := certs.LoadCA(k8sCrt, k8sKey)
+	must(t, err)
+
+	s := &Server{State: st, CA: ca, KubernetesCA: k8sCA, ClientCrtPEM: clientCrt, ClientKeyPEM: clientKey}
 	s.Node = &NodeService{server: s}
 
 	known := opts.KnownNodes
@@ -197,6 +206,8 @@ type NodeService struct {
 	applied  []*nodeapi.ApplyConfigurationRequest
 	// generated records the GenerateClientConfiguration requests.
 	generated []*nodeapi.GenerateClientConfigurationRequest
+	// kubeconfigs records the Kubeconfig requests.
+	kubeconfigs []*nodeapi.KubeconfigRequest
 }
 
 // Set changes the scripted answers under the service's lock.
@@ -221,6 +232,14 @@ func (n *NodeService) Generated() []*nodeapi.GenerateClientConfigurationRequest 
 	defer n.mu.Unlock()
 
 	return slices.Clone(n.generated)
+}
+
+// Kubeconfigs returns the Kubeconfig requests received.
+func (n *NodeService) Kubeconfigs() []*nodeapi.KubeconfigRequest {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+
+	return slices.Clone(n.kubeconfigs)
 }
 
 func answeringNode(ctx context.Context) string {
@@ -277,6 +296,34 @@ func (n *NodeService) GenerateClientConfiguration(_ context.Context, req *nodeap
 	}
 
 	return &nodeapi.GenerateClientConfigurationResponse{Ca: n.server.CA.CrtPEM, Crt: crt, Key: key, Talosconfig: out}, nil
+}
+
+// KubeconfigServer is the API server URL of the kubeconfigs Kubeconfig returns.
+const KubeconfigServer = "https://127.0.0.1:6443"
+
+// KubeconfigCluster is the cluster name of the kubeconfigs Kubeconfig returns.
+const KubeconfigCluster = "test"
+
+// Kubeconfig implements NodeService: an admin kubeconfig of the test Kubernetes CA, with the
+// requested lifetime or one year.
+func (n *NodeService) Kubeconfig(ctx context.Context, req *nodeapi.KubeconfigRequest) (*nodeapi.KubeconfigResponse, error) {
+	n.mu.Lock()
+	n.kubeconfigs = append(n.kubeconfigs, req)
+	n.mu.Unlock()
+
+	ttl := kubeconfig.AdminLifetime
+	if req.GetCrtTtlSeconds() > 0 {
+		ttl = time.Duration(req.GetCrtTtlSeconds()) * time.Second
+	}
+
+	ca := n.server.KubernetesCA
+
+	data, err := kubeconfig.Issue(ca, kubeconfig.Admin(KubeconfigCluster, KubeconfigServer, ca.CrtPEM, ttl), time.Now())
+	if err != nil {
+		return nil, status.Error(codes.Internal, err.Error())
+	}
+
+	return &nodeapi.KubeconfigResponse{Kubeconfig: data, Node: answeringNode(ctx)}, nil
 }
 
 func must(t testing.TB, err error) {

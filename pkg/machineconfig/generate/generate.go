@@ -52,7 +52,7 @@ func Generate(in Input) (controlPlane, worker *machineconfig.Config, err error) 
 		podSubnet, serviceSubnet = IPv6PodSubnet, IPv6ServiceSubnet
 	}
 
-	network := clusterNetwork{DNSDomain: DNSDomain, PodSubnets: []string{podSubnet}, ServiceSubnets: []string{serviceSubnet}}
+	network := &machineconfig.ClusterNetwork{DNSDomain: DNSDomain, PodSubnets: []string{podSubnet}, ServiceSubnets: []string{serviceSubnet}}
 	sans := slices.Clone(in.AdditionalSANs)
 
 	cp := document{
@@ -76,7 +76,7 @@ func Generate(in Input) (controlPlane, worker *machineconfig.Config, err error) 
 			CA:                        b.Certs.K8s,
 			AggregatorCA:              b.Certs.K8sAggregator,
 			ServiceAccount:            b.Certs.K8sServiceAccount,
-			APIServer:                 &apiServer{CertSANs: append([]string{endpoint.Hostname()}, sans...)},
+			APIServer:                 &machineconfig.APIServer{CertSANs: append([]string{endpoint.Hostname()}, sans...)},
 			Etcd:                      &etcd{CA: b.Certs.Etcd},
 		},
 	}
@@ -193,25 +193,15 @@ type cluster struct {
 	Secret                    string                           `yaml:"secret"`
 	ControlPlane              machineconfig.ControlPlane       `yaml:"controlPlane"`
 	ClusterName               string                           `yaml:"clusterName"`
-	Network                   clusterNetwork                   `yaml:"network"`
+	Network                   *machineconfig.ClusterNetwork    `yaml:"network"`
 	Token                     string                           `yaml:"token"`
 	SecretboxEncryptionSecret string                           `yaml:"secretboxEncryptionSecret,omitempty"`
 	AESCBCEncryptionSecret    string                           `yaml:"aescbcEncryptionSecret,omitempty"`
 	CA                        *machineconfig.CertificateAndKey `yaml:"ca"`
 	AggregatorCA              *machineconfig.CertificateAndKey `yaml:"aggregatorCA,omitempty"`
 	ServiceAccount            *machineconfig.Key               `yaml:"serviceAccount,omitempty"`
-	APIServer                 *apiServer                       `yaml:"apiServer,omitempty"`
+	APIServer                 *machineconfig.APIServer         `yaml:"apiServer,omitempty"`
 	Etcd                      *etcd                            `yaml:"etcd,omitempty"`
-}
-
-type clusterNetwork struct {
-	DNSDomain      string   `yaml:"dnsDomain"`
-	PodSubnets     []string `yaml:"podSubnets"`
-	ServiceSubnets []string `yaml:"serviceSubnets"`
-}
-
-type apiServer struct {
-	CertSANs []string `yaml:"certSANs"`
 }
 
 type etcd struct {

@@ -1,0 +1,105 @@
+// Package kubernetes_test runs a real kube-apiserver on the files a real nodepkid control plane
+// writes, against a real etcd, and uses it with the kubeconfigs nodepki issues.
+package kubernetes_test
+
+import (
+	"flag"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+)
+
+// The binaries under test: nodepkid and nodepkictl built by TestMain; kube-apiserver, kubectl and
+// etcd from the repository's bin/ (`make tools-kubernetes`, and `make tools` for etcd).
+var (
+	nodepkid, nodepkictl         string
+	kubeAPIServer, kubectl, etcd string
+	// missing is why the tests cannot run; they skip locally and fail in CI.
+	missing string
+)
+
+func TestMain(m *testing.M) {
+	flag.Parse()
+
+	os.Exit(runMain(m))
+}
+
+func runMain(m *testing.M) int {
+	if testing.Short() {
+		fmt.Println("kubernetes: skipped in -short mode (they run real processes)")
+
+		return 0
+	}
+
+	dir, err := os.MkdirTemp("", "nodepki-kubernetes-*")
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "kubernetes:", err)
+
+		return 1
+	}
+
+	defer os.RemoveAll(dir)
+
+	build := exec.Command("go", "build", "-o", dir+string(filepath.Separator),
+		"github.com/nodepki/nodepki/cmd/nodepkid", "github.com/nodepki/nodepki/cmd/nodepkictl")
+	build.Stdout, build.Stderr = os.Stdout, os.Stderr
+
+	if err = build.Run(); err != nil {
+		fmt.Fprintln(os.Stderr, "kubernetes: building the binaries:", err)
+
+		return 1
+	}
+
+	nodepkid, nodepkictl = filepath.Join(dir, "nodepkid"), filepath.Join(dir, "nodepkictl")
+	kubeAPIServer, kubectl, etcd, missing = findTools()
+
+	return m.Run()
+}
+
+// findTools locates the third-party binaries in the repository's bin/; NODEPKI_KUBERNETES_BIN and
+// NODEPKI_ETCD_BIN override the directory of each.
+func findTools() (apiserver, ctl, etcdBinary, why string) {
+	out, err := exec.Command("go", "env", "GOMOD").Output()
+	if err != nil {
+		return "", "", "", fmt.Sprintf("cannot locate the repository: %v", err)
+	}
+
+	bin := filepath.Join(filepath.Dir(strings.TrimSpace(string(out))), "bin")
+	kubeDir, etcdDir := bin, bin
+
+	if d := os.Getenv("NODEPKI_KUBERNETES_BIN"); d != "" {
+		kubeDir = d
+	}
+
+	if d := os.Getenv("NODEPKI_ETCD_BIN"); d != "" {
+		etcdDir = d
+	}
+
+	apiserver, ctl, etcdBinary = filepath.Join(kubeDir, "kube-apiserver"), filepath.Join(kubeDir, "kubectl"), filepath.Join(etcdDir, "etcd")
+
+	for _, tool := range []struct{ path, make string }{{apiserver, "tools-kubernetes"}, {ctl, "tools-kubernetes"}, {etcdBinary, "tools"}} {
+		if _, err := os.Stat(tool.path); err != nil {
+			return "", "", "", fmt.Sprintf("%s is missing: run `make %s`", tool.path, tool.make)
+		}
+	}
+
+	return apiserver, ctl, etcdBinary, ""
+}
+
+// requireTools skips the test when a binary is missing, and fails it in CI.
+func requireTools(t testing.TB) {
+	t.Helper()
+
+	if missing == "" {
+		return
+	}
+
+	if os.Getenv("CI") == "true" {
+		t.Fatalf("kubernetes tests need the Kubernetes and etcd binaries: %s", missing)
+	}
+
+	t.Skipf("kubernetes tests need the Kubernetes and etcd binaries: %s", missing)
+}
