@@ -75,7 +75,8 @@ FUZZ_TARGETS := \
 	./pkg/kubeconfig:FuzzMerge \
 	./pkg/kubernetes:FuzzAPIServerSANs \
 	./runtime/api:FuzzParseRenewalCSR \
-	./cmd/nodepkid:FuzzCheckMetricsAddress
+	./cmd/nodepkid:FuzzCheckMetricsAddress \
+	./pkg/revocation:FuzzEntry
 
 fuzz:
 	@set -e; for t in $(FUZZ_TARGETS); do \

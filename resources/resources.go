@@ -43,6 +43,7 @@ func Definitions() []meta.ResourceWithRD {
 		&pki.CertificateStatus{},
 		&pki.CAStatus{},
 		&pki.SecurityStatus{},
+		&pki.Revocations{},
 		&cluster.Member{},
 		&etcd.PKIFiles{},
 		&etcd.MemberStatus{},

@@ -34,6 +34,7 @@ import (
 	ctrlcluster "github.com/nodepki/nodepki/controllers/cluster"
 	"github.com/nodepki/nodepki/controllers/configview"
 	ctrletcd "github.com/nodepki/nodepki/controllers/etcd"
+	"github.com/nodepki/nodepki/controllers/credential"
 	ctrlkubernetes "github.com/nodepki/nodepki/controllers/kubernetes"
 	"github.com/nodepki/nodepki/controllers/network"
 	"github.com/nodepki/nodepki/controllers/pki"
@@ -188,6 +189,7 @@ func (rt *Runtime) setup(logger *zap.Logger, hostname string, opts Options) erro
 		pki.NewCertificateRequestsController(pki.CertificateRequestsOptions{Hostname: hostname, TrustdEndpoints: opts.Trustd.Endpoints}),
 		pki.NewCAStatusesController(),
 		pki.NewSecurityStatusController(api.TLSVersions()),
+		&credential.RevocationsController{},
 	} {
 		if err = rt.RegisterController(ctrl); err != nil {
 			return err

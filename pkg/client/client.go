@@ -192,11 +192,15 @@ func New(ctx context.Context, opts ClientOptions) (*Client, error) {
 		logger = zap.NewNop()
 	}
 
+	// Watches are not retried inside the adapter: it would retry a watch the node ended for a
+	// revoked or expired credential for minutes, unseen; callers re-subscribe themselves and
+	// see why a watch ended.
 	return &Client{
 		conn:      conn,
 		endpoints: endpoints,
-		cosi:      state.WrapCore(stateclient.NewAdapter(v1alpha1.NewStateClient(conn), stateclient.WithRetryLogger(logger))),
-		node:      nodeapi.NewNodeServiceClient(conn),
+		cosi: state.WrapCore(stateclient.NewAdapter(v1alpha1.NewStateClient(conn),
+			stateclient.WithRetryLogger(logger), stateclient.WithDisableWatchRetry())),
+		node: nodeapi.NewNodeServiceClient(conn),
 	}, nil
 }
 

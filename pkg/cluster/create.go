@@ -195,14 +195,16 @@ func (c *Cluster) start(ctx context.Context, opts Options, addresses []netip.Add
 	waitCtx, cancelCause := context.WithCancelCause(waitCtx)
 	defer cancelCause(nil)
 
+	// The channel is read here, not in the goroutine: a later Start replaces it while a goroutine
+	// that has not run yet would still read the field.
 	for i := range c.Nodes {
-		go func(n *Node) {
+		go func(n *Node, exited <-chan struct{}) {
 			select {
-			case <-n.exited:
+			case <-exited:
 				cancelCause(n.exitError())
 			case <-waitCtx.Done():
 			}
-		}(&c.Nodes[i])
+		}(&c.Nodes[i], c.Nodes[i].exited)
 	}
 
 	err := c.WaitReady(waitCtx, opts.Progress)

@@ -217,7 +217,7 @@ func (s *Server) Serve(ctx context.Context, lis net.Listener) error {
 	public := grpc.NewServer(
 		grpc.Creds(credentials.NewTLS(s.tlsConfig())),
 		grpc.ForceServerCodecV2(proxy.Codec()),
-		grpc.UnknownServiceHandler(proxy.TransparentHandler(s.direct, proxy.WithStreamedDetector(isStreamingMachineMethod))),
+		grpc.UnknownServiceHandler(s.reportEnded(proxy.TransparentHandler(s.direct, proxy.WithStreamedDetector(isStreamingMachineMethod)))),
 		grpc.StatsHandler(s.guard),
 		grpc.MaxRecvMsgSize(maxRequestBytes),
 		grpc.MaxHeaderListSize(maxHeaderBytes),
