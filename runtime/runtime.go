@@ -33,8 +33,8 @@ import (
 
 	ctrlcluster "github.com/nodepki/nodepki/controllers/cluster"
 	"github.com/nodepki/nodepki/controllers/configview"
-	ctrletcd "github.com/nodepki/nodepki/controllers/etcd"
 	"github.com/nodepki/nodepki/controllers/credential"
+	ctrletcd "github.com/nodepki/nodepki/controllers/etcd"
 	ctrlkubernetes "github.com/nodepki/nodepki/controllers/kubernetes"
 	"github.com/nodepki/nodepki/controllers/network"
 	"github.com/nodepki/nodepki/controllers/pki"
