@@ -26,6 +26,7 @@ import (
 	"github.com/nodepki/nodepki/resources"
 	"github.com/nodepki/nodepki/resources/cluster"
 	"github.com/nodepki/nodepki/resources/config"
+	etcdres "github.com/nodepki/nodepki/resources/etcd"
 	"github.com/nodepki/nodepki/resources/pki"
 	"github.com/nodepki/nodepki/runtime"
 )
@@ -168,12 +169,17 @@ func TestRuntimeLifetimes(t *testing.T) {
 }
 
 // TestRuntimeEveryTypeHasOneOwner: each resource type is the output of exactly one controller,
-// except the machine config, which is user input.
+// except the machine config and the etcd bootstrap request, which are user input (the node API
+// writes them).
 func TestRuntimeEveryTypeHasOneOwner(t *testing.T) {
 	t.Parallel()
 
-	// With a state directory, so that the controllers that write files are registered too.
-	rt, err := runtime.New(runtime.Options{Hostname: "node-1", StateDir: filepath.Join(t.TempDir(), "state")})
+	// With a state directory and an etcd binary, so that the controllers that write files and
+	// supervise etcd are registered too (nothing runs: the runtime is not started).
+	rt, err := runtime.New(runtime.Options{
+		Hostname: "node-1", StateDir: filepath.Join(t.TempDir(), "state"),
+		Addresses: []netip.Addr{netip.MustParseAddr("127.0.50.9")}, EtcdBinary: "/nonexistent/etcd",
+	})
 	require.NoError(t, err)
 
 	t.Cleanup(func() { require.NoError(t, rt.Close()) })
@@ -191,8 +197,8 @@ func TestRuntimeEveryTypeHasOneOwner(t *testing.T) {
 
 	for _, def := range resources.Definitions() {
 		typ := def.ResourceDefinition().Type
-		if typ == config.MachineConfigType {
-			assert.Empty(t, owners[typ], "the machine config is user input")
+		if typ == config.MachineConfigType || typ == etcdres.BootstrapType {
+			assert.Empty(t, owners[typ], "%s is user input", typ)
 
 			continue
 		}
