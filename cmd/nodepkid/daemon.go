@@ -20,6 +20,7 @@ import (
 	controllerspki "github.com/nodepki/nodepki/controllers/pki"
 	"github.com/nodepki/nodepki/pkg/certs"
 	"github.com/nodepki/nodepki/pkg/machineconfig"
+	"github.com/nodepki/nodepki/pkg/metrics"
 	"github.com/nodepki/nodepki/runtime"
 	"github.com/nodepki/nodepki/runtime/api"
 	"github.com/nodepki/nodepki/runtime/trustd"
@@ -117,14 +118,21 @@ func run(ctx context.Context, opts daemonOptions) error {
 
 	defer apiListener.Close() // Serve closes it; this covers the early returns
 
+	nodeMetrics, err := metrics.New(rt.State())
+	if err != nil {
+		return err
+	}
+
 	apiServer, err := api.New(api.Options{
-		State:         rt.State(),
-		Config:        rt,
-		NodeAddress:   address,
-		MachineType:   cfg.Document().Machine.Type,
-		Logger:        logger.With(zap.String("component", "api")),
-		APIPort:       opts.apiPort,
-		ControlPlanes: opts.controlPlanes,
+		StreamInterceptor: nodeMetrics.APIStreamInterceptor(),
+		UnaryInterceptor:  nodeMetrics.ConfigApplyInterceptor(),
+		State:             rt.State(),
+		Config:            rt,
+		NodeAddress:       address,
+		MachineType:       cfg.Document().Machine.Type,
+		Logger:            logger.With(zap.String("component", "api")),
+		APIPort:           opts.apiPort,
+		ControlPlanes:     opts.controlPlanes,
 	})
 	if err != nil {
 		return err
@@ -133,7 +141,7 @@ func run(ctx context.Context, opts daemonOptions) error {
 	var serveTrustd func(context.Context) error
 
 	if cfg.Document().Machine.IsControlPlane() {
-		if serveTrustd, err = newTrustd(rt.State(), address, opts, logger); err != nil {
+		if serveTrustd, err = newTrustd(rt.State(), address, opts, nodeMetrics, logger); err != nil {
 			return err
 		}
 	}
@@ -143,10 +151,19 @@ func run(ctx context.Context, opts daemonOptions) error {
 			return fmt.Errorf("error persisting the machine config: %w", err)
 		}
 
+		nodeMetrics.ConfigApplied(metrics.SourceBoot)
 		logger.Info("machine config loaded from file", zap.String("file", opts.configPath))
 	}
 
 	group, ctx := errgroup.WithContext(ctx)
+
+	// Observing starts before the controllers run, so that the first certificates count.
+	observeCertificates, err := nodeMetrics.ObserveCertificates(ctx)
+	if err != nil {
+		return err
+	}
+
+	group.Go(observeCertificates)
 
 	group.Go(func() error { return rt.Run(ctx) })
 	group.Go(func() error { return apiServer.Serve(ctx, apiListener) })
@@ -155,7 +172,7 @@ func run(ctx context.Context, opts daemonOptions) error {
 		group.Go(func() error { return serveTrustd(ctx) })
 	}
 
-	if err = serveMetrics(ctx, group, rt.State(), opts.metricsAddress, logger); err != nil {
+	if err = serveMetrics(ctx, group, nodeMetrics, opts.metricsAddress, logger); err != nil {
 		return err
 	}
 
@@ -183,13 +200,18 @@ func run(ctx context.Context, opts daemonOptions) error {
 }
 
 // newTrustd listens on the trustd port and returns the function that serves it.
-func newTrustd(st state.State, address netip.Addr, opts daemonOptions, logger *zap.Logger) (func(context.Context) error, error) {
+func newTrustd(st state.State, address netip.Addr, opts daemonOptions, nodeMetrics *metrics.Metrics, logger *zap.Logger) (func(context.Context) error, error) {
 	listener, err := net.Listen("tcp", net.JoinHostPort(address.String(), strconv.Itoa(opts.trustdPort)))
 	if err != nil {
 		return nil, fmt.Errorf("error listening for trustd: %w", err)
 	}
 
-	server, err := trustd.New(trustd.Options{State: st, Logger: logger.With(zap.String("component", "trustd")), ControlPlanes: opts.controlPlanes})
+	server, err := trustd.New(trustd.Options{
+		State:         st,
+		Logger:        logger.With(zap.String("component", "trustd")),
+		ControlPlanes: opts.controlPlanes,
+		Interceptor:   nodeMetrics.TrustdUnaryInterceptor(),
+	})
 	if err != nil {
 		return nil, errors.Join(err, listener.Close())
 	}
