@@ -80,8 +80,6 @@ func newCounters() *counters {
 		c.configApplies.WithLabelValues(source)
 	}
 
-	c.trustdRequests.WithLabelValues(codes.OK.String())
-
 	return c
 }
 
@@ -134,8 +132,11 @@ func (m *Metrics) ConfigApplied(source string) {
 }
 
 // TrustdUnaryInterceptor counts trustd requests by result. It goes first in the chain, so that
-// rate-limited requests count (ResourceExhausted).
+// rate-limited requests count (ResourceExhausted). The series of OK starts at zero on the nodes
+// that serve trustd only.
 func (m *Metrics) TrustdUnaryInterceptor() grpc.UnaryServerInterceptor {
+	m.counters.trustdRequests.WithLabelValues(codes.OK.String())
+
 	return func(ctx context.Context, req any, info *grpc.UnaryServerInfo, handler grpc.UnaryHandler) (any, error) {
 		resp, err := handler(ctx, req)
 		m.counters.trustdRequests.WithLabelValues(status.Code(err).String()).Inc()
