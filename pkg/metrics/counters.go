@@ -194,7 +194,7 @@ func (m *Metrics) ObserveCertificates(ctx context.Context) (func() error, error)
 			cancel()
 
 			if ctx.Err() != nil {
-				return nil
+				return nil //nolint:nilerr // ctx done is shutting down, not an error
 			}
 
 			// The watch overran: watch again.

@@ -41,10 +41,10 @@ func serveMetrics(t *testing.T, m *metrics.Metrics, address string) func() strin
 	})
 
 	return func() string {
-		resp, err := http.Get("http://" + lis.Addr().String() + "/metrics") //nolint:noctx
+		resp, err := http.Get("http://" + lis.Addr().String() + "/metrics") //nolint:noctx // the test context bounds the test, not one scrape
 		require.NoError(t, err)
 
-		defer resp.Body.Close() //nolint:errcheck
+		defer resp.Body.Close()
 
 		body, err := io.ReadAll(resp.Body)
 		require.NoError(t, err)
