@@ -83,6 +83,9 @@ func run(ctx context.Context, opts daemonOptions) error {
 		return err
 	}
 
+	// The counters exist before the servers and the runtime that feed them.
+	counters := metrics.NewCounters()
+
 	rt, err := runtime.New(runtime.Options{
 		StateDir:      opts.stateDir,
 		Logger:        logger,
@@ -118,14 +121,14 @@ func run(ctx context.Context, opts daemonOptions) error {
 
 	defer apiListener.Close() // Serve closes it; this covers the early returns
 
-	nodeMetrics, err := metrics.New(rt.State())
+	nodeMetrics, err := metrics.New(rt.State(), counters)
 	if err != nil {
 		return err
 	}
 
 	apiServer, err := api.New(api.Options{
-		StreamInterceptor: nodeMetrics.APIStreamInterceptor(),
-		UnaryInterceptor:  nodeMetrics.ConfigApplyInterceptor(),
+		StreamInterceptor: counters.APIStreamInterceptor(),
+		UnaryInterceptor:  counters.ConfigApplyInterceptor(),
 		State:             rt.State(),
 		Config:            rt,
 		NodeAddress:       address,
@@ -141,7 +144,7 @@ func run(ctx context.Context, opts daemonOptions) error {
 	var serveTrustd func(context.Context) error
 
 	if cfg.Document().Machine.IsControlPlane() {
-		if serveTrustd, err = newTrustd(rt.State(), address, opts, nodeMetrics, logger); err != nil {
+		if serveTrustd, err = newTrustd(rt.State(), address, opts, counters, logger); err != nil {
 			return err
 		}
 	}
@@ -151,7 +154,7 @@ func run(ctx context.Context, opts daemonOptions) error {
 			return fmt.Errorf("error persisting the machine config: %w", err)
 		}
 
-		nodeMetrics.ConfigApplied(metrics.SourceBoot)
+		counters.ConfigApplied(metrics.SourceBoot)
 		logger.Info("machine config loaded from file", zap.String("file", opts.configPath))
 	}
 
@@ -200,7 +203,7 @@ func run(ctx context.Context, opts daemonOptions) error {
 }
 
 // newTrustd listens on the trustd port and returns the function that serves it.
-func newTrustd(st state.State, address netip.Addr, opts daemonOptions, nodeMetrics *metrics.Metrics, logger *zap.Logger) (func(context.Context) error, error) {
+func newTrustd(st state.State, address netip.Addr, opts daemonOptions, counters *metrics.Counters, logger *zap.Logger) (func(context.Context) error, error) {
 	listener, err := net.Listen("tcp", net.JoinHostPort(address.String(), strconv.Itoa(opts.trustdPort)))
 	if err != nil {
 		return nil, fmt.Errorf("error listening for trustd: %w", err)
@@ -210,7 +213,7 @@ func newTrustd(st state.State, address netip.Addr, opts daemonOptions, nodeMetri
 		State:         st,
 		Logger:        logger.With(zap.String("component", "trustd")),
 		ControlPlanes: opts.controlPlanes,
-		Interceptor:   nodeMetrics.TrustdUnaryInterceptor(),
+		Interceptor:   counters.TrustdUnaryInterceptor(),
 	})
 	if err != nil {
 		return nil, errors.Join(err, listener.Close())

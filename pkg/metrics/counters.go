@@ -29,9 +29,10 @@ const (
 // names the binary knows, whatever path a client sends.
 const unknownMethod = "unknown"
 
-// counters are the node's event counters. Labels carry certificate IDs, root names, gRPC method
-// names and code names only.
-type counters struct {
+// Counters are the node's event counters, made before the servers and the runtime that feed them
+// (New registers them). Labels carry certificate IDs, root names, gRPC method names and code names
+// only.
+type Counters struct {
 	issuances        *prometheus.CounterVec
 	renewals         *prometheus.CounterVec
 	issuanceFailures *prometheus.CounterVec
@@ -41,10 +42,11 @@ type counters struct {
 	configApplies    *prometheus.CounterVec
 }
 
-func newCounters() *counters {
+// NewCounters makes the node's counters.
+func NewCounters() *Counters {
 	leaf := []string{"root", "id"}
 
-	c := &counters{
+	c := &Counters{
 		issuances: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "nodepki_certificate_issuances_total",
 			Help: "First certificates of a leaf published while this process runs.",
@@ -83,7 +85,7 @@ func newCounters() *counters {
 	return c
 }
 
-func (c *counters) collectors() []prometheus.Collector {
+func (c *Counters) collectors() []prometheus.Collector {
 	return []prometheus.Collector{
 		c.issuances, c.renewals, c.issuanceFailures, c.renewalFailures,
 		c.apiRequests, c.trustdRequests, c.configApplies,
@@ -92,10 +94,10 @@ func (c *counters) collectors() []prometheus.Collector {
 
 // APIStreamInterceptor counts every call of the node API's public server by method and code. It
 // goes first in the chain, so that calls refused by authorization or forwarding count too.
-func (m *Metrics) APIStreamInterceptor() grpc.StreamServerInterceptor {
+func (c *Counters) APIStreamInterceptor() grpc.StreamServerInterceptor {
 	return func(srv any, ss grpc.ServerStream, info *grpc.StreamServerInfo, handler grpc.StreamHandler) error {
 		err := handler(srv, ss)
-		m.counters.apiRequests.WithLabelValues(knownMethod(info.FullMethod), status.Code(err).String()).Inc()
+		c.apiRequests.WithLabelValues(knownMethod(info.FullMethod), status.Code(err).String()).Inc()
 
 		return err
 	}
@@ -103,7 +105,7 @@ func (m *Metrics) APIStreamInterceptor() grpc.StreamServerInterceptor {
 
 // ConfigApplyInterceptor counts the ApplyConfiguration calls that wrote a new machine config, by
 // source (apply or patch); dry runs, unchanged configs and refused calls write nothing.
-func (m *Metrics) ConfigApplyInterceptor() grpc.UnaryServerInterceptor {
+func (c *Counters) ConfigApplyInterceptor() grpc.UnaryServerInterceptor {
 	return func(ctx context.Context, req any, info *grpc.UnaryServerInfo, handler grpc.UnaryHandler) (any, error) {
 		resp, err := handler(ctx, req)
 		if err != nil || info.FullMethod != nodeapi.NodeService_ApplyConfiguration_FullMethodName {
@@ -119,7 +121,7 @@ func (m *Metrics) ConfigApplyInterceptor() grpc.UnaryServerInterceptor {
 				source = SourcePatch
 			}
 
-			m.ConfigApplied(source)
+			c.ConfigApplied(source)
 		}
 
 		return resp, err
@@ -127,19 +129,19 @@ func (m *Metrics) ConfigApplyInterceptor() grpc.UnaryServerInterceptor {
 }
 
 // ConfigApplied counts a machine config written from source (SourceBoot, SourceApply, SourcePatch).
-func (m *Metrics) ConfigApplied(source string) {
-	m.counters.configApplies.WithLabelValues(source).Inc()
+func (c *Counters) ConfigApplied(source string) {
+	c.configApplies.WithLabelValues(source).Inc()
 }
 
 // TrustdUnaryInterceptor counts trustd requests by result. It goes first in the chain, so that
 // rate-limited requests count (ResourceExhausted). The series of OK starts at zero on the nodes
 // that serve trustd only.
-func (m *Metrics) TrustdUnaryInterceptor() grpc.UnaryServerInterceptor {
-	m.counters.trustdRequests.WithLabelValues(codes.OK.String())
+func (c *Counters) TrustdUnaryInterceptor() grpc.UnaryServerInterceptor {
+	c.trustdRequests.WithLabelValues(codes.OK.String())
 
 	return func(ctx context.Context, req any, info *grpc.UnaryServerInfo, handler grpc.UnaryHandler) (any, error) {
 		resp, err := handler(ctx, req)
-		m.counters.trustdRequests.WithLabelValues(status.Code(err).String()).Inc()
+		c.trustdRequests.WithLabelValues(status.Code(err).String()).Inc()
 
 		return resp, err
 	}

@@ -73,7 +73,7 @@ func TestObserveCertificates(t *testing.T) {
 	f := newFixture(t)
 	updateStatus(t, f, pki.CertAPI, func(s *pki.CertificateStatusSpec) { s.Serial = "a1" })
 
-	m, err := metrics.New(f.st)
+	m, err := metrics.New(f.st, metrics.NewCounters())
 	require.NoError(t, err)
 
 	observe, err := m.ObserveCertificates(t.Context())
@@ -155,7 +155,9 @@ func TestInterceptors(t *testing.T) {
 
 	f := newFixture(t)
 
-	m, err := metrics.New(f.st)
+	counters := metrics.NewCounters()
+
+	m, err := metrics.New(f.st, counters)
 	require.NoError(t, err)
 
 	scrape := serveMetrics(t, m, "127.0.140.11:0")
@@ -164,8 +166,8 @@ func TestInterceptors(t *testing.T) {
 	require.NoError(t, err)
 
 	srv := grpc.NewServer(
-		grpc.StreamInterceptor(m.APIStreamInterceptor()),
-		grpc.ChainUnaryInterceptor(m.TrustdUnaryInterceptor(), m.ConfigApplyInterceptor()),
+		grpc.StreamInterceptor(counters.APIStreamInterceptor()),
+		grpc.ChainUnaryInterceptor(counters.TrustdUnaryInterceptor(), counters.ConfigApplyInterceptor()),
 	)
 	nodeapi.RegisterNodeServiceServer(srv, nodeServiceServer{})
 
@@ -199,7 +201,7 @@ func TestInterceptors(t *testing.T) {
 	require.NoError(t, err)
 
 	proxy := grpc.NewServer(
-		grpc.StreamInterceptor(m.APIStreamInterceptor()),
+		grpc.StreamInterceptor(counters.APIStreamInterceptor()),
 		grpc.UnknownServiceHandler(func(_ any, stream grpc.ServerStream) error {
 			if method, _ := grpc.MethodFromServerStream(stream); method != nodeapi.NodeService_Version_FullMethodName {
 				return status.Error(codes.PermissionDenied, "not allowed")
@@ -230,7 +232,7 @@ func TestInterceptors(t *testing.T) {
 	err = proxyConn.Invoke(t.Context(), nodeapi.NodeService_ApplyConfiguration_FullMethodName, &emptypb.Empty{}, &emptypb.Empty{})
 	require.Equal(t, codes.PermissionDenied, status.Code(err))
 
-	m.ConfigApplied(metrics.SourceBoot)
+	counters.ConfigApplied(metrics.SourceBoot)
 
 	body := scrape()
 

@@ -162,12 +162,12 @@ func boolValue(b bool) float64 {
 type Metrics struct {
 	st       state.State
 	registry *prometheus.Registry
-	counters *counters
+	counters *Counters
 }
 
-// New builds the node's metrics over its state.
-func New(st state.State) (*Metrics, error) {
-	m := &Metrics{st: st, registry: prometheus.NewRegistry(), counters: newCounters()}
+// New builds the node's metrics over its state, with its counters.
+func New(st state.State, counters *Counters) (*Metrics, error) {
+	m := &Metrics{st: st, registry: prometheus.NewRegistry(), counters: counters}
 
 	for _, c := range append([]prometheus.Collector{
 		NewCollector(st),

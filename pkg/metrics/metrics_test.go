@@ -120,7 +120,7 @@ func TestServe(t *testing.T) {
 	ctx, cancel := context.WithCancel(t.Context())
 	served := make(chan error, 1)
 
-	m, err := metrics.New(f.st)
+	m, err := metrics.New(f.st, metrics.NewCounters())
 	require.NoError(t, err)
 
 	go func() { served <- m.Serve(ctx, lis) }()
