@@ -18,12 +18,14 @@ import (
 )
 
 // Namespaces maps each nodepki namespace to its description.
-var Namespaces = map[string]string{
-	config.NamespaceName:     "Machine configuration.",
-	network.NamespaceName:    "Node addresses.",
-	pki.NamespaceName:        "Roots, trust pools, leaf certificates and their status.",
-	cluster.NamespaceName:    "Nodes of the cluster known to this control plane.",
-	kubernetes.NamespaceName: "The Kubernetes control plane of a control plane: the files of its kube-apiserver.",
+func Namespaces() map[string]string {
+	return map[string]string{
+		config.NamespaceName:     "Machine configuration.",
+		network.NamespaceName:    "Node addresses.",
+		pki.NamespaceName:        "Roots, trust pools, leaf certificates and their status.",
+		cluster.NamespaceName:    "Nodes of the cluster known to this control plane.",
+		kubernetes.NamespaceName: "The Kubernetes control plane of a control plane: the files of its kube-apiserver.",
+	}
 }
 
 // Definitions lists one empty resource of every type.
@@ -34,8 +36,11 @@ func Definitions() []meta.ResourceWithRD {
 		&pki.RootSecret{},
 		&pki.AcceptedCA{},
 		&pki.CertSAN{},
+		&pki.CertificateRequest{},
 		&pki.NodeCertificate{},
 		&pki.CertificateStatus{},
+		&pki.CAStatus{},
+		&pki.SecurityStatus{},
 		&cluster.Member{},
 		&kubernetes.APIServerFiles{},
 	}
@@ -48,7 +53,7 @@ func Register(ctx context.Context, st state.State) error {
 		return fmt.Errorf("error registering default namespaces: %w", err)
 	}
 
-	for ns, description := range Namespaces {
+	for ns, description := range Namespaces() {
 		if err := namespaces.Register(ctx, ns, description); err != nil {
 			return fmt.Errorf("error registering namespace %q: %w", ns, err)
 		}

@@ -1,6 +1,7 @@
 // Package runtime owns assembling the nodepki subsystem: it builds the state (in memory, with the
 // machine config and the cluster members persisted in a bolt database under the node's state
-// directory), registers the resource types and every controller of the resource graph, and runs them.
+// directory), registers the resource types and every controller of the resource graph, control
+// plane and worker alike, runs them, and serves trustd on control planes.
 //
 // A node OS embeds the subsystem by calling New, RegisterController for its own controllers,
 // and Run; it feeds the machine config with SetMachineConfig.
@@ -11,6 +12,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net"
 	"net/netip"
 	"os"
 	"path/filepath"
@@ -27,14 +29,19 @@ import (
 	"github.com/cosi-project/runtime/pkg/state/impl/store/bolt"
 	"go.etcd.io/bbolt"
 	"go.uber.org/zap"
+	"golang.org/x/sync/errgroup"
+	"google.golang.org/grpc"
 
 	ctrlcluster "github.com/nodepki/nodepki/controllers/cluster"
+	"github.com/nodepki/nodepki/controllers/configview"
 	ctrlkubernetes "github.com/nodepki/nodepki/controllers/kubernetes"
 	"github.com/nodepki/nodepki/controllers/network"
 	"github.com/nodepki/nodepki/controllers/pki"
 	"github.com/nodepki/nodepki/resources"
 	"github.com/nodepki/nodepki/resources/cluster"
 	"github.com/nodepki/nodepki/resources/config"
+	"github.com/nodepki/nodepki/runtime/api"
+	"github.com/nodepki/nodepki/runtime/trustd"
 )
 
 // StateFile is the name of the bolt database in the state directory.
@@ -71,10 +78,30 @@ type Options struct {
 	HostAddresses bool
 	// Hostname is the node's hostname; "" uses os.Hostname.
 	Hostname string
-	// Lifetimes overrides the lifetime of leaf certificates by NodeCertificate ID.
-	Lifetimes map[resource.ID]time.Duration
 	// Clock overrides time.Now for certificate issuance and status.
 	Clock func() time.Time
+	// Trustd configures trustd: served on control planes, asked for certificates by workers.
+	Trustd TrustdOptions
+}
+
+// TrustdOptions configure trustd, the certificate-signing service of control planes.
+type TrustdOptions struct {
+	// Listen is where a control plane serves trustd (port pkg/trustd.DefaultPort by convention);
+	// the zero value serves none. Whether the node is a control plane comes from its machine config.
+	Listen netip.AddrPort
+	// Endpoints are extra endpoints (host or host:port) a worker sends its CSR to, before the host
+	// of cluster.controlPlane.endpoint.
+	Endpoints []string
+	// SourceAddress, if set, is the address a worker's requests are made from (its node address),
+	// so that trustd tells the nodes of one host apart.
+	SourceAddress netip.Addr
+	// RetryUnit and RetryWindow tune a worker's retries (controllers/pki.TrustdOptions).
+	RetryUnit, RetryWindow time.Duration
+	// ControlPlanes are the addresses and host names of the other control planes, which trustd
+	// never signs for a worker (trustd.Options.ControlPlanes).
+	ControlPlanes []string
+	// Interceptor, if set, wraps every trustd request first (trustd.Options.Interceptor: metrics).
+	Interceptor grpc.UnaryServerInterceptor
 }
 
 // Runtime is the nodepki subsystem of one node.
@@ -82,6 +109,13 @@ type Runtime struct {
 	state   state.State
 	runtime *cosiruntime.Runtime
 	store   *bolt.BackingStore
+	logger  *zap.Logger
+	trustd  TrustdOptions
+
+	// trustdBound is set by ListenTrustd: the machine type is decided and the listener (nil on a
+	// worker) is bound; Run serves it instead of waiting for the machine config.
+	trustdBound    bool
+	trustdListener net.Listener
 }
 
 // New builds the state and the controller runtime with every nodepki controller registered.
@@ -101,7 +135,7 @@ func New(opts Options) (*Runtime, error) {
 		}
 	}
 
-	rt := &Runtime{}
+	rt := &Runtime{logger: logger, trustd: opts.Trustd}
 
 	if opts.StateDir != "" {
 		var err error
@@ -147,13 +181,30 @@ func (rt *Runtime) setup(logger *zap.Logger, hostname string, opts Options) erro
 	for _, ctrl := range []controller.Controller{
 		&network.NodeAddressesController{Addresses: opts.Addresses, HostAddresses: opts.HostAddresses},
 		&ctrlcluster.SelfMemberController{Hostname: hostname, Clock: opts.Clock},
-		&pki.RootSecretsController{},
-		&pki.AcceptedCAsController{},
-		&pki.CertSANsController{Hostname: hostname},
-		&pki.NodeCertificatesController{Hostname: hostname, Lifetimes: opts.Lifetimes, Clock: opts.Clock},
-		&pki.CertificateStatusesController{Clock: opts.Clock},
+		pki.NewRootSecretsController(),
+		pki.NewAcceptedCAsController(),
+		pki.NewCertSANsController(hostname),
+		pki.NewCertificateRequestsController(pki.CertificateRequestsOptions{Hostname: hostname, TrustdEndpoints: opts.Trustd.Endpoints}),
+		pki.NewCAStatusesController(),
+		pki.NewSecurityStatusController(api.TLSVersions()),
 	} {
 		if err = rt.RegisterController(ctrl); err != nil {
+			return err
+		}
+	}
+
+	for _, ctrl := range []controller.QController{
+		pki.NewNodeCertificatesController(pki.NodeCertificatesOptions{
+			Clock: opts.Clock,
+			Trustd: pki.TrustdOptions{
+				SourceAddress: opts.Trustd.SourceAddress,
+				RetryUnit:     opts.Trustd.RetryUnit,
+				RetryWindow:   opts.Trustd.RetryWindow,
+			},
+		}),
+		pki.NewCertificateStatusesController(opts.Clock),
+	} {
+		if err = rt.RegisterQController(ctrl); err != nil {
 			return err
 		}
 	}
@@ -179,7 +230,7 @@ func openStore(dir string) (*bolt.BackingStore, error) {
 	}
 
 	// MkdirAll leaves an existing directory as it is; the state holds CA keys.
-	if err := os.Chmod(dir, 0o700); err != nil {
+	if err := os.Chmod(dir, 0o700); err != nil { //nolint:gosec // a directory: 0700 is owner-only, and it must be searchable
 		return nil, fmt.Errorf("error setting state directory permissions: %w", err)
 	}
 
@@ -213,18 +264,140 @@ func (rt *Runtime) RegisterController(ctrl controller.Controller) error {
 	return nil
 }
 
-// Run runs the controllers until ctx is done. An error means the runtime stopped (for example
-// a watch overran its history) and the subsystem must be restarted.
-func (rt *Runtime) Run(ctx context.Context) error {
-	if err := rt.runtime.Run(ctx); err != nil {
-		return fmt.Errorf("controller runtime stopped: %w", err)
+// RegisterQController adds a queue-based controller, before or while Run runs.
+func (rt *Runtime) RegisterQController(ctrl controller.QController) error {
+	if err := rt.runtime.RegisterQController(ctrl); err != nil {
+		return fmt.Errorf("error registering controller %s: %w", ctrl.Name(), err)
 	}
 
 	return nil
 }
 
-// Close closes the state database; call it after Run returned.
+// DependencyGraph describes every registered controller with its inputs and outputs.
+func (rt *Runtime) DependencyGraph() (*controller.DependencyGraph, error) {
+	return rt.runtime.GetDependencyGraph()
+}
+
+// Run runs the controllers until ctx is done, and trustd too on a control plane when
+// Options.Trustd.Listen is set. An error means the runtime stopped (for example a watch overran
+// its history, or trustd could not listen) and the subsystem must be restarted.
+func (rt *Runtime) Run(ctx context.Context) error {
+	group, ctx := errgroup.WithContext(ctx)
+
+	group.Go(func() error {
+		if err := rt.runtime.Run(ctx); err != nil {
+			return fmt.Errorf("controller runtime stopped: %w", err)
+		}
+
+		return nil
+	})
+
+	if rt.trustd.Listen.IsValid() {
+		group.Go(func() error { return rt.serveTrustd(ctx) })
+	}
+
+	return group.Wait()
+}
+
+// ListenTrustd binds trustd's listener (Options.Trustd.Listen) now if the node is a control plane,
+// for a caller that knows the machine type before Run and wants a port in use to fail early; Run
+// then serves it. Without it, Run binds the listener once the machine config says the node is a
+// control plane.
+func (rt *Runtime) ListenTrustd(controlPlane bool) error {
+	rt.trustdBound = true
+
+	if !controlPlane || !rt.trustd.Listen.IsValid() {
+		return nil
+	}
+
+	listener, err := net.Listen("tcp", rt.trustd.Listen.String())
+	if err != nil {
+		return fmt.Errorf("error listening for trustd: %w", err)
+	}
+
+	rt.trustdListener = listener
+
+	return nil
+}
+
+// serveTrustd serves trustd until ctx is done if the machine config, once there is one, makes the
+// node a control plane. The machine type cannot change on a running node, so it is read once.
+func (rt *Runtime) serveTrustd(ctx context.Context) error {
+	if !rt.trustdBound {
+		controlPlane, err := rt.waitMachineType(ctx)
+		if err != nil {
+			return err
+		}
+
+		if err = rt.ListenTrustd(controlPlane); err != nil {
+			return err
+		}
+	}
+
+	listener := rt.trustdListener
+	if listener == nil {
+		return nil
+	}
+
+	server, err := trustd.New(trustd.Options{
+		State:         rt.state,
+		Logger:        rt.logger.With(zap.String("component", "trustd")),
+		ControlPlanes: rt.trustd.ControlPlanes,
+		Interceptor:   rt.trustd.Interceptor,
+	})
+	if err != nil {
+		return errors.Join(err, listener.Close())
+	}
+
+	return server.Serve(ctx, listener)
+}
+
+// waitMachineType waits for the machine config and tells whether it makes the node a control
+// plane; false (and no error) when ctx ends first.
+func (rt *Runtime) waitMachineType(ctx context.Context) (bool, error) {
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+
+	events := make(chan safe.WrappedStateEvent[*config.MachineConfig])
+
+	if err := safe.StateWatch(ctx, rt.state, config.NewMachineConfig(config.ActiveID).Metadata(), events); err != nil {
+		return false, fmt.Errorf("error watching the machine config: %w", err)
+	}
+
+	for {
+		select {
+		case <-ctx.Done():
+			return false, nil
+		case event := <-events:
+			switch event.Type() {
+			case state.Created, state.Updated:
+				mc, err := event.Resource()
+				if err != nil {
+					return false, fmt.Errorf("error reading the machine config: %w", err)
+				}
+
+				doc, err := configview.Decode(mc.TypedSpec().Raw)
+				if err != nil {
+					return false, fmt.Errorf("error decoding the machine config: %w", err)
+				}
+
+				return doc.Machine.IsControlPlane(), nil
+			case state.Errored:
+				return false, fmt.Errorf("error watching the machine config: %w", event.Error())
+			case state.Destroyed, state.Bootstrapped, state.Noop:
+			}
+		}
+	}
+}
+
+// Close closes the state database and a trustd listener Run did not serve; call it after Run returned.
 func (rt *Runtime) Close() error {
+	if rt.trustdListener != nil {
+		if err := rt.trustdListener.Close(); err != nil && !errors.Is(err, net.ErrClosed) {
+			return fmt.Errorf("error closing the trustd listener: %w", err)
+		}
+	}
+
 	if rt.store == nil {
 		return nil
 	}

@@ -2,13 +2,16 @@ package runtime_test
 
 import (
 	"context"
+	stdx509 "crypto/x509"
 	"errors"
 	"net/netip"
 	"os"
 	"path/filepath"
 	"testing"
+	"testing/synctest"
 	"time"
 
+	"github.com/cosi-project/runtime/pkg/controller"
 	"github.com/cosi-project/runtime/pkg/resource"
 	"github.com/cosi-project/runtime/pkg/resource/rtestutils"
 	"github.com/cosi-project/runtime/pkg/safe"
@@ -20,7 +23,9 @@ import (
 	"github.com/nodepki/nodepki/controllers/ctest"
 	"github.com/nodepki/nodepki/pkg/certs"
 	"github.com/nodepki/nodepki/pkg/machineconfig"
+	"github.com/nodepki/nodepki/resources"
 	"github.com/nodepki/nodepki/resources/cluster"
+	"github.com/nodepki/nodepki/resources/config"
 	"github.com/nodepki/nodepki/resources/pki"
 	"github.com/nodepki/nodepki/runtime"
 )
@@ -92,25 +97,108 @@ func TestRuntimeBuildsTheGraph(t *testing.T) {
 	require.Equal(t, before.Metadata().Version(), after.Metadata().Version())
 }
 
+// TestRuntimeLifetimes patches machine.certificateLifetimes.etcd to 30 s on a running node: the
+// etcd leaves are reissued with the new lifetime and renewed again before they expire, with no
+// restart. It runs in a synctest bubble, so the 30 s pass on the fake clock.
 func TestRuntimeLifetimes(t *testing.T) {
 	t.Parallel()
 
-	rt, err := runtime.New(runtime.Options{
-		Addresses: nodeAddresses,
-		Hostname:  "node-1",
-		Lifetimes: map[resource.ID]time.Duration{pki.CertAPI: time.Hour},
+	synctest.Test(t, func(t *testing.T) {
+		rt, err := runtime.New(runtime.Options{Addresses: nodeAddresses, Hostname: "node-1"})
+		require.NoError(t, err)
+
+		ctx := start(t, rt, 10*time.Minute)
+
+		cfg, err := machineconfig.Parse(ctest.Marshal(t, ctest.ControlPlane(ctest.NewSecrets(t))))
+		require.NoError(t, err)
+		require.NoError(t, cfg.Validate())
+
+		raw, err := cfg.Bytes()
+		require.NoError(t, err)
+		require.NoError(t, rt.SetMachineConfig(ctx, raw))
+
+		etcd := []resource.ID{pki.CertEtcdServer, pki.CertEtcdPeer, pki.CertEtcdClient}
+		lifetimeOf := func(spec *pki.NodeCertificateSpec) (*stdx509.Certificate, time.Duration) {
+			crt, err := certs.ParseCertificate([]byte(spec.Certificate))
+			if err != nil {
+				return nil, 0
+			}
+
+			return crt, crt.NotAfter.Sub(crt.NotBefore.Add(certs.Backdate))
+		}
+
+		rtestutils.AssertResources(ctx, t, rt.State(), etcd, func(res *pki.NodeCertificate, a *assert.Assertions) {
+			_, lifetime := lifetimeOf(res.TypedSpec())
+			a.Equal(machineconfig.DefaultEtcdLifetime, lifetime)
+		})
+
+		patch, err := machineconfig.LoadPatch([]byte("machine:\n  certificateLifetimes:\n    etcd: 30s\n"))
+		require.NoError(t, err)
+
+		cfg, err = machineconfig.Apply(cfg, patch)
+		require.NoError(t, err)
+		require.NoError(t, cfg.Validate())
+
+		raw, err = cfg.Bytes()
+		require.NoError(t, err)
+		require.NoError(t, rt.SetMachineConfig(ctx, raw))
+
+		first := map[resource.ID]*stdx509.Certificate{}
+
+		rtestutils.AssertResources(ctx, t, rt.State(), etcd, func(res *pki.NodeCertificate, a *assert.Assertions) {
+			crt, lifetime := lifetimeOf(res.TypedSpec())
+			if a.Equal(30*time.Second, lifetime) {
+				first[res.Metadata().ID()] = crt
+			}
+		})
+
+		// Renewed again at 2/3 of the 30 s, by the clock alone, before they expire.
+		rtestutils.AssertResources(ctx, t, rt.State(), etcd, func(res *pki.NodeCertificate, a *assert.Assertions) {
+			crt, lifetime := lifetimeOf(res.TypedSpec())
+			if a.NotNil(crt) && a.NotEqual(first[res.Metadata().ID()].SerialNumber, crt.SerialNumber, "not renewed yet") {
+				a.Equal(30*time.Second, lifetime)
+				a.True(crt.NotBefore.Add(certs.Backdate).Before(first[res.Metadata().ID()].NotAfter), "renewed only after the previous one expired")
+			}
+		})
+
+		rtestutils.AssertResources(ctx, t, rt.State(), etcd, func(res *pki.CertificateStatus, a *assert.Assertions) {
+			a.Equal(pki.StateValid, res.TypedSpec().State)
+		})
 	})
+}
+
+// TestRuntimeEveryTypeHasOneOwner: each resource type is the output of exactly one controller,
+// except the machine config, which is user input.
+func TestRuntimeEveryTypeHasOneOwner(t *testing.T) {
+	t.Parallel()
+
+	// With a state directory, so that the controllers that write files are registered too.
+	rt, err := runtime.New(runtime.Options{Hostname: "node-1", StateDir: filepath.Join(t.TempDir(), "state")})
 	require.NoError(t, err)
 
-	ctx := start(t, rt, ctest.DefaultTimeout)
-	require.NoError(t, rt.SetMachineConfig(ctx, ctest.Marshal(t, ctest.ControlPlane(ctest.NewSecrets(t)))))
+	t.Cleanup(func() { require.NoError(t, rt.Close()) })
 
-	rtestutils.AssertResource(ctx, t, rt.State(), pki.CertAPI, func(res *pki.NodeCertificate, a *assert.Assertions) {
-		crt, err := certs.ParseCertificate([]byte(res.TypedSpec().Certificate))
-		if a.NoError(err) {
-			a.Equal(time.Hour, crt.NotAfter.Sub(crt.NotBefore.Add(certs.Backdate)))
+	graph, err := rt.DependencyGraph()
+	require.NoError(t, err)
+
+	owners := map[resource.Type][]string{}
+
+	for _, edge := range graph.Edges {
+		if edge.EdgeType == controller.EdgeOutputExclusive || edge.EdgeType == controller.EdgeOutputShared {
+			owners[edge.ResourceType] = append(owners[edge.ResourceType], edge.ControllerName)
 		}
-	})
+	}
+
+	for _, def := range resources.Definitions() {
+		typ := def.ResourceDefinition().Type
+		if typ == config.MachineConfigType {
+			assert.Empty(t, owners[typ], "the machine config is user input")
+
+			continue
+		}
+
+		assert.Len(t, owners[typ], 1, "%s is written by %v", typ, owners[typ])
+	}
 }
 
 func TestRuntimePersistence(t *testing.T) {

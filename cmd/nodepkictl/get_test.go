@@ -30,11 +30,21 @@ func addStatus(t *testing.T, st state.State, id, certState, notAfter string) {
 	status.TypedSpec().Root = "os"
 	status.TypedSpec().Subject = "CN=" + id
 	status.TypedSpec().IssuerFingerprint = "ab12"
-	status.TypedSpec().NotAfter = notAfter
-	status.TypedSpec().RenewAt = "2030-01-01T00:00:00Z"
+	status.TypedSpec().IssuerShortFingerprint = "ab12"
+	status.TypedSpec().NotAfter = mustTime(t, notAfter)
+	status.TypedSpec().RenewAt = mustTime(t, "2030-01-01T00:00:00Z")
 	status.TypedSpec().State = certState
 	status.TypedSpec().Trusted = true
 	require.NoError(t, st.Create(t.Context(), status))
+}
+
+func mustTime(t *testing.T, s string) pki.Time {
+	t.Helper()
+
+	v, err := pki.ParseTime(s)
+	require.NoError(t, err)
+
+	return v
 }
 
 // startNodeWithStatuses is startNode with two CertificateStatuses: api (valid) and etcd-server
@@ -365,7 +375,7 @@ func TestGetWatch(t *testing.T) {
 			status := pki.NewCertificateStatus("kube-apiserver")
 			_, err := safe.StateUpdateWithConflicts(t.Context(), srv.State, status.Metadata(), func(r *pki.CertificateStatus) error {
 				r.TypedSpec().State = pki.StateValid
-				r.TypedSpec().NotAfter = "2031-02-02T00:00:00Z"
+				r.TypedSpec().NotAfter = mustTime(t, "2031-02-02T00:00:00Z")
 
 				return nil
 			})

@@ -17,13 +17,11 @@ import (
 	"go.uber.org/zap/zapcore"
 	"golang.org/x/sync/errgroup"
 
-	controllerspki "github.com/nodepki/nodepki/controllers/pki"
 	"github.com/nodepki/nodepki/pkg/certs"
 	"github.com/nodepki/nodepki/pkg/machineconfig"
 	"github.com/nodepki/nodepki/pkg/metrics"
 	"github.com/nodepki/nodepki/runtime"
 	"github.com/nodepki/nodepki/runtime/api"
-	"github.com/nodepki/nodepki/runtime/trustd"
 )
 
 type daemonOptions struct {
@@ -92,6 +90,13 @@ func run(ctx context.Context, opts daemonOptions) error {
 		Addresses:     []netip.Addr{address},
 		HostAddresses: opts.hostAddresses,
 		Hostname:      hostname,
+		Trustd: runtime.TrustdOptions{
+			Interceptor:   counters.TrustdUnaryInterceptor(),
+			Listen:        netip.AddrPortFrom(address, uint16(opts.trustdPort)), //nolint:gosec // checked to be a port above
+			Endpoints:     opts.trustdEndpoints,
+			SourceAddress: address,
+			ControlPlanes: opts.controlPlanes,
+		},
 	})
 	if err != nil {
 		return err
@@ -102,14 +107,6 @@ func run(ctx context.Context, opts daemonOptions) error {
 	cfg, firstBoot, err := bootConfig(ctx, rt, fileConfig, fileData, opts, logger)
 	if err != nil {
 		return err
-	}
-
-	if err = rt.RegisterController(&controllerspki.WorkerAPICertificateController{
-		Hostname:        hostname,
-		TrustdEndpoints: opts.trustdEndpoints,
-		SourceAddress:   address,
-	}); err != nil {
-		return fmt.Errorf("error registering the worker API certificate controller: %w", err)
 	}
 
 	// Everything that can fail before the node serves (ports in use, say) runs before a first
@@ -141,12 +138,8 @@ func run(ctx context.Context, opts daemonOptions) error {
 		return err
 	}
 
-	var serveTrustd func(context.Context) error
-
-	if cfg.Document().Machine.IsControlPlane() {
-		if serveTrustd, err = newTrustd(rt.State(), address, opts, counters, logger); err != nil {
-			return err
-		}
+	if err = rt.ListenTrustd(cfg.Document().Machine.IsControlPlane()); err != nil {
+		return err
 	}
 
 	if firstBoot {
@@ -170,10 +163,6 @@ func run(ctx context.Context, opts daemonOptions) error {
 
 	group.Go(func() error { return rt.Run(ctx) })
 	group.Go(func() error { return apiServer.Serve(ctx, apiListener) })
-
-	if serveTrustd != nil {
-		group.Go(func() error { return serveTrustd(ctx) })
-	}
 
 	if err = serveMetrics(ctx, group, nodeMetrics, opts.metricsAddress, logger); err != nil {
 		return err
@@ -200,26 +189,6 @@ func run(ctx context.Context, opts daemonOptions) error {
 	}
 
 	return err
-}
-
-// newTrustd listens on the trustd port and returns the function that serves it.
-func newTrustd(st state.State, address netip.Addr, opts daemonOptions, counters *metrics.Counters, logger *zap.Logger) (func(context.Context) error, error) {
-	listener, err := net.Listen("tcp", net.JoinHostPort(address.String(), strconv.Itoa(opts.trustdPort)))
-	if err != nil {
-		return nil, fmt.Errorf("error listening for trustd: %w", err)
-	}
-
-	server, err := trustd.New(trustd.Options{
-		State:         st,
-		Logger:        logger.With(zap.String("component", "trustd")),
-		ControlPlanes: opts.controlPlanes,
-		Interceptor:   counters.TrustdUnaryInterceptor(),
-	})
-	if err != nil {
-		return nil, errors.Join(err, listener.Close())
-	}
-
-	return func(ctx context.Context) error { return server.Serve(ctx, listener) }, nil
 }
 
 // nodeHostname is --hostname, checked as a host name, or the machine's host name.

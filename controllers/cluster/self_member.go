@@ -7,8 +7,6 @@ import (
 	"slices"
 	"time"
 
-	"github.com/nodepki/nodepki/controllers/configview"
-
 	"github.com/cosi-project/runtime/pkg/controller"
 	"github.com/cosi-project/runtime/pkg/resource"
 	"github.com/cosi-project/runtime/pkg/safe"
@@ -16,6 +14,7 @@ import (
 	"github.com/siderolabs/gen/optional"
 	"go.uber.org/zap"
 
+	"github.com/nodepki/nodepki/controllers/configview"
 	"github.com/nodepki/nodepki/resources/cluster"
 	"github.com/nodepki/nodepki/resources/network"
 )
@@ -70,8 +69,6 @@ func (ctrl *SelfMemberController) Run(ctx context.Context, r controller.Runtime,
 
 	defer refresh.Stop()
 
-	var machineConfig configview.Cache
-
 	for {
 		select {
 		case <-ctx.Done():
@@ -80,7 +77,7 @@ func (ctrl *SelfMemberController) Run(ctx context.Context, r controller.Runtime,
 		case <-refresh.C:
 		}
 
-		doc, err := configview.Read(ctx, r, &machineConfig)
+		doc, err := configview.Read(ctx, r)
 		if err != nil {
 			return err
 		}

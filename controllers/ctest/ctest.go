@@ -34,9 +34,14 @@ type Env struct {
 	State state.State
 }
 
+// Named is a controller.Controller or a controller.QController.
+type Named interface {
+	Name() string
+}
+
 // Run starts the controllers on a fresh in-memory state with every resource type registered; the
 // runtime stops when the test ends, and a runtime error fails the test.
-func Run(t testing.TB, ctrls ...controller.Controller) *Env {
+func Run(t testing.TB, ctrls ...Named) *Env {
 	t.Helper()
 
 	ctx, cancel := context.WithTimeout(t.Context(), DefaultTimeout)
@@ -54,7 +59,14 @@ func Run(t testing.TB, ctrls ...controller.Controller) *Env {
 	require.NoError(t, err)
 
 	for _, ctrl := range ctrls {
-		require.NoError(t, rt.RegisterController(ctrl))
+		switch ctrl := ctrl.(type) {
+		case controller.Controller:
+			require.NoError(t, rt.RegisterController(ctrl))
+		case controller.QController:
+			require.NoError(t, rt.RegisterQController(ctrl))
+		default:
+			t.Fatalf("%s is neither a controller nor a queue controller", ctrl.Name())
+		}
 	}
 
 	done := make(chan error, 1)

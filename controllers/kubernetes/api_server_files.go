@@ -165,7 +165,7 @@ func writeChanged(dir string, files map[string][]byte) ([]string, error) {
 	}
 
 	// MkdirAll leaves an existing directory as it is; this one holds private keys.
-	if err := os.Chmod(dir, 0o700); err != nil {
+	if err := os.Chmod(dir, 0o700); err != nil { //nolint:gosec // a directory: 0700 is owner-only, and it must be searchable
 		return nil, fmt.Errorf("error setting permissions of %s: %w", dir, err)
 	}
 

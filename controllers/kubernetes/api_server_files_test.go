@@ -29,10 +29,11 @@ func runAPIServerFiles(t *testing.T, dir string) *ctest.Env {
 
 	return ctest.Run(t,
 		&ctrlnetwork.NodeAddressesController{Addresses: []netip.Addr{netip.MustParseAddr("127.0.110.2")}},
-		&ctrlpki.RootSecretsController{},
-		&ctrlpki.AcceptedCAsController{},
-		&ctrlpki.CertSANsController{Hostname: "cp-1"},
-		&ctrlpki.NodeCertificatesController{Hostname: "cp-1"},
+		ctrlpki.NewRootSecretsController(),
+		ctrlpki.NewAcceptedCAsController(),
+		ctrlpki.NewCertSANsController("cp-1"),
+		ctrlpki.NewCertificateRequestsController(ctrlpki.CertificateRequestsOptions{Hostname: "cp-1"}),
+		ctrlpki.NewNodeCertificatesController(ctrlpki.NodeCertificatesOptions{}),
 		ctrlkubernetes.NewAPIServerFilesController(dir),
 	)
 }

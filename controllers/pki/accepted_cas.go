@@ -7,13 +7,11 @@ import (
 	"fmt"
 	"slices"
 
-	"github.com/nodepki/nodepki/controllers/configview"
-
 	"github.com/cosi-project/runtime/pkg/controller"
 	"github.com/cosi-project/runtime/pkg/resource"
-	"github.com/cosi-project/runtime/pkg/safe"
 	"go.uber.org/zap"
 
+	"github.com/nodepki/nodepki/controllers/configview"
 	"github.com/nodepki/nodepki/pkg/certs"
 	"github.com/nodepki/nodepki/pkg/machineconfig"
 	"github.com/nodepki/nodepki/resources/pki"
@@ -22,67 +20,29 @@ import (
 // AcceptedCAsController produces one pki.AcceptedCA per root: the configured accepted CAs, then the
 // issuing CA last, deduplicated by SPKI fingerprint. For the service-account root it lists the
 // accepted public keys, then the signing key's public key last.
-type AcceptedCAsController struct {
-	config configview.Cache
-	parsed parsedPEM
-}
+type AcceptedCAsController = DerivedController[pki.AcceptedCASpec, pki.AcceptedCAExtension]
 
-// Name implements controller.Controller interface.
-func (ctrl *AcceptedCAsController) Name() string {
-	return "pki.AcceptedCAsController"
-}
-
-// Inputs implements controller.Controller interface.
-func (ctrl *AcceptedCAsController) Inputs() []controller.Input {
-	return []controller.Input{configview.Input()}
-}
-
-// Outputs implements controller.Controller interface.
-func (ctrl *AcceptedCAsController) Outputs() []controller.Output {
-	return []controller.Output{{Type: pki.AcceptedCAsType, Kind: controller.OutputExclusive}}
-}
-
-// Run implements controller.Controller interface.
-func (ctrl *AcceptedCAsController) Run(ctx context.Context, r controller.Runtime, _ *zap.Logger) error {
-	for {
-		select {
-		case <-ctx.Done():
-			return nil
-		case <-r.EventCh():
-		}
-
-		doc, err := configview.Read(ctx, r, &ctrl.config)
-		if err != nil {
-			return err
-		}
-
-		pools, err := acceptedCAs(doc, &ctrl.parsed)
-		ctrl.parsed.endPass()
-
-		if err != nil {
-			return fmt.Errorf("error building accepted CAs: %w", err)
-		}
-
-		r.StartTrackingOutputs()
-
-		for id, spec := range pools {
-			if err = safe.WriterModify(ctx, r, pki.NewAcceptedCA(id), func(res *pki.AcceptedCA) error {
-				*res.TypedSpec() = spec
-
-				return nil
-			}); err != nil {
-				return fmt.Errorf("error updating accepted CAs %q: %w", id, err)
+// NewAcceptedCAsController creates an AcceptedCAsController.
+func NewAcceptedCAsController() *AcceptedCAsController {
+	return newDerivedController[pki.AcceptedCASpec, pki.AcceptedCAExtension]("pki.AcceptedCAsController",
+		[]controller.Input{configview.Input()},
+		func(ctx context.Context, r controller.Reader, _ *zap.Logger) (map[resource.ID]pki.AcceptedCASpec, bool, error) {
+			doc, err := configview.Read(ctx, r)
+			if err != nil {
+				return nil, false, err
 			}
-		}
 
-		if err = safe.CleanupOutputs[*pki.AcceptedCA](ctx, r); err != nil {
-			return fmt.Errorf("error cleaning up accepted CAs: %w", err)
-		}
-	}
+			pools, err := acceptedCAs(doc)
+			if err != nil {
+				return nil, false, fmt.Errorf("error building accepted CAs: %w", err)
+			}
+
+			return pools, true, nil
+		})
 }
 
 // acceptedCAs maps the machine config to the trust pool of every root it defines; empty pools are left out.
-func acceptedCAs(doc *machineconfig.Document, parsed *parsedPEM) (map[resource.ID]pki.AcceptedCASpec, error) {
+func acceptedCAs(doc *machineconfig.Document) (map[resource.ID]pki.AcceptedCASpec, error) {
 	out := map[resource.ID]pki.AcceptedCASpec{}
 
 	if doc == nil {
@@ -118,7 +78,7 @@ func acceptedCAs(doc *machineconfig.Document, parsed *parsedPEM) (map[resource.I
 	}
 
 	for _, root := range roots {
-		spec, err := certificatePool(parsed, root.field, root.accepted, root.issuingField, root.issuing)
+		spec, err := certificatePool(root.field, root.accepted, root.issuingField, root.issuing)
 		if err != nil {
 			return nil, err
 		}
@@ -128,7 +88,7 @@ func acceptedCAs(doc *machineconfig.Document, parsed *parsedPEM) (map[resource.I
 		}
 	}
 
-	spec, err := publicKeyPool(parsed, cluster.AcceptedServiceAccountKeys, cluster.ServiceAccount)
+	spec, err := publicKeyPool(cluster.AcceptedServiceAccountKeys, cluster.ServiceAccount)
 	if err != nil {
 		return nil, err
 	}
@@ -163,7 +123,7 @@ func (p *pool) addLast(entry, fingerprint string) {
 	p.add(entry, fingerprint)
 }
 
-func certificatePool(parsed *parsedPEM, field string, accepted []*machineconfig.Certificate, issuingField string, issuing *machineconfig.CertificateAndKey) (pki.AcceptedCASpec, error) {
+func certificatePool(field string, accepted []*machineconfig.Certificate, issuingField string, issuing *machineconfig.CertificateAndKey) (pki.AcceptedCASpec, error) {
 	var p pool
 
 	for i, entry := range accepted {
@@ -171,7 +131,7 @@ func certificatePool(parsed *parsedPEM, field string, accepted []*machineconfig.
 			continue
 		}
 
-		crts, err := parsed.get(certificateBundle, entry.Crt)
+		crts, err := parseCertificates(entry.Crt)
 		if err != nil {
 			return pki.AcceptedCASpec{}, fmt.Errorf("%s[%d].crt: %w", field, i, err)
 		}
@@ -184,7 +144,7 @@ func certificatePool(parsed *parsedPEM, field string, accepted []*machineconfig.
 	var issuingFingerprint string
 
 	if issuing != nil && len(issuing.Crt) > 0 {
-		crts, err := parsed.get(singleCertificate, issuing.Crt)
+		crts, err := parseCertificate(issuing.Crt)
 		if err != nil {
 			return pki.AcceptedCASpec{}, fmt.Errorf("%s.crt: %w", issuingField, err)
 		}
@@ -193,10 +153,10 @@ func certificatePool(parsed *parsedPEM, field string, accepted []*machineconfig.
 		p.addLast(crts[0].pem, issuingFingerprint)
 	}
 
-	return pki.AcceptedCASpec{Certificates: p.entries, Fingerprints: p.fingerprints, IssuingFingerprint: issuingFingerprint}, nil
+	return withShortFingerprints(pki.AcceptedCASpec{Certificates: p.entries, Fingerprints: p.fingerprints, IssuingFingerprint: issuingFingerprint}), nil
 }
 
-func publicKeyPool(parsed *parsedPEM, accepted []*machineconfig.Key, signing *machineconfig.Key) (pki.AcceptedCASpec, error) {
+func publicKeyPool(accepted []*machineconfig.Key, signing *machineconfig.Key) (pki.AcceptedCASpec, error) {
 	var p pool
 
 	for i, entry := range accepted {
@@ -204,7 +164,7 @@ func publicKeyPool(parsed *parsedPEM, accepted []*machineconfig.Key, signing *ma
 			continue
 		}
 
-		keys, err := parsed.get(publicKey, entry.Key)
+		keys, err := parsePublicKey(entry.Key)
 		if err != nil {
 			return pki.AcceptedCASpec{}, fmt.Errorf("cluster.acceptedServiceAccountKeys[%d].key: %w", i, err)
 		}
@@ -215,7 +175,7 @@ func publicKeyPool(parsed *parsedPEM, accepted []*machineconfig.Key, signing *ma
 	var issuingFingerprint string
 
 	if signing != nil && len(signing.Key) > 0 {
-		keys, err := parsed.get(publicKey, signing.Key)
+		keys, err := parsePublicKey(signing.Key)
 		if err != nil {
 			return pki.AcceptedCASpec{}, fmt.Errorf("cluster.serviceAccount.key: %w", err)
 		}
@@ -224,93 +184,24 @@ func publicKeyPool(parsed *parsedPEM, accepted []*machineconfig.Key, signing *ma
 		p.addLast(keys[0].pem, issuingFingerprint)
 	}
 
-	return pki.AcceptedCASpec{PublicKeys: p.entries, Fingerprints: p.fingerprints, IssuingFingerprint: issuingFingerprint}, nil
+	return withShortFingerprints(pki.AcceptedCASpec{PublicKeys: p.entries, Fingerprints: p.fingerprints, IssuingFingerprint: issuingFingerprint}), nil
+}
+
+// withShortFingerprints fills in the short fingerprints of a pool from its fingerprints.
+func withShortFingerprints(spec pki.AcceptedCASpec) pki.AcceptedCASpec {
+	spec.ShortFingerprints = make([]string, 0, len(spec.Fingerprints))
+	for _, fp := range spec.Fingerprints {
+		spec.ShortFingerprints = append(spec.ShortFingerprints, pki.ShortFingerprint(fp))
+	}
+
+	spec.IssuingShortFingerprint = pki.ShortFingerprint(spec.IssuingFingerprint)
+
+	return spec
 }
 
 // pemEntry is one canonical PEM block and its SPKI fingerprint.
 type pemEntry struct {
 	pem, fingerprint string
-}
-
-// pemKind is how a config entry is parsed.
-type pemKind int
-
-const (
-	certificateBundle pemKind = iota // one or more certificates (acceptedCAs entries)
-	singleCertificate                // exactly the first certificate (issuing CAs)
-	publicKey                        // a public or private key, published as its public key
-
-	pemKinds // the number of kinds
-)
-
-func (k pemKind) parse(data []byte) ([]pemEntry, error) {
-	switch k {
-	case certificateBundle:
-		return parseCertificates(data)
-	case singleCertificate:
-		return parseCertificate(data)
-	default:
-		return parsePublicKey(data)
-	}
-}
-
-// parsedPEM remembers parsed config entries across passes: most config changes leave the CAs
-// alone, and parsing every certificate and key again would dominate the pass. Entries are keyed
-// by their text alone, so a CA that moves between the issuing CA and acceptedCAs (as it does at
-// every rotation step) is not parsed again. Only the entries of the last pass are kept.
-type parsedPEM struct {
-	previous, current map[string]*parsedEntry
-}
-
-// parsedEntry holds the outcome of parsing one text as each kind asked for so far.
-type parsedEntry struct {
-	results [pemKinds]*parseResult
-}
-
-type parseResult struct {
-	entries []pemEntry
-	err     error
-}
-
-func (c *parsedPEM) get(kind pemKind, data []byte) ([]pemEntry, error) {
-	e, ok := c.current[string(data)]
-	if !ok {
-		if e, ok = c.previous[string(data)]; !ok {
-			e = &parsedEntry{}
-		}
-
-		if c.current == nil {
-			c.current = map[string]*parsedEntry{}
-		}
-
-		c.current[string(data)] = e
-	}
-
-	return e.as(kind, data)
-}
-
-func (e *parsedEntry) as(kind pemKind, data []byte) ([]pemEntry, error) {
-	if r := e.results[kind]; r != nil {
-		return r.entries, r.err
-	}
-
-	r := &parseResult{}
-
-	if bundle := e.results[certificateBundle]; kind == singleCertificate && bundle != nil && bundle.err == nil {
-		// Both start with the first PEM block, which parsed as a certificate.
-		r.entries = bundle.entries[:1]
-	} else {
-		r.entries, r.err = kind.parse(data)
-	}
-
-	e.results[kind] = r
-
-	return r.entries, r.err
-}
-
-// endPass forgets the entries the pass did not use.
-func (c *parsedPEM) endPass() {
-	c.previous, c.current = c.current, nil
 }
 
 func parseCertificates(data []byte) ([]pemEntry, error) {

@@ -116,7 +116,7 @@ func TestAcceptedCAs(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			t.Parallel()
 
-			env := ctest.Run(t, &ctrlpki.AcceptedCAsController{})
+			env := ctest.Run(t, ctrlpki.NewAcceptedCAsController())
 			env.SetMachineConfig(t, tc.doc())
 
 			assertAcceptedCAs(t, env, tc.want)
@@ -133,6 +133,15 @@ func assertAcceptedCAs(t *testing.T, env *ctest.Env, want map[resource.ID]pool) 
 
 			a.Equal(p.fingerprints, spec.Fingerprints)
 			a.Equal(p.issuing, spec.IssuingFingerprint)
+
+			// Tables show 12 hex digits of each fingerprint.
+			a.Len(spec.ShortFingerprints, len(p.fingerprints))
+
+			for i, short := range spec.ShortFingerprints {
+				a.Equal(p.fingerprints[i][:12], short)
+			}
+
+			a.Equal(p.issuing[:min(len(p.issuing), 12)], spec.IssuingShortFingerprint)
 
 			// The PEM entries match the fingerprints, in the same order.
 			var got []string
@@ -156,7 +165,7 @@ func assertAcceptedCAs(t *testing.T, env *ctest.Env, want map[resource.ID]pool) 
 		})
 	}
 
-	for _, id := range pki.AllRoots {
+	for _, id := range pki.AllRoots() {
 		if _, ok := want[id]; !ok {
 			rtestutils.AssertNoResource[*pki.AcceptedCA](env.Ctx, t, env.State, id)
 		}
@@ -167,10 +176,10 @@ func TestAcceptedCAsFollowConfig(t *testing.T) {
 	t.Parallel()
 
 	s := ctest.NewSecrets(t)
-	env := ctest.Run(t, &ctrlpki.AcceptedCAsController{})
+	env := ctest.Run(t, ctrlpki.NewAcceptedCAsController())
 
 	env.SetMachineConfig(t, ctest.ControlPlane(s))
-	rtestutils.AssertLength[*pki.AcceptedCA](env.Ctx, t, env.State, len(pki.AllRoots))
+	rtestutils.AssertLength[*pki.AcceptedCA](env.Ctx, t, env.State, len(pki.AllRoots()))
 
 	before := versions[*pki.AcceptedCA](t, env)
 

@@ -8,8 +8,6 @@ import (
 	"slices"
 	"strings"
 
-	"github.com/nodepki/nodepki/controllers/configview"
-
 	"github.com/cosi-project/runtime/pkg/controller"
 	"github.com/cosi-project/runtime/pkg/resource"
 	"github.com/cosi-project/runtime/pkg/safe"
@@ -17,6 +15,7 @@ import (
 	"github.com/siderolabs/gen/optional"
 	"go.uber.org/zap"
 
+	"github.com/nodepki/nodepki/controllers/configview"
 	"github.com/nodepki/nodepki/pkg/machineconfig"
 	"github.com/nodepki/nodepki/resources/network"
 	"github.com/nodepki/nodepki/resources/pki"
@@ -27,80 +26,63 @@ import (
 const kubernetesServiceIP = "10.96.0.1"
 
 // CertSANsController produces the SANs of the node's server certificates: pki.CertSAN "api" on
-// every node, "kubernetes" and "etcd" on control planes.
-type CertSANsController struct {
-	// Hostname is the node's hostname; it is added to every SAN set when not empty.
-	Hostname string
+// every node, "kubernetes" and "etcd" on control planes. The node's hostname is added to every set.
+type CertSANsController = DerivedController[pki.CertSANSpec, pki.CertSANExtension]
 
-	config configview.Cache
+// NewCertSANsController creates a CertSANsController for a node named hostname ("" adds none).
+func NewCertSANsController(hostname string) *CertSANsController {
+	return newDerivedController[pki.CertSANSpec, pki.CertSANExtension]("pki.CertSANsController",
+		[]controller.Input{configview.Input(), nodeAddressesInput()},
+		func(ctx context.Context, r controller.Reader, _ *zap.Logger) (map[resource.ID]pki.CertSANSpec, bool, error) {
+			doc, err := configview.Read(ctx, r)
+			if err != nil {
+				return nil, false, err
+			}
+
+			addresses, ok, err := readNodeAddresses(ctx, r)
+			if err != nil || !ok {
+				return nil, false, err
+			}
+
+			return certSANs(doc, addresses, hostname), true, nil
+		})
 }
 
-// Name implements controller.Controller interface.
-func (ctrl *CertSANsController) Name() string {
-	return "pki.CertSANsController"
-}
-
-// Inputs implements controller.Controller interface.
-func (ctrl *CertSANsController) Inputs() []controller.Input {
-	return []controller.Input{
-		configview.Input(),
-		{
-			Namespace: network.NamespaceName,
-			Type:      network.NodeAddressesType,
-			ID:        optional.Some(network.CurrentID),
-			Kind:      controller.InputWeak,
-		},
+func nodeAddressesInput() controller.Input {
+	return controller.Input{
+		Namespace: network.NamespaceName,
+		Type:      network.NodeAddressesType,
+		ID:        optional.Some(network.CurrentID),
+		Kind:      controller.InputWeak,
 	}
 }
 
-// Outputs implements controller.Controller interface.
-func (ctrl *CertSANsController) Outputs() []controller.Output {
-	return []controller.Output{{Type: pki.CertSANsType, Kind: controller.OutputExclusive}}
-}
-
-// Run implements controller.Controller interface.
-func (ctrl *CertSANsController) Run(ctx context.Context, r controller.Runtime, _ *zap.Logger) error {
-	for {
-		select {
-		case <-ctx.Done():
-			return nil
-		case <-r.EventCh():
+// readNodeAddresses returns NodeAddresses/current; ok is false before it exists. An address that
+// does not parse is an error: it would otherwise be missing from every certificate.
+func readNodeAddresses(ctx context.Context, r controller.Reader) (addresses []netip.Addr, ok bool, err error) {
+	res, err := safe.ReaderGetByID[*network.NodeAddresses](ctx, r, network.CurrentID)
+	if err != nil {
+		if state.IsNotFoundError(err) {
+			return nil, false, nil
 		}
 
-		doc, err := configview.Read(ctx, r, &ctrl.config)
-		if err != nil {
-			return err
-		}
-
-		addresses, err := safe.ReaderGetByID[*network.NodeAddresses](ctx, r, network.CurrentID)
-		if err != nil {
-			if state.IsNotFoundError(err) {
-				continue
-			}
-
-			return fmt.Errorf("error reading node addresses: %w", err)
-		}
-
-		r.StartTrackingOutputs()
-
-		for id, spec := range certSANs(doc, addresses.TypedSpec().Addresses, ctrl.Hostname) {
-			if err = safe.WriterModify(ctx, r, pki.NewCertSAN(id), func(res *pki.CertSAN) error {
-				*res.TypedSpec() = spec
-
-				return nil
-			}); err != nil {
-				return fmt.Errorf("error updating cert SANs %q: %w", id, err)
-			}
-		}
-
-		if err = safe.CleanupOutputs[*pki.CertSAN](ctx, r); err != nil {
-			return fmt.Errorf("error cleaning up cert SANs: %w", err)
-		}
+		return nil, false, fmt.Errorf("error reading node addresses: %w", err)
 	}
+
+	for _, s := range res.TypedSpec().Addresses {
+		addr, err := netip.ParseAddr(s)
+		if err != nil {
+			return nil, false, fmt.Errorf("node address %q: %w", s, err)
+		}
+
+		addresses = append(addresses, addr)
+	}
+
+	return addresses, true, nil
 }
 
 // certSANs maps the config, node addresses and hostname to the SAN sets of the node.
-func certSANs(doc *machineconfig.Document, nodeAddresses []string, hostname string) map[resource.ID]pki.CertSANSpec {
+func certSANs(doc *machineconfig.Document, nodeAddresses []netip.Addr, hostname string) map[resource.ID]pki.CertSANSpec {
 	out := map[resource.ID]pki.CertSANSpec{}
 
 	if doc == nil || doc.Machine == nil {
@@ -109,7 +91,7 @@ func certSANs(doc *machineconfig.Document, nodeAddresses []string, hostname stri
 
 	var api sanSet
 
-	api.add(nodeAddresses...)
+	api.addAddrs(nodeAddresses)
 	api.add(doc.Machine.CertSANs...)
 	api.add(hostname)
 	out[pki.SANsAPI] = api.spec()
@@ -125,13 +107,13 @@ func certSANs(doc *machineconfig.Document, nodeAddresses []string, hostname stri
 	}
 
 	kubernetes.add("kubernetes", "kubernetes.default", "kubernetes.default.svc", "kubernetes.default.svc.cluster.local", "localhost", hostname)
-	kubernetes.add(nodeAddresses...)
+	kubernetes.addAddrs(nodeAddresses)
 	kubernetes.add("127.0.0.1", kubernetesServiceIP)
 	out[pki.SANsKubernetes] = kubernetes.spec()
 
 	var etcd sanSet
 
-	etcd.add(nodeAddresses...)
+	etcd.addAddrs(nodeAddresses)
 	etcd.add("127.0.0.1", "::1", hostname, "localhost")
 	out[pki.SANsEtcd] = etcd.spec()
 
@@ -171,6 +153,12 @@ func (s *sanSet) add(names ...string) {
 	}
 }
 
+func (s *sanSet) addAddrs(addrs []netip.Addr) {
+	for _, addr := range addrs {
+		s.ips = append(s.ips, addr.Unmap())
+	}
+}
+
 // spec returns the sorted, deduplicated SANs.
 func (s *sanSet) spec() pki.CertSANSpec {
 	ips := slices.Clone(s.ips)
@@ -181,10 +169,10 @@ func (s *sanSet) spec() pki.CertSANSpec {
 	slices.Sort(dns)
 	dns = slices.Compact(dns)
 
-	spec := pki.CertSANSpec{IPs: make([]string, 0, len(ips)), DNSNames: dns}
+	spec := pki.CertSANSpec{IPs: ips, DNSNames: dns}
 
-	for _, ip := range ips {
-		spec.IPs = append(spec.IPs, ip.String())
+	if spec.IPs == nil {
+		spec.IPs = []netip.Addr{}
 	}
 
 	if spec.DNSNames == nil {

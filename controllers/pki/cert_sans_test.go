@@ -40,15 +40,15 @@ func TestCertSANs(t *testing.T) {
 			},
 			want: map[resource.ID]pki.CertSANSpec{
 				pki.SANsAPI: {
-					IPs:      []string{"10.5.0.2", "192.0.2.10", "2001:db8::2"},
+					IPs:      addrs("10.5.0.2", "192.0.2.10", "2001:db8::2"),
 					DNSNames: []string{"lb.example.test", testHostname},
 				},
 				pki.SANsKubernetes: {
-					IPs:      []string{"10.5.0.2", "10.96.0.1", "127.0.0.1", "2001:db8::2"},
+					IPs:      addrs("10.5.0.2", "10.96.0.1", "127.0.0.1", "2001:db8::2"),
 					DNSNames: append([]string{"cluster.example.test"}, kubernetesDNS...),
 				},
 				pki.SANsEtcd: {
-					IPs:      []string{"10.5.0.2", "127.0.0.1", "::1", "2001:db8::2"},
+					IPs:      addrs("10.5.0.2", "127.0.0.1", "::1", "2001:db8::2"),
 					DNSNames: []string{"localhost", testHostname},
 				},
 			},
@@ -62,13 +62,13 @@ func TestCertSANs(t *testing.T) {
 				return doc
 			},
 			want: map[resource.ID]pki.CertSANSpec{
-				pki.SANsAPI: {IPs: []string{"10.5.0.2", "2001:db8::2"}, DNSNames: []string{testHostname}},
+				pki.SANsAPI: {IPs: addrs("10.5.0.2", "2001:db8::2"), DNSNames: []string{testHostname}},
 				pki.SANsKubernetes: {
-					IPs:      []string{"10.5.0.2", "10.96.0.1", "127.0.0.1", "2001:db8::2", "2001:db8::100"},
+					IPs:      addrs("10.5.0.2", "10.96.0.1", "127.0.0.1", "2001:db8::2", "2001:db8::100"),
 					DNSNames: kubernetesDNS,
 				},
 				pki.SANsEtcd: {
-					IPs:      []string{"10.5.0.2", "127.0.0.1", "::1", "2001:db8::2"},
+					IPs:      addrs("10.5.0.2", "127.0.0.1", "::1", "2001:db8::2"),
 					DNSNames: []string{"localhost", testHostname},
 				},
 			},
@@ -82,7 +82,7 @@ func TestCertSANs(t *testing.T) {
 				return doc
 			},
 			want: map[resource.ID]pki.CertSANSpec{
-				pki.SANsAPI: {IPs: []string{"10.5.0.2", "2001:db8::2"}, DNSNames: []string{testHostname, "worker.example.test"}},
+				pki.SANsAPI: {IPs: addrs("10.5.0.2", "2001:db8::2"), DNSNames: []string{testHostname, "worker.example.test"}},
 			},
 		},
 	} {
@@ -91,7 +91,7 @@ func TestCertSANs(t *testing.T) {
 
 			env := ctest.Run(t,
 				&ctrlnetwork.NodeAddressesController{Addresses: testAddresses},
-				&ctrlpki.CertSANsController{Hostname: testHostname},
+				ctrlpki.NewCertSANsController(testHostname),
 			)
 			env.SetMachineConfig(t, tc.doc())
 
@@ -122,7 +122,7 @@ func TestCertSANsFollowInputs(t *testing.T) {
 	s := ctest.NewSecrets(t)
 	env := ctest.Run(t,
 		&ctrlnetwork.NodeAddressesController{Addresses: []netip.Addr{netip.MustParseAddr("10.5.0.2")}},
-		&ctrlpki.CertSANsController{Hostname: testHostname},
+		ctrlpki.NewCertSANsController(testHostname),
 	)
 
 	env.SetMachineConfig(t, ctest.ControlPlane(s))
@@ -146,7 +146,7 @@ func TestCertSANsFollowInputs(t *testing.T) {
 
 	env.SetMachineConfig(t, ctest.Worker(s))
 	assertCertSANs(t, env, map[resource.ID]pki.CertSANSpec{
-		pki.SANsAPI: {IPs: []string{"10.5.0.2"}, DNSNames: []string{testHostname}},
+		pki.SANsAPI: {IPs: addrs("10.5.0.2"), DNSNames: []string{testHostname}},
 	})
 
 	env.DeleteMachineConfig(t)

@@ -1,9 +1,16 @@
 package pki_test
 
 import (
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
 	stdx509 "crypto/x509"
+	"crypto/x509/pkix"
+	"encoding/pem"
+	"math/big"
 	"net"
 	"testing"
+	"testing/synctest"
 	"time"
 
 	"github.com/cosi-project/runtime/pkg/resource"
@@ -164,7 +171,7 @@ func TestCertificateStatuses(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			t.Parallel()
 
-			env := ctest.Run(t, &ctrlpki.CertificateStatusesController{})
+			env := ctest.Run(t, ctrlpki.NewCertificateStatusesController(nil))
 			setAcceptedCAs(t, env, pki.RootEtcd, accepted)
 
 			spec := tc.spec()
@@ -182,6 +189,7 @@ func TestCertificateStatuses(t *testing.T) {
 				a.Equal(tc.wantState, status.State)
 				a.Equal(tc.wantTrusted, status.Trusted)
 				a.Equal(tc.wantIssuer, status.IssuerFingerprint)
+				a.Equal(tc.wantIssuer[:min(len(tc.wantIssuer), 12)], status.IssuerShortFingerprint)
 				a.Contains(status.LastError, tc.wantError)
 				a.Equal(spec.Root, status.Root)
 
@@ -198,71 +206,122 @@ func TestCertificateStatuses(t *testing.T) {
 				a.Equal([]string{"10.5.0.2"}, status.IPAddresses)
 				a.Equal(crt.SerialNumber.Text(16), status.Serial)
 				a.Equal(crt.Issuer.String(), status.Issuer)
-				a.Equal(crt.NotBefore.UTC().Format(time.RFC3339), status.NotBefore)
-				a.Equal(crt.NotAfter.UTC().Format(time.RFC3339), status.NotAfter)
+				a.Equal(crt.NotBefore.UTC().Format(time.RFC3339), status.NotBefore.String())
+				a.Equal(crt.NotAfter.UTC().Format(time.RFC3339), status.NotAfter.String())
 				a.NotEmpty(status.RenewAt)
 			})
 		})
 	}
 }
 
+// TestCertificateStatusesFollowTimeAndTrust runs in a synctest bubble: each state transition is
+// reached by the controller's own requeue on the (fake) clock.
 func TestCertificateStatusesFollowTimeAndTrust(t *testing.T) {
 	t.Parallel()
 
-	ca, next := ctest.NewCA(t, certs.RootOS), ctest.NewCA(t, certs.RootOS)
-	env := ctest.Run(t, &ctrlpki.CertificateStatusesController{})
-	setAcceptedCAs(t, env, pki.RootOS, ca)
+	// Inside the bubble, so that the CAs are valid at its (fake) time.
+	synctest.Test(t, func(t *testing.T) {
+		ca, next := ctest.NewCA(t, certs.RootOS), ctest.NewCA(t, certs.RootOS)
+		env := ctest.Run(t, ctrlpki.NewCertificateStatusesController(nil))
+		setAcceptedCAs(t, env, pki.RootOS, ca)
 
-	// Collect every state the status goes through.
-	events := make(chan safe.WrappedStateEvent[*pki.CertificateStatus], 64)
-	require.NoError(t, safe.StateWatch(env.Ctx, env.State, pki.NewCertificateStatus(pki.CertAPI).Metadata(), events))
+		// Collect every state the status goes through.
+		events := make(chan safe.WrappedStateEvent[*pki.CertificateStatus], 64)
+		require.NoError(t, safe.StateWatch(env.Ctx, env.State, pki.NewCertificateStatus(pki.CertAPI).Metadata(), events))
 
-	// A 3 s certificate issued on a whole second: renewing at 2 s, expiring at 2.7 s, expired at 3 s.
-	issuedAt := time.Now().Truncate(time.Second).Add(time.Second)
-	crt, key := issue(t, ca, issuedAt, 3*time.Second)
-	setNodeCertificate(t, env, pki.CertAPI, pki.NodeCertificateSpec{Root: pki.RootOS, Certificate: crt, Key: key})
+		// A 20 s certificate: renewing at about 13 s, expiring at 18 s, expired at 20 s.
+		crt, key := issue(t, ca, time.Now(), 20*time.Second)
+		setNodeCertificate(t, env, pki.CertAPI, pki.NodeCertificateSpec{Root: pki.RootOS, Certificate: crt, Key: key})
 
-	var states []string
+		var states []string
 
-	for len(states) == 0 || states[len(states)-1] != pki.StateExpired {
-		select {
-		case ev := <-events:
-			if ev.Type() != state.Created && ev.Type() != state.Updated {
-				continue
+		for len(states) == 0 || states[len(states)-1] != pki.StateExpired {
+			select {
+			case ev := <-events:
+				if ev.Type() != state.Created && ev.Type() != state.Updated {
+					continue
+				}
+
+				res, err := ev.Resource()
+				require.NoError(t, err)
+
+				if s := res.TypedSpec().State; len(states) == 0 || states[len(states)-1] != s {
+					states = append(states, s)
+				}
+			case <-env.Ctx.Done():
+				t.Fatalf("timeout; states so far: %v", states)
 			}
-
-			res, err := ev.Resource()
-			require.NoError(t, err)
-
-			if s := res.TypedSpec().State; len(states) == 0 || states[len(states)-1] != s {
-				states = append(states, s)
-			}
-		case <-env.Ctx.Done():
-			t.Fatalf("timeout; states so far: %v", states)
 		}
+
+		require.Equal(t, []string{pki.StateValid, pki.StateRenewing, pki.StateExpiring, pki.StateExpired}, states)
+
+		// Trust follows the accepted CAs.
+		crt, key = issue(t, ca, time.Now(), time.Hour)
+		setNodeCertificate(t, env, pki.CertAPI, pki.NodeCertificateSpec{Root: pki.RootOS, Certificate: crt, Key: key})
+		rtestutils.AssertResource(env.Ctx, t, env.State, pki.CertAPI, func(res *pki.CertificateStatus, a *assert.Assertions) {
+			a.Equal(pki.StateValid, res.TypedSpec().State)
+		})
+
+		setAcceptedCAs(t, env, pki.RootOS, next)
+		rtestutils.AssertResource(env.Ctx, t, env.State, pki.CertAPI, func(res *pki.CertificateStatus, a *assert.Assertions) {
+			a.Equal(pki.StateUntrusted, res.TypedSpec().State)
+			a.False(res.TypedSpec().Trusted)
+		})
+
+		setAcceptedCAs(t, env, pki.RootOS, ca, next)
+		rtestutils.AssertResource(env.Ctx, t, env.State, pki.CertAPI, func(res *pki.CertificateStatus, a *assert.Assertions) {
+			a.Equal(pki.StateValid, res.TypedSpec().State)
+			a.True(res.TypedSpec().Trusted)
+		})
+
+		// A failed renewal of a still good certificate is reported as such, with the reason.
+		setNodeCertificate(t, env, pki.CertAPI, pki.NodeCertificateSpec{Root: pki.RootOS, Certificate: crt, Key: key, LastError: "trustd refused the CSR"})
+		rtestutils.AssertResource(env.Ctx, t, env.State, pki.CertAPI, func(res *pki.CertificateStatus, a *assert.Assertions) {
+			a.Equal(pki.StateRenewalFailing, res.TypedSpec().State)
+			a.True(res.TypedSpec().Trusted)
+			a.Equal("trustd refused the CSR", res.TypedSpec().LastError)
+		})
+
+		require.NoError(t, env.State.TeardownAndDestroy(env.Ctx, pki.NewNodeCertificate(pki.CertAPI).Metadata()))
+		rtestutils.AssertNoResource[*pki.CertificateStatus](env.Ctx, t, env.State, pki.CertAPI)
+	})
+}
+
+// TestCertificateTrustNeedsTheUsage: a certificate chains to an accepted CA only for usages the CA
+// may certify; x509 verification decides, with the certificate's own extended key usages.
+func TestCertificateTrustNeedsTheUsage(t *testing.T) {
+	t.Parallel()
+
+	// A CA restricted to client authentication cannot vouch for a server certificate.
+	caKey, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	require.NoError(t, err)
+
+	template := &stdx509.Certificate{
+		SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "client-only CA"},
+		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour),
+		IsCA: true, BasicConstraintsValid: true, KeyUsage: stdx509.KeyUsageCertSign,
+		ExtKeyUsage: []stdx509.ExtKeyUsage{stdx509.ExtKeyUsageClientAuth},
+	}
+	caDER, err := stdx509.CreateCertificate(rand.Reader, template, template, caKey.Public(), caKey)
+	require.NoError(t, err)
+
+	caKeyDER, err := stdx509.MarshalPKCS8PrivateKey(caKey)
+	require.NoError(t, err)
+
+	ca := ctest.CA{
+		Crt: pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: caDER}),
+		Key: pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: caKeyDER}),
 	}
 
-	require.Equal(t, []string{pki.StateValid, pki.StateRenewing, pki.StateExpiring, pki.StateExpired}, states)
+	env := ctest.Run(t, ctrlpki.NewCertificateStatusesController(nil))
+	setAcceptedCAs(t, env, pki.RootOS, ca)
 
-	// Trust follows the accepted CAs.
-	crt, key = issue(t, ca, time.Now(), time.Hour)
+	crt, key := issue(t, ca, time.Now(), time.Hour) // a server certificate
 	setNodeCertificate(t, env, pki.CertAPI, pki.NodeCertificateSpec{Root: pki.RootOS, Certificate: crt, Key: key})
-	rtestutils.AssertResource(env.Ctx, t, env.State, pki.CertAPI, func(res *pki.CertificateStatus, a *assert.Assertions) {
-		a.Equal(pki.StateValid, res.TypedSpec().State)
-	})
 
-	setAcceptedCAs(t, env, pki.RootOS, next)
 	rtestutils.AssertResource(env.Ctx, t, env.State, pki.CertAPI, func(res *pki.CertificateStatus, a *assert.Assertions) {
-		a.Equal(pki.StateUntrusted, res.TypedSpec().State)
 		a.False(res.TypedSpec().Trusted)
+		a.Equal(pki.StateUntrusted, res.TypedSpec().State)
+		a.Equal(ca.Fingerprint(t), res.TypedSpec().IssuerFingerprint, "the signer is still named")
 	})
-
-	setAcceptedCAs(t, env, pki.RootOS, ca, next)
-	rtestutils.AssertResource(env.Ctx, t, env.State, pki.CertAPI, func(res *pki.CertificateStatus, a *assert.Assertions) {
-		a.Equal(pki.StateValid, res.TypedSpec().State)
-		a.True(res.TypedSpec().Trusted)
-	})
-
-	require.NoError(t, env.State.Destroy(env.Ctx, pki.NewNodeCertificate(pki.CertAPI).Metadata()))
-	rtestutils.AssertNoResource[*pki.CertificateStatus](env.Ctx, t, env.State, pki.CertAPI)
 }

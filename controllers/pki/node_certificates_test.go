@@ -7,13 +7,14 @@ import (
 	stdx509 "crypto/x509"
 	"net"
 	"slices"
+	"strings"
 	"testing"
+	"testing/synctest"
 	"time"
 
 	"github.com/cosi-project/runtime/pkg/resource"
 	"github.com/cosi-project/runtime/pkg/resource/rtestutils"
 	"github.com/cosi-project/runtime/pkg/safe"
-	"github.com/cosi-project/runtime/pkg/state"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
@@ -21,75 +22,74 @@ import (
 	ctrlpki "github.com/nodepki/nodepki/controllers/pki"
 	"github.com/nodepki/nodepki/pkg/certs"
 	"github.com/nodepki/nodepki/pkg/machineconfig"
-	"github.com/nodepki/nodepki/resources/network"
 	"github.com/nodepki/nodepki/resources/pki"
 )
 
-const year = 365 * 24 * time.Hour
-
-func TestNodeCertificatesControlPlaneProfiles(t *testing.T) {
+// TestNodeCertificatesProfiles issues every leaf on a control plane and checks each against its
+// row of the leaf table in docs/resources.md.
+func TestNodeCertificatesProfiles(t *testing.T) {
 	t.Parallel()
 
 	s := ctest.NewSecrets(t)
-	env := runGraph(t, nil)
+	env := runGraph(t)
 
 	doc := ctest.ControlPlane(s)
 	doc.Machine.CertSANs = []string{"api.example.test", "192.0.2.10"}
 	env.SetMachineConfig(t, doc)
 
 	cas := map[resource.ID]ctest.CA{pki.RootOS: s.OS, pki.RootKubernetes: s.Kubernetes, pki.RootEtcd: s.Etcd, pki.RootAggregator: s.Aggregator}
-	ds, ke := stdx509.KeyUsageDigitalSignature, stdx509.KeyUsageKeyEncipherment
-	server, client := stdx509.ExtKeyUsageServerAuth, stdx509.ExtKeyUsageClientAuth
-	nodeIPs := []string{"10.5.0.2", "2001:db8::2"}
+	rows := documentedLeaves(t)
 
-	for _, tc := range []struct {
-		id       resource.ID
-		root     resource.ID
-		cn       string
-		org      []string
-		dns      []string
-		ips      []string
-		ku       stdx509.KeyUsage
-		eku      []stdx509.ExtKeyUsage
-		lifetime time.Duration
-	}{
-		{pki.CertAPI, pki.RootOS, testHostname, nil, []string{"api.example.test", testHostname}, []string{"10.5.0.2", "192.0.2.10", "2001:db8::2"}, ds, []stdx509.ExtKeyUsage{server}, 24 * time.Hour},
-		{pki.CertAPIClient, pki.RootOS, testHostname, []string{"os:impersonator"}, nil, nil, ds, []stdx509.ExtKeyUsage{client}, 24 * time.Hour},
-		{pki.CertTrustd, pki.RootOS, testHostname, nil, []string{"api.example.test", testHostname}, []string{"10.5.0.2", "192.0.2.10", "2001:db8::2"}, ds | ke, []stdx509.ExtKeyUsage{server}, 24 * time.Hour},
-		{pki.CertEtcdServer, pki.RootEtcd, testHostname, nil, []string{"localhost", testHostname}, []string{"10.5.0.2", "127.0.0.1", "::1", "2001:db8::2"}, ds | ke, []stdx509.ExtKeyUsage{server, client}, year},
-		{pki.CertEtcdPeer, pki.RootEtcd, testHostname, nil, []string{testHostname}, nodeIPs, ds | ke, []stdx509.ExtKeyUsage{server, client}, year},
-		{pki.CertEtcdClient, pki.RootEtcd, "kube-apiserver", nil, nil, nil, ds | ke, []stdx509.ExtKeyUsage{client}, year},
-		{
-			pki.CertKubeAPIServer, pki.RootKubernetes, "kube-apiserver", []string{"kube-master"},
-			[]string{"cluster.example.test", "kubernetes", "kubernetes.default", "kubernetes.default.svc", "kubernetes.default.svc.cluster.local", "localhost", testHostname},
-			[]string{"10.5.0.2", "10.96.0.1", "127.0.0.1", "2001:db8::2"}, ds | ke, []stdx509.ExtKeyUsage{server}, year,
-		},
-		{pki.CertKubeAPIServerKubeletClient, pki.RootKubernetes, "apiserver-kubelet-client", []string{"system:masters"}, nil, nil, ds | ke, []stdx509.ExtKeyUsage{client}, year},
-		{pki.CertFrontProxyClient, pki.RootAggregator, "front-proxy-client", nil, nil, nil, ds | ke, []stdx509.ExtKeyUsage{client}, year},
-	} {
-		t.Run(tc.id, func(t *testing.T) {
-			ca := cas[tc.root]
+	require.Len(t, rows, 9, "the leaf table of docs/resources.md")
+
+	for _, row := range rows {
+		t.Run(row.id, func(t *testing.T) {
+			ca := cas[row.root]
 			caCrt := parseCertificate(t, string(ca.Crt))
 
-			rtestutils.AssertResource(env.Ctx, t, env.State, tc.id, func(res *pki.NodeCertificate, a *assert.Assertions) {
+			// The SANs the row names, as the node has them now.
+			sansOf := func(a *assert.Assertions) (dns, ips []string) {
+				switch {
+				case strings.HasPrefix(row.sans, "CertSANs/"):
+					sans, err := safe.StateGetByID[*pki.CertSAN](env.Ctx, env.State, strings.TrimPrefix(row.sans, "CertSANs/"))
+					if !a.NoError(err) {
+						return nil, nil
+					}
+
+					for _, ip := range sans.TypedSpec().IPs {
+						ips = append(ips, ip.String())
+					}
+
+					return sans.TypedSpec().DNSNames, ips
+				case row.sans == "node IPs, hostname":
+					return []string{testHostname}, []string{"10.5.0.2", "2001:db8::2"}
+				default:
+					a.Equal("none", row.sans)
+
+					return nil, nil
+				}
+			}
+
+			rtestutils.AssertResource(env.Ctx, t, env.State, row.id, func(res *pki.NodeCertificate, a *assert.Assertions) {
 				spec := res.TypedSpec()
 				if !a.NotEmpty(spec.Certificate) {
 					return
 				}
 
 				crt := parseCertificate(t, spec.Certificate)
+				dns, ips := sansOf(a)
 
-				a.Equal(tc.root, spec.Root)
-				a.Equal(tc.cn, crt.Subject.CommonName)
-				a.Equal(tc.org, crt.Subject.Organization)
-				a.Equal(tc.dns, crt.DNSNames)
-				a.Equal(tc.ips, ipsOf(crt.IPAddresses))
-				a.Equal(tc.ku, crt.KeyUsage)
-				a.Equal(tc.eku, crt.ExtKeyUsage)
+				a.Equal(row.root, spec.Root)
+				a.Equal(row.commonName, crt.Subject.CommonName)
+				a.Equal(row.organization, crt.Subject.Organization)
+				a.Equal(dns, crt.DNSNames)
+				a.Equal(ips, ipsOf(crt.IPAddresses))
+				a.Equal(row.keyUsage, crt.KeyUsage)
+				a.Equal(row.extKeyUsage, crt.ExtKeyUsage)
 				a.False(crt.IsCA)
 
 				issued := crt.NotBefore.Add(certs.Backdate)
-				a.Equal(tc.lifetime, crt.NotAfter.Sub(issued).Round(time.Second))
+				a.Equal(row.lifetime, crt.NotAfter.Sub(issued).Round(time.Second))
 				a.WithinDuration(time.Now(), issued, time.Minute)
 
 				// Signed by the root's CA, with a key of the CA's family that matches the certificate.
@@ -99,7 +99,7 @@ func TestNodeCertificatesControlPlaneProfiles(t *testing.T) {
 				pair, err := tls.X509KeyPair([]byte(spec.Certificate), []byte(spec.Key))
 				a.NoError(err)
 
-				if tc.root == pki.RootOS {
+				if row.root == pki.RootOS {
 					a.IsType(ed25519.PrivateKey{}, pair.PrivateKey)
 				} else {
 					a.IsType(&ecdsa.PrivateKey{}, pair.PrivateKey)
@@ -110,15 +110,33 @@ func TestNodeCertificatesControlPlaneProfiles(t *testing.T) {
 				a.Empty(spec.LastError)
 
 				// Renewal at 2/3 of the life, at most 5% earlier (RenewAt has a resolution of one second).
-				renewAt, err := time.Parse(time.RFC3339, spec.RenewAt)
-				a.NoError(err)
-				a.False(renewAt.After(issued.Add(tc.lifetime*2/3)), "renewAt %s too late", renewAt)
-				a.False(renewAt.Before(issued.Add(tc.lifetime*2/3-tc.lifetime/20-time.Second)), "renewAt %s too early", renewAt)
+				renewAt := spec.RenewAt.Time
+				a.False(renewAt.After(issued.Add(row.lifetime*2/3)), "renewAt %s too late", renewAt)
+				a.False(renewAt.Before(issued.Add(row.lifetime*2/3-row.lifetime/20-time.Second)), "renewAt %s too early", renewAt)
+			})
+
+			rtestutils.AssertResource(env.Ctx, t, env.State, row.id, func(res *pki.CertificateRequest, a *assert.Assertions) {
+				a.Equal(pki.IssuerLocal, res.TypedSpec().Issuer)
 			})
 		})
 	}
 
-	rtestutils.AssertLength[*pki.NodeCertificate](env.Ctx, t, env.State, len(controlPlaneCertificates))
+	rtestutils.AssertLength[*pki.NodeCertificate](env.Ctx, t, env.State, len(rows))
+
+	// A worker holds exactly the leaves the table says workers hold, obtained from trustd.
+	env.SetMachineConfig(t, ctest.Worker(s))
+
+	for _, row := range rows {
+		if !row.workers {
+			rtestutils.AssertNoResource[*pki.CertificateRequest](env.Ctx, t, env.State, row.id)
+
+			continue
+		}
+
+		rtestutils.AssertResource(env.Ctx, t, env.State, row.id, func(res *pki.CertificateRequest, a *assert.Assertions) {
+			a.Equal(pki.IssuerTrustd, res.TypedSpec().Issuer)
+		})
+	}
 }
 
 func ipsOf(ips []net.IP) []string {
@@ -160,10 +178,10 @@ func TestNodeCertificatesReissueOnlyWhatChanged(t *testing.T) {
 	t.Parallel()
 
 	s := ctest.NewSecrets(t)
-	env := runGraph(t, nil)
+	env := runGraph(t)
 
 	env.SetMachineConfig(t, ctest.ControlPlane(s))
-	assertAllIssued(t, env, controlPlaneCertificates)
+	assertAllIssued(t, env, leafIDs(t))
 
 	serials := certificateSerials(t, env)
 	certVersions := versions[*pki.NodeCertificate](t, env)
@@ -185,7 +203,7 @@ func TestNodeCertificatesReissueOnlyWhatChanged(t *testing.T) {
 	afterVersions := versions[*pki.NodeCertificate](t, env)
 	afterStatusVersions := versions[*pki.CertificateStatus](t, env)
 
-	for _, id := range controlPlaneCertificates {
+	for _, id := range leafIDs(t) {
 		if id == pki.CertAPI || id == pki.CertTrustd {
 			require.NotEqual(t, serials[id], after[id], "%s was not reissued", id)
 
@@ -202,7 +220,7 @@ func TestNodeCertificatesReissueOnlyWhatChanged(t *testing.T) {
 	doc.Cluster.Etcd.AcceptedCAs = []*machineconfig.Certificate{other.Accepted()}
 	env.SetMachineConfig(t, doc)
 
-	etcd := certificatesOf(pki.RootEtcd)
+	etcd := leafIDsOf(t, pki.RootEtcd)
 	rtestutils.AssertResources(env.Ctx, t, env.State, etcd, func(res *pki.NodeCertificate, a *assert.Assertions) {
 		a.Equal(string(other.Crt)+string(s.Etcd.Crt), res.TypedSpec().CABundle)
 	})
@@ -210,7 +228,7 @@ func TestNodeCertificatesReissueOnlyWhatChanged(t *testing.T) {
 	final := certificateSerials(t, env)
 	finalVersions := versions[*pki.NodeCertificate](t, env)
 
-	for _, id := range controlPlaneCertificates {
+	for _, id := range leafIDs(t) {
 		require.Equal(t, after[id], final[id], "%s was reissued for a bundle change", id)
 
 		if !slices.Contains(etcd, id) {
@@ -219,83 +237,63 @@ func TestNodeCertificatesReissueOnlyWhatChanged(t *testing.T) {
 	}
 }
 
+// TestNodeCertificatesWorker: a worker holds only api, obtained from trustd; while trustd cannot
+// be reached the certificate is pending with the reason. (The round trip itself is tested in
+// runtime, against a real trustd.)
 func TestNodeCertificatesWorker(t *testing.T) {
 	t.Parallel()
 
 	s := ctest.NewSecrets(t)
-	env := runGraph(t, nil)
+	env := runGraph(t)
 
 	env.SetMachineConfig(t, ctest.ControlPlane(s))
-	assertAllIssued(t, env, controlPlaneCertificates)
+	assertAllIssued(t, env, leafIDs(t))
 
-	// A worker issues nothing itself: everything this controller issued goes away.
-	env.SetMachineConfig(t, ctest.Worker(s))
-
-	for _, id := range controlPlaneCertificates {
-		rtestutils.AssertNoResource[*pki.NodeCertificate](env.Ctx, t, env.State, id)
-		rtestutils.AssertNoResource[*pki.CertificateStatus](env.Ctx, t, env.State, id)
-	}
-
-	// On a worker, api comes from another controller (trustd); it is reported but never touched.
-	const trustdOwner = "pki.TrustdAPIController"
-
-	api := pki.NewNodeCertificate(pki.CertAPI)
-	api.TypedSpec().Root = pki.RootOS
-	api.TypedSpec().LastError = "trustd unreachable"
-	require.NoError(t, env.State.Create(env.Ctx, api, state.WithCreateOwner(trustdOwner)))
-
-	rtestutils.AssertResource(env.Ctx, t, env.State, pki.CertAPI, func(res *pki.CertificateStatus, a *assert.Assertions) {
-		a.Equal(pki.StatePending, res.TypedSpec().State)
-		a.Equal("trustd unreachable", res.TypedSpec().LastError)
-	})
-
-	osCA, err := certs.LoadCA(s.OS.Crt, s.OS.Key)
-	require.NoError(t, err)
-
-	crt, key, err := osCA.Issue(certs.Profile{CommonName: testHostname, Lifetime: time.Hour, ExtKeyUsage: []stdx509.ExtKeyUsage{stdx509.ExtKeyUsageServerAuth}}, time.Now())
-	require.NoError(t, err)
-
-	_, err = safe.StateUpdateWithConflicts(env.Ctx, env.State, api.Metadata(), func(res *pki.NodeCertificate) error {
-		res.TypedSpec().Certificate, res.TypedSpec().Key, res.TypedSpec().LastError = string(crt), string(key), ""
-
-		return nil
-	}, state.WithUpdateOwner(trustdOwner))
-	require.NoError(t, err)
-
-	rtestutils.AssertResource(env.Ctx, t, env.State, pki.CertAPI, func(res *pki.CertificateStatus, a *assert.Assertions) {
-		a.Equal(pki.StateValid, res.TypedSpec().State)
-		a.True(res.TypedSpec().Trusted)
-		a.Equal(s.OS.Fingerprint(t), res.TypedSpec().IssuerFingerprint)
-	})
-
-	apiVersion := versions[*pki.NodeCertificate](t, env)[pki.CertAPI]
-
+	// Nothing listens there (this test's address range). New SANs make the certificate due.
 	doc := ctest.Worker(s)
+	doc.Cluster.ControlPlane.Endpoint = "https://127.0.50.1:6443"
 	doc.Machine.CertSANs = []string{"worker.example.test"}
 	env.SetMachineConfig(t, doc)
 
-	rtestutils.AssertResource(env.Ctx, t, env.State, pki.SANsAPI, func(res *pki.CertSAN, a *assert.Assertions) {
-		a.Contains(res.TypedSpec().DNSNames, "worker.example.test")
-	})
-	// The controller saw the change (it reads CertSANs); give it a moment to (wrongly) act on api.
-	time.Sleep(100 * time.Millisecond)
+	for _, id := range leafIDs(t)[1:] {
+		rtestutils.AssertNoResource[*pki.NodeCertificate](env.Ctx, t, env.State, id)
+		rtestutils.AssertNoResource[*pki.CertificateStatus](env.Ctx, t, env.State, id)
+		rtestutils.AssertNoResource[*pki.CertificateRequest](env.Ctx, t, env.State, id)
+	}
 
-	require.Equal(t, apiVersion, versions[*pki.NodeCertificate](t, env)[pki.CertAPI], "another controller's api certificate was touched")
+	rtestutils.AssertResource(env.Ctx, t, env.State, pki.CertAPI, func(res *pki.CertificateRequest, a *assert.Assertions) {
+		a.Equal(pki.IssuerTrustd, res.TypedSpec().Issuer)
+		a.Equal([]string{"127.0.50.1:50001"}, res.TypedSpec().TrustdEndpoints)
+	})
+
+	// The control plane's certificate is kept (it is still trusted: same OS CA) until one from
+	// trustd replaces it, and the failure is reported.
+	rtestutils.AssertResource(env.Ctx, t, env.State, pki.CertAPI, func(res *pki.CertificateStatus, a *assert.Assertions) {
+		a.Equal(pki.StateRenewalFailing, res.TypedSpec().State)
+		a.Contains(res.TypedSpec().LastError, `trustd endpoint "127.0.50.1:50001"`)
+	})
+
+	// Without a machine config nothing is left: requests, certificates and statuses are torn
+	// down in order, each waiting for the finalizer of the controller that reads it.
+	env.DeleteMachineConfig(t)
+	rtestutils.AssertNoResource[*pki.CertificateRequest](env.Ctx, t, env.State, pki.CertAPI)
+	rtestutils.AssertNoResource[*pki.NodeCertificate](env.Ctx, t, env.State, pki.CertAPI)
+	rtestutils.AssertNoResource[*pki.CertificateStatus](env.Ctx, t, env.State, pki.CertAPI)
 }
 
 func TestNodeCertificatesIssuanceError(t *testing.T) {
 	t.Parallel()
 
 	s := ctest.NewSecrets(t)
-	env := runGraph(t, nil)
+	env := runGraph(t)
 
 	// The etcd CA key belongs to another CA: etcd certificates cannot be issued, the others are.
 	doc := ctest.ControlPlane(s)
 	doc.Cluster.Etcd.CA = &machineconfig.CertificateAndKey{Crt: s.Etcd.Crt, Key: ctest.NewCA(t, certs.RootEtcd).Key}
 	env.SetMachineConfig(t, doc)
 
-	etcd := certificatesOf(pki.RootEtcd)
-	others := slices.DeleteFunc(slices.Clone(controlPlaneCertificates), func(id resource.ID) bool { return slices.Contains(etcd, id) })
+	etcd := leafIDsOf(t, pki.RootEtcd)
+	others := slices.DeleteFunc(slices.Clone(leafIDs(t)), func(id resource.ID) bool { return slices.Contains(etcd, id) })
 
 	assertAllIssued(t, env, others)
 	rtestutils.AssertResources(env.Ctx, t, env.State, etcd, func(res *pki.CertificateStatus, a *assert.Assertions) {
@@ -305,63 +303,67 @@ func TestNodeCertificatesIssuanceError(t *testing.T) {
 	})
 
 	env.SetMachineConfig(t, ctest.ControlPlane(s))
-	assertAllIssued(t, env, controlPlaneCertificates)
+	assertAllIssued(t, env, leafIDs(t))
 	rtestutils.AssertResources(env.Ctx, t, env.State, etcd, func(res *pki.NodeCertificate, a *assert.Assertions) {
 		a.Empty(res.TypedSpec().LastError)
 	})
 }
 
+// TestNodeCertificatesRenewal runs in a synctest bubble: renewal follows the (fake) clock, with
+// no real seconds-long lifetimes.
 func TestNodeCertificatesRenewal(t *testing.T) {
 	t.Parallel()
 
-	const lifetime = 3 * time.Second
+	const lifetime = 12 * time.Second
 
-	s := ctest.NewSecrets(t)
-	env := runGraph(t, map[resource.ID]time.Duration{pki.CertAPI: lifetime})
+	// Inside the bubble, so that the CAs are valid at its (fake) time.
+	synctest.Test(t, func(t *testing.T) {
+		s := ctest.NewSecrets(t)
+		env := runGraph(t)
 
-	env.SetMachineConfig(t, ctest.ControlPlane(s))
-	assertAllIssued(t, env, controlPlaneCertificates)
+		doc := ctest.ControlPlane(s)
+		doc.Machine.CertificateLifetimes = &machineconfig.CertificateLifetimes{API: machineconfig.Duration(lifetime)}
+		env.SetMachineConfig(t, doc)
+		assertAllIssued(t, env, leafIDs(t))
 
-	first, err := safe.StateGetByID[*pki.NodeCertificate](env.Ctx, env.State, pki.CertAPI)
-	require.NoError(t, err)
+		first, err := safe.StateGetByID[*pki.NodeCertificate](env.Ctx, env.State, pki.CertAPI)
+		require.NoError(t, err)
 
-	firstCrt := parseCertificate(t, first.TypedSpec().Certificate)
-	firstRenewAt, err := time.Parse(time.RFC3339, first.TypedSpec().RenewAt)
-	require.NoError(t, err)
+		firstCrt := parseCertificate(t, first.TypedSpec().Certificate)
+		firstRenewAt := first.TypedSpec().RenewAt.Time
+		others := versions[*pki.NodeCertificate](t, env)
 
-	others := versions[*pki.NodeCertificate](t, env)
+		// Nothing but time passes: the certificate is renewed, not before its RenewAt, and its
+		// status is valid throughout.
+		rtestutils.AssertResource(env.Ctx, t, env.State, pki.CertAPI, func(res *pki.CertificateStatus, a *assert.Assertions) {
+			a.Equal(pki.StateValid, res.TypedSpec().State)
+			a.True(res.TypedSpec().Trusted)
+			a.NotEqual(firstCrt.SerialNumber.Text(16), res.TypedSpec().Serial)
+		})
 
-	// Nothing but the timer changes: the certificate is renewed, not before its RenewAt, and its
-	// status goes from valid (first certificate) to valid (renewed certificate).
-	var renewed *stdx509.Certificate
+		current, err := safe.StateGetByID[*pki.NodeCertificate](env.Ctx, env.State, pki.CertAPI)
+		require.NoError(t, err)
 
-	rtestutils.AssertResource(env.Ctx, t, env.State, pki.CertAPI, func(res *pki.CertificateStatus, a *assert.Assertions) {
-		a.Equal(pki.StateValid, res.TypedSpec().State)
-		a.True(res.TypedSpec().Trusted)
-		a.NotEqual(firstCrt.SerialNumber.Text(16), res.TypedSpec().Serial)
-	})
+		renewed := parseCertificate(t, current.TypedSpec().Certificate)
+		require.False(t, renewed.NotBefore.Add(certs.Backdate).Before(firstRenewAt),
+			"renewed at %s, before RenewAt %s", renewed.NotBefore.Add(certs.Backdate), firstRenewAt)
+		require.Equal(t, lifetime, renewed.NotAfter.Sub(renewed.NotBefore.Add(certs.Backdate)))
+		require.True(t, time.Now().Before(firstCrt.NotAfter), "renewed only after the first certificate expired")
 
-	current, err := safe.StateGetByID[*pki.NodeCertificate](env.Ctx, env.State, pki.CertAPI)
-	require.NoError(t, err)
-
-	renewed = parseCertificate(t, current.TypedSpec().Certificate)
-	require.False(t, renewed.NotBefore.Add(certs.Backdate).Before(firstRenewAt.Truncate(time.Second)),
-		"renewed at %s, before RenewAt %s", renewed.NotBefore.Add(certs.Backdate), firstRenewAt)
-	require.Equal(t, lifetime, renewed.NotAfter.Sub(renewed.NotBefore.Add(certs.Backdate)))
-
-	// Certificates that are not due were left alone.
-	now := versions[*pki.NodeCertificate](t, env)
-	for _, id := range controlPlaneCertificates {
-		if id != pki.CertAPI {
-			require.Equal(t, others[id], now[id], "%s was rewritten", id)
+		// Certificates that are not due were left alone.
+		now := versions[*pki.NodeCertificate](t, env)
+		for _, id := range leafIDs(t) {
+			if !slices.Contains(leafIDsOf(t, pki.RootOS), id) {
+				require.Equal(t, others[id], now[id], "%s was rewritten", id)
+			}
 		}
-	}
 
-	// And it keeps being renewed.
-	rtestutils.AssertResource(env.Ctx, t, env.State, pki.CertAPI, func(res *pki.CertificateStatus, a *assert.Assertions) {
-		a.NotEqual(renewed.SerialNumber.Text(16), res.TypedSpec().Serial)
-		a.NotEqual(firstCrt.SerialNumber.Text(16), res.TypedSpec().Serial)
-		a.Equal(pki.StateValid, res.TypedSpec().State)
+		// And it keeps being renewed.
+		rtestutils.AssertResource(env.Ctx, t, env.State, pki.CertAPI, func(res *pki.CertificateStatus, a *assert.Assertions) {
+			a.NotEqual(renewed.SerialNumber.Text(16), res.TypedSpec().Serial)
+			a.NotEqual(firstCrt.SerialNumber.Text(16), res.TypedSpec().Serial)
+			a.Equal(pki.StateValid, res.TypedSpec().State)
+		})
 	})
 }
 
@@ -371,11 +373,7 @@ func TestNodeCertificatesRenewal(t *testing.T) {
 func TestNodeCertificatesWaitForTheTrustPool(t *testing.T) {
 	t.Parallel()
 
-	s := ctest.NewSecrets(t)
-	other := ctest.NewCA(t, certs.RootOS)
-	env := ctest.Run(t, &ctrlpki.NodeCertificatesController{Hostname: testHostname})
-
-	pool := func(cas ...ctest.CA) pki.AcceptedCASpec {
+	pool := func(t *testing.T, cas ...ctest.CA) pki.AcceptedCASpec {
 		var spec pki.AcceptedCASpec
 
 		for _, ca := range cas {
@@ -388,47 +386,53 @@ func TestNodeCertificatesWaitForTheTrustPool(t *testing.T) {
 		return spec
 	}
 
-	for _, res := range []resource.Resource{
-		pki.NewRootSecret(pki.RootOS), pki.NewCertSAN(pki.SANsAPI), network.NewNodeAddresses(network.CurrentID), pki.NewAcceptedCA(pki.RootOS),
-	} {
-		switch r := res.(type) {
-		case *pki.RootSecret:
-			*r.TypedSpec() = pki.RootSecretSpec{IssuingCert: string(s.OS.Crt), IssuingKey: string(s.OS.Key)}
-		case *pki.CertSAN:
-			*r.TypedSpec() = pki.CertSANSpec{DNSNames: []string{testHostname}, IPs: []string{"10.5.0.2"}}
-		case *network.NodeAddresses:
-			*r.TypedSpec() = network.NodeAddressesSpec{Addresses: []string{"10.5.0.2"}}
-		case *pki.AcceptedCA:
-			// The pool of the previous issuer: the os root has switched, its pool has not yet.
-			*r.TypedSpec() = pool(other)
+	// Inside the bubble, so that the CAs are valid at its (fake) time.
+	synctest.Test(t, func(t *testing.T) {
+		s := ctest.NewSecrets(t)
+		other := ctest.NewCA(t, certs.RootOS)
+		env := ctest.Run(t, ctrlpki.NewNodeCertificatesController(ctrlpki.NodeCertificatesOptions{}))
+
+		root := pki.NewRootSecret(pki.RootOS)
+		*root.TypedSpec() = pki.RootSecretSpec{IssuingCert: string(s.OS.Crt), IssuingKey: string(s.OS.Key)}
+
+		// The pool of the previous issuer: the os root has switched, its pool has not yet.
+		accepted := pki.NewAcceptedCA(pki.RootOS)
+		*accepted.TypedSpec() = pool(t, other)
+
+		request := pki.NewCertificateRequest(pki.CertAPI)
+		*request.TypedSpec() = pki.CertificateRequestSpec{
+			Root: pki.RootOS, Issuer: pki.IssuerLocal, CommonName: testHostname, DNSNames: []string{testHostname}, IPAddresses: addrs("10.5.0.2"),
+			KeyUsage: []string{pki.KeyUsageDigitalSignature}, ExtKeyUsage: []string{pki.ExtKeyUsageServerAuth}, Lifetime: time.Hour,
 		}
 
-		require.NoError(t, env.State.Create(env.Ctx, res))
-	}
+		for _, res := range []resource.Resource{root, accepted, request} {
+			require.NoError(t, env.State.Create(env.Ctx, res))
+		}
 
-	// Long enough to issue; the certificates must not be published meanwhile.
-	time.Sleep(200 * time.Millisecond)
+		// Every goroutine of the bubble is idle: the controller has finished with the request.
+		synctest.Wait()
 
-	published, err := safe.StateListAll[*pki.NodeCertificate](env.Ctx, env.State)
-	require.NoError(t, err)
-	require.Zero(t, published.Len(), "certificates published before the trust pool has their issuer")
+		published, err := safe.StateListAll[*pki.NodeCertificate](env.Ctx, env.State)
+		require.NoError(t, err)
+		require.Zero(t, published.Len(), "certificates published before the trust pool has their issuer")
 
-	require.NoError(t, safe.StateModify(env.Ctx, env.State, pki.NewAcceptedCA(pki.RootOS), func(res *pki.AcceptedCA) error {
-		*res.TypedSpec() = pool(other, s.OS)
+		require.NoError(t, safe.StateModify(env.Ctx, env.State, pki.NewAcceptedCA(pki.RootOS), func(res *pki.AcceptedCA) error {
+			*res.TypedSpec() = pool(t, other, s.OS)
 
-		return nil
-	}))
+			return nil
+		}))
 
-	rtestutils.AssertResources(env.Ctx, t, env.State, certificatesOf(pki.RootOS), func(res *pki.NodeCertificate, a *assert.Assertions) {
-		spec := res.TypedSpec()
-		a.Empty(spec.LastError)
-		a.Equal(s.OS.Fingerprint(t), spec.IssuerFingerprint)
-		a.Equal(string(other.Crt)+string(s.OS.Crt), spec.CABundle)
+		rtestutils.AssertResource(env.Ctx, t, env.State, pki.CertAPI, func(res *pki.NodeCertificate, a *assert.Assertions) {
+			spec := res.TypedSpec()
+			a.Empty(spec.LastError)
+			a.Equal(s.OS.Fingerprint(t), spec.IssuerFingerprint)
+			a.Equal(string(other.Crt)+string(s.OS.Crt), spec.CABundle)
 
-		roots := stdx509.NewCertPool()
-		a.True(roots.AppendCertsFromPEM([]byte(spec.CABundle)))
+			roots := stdx509.NewCertPool()
+			a.True(roots.AppendCertsFromPEM([]byte(spec.CABundle)))
 
-		_, err := parseCertificate(t, spec.Certificate).Verify(stdx509.VerifyOptions{Roots: roots, KeyUsages: []stdx509.ExtKeyUsage{stdx509.ExtKeyUsageAny}})
-		a.NoError(err)
+			_, err := parseCertificate(t, spec.Certificate).Verify(stdx509.VerifyOptions{Roots: roots, KeyUsages: []stdx509.ExtKeyUsage{stdx509.ExtKeyUsageServerAuth}})
+			a.NoError(err)
+		})
 	})
 }

@@ -1,199 +1,142 @@
 package pki
 
 import (
-	stdx509 "crypto/x509"
-	"net"
 	"net/netip"
 	"time"
 
 	"github.com/cosi-project/runtime/pkg/resource"
 
-	"github.com/nodepki/nodepki/pkg/certs"
+	"github.com/nodepki/nodepki/pkg/machineconfig"
 	"github.com/nodepki/nodepki/resources/pki"
 )
 
-// Default leaf lifetimes, as in Talos: node API certificates are short-lived and renewed often,
-// etcd and Kubernetes certificates last a year.
+// family is the lifetime family of a leaf: which machine.certificateLifetimes field sets it.
+type family int
+
 const (
-	APILifetime        = 24 * time.Hour
-	KubernetesLifetime = 365 * 24 * time.Hour
-	// MinLifetime bounds lifetime overrides from below: certificate times have a resolution of one
-	// second, so a shorter lifetime would be due for renewal as soon as it is issued.
-	MinLifetime = 2 * time.Second
+	familyAPI family = iota
+	familyEtcd
+	familyKubernetes
 )
+
+func (f family) lifetime(l *machineconfig.CertificateLifetimes) time.Duration {
+	switch f {
+	case familyEtcd:
+		return l.EtcdLifetime()
+	case familyKubernetes:
+		return l.KubernetesLifetime()
+	default:
+		return l.APILifetime()
+	}
+}
 
 // leafDefinition describes one leaf certificate of the node and the root that issues it.
 type leafDefinition struct {
-	id   resource.ID
-	root resource.ID
-	// controlPlaneOnly leaves are never issued on workers, even if a key were present.
-	controlPlaneOnly bool
-	lifetime         time.Duration
-	// profile builds the profile (without lifetime); ok is false while an input it needs is missing.
-	profile func(node nodeIdentity) (p certs.Profile, ok bool)
-}
-
-// nodeIdentity is what the profiles draw the subject and SANs from.
-type nodeIdentity struct {
-	hostname  string
-	addresses []string
-	sans      map[resource.ID]pki.CertSANSpec
+	id     resource.ID
+	root   resource.ID
+	family family
+	// workers also hold the leaf, obtained from trustd; others are control plane only.
+	workers bool
+	// sans is the CertSAN set of a server certificate, "" for none.
+	sans resource.ID
+	// hostnameCN sets the common name to the node's hostname (also when sans is set).
+	hostnameCN bool
+	// peer: the SANs are the node's own addresses and hostname (etcd members reach each other so).
+	peer bool
+	base pki.CertificateRequestSpec
 }
 
 const (
-	serverAuth = stdx509.ExtKeyUsageServerAuth
-	clientAuth = stdx509.ExtKeyUsageClientAuth
+	serverAuth = pki.ExtKeyUsageServerAuth
+	clientAuth = pki.ExtKeyUsageClientAuth
 
-	digitalSignature = stdx509.KeyUsageDigitalSignature
-	keyEncipherment  = stdx509.KeyUsageKeyEncipherment
+	digitalSignature = pki.KeyUsageDigitalSignature
+	keyEncipherment  = pki.KeyUsageKeyEncipherment
 )
 
-// leafDefinitions lists every leaf certificate, in issuance order (Talos's profiles, reference §5.3-5.6).
-var leafDefinitions = []leafDefinition{
-	{
-		id: pki.CertAPI, root: pki.RootOS, lifetime: APILifetime,
-		profile: withSANs(pki.SANsAPI, certs.Profile{KeyUsage: digitalSignature, ExtKeyUsage: eku(serverAuth)}),
-	},
-	{
-		id: pki.CertAPIClient, root: pki.RootOS, controlPlaneOnly: true, lifetime: APILifetime,
-		profile: fixed(certs.Profile{Organization: []string{"os:impersonator"}, KeyUsage: digitalSignature, ExtKeyUsage: eku(clientAuth)}, true),
-	},
-	{
-		id: pki.CertTrustd, root: pki.RootOS, controlPlaneOnly: true, lifetime: APILifetime,
-		profile: withSANs(pki.SANsAPI, certs.Profile{KeyUsage: digitalSignature | keyEncipherment, ExtKeyUsage: eku(serverAuth)}),
-	},
-	{
-		id: pki.CertEtcdServer, root: pki.RootEtcd, controlPlaneOnly: true, lifetime: KubernetesLifetime,
-		profile: withSANs(pki.SANsEtcd, certs.Profile{KeyUsage: digitalSignature | keyEncipherment, ExtKeyUsage: eku(serverAuth, clientAuth)}),
-	},
-	{
-		id: pki.CertEtcdPeer, root: pki.RootEtcd, controlPlaneOnly: true, lifetime: KubernetesLifetime,
-		profile: etcdPeerProfile,
-	},
-	{
-		id: pki.CertEtcdClient, root: pki.RootEtcd, controlPlaneOnly: true, lifetime: KubernetesLifetime,
-		profile: fixed(certs.Profile{CommonName: "kube-apiserver", KeyUsage: digitalSignature | keyEncipherment, ExtKeyUsage: eku(clientAuth)}, false),
-	},
-	{
-		id: pki.CertKubeAPIServer, root: pki.RootKubernetes, controlPlaneOnly: true, lifetime: KubernetesLifetime,
-		profile: withSANs(pki.SANsKubernetes, certs.Profile{
-			CommonName: "kube-apiserver", Organization: []string{"kube-master"},
-			KeyUsage: digitalSignature | keyEncipherment, ExtKeyUsage: eku(serverAuth),
-		}),
-	},
-	{
-		id: pki.CertKubeAPIServerKubeletClient, root: pki.RootKubernetes, controlPlaneOnly: true, lifetime: KubernetesLifetime,
-		profile: fixed(certs.Profile{
-			CommonName: "apiserver-kubelet-client", Organization: []string{"system:masters"},
-			KeyUsage: digitalSignature | keyEncipherment, ExtKeyUsage: eku(clientAuth),
-		}, false),
-	},
-	{
-		id: pki.CertFrontProxyClient, root: pki.RootAggregator, controlPlaneOnly: true, lifetime: KubernetesLifetime,
-		profile: fixed(certs.Profile{CommonName: "front-proxy-client", KeyUsage: digitalSignature | keyEncipherment, ExtKeyUsage: eku(clientAuth)}, false),
-	},
-}
-
-func eku(usages ...stdx509.ExtKeyUsage) []stdx509.ExtKeyUsage {
-	return usages
-}
-
-// fixed is a profile without SANs; hostnameCN sets the common name to the node's hostname.
-func fixed(base certs.Profile, hostnameCN bool) func(nodeIdentity) (certs.Profile, bool) {
-	return func(node nodeIdentity) (certs.Profile, bool) {
-		p := base
-
-		if hostnameCN {
-			p.CommonName = node.hostname
-		}
-
-		return p, true
+// leafDefinitions lists every leaf certificate (Talos's profiles, reference §5.3-5.6). Adding a
+// certificate is adding an entry here (and its ID in resources/pki).
+func leafDefinitions() []leafDefinition {
+	return []leafDefinition{
+		{
+			id: pki.CertAPI, root: pki.RootOS, family: familyAPI, workers: true, sans: pki.SANsAPI, hostnameCN: true,
+			base: pki.CertificateRequestSpec{KeyUsage: []string{digitalSignature}, ExtKeyUsage: []string{serverAuth}},
+		},
+		{
+			id: pki.CertAPIClient, root: pki.RootOS, family: familyAPI, hostnameCN: true,
+			base: pki.CertificateRequestSpec{Organization: []string{"os:impersonator"}, KeyUsage: []string{digitalSignature}, ExtKeyUsage: []string{clientAuth}},
+		},
+		{
+			id: pki.CertTrustd, root: pki.RootOS, family: familyAPI, sans: pki.SANsAPI, hostnameCN: true,
+			base: pki.CertificateRequestSpec{KeyUsage: []string{digitalSignature, keyEncipherment}, ExtKeyUsage: []string{serverAuth}},
+		},
+		{
+			id: pki.CertEtcdServer, root: pki.RootEtcd, family: familyEtcd, sans: pki.SANsEtcd, hostnameCN: true,
+			base: pki.CertificateRequestSpec{KeyUsage: []string{digitalSignature, keyEncipherment}, ExtKeyUsage: []string{serverAuth, clientAuth}},
+		},
+		{
+			id: pki.CertEtcdPeer, root: pki.RootEtcd, family: familyEtcd, peer: true, hostnameCN: true,
+			base: pki.CertificateRequestSpec{KeyUsage: []string{digitalSignature, keyEncipherment}, ExtKeyUsage: []string{serverAuth, clientAuth}},
+		},
+		{
+			id: pki.CertEtcdClient, root: pki.RootEtcd, family: familyEtcd,
+			base: pki.CertificateRequestSpec{CommonName: "kube-apiserver", KeyUsage: []string{digitalSignature, keyEncipherment}, ExtKeyUsage: []string{clientAuth}},
+		},
+		{
+			id: pki.CertKubeAPIServer, root: pki.RootKubernetes, family: familyKubernetes, sans: pki.SANsKubernetes,
+			base: pki.CertificateRequestSpec{
+				CommonName: "kube-apiserver", Organization: []string{"kube-master"},
+				KeyUsage: []string{digitalSignature, keyEncipherment}, ExtKeyUsage: []string{serverAuth},
+			},
+		},
+		{
+			id: pki.CertKubeAPIServerKubeletClient, root: pki.RootKubernetes, family: familyKubernetes,
+			base: pki.CertificateRequestSpec{
+				CommonName: "apiserver-kubelet-client", Organization: []string{"system:masters"},
+				KeyUsage: []string{digitalSignature, keyEncipherment}, ExtKeyUsage: []string{clientAuth},
+			},
+		},
+		{
+			id: pki.CertFrontProxyClient, root: pki.RootAggregator, family: familyKubernetes,
+			base: pki.CertificateRequestSpec{CommonName: "front-proxy-client", KeyUsage: []string{digitalSignature, keyEncipherment}, ExtKeyUsage: []string{clientAuth}},
+		},
 	}
 }
 
-// withSANs is a server profile with the SANs of one CertSAN; the common name is the hostname
-// unless the profile has its own.
-func withSANs(sansID resource.ID, base certs.Profile) func(nodeIdentity) (certs.Profile, bool) {
-	return func(node nodeIdentity) (certs.Profile, bool) {
-		sans, ok := node.sans[sansID]
+// nodeIdentity is what the requests draw the subject and SANs from.
+type nodeIdentity struct {
+	hostname  string
+	addresses []netip.Addr
+	sans      map[resource.ID]pki.CertSANSpec
+}
+
+// request builds the request of def for the node; ok is false while the SANs it needs are missing.
+func (def leafDefinition) request(node nodeIdentity, lifetimes *machineconfig.CertificateLifetimes) (spec pki.CertificateRequestSpec, ok bool) {
+	spec = def.base.DeepCopy()
+	spec.Root = def.root
+	spec.Issuer = pki.IssuerLocal
+	spec.Lifetime = def.family.lifetime(lifetimes)
+
+	if def.hostnameCN {
+		spec.CommonName = node.hostname
+	}
+
+	switch {
+	case def.sans != "":
+		sans, ok := node.sans[def.sans]
 		if !ok {
-			return certs.Profile{}, false
+			return pki.CertificateRequestSpec{}, false
 		}
 
-		p := base
+		spec.DNSNames = sans.DNSNames
+		spec.IPAddresses = sans.IPs
+	case def.peer:
+		spec.IPAddresses = node.addresses
 
-		if p.CommonName == "" {
-			p.CommonName = node.hostname
-		}
-
-		p.DNSNames = sans.DNSNames
-		p.IPAddresses = parseIPs(sans.IPs)
-
-		return p, true
-	}
-}
-
-// etcdPeerProfile: etcd members reach each other on the node's own addresses and hostname only.
-func etcdPeerProfile(node nodeIdentity) (certs.Profile, bool) {
-	p := certs.Profile{
-		CommonName:  node.hostname,
-		IPAddresses: parseIPs(node.addresses),
-		KeyUsage:    digitalSignature | keyEncipherment,
-		ExtKeyUsage: eku(serverAuth, clientAuth),
-	}
-
-	if node.hostname != "" {
-		p.DNSNames = []string{node.hostname}
-	}
-
-	return p, true
-}
-
-func parseIPs(ips []string) []net.IP {
-	out := make([]net.IP, 0, len(ips))
-
-	for _, ip := range ips {
-		if addr, err := netip.ParseAddr(ip); err == nil {
-			out = append(out, net.IP(addr.AsSlice()))
+		if node.hostname != "" {
+			spec.DNSNames = []string{node.hostname}
 		}
 	}
 
-	return out
-}
-
-// plannedLeaf is a leaf certificate this node should hold, with its full profile.
-type plannedLeaf struct {
-	id      resource.ID
-	root    resource.ID
-	profile certs.Profile
-	// ready is false while an input of the profile is missing; the leaf is kept but not (re)issued.
-	ready bool
-}
-
-// planLeaves lists the leaves this node issues itself: those whose root has an issuing key here,
-// and only api on a node that is not a control plane.
-func planLeaves(controlPlane bool, roots map[resource.ID]pki.RootSecretSpec, node nodeIdentity, lifetimes map[resource.ID]time.Duration) []plannedLeaf {
-	var out []plannedLeaf
-
-	for _, def := range leafDefinitions {
-		root, ok := roots[def.root]
-		if !ok || root.IssuingCert == "" || root.IssuingKey == "" {
-			continue
-		}
-
-		if def.controlPlaneOnly && !controlPlane {
-			continue
-		}
-
-		profile, ready := def.profile(node)
-
-		profile.Lifetime = def.lifetime
-		if lifetime, ok := lifetimes[def.id]; ok && lifetime > 0 {
-			profile.Lifetime = max(lifetime, MinLifetime)
-		}
-
-		out = append(out, plannedLeaf{id: def.id, root: def.root, profile: profile, ready: ready})
-	}
-
-	return out
+	return spec.DeepCopy(), true
 }

@@ -6,9 +6,11 @@ import (
 	"encoding/binary"
 	"encoding/hex"
 	"encoding/json"
+	"net/netip"
 	"time"
 
 	"github.com/nodepki/nodepki/pkg/certs"
+	"github.com/nodepki/nodepki/resources/pki"
 )
 
 // Renewal timing: a certificate is renewed at 2/3 of its life, earlier by up to 5% of its life so
@@ -63,30 +65,24 @@ func expiringTime(crt *stdx509.Certificate) time.Time {
 	return crt.NotAfter.Add(-lifetime * expiringPercent / 100)
 }
 
-// formatTime is the RFC 3339 UTC form used in specs.
-func formatTime(t time.Time) string {
-	return t.UTC().Format(time.RFC3339)
-}
-
-// requestDigest identifies what a certificate is issued for: the profile and the issuing CA.
-// A certificate whose digest differs from the current one must be reissued.
-func requestDigest(p certs.Profile, issuerFingerprint string) string {
-	ips := make([]string, 0, len(p.IPAddresses))
-	for _, ip := range p.IPAddresses {
-		ips = append(ips, ip.String())
-	}
-
+// requestDigest identifies what a certificate is issued for: the request (without how it is
+// obtained) and the issuing CA. A certificate whose digest differs from the current one must be
+// reissued.
+func requestDigest(req *pki.CertificateRequestSpec, issuerFingerprint string) string {
 	// Marshalling a struct of plain fields cannot fail, and its field order is fixed.
 	data, _ := json.Marshal(struct { //nolint:errchkjson // see above
 		CommonName   string
 		Organization []string
 		DNSNames     []string
-		IPAddresses  []string
-		KeyUsage     stdx509.KeyUsage
-		ExtKeyUsage  []stdx509.ExtKeyUsage
+		IPAddresses  []netip.Addr
+		KeyUsage     []string
+		ExtKeyUsage  []string
 		Lifetime     time.Duration
 		Issuer       string
-	}{p.CommonName, p.Organization, p.DNSNames, ips, p.KeyUsage, p.ExtKeyUsage, p.Lifetime, issuerFingerprint})
+	}{
+		req.CommonName, req.Organization, req.DNSNames, req.IPAddresses, req.KeyUsage, req.ExtKeyUsage, req.Lifetime,
+		issuerFingerprint,
+	})
 
 	sum := sha256.Sum256(data)
 

@@ -2,17 +2,13 @@ package pki
 
 import (
 	"context"
-	"fmt"
-	"reflect"
 	"slices"
-
-	"github.com/nodepki/nodepki/controllers/configview"
 
 	"github.com/cosi-project/runtime/pkg/controller"
 	"github.com/cosi-project/runtime/pkg/resource"
-	"github.com/cosi-project/runtime/pkg/safe"
 	"go.uber.org/zap"
 
+	"github.com/nodepki/nodepki/controllers/configview"
 	"github.com/nodepki/nodepki/pkg/machineconfig"
 	"github.com/nodepki/nodepki/resources/pki"
 )
@@ -20,66 +16,17 @@ import (
 // RootSecretsController produces one pki.RootSecret per root the machine config has material for:
 // the issuing CA certificate, its key only where the node may issue (control planes), and the
 // trustd tokens for the os root.
-type RootSecretsController struct {
-	config configview.Cache
-}
+type RootSecretsController = DerivedController[pki.RootSecretSpec, pki.RootSecretExtension]
 
-// Name implements controller.Controller interface.
-func (ctrl *RootSecretsController) Name() string {
-	return "pki.RootSecretsController"
-}
+// NewRootSecretsController creates a RootSecretsController.
+func NewRootSecretsController() *RootSecretsController {
+	return newDerivedController[pki.RootSecretSpec, pki.RootSecretExtension]("pki.RootSecretsController",
+		[]controller.Input{configview.Input()},
+		func(ctx context.Context, r controller.Reader, _ *zap.Logger) (map[resource.ID]pki.RootSecretSpec, bool, error) {
+			doc, err := configview.Read(ctx, r)
 
-// Inputs implements controller.Controller interface.
-func (ctrl *RootSecretsController) Inputs() []controller.Input {
-	return []controller.Input{configview.Input()}
-}
-
-// Outputs implements controller.Controller interface.
-func (ctrl *RootSecretsController) Outputs() []controller.Output {
-	return []controller.Output{{Type: pki.RootSecretsType, Kind: controller.OutputExclusive}}
-}
-
-// Run implements controller.Controller interface.
-func (ctrl *RootSecretsController) Run(ctx context.Context, r controller.Runtime, _ *zap.Logger) error {
-	// written are the root secrets as the last pass wrote them: a config change rewrites most of
-	// them, and updating them directly is cheaper than Modify (see writeSpec).
-	var written map[resource.ID]*pki.RootSecret
-
-	for {
-		select {
-		case <-ctx.Done():
-			return nil
-		case <-r.EventCh():
-		}
-
-		doc, err := configview.Read(ctx, r, &ctrl.config)
-		if err != nil {
-			return err
-		}
-
-		r.StartTrackingOutputs()
-
-		specs := rootSecrets(doc)
-		next := make(map[resource.ID]*pki.RootSecret, len(specs))
-
-		for id, spec := range specs {
-			last := written[id]
-			if last != nil && reflect.DeepEqual(*last.TypedSpec(), spec) {
-				// Unchanged: Modify writes nothing, but marks it as an output of this pass.
-				last = nil
-			}
-
-			if next[id], err = writeSpec(ctx, r, last, pki.NewRootSecret(id), spec); err != nil {
-				return fmt.Errorf("error updating root secret %q: %w", id, err)
-			}
-		}
-
-		written = next
-
-		if err = safe.CleanupOutputs[*pki.RootSecret](ctx, r); err != nil {
-			return fmt.Errorf("error cleaning up root secrets: %w", err)
-		}
-	}
+			return rootSecrets(doc), err == nil, err
+		})
 }
 
 // rootSecrets maps the machine config to the root secrets it defines; roots without any material

@@ -83,7 +83,7 @@ func TestRootSecrets(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			t.Parallel()
 
-			env := ctest.Run(t, &ctrlpki.RootSecretsController{})
+			env := ctest.Run(t, ctrlpki.NewRootSecretsController())
 			env.SetMachineConfig(t, tc.doc())
 
 			assertRootSecrets(t, env, tc.want)
@@ -100,7 +100,7 @@ func assertRootSecrets(t *testing.T, env *ctest.Env, want map[resource.ID]pki.Ro
 		})
 	}
 
-	for _, id := range pki.AllRoots {
+	for _, id := range pki.AllRoots() {
 		if _, ok := want[id]; !ok {
 			rtestutils.AssertNoResource[*pki.RootSecret](env.Ctx, t, env.State, id)
 		}
@@ -111,10 +111,10 @@ func TestRootSecretsFollowConfig(t *testing.T) {
 	t.Parallel()
 
 	s := ctest.NewSecrets(t)
-	env := ctest.Run(t, &ctrlpki.RootSecretsController{})
+	env := ctest.Run(t, ctrlpki.NewRootSecretsController())
 
 	env.SetMachineConfig(t, ctest.ControlPlane(s))
-	rtestutils.AssertLength[*pki.RootSecret](env.Ctx, t, env.State, len(pki.AllRoots))
+	rtestutils.AssertLength[*pki.RootSecret](env.Ctx, t, env.State, len(pki.AllRoots()))
 
 	before := versions[*pki.RootSecret](t, env)
 

@@ -54,12 +54,12 @@ func TestRotationWalk(t *testing.T) {
 			rootOf := map[resource.ID]ctest.CA{pki.RootOS: s.OS, pki.RootKubernetes: s.Kubernetes, pki.RootEtcd: s.Etcd, pki.RootAggregator: s.Aggregator}
 			oldCA, newCA := rootOf[tc.root], ctest.NewCA(t, tc.kind)
 			oldFP, newFP := oldCA.Fingerprint(t), newCA.Fingerprint(t)
-			rotated := certificatesOf(tc.root)
+			rotated := leafIDsOf(t, tc.root)
 
-			env := runGraph(t, nil)
+			env := runGraph(t)
 			doc := ctest.ControlPlane(s)
 			env.SetMachineConfig(t, doc)
-			assertAllIssued(t, env, controlPlaneCertificates)
+			assertAllIssued(t, env, leafIDs(t))
 
 			initial := certificateSerials(t, env)
 
@@ -90,7 +90,7 @@ func TestRotationWalk(t *testing.T) {
 
 			switched := certificateSerials(t, env)
 
-			for _, id := range controlPlaneCertificates {
+			for _, id := range leafIDs(t) {
 				if slices.Contains(rotated, id) {
 					require.NotEqual(t, initial[id], switched[id], "%s was not reissued", id)
 				} else {
@@ -126,7 +126,7 @@ func TestRotationWalkServiceAccount(t *testing.T) {
 
 	oldFP, newFP := publicKeyFingerprint(t, s.ServiceAccount), publicKeyFingerprint(t, newKey)
 
-	env := runGraph(t, nil)
+	env := runGraph(t)
 	doc := ctest.ControlPlane(s)
 	env.SetMachineConfig(t, doc)
 	assertPool(t, env, pki.RootServiceAccount, []string{oldFP}, oldFP)

@@ -295,8 +295,8 @@ func askNodes(ctx context.Context, cl Cluster, nodes []string, limit int) []node
 func judgeLeaf(node, id string, spec pki.CertificateStatusSpec, opts Options) Item {
 	item := Item{Nodes: []string{node}, Kind: KindLeaf, Root: spec.Root, Name: id, Trusted: spec.Trusted}
 
-	notAfter, notAfterErr := parseTime(spec.NotAfter)
-	renewAt, renewAtErr := parseTime(spec.RenewAt)
+	notAfter, notAfterErr := parseTime(spec.NotAfter.String())
+	renewAt, renewAtErr := parseTime(spec.RenewAt.String())
 
 	if notAfterErr == nil {
 		item.NotAfter = notAfter

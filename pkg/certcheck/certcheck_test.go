@@ -45,7 +45,7 @@ func (f *fakeCluster) CertificateStatuses(_ context.Context, node string) (map[s
 func leaf(state string, trusted bool, notAfter, renewAt time.Time) pki.CertificateStatusSpec {
 	return pki.CertificateStatusSpec{
 		Root: "os", State: state, Trusted: trusted,
-		NotAfter: notAfter.Format(time.RFC3339), RenewAt: renewAt.Format(time.RFC3339),
+		NotAfter: pki.NewTime(notAfter), RenewAt: pki.NewTime(renewAt),
 	}
 }
 

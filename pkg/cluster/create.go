@@ -26,7 +26,7 @@ import (
 	"github.com/nodepki/nodepki/pkg/machineconfig"
 	"github.com/nodepki/nodepki/pkg/machineconfig/generate"
 	"github.com/nodepki/nodepki/pkg/role"
-	"github.com/nodepki/nodepki/runtime/trustd"
+	"github.com/nodepki/nodepki/pkg/trustd"
 )
 
 // Options configure Create.

@@ -126,6 +126,28 @@ func TestBadInput(t *testing.T) {
 			wantErr: []string{"machine.token", "missing"},
 		},
 		{
+			name:    "certificate lifetime below the minimum",
+			config:  cp(func(d map[string]any) { section(d, "machine")["certificateLifetimes"] = map[string]any{"etcd": "5s"} }),
+			wantErr: []string{"machine.certificateLifetimes.etcd", "5s is shorter than the minimum 10s"},
+		},
+		{
+			name: "certificate lifetime beyond the issuing CA",
+			config: cp(func(d map[string]any) {
+				section(d, "machine")["certificateLifetimes"] = map[string]any{"kubernetes": "175200h"}
+			}),
+			wantErr: []string{"machine.certificateLifetimes.kubernetes", "longer than the remaining life of cluster.aggregatorCA.crt", "cluster.ca.crt", "rotate the CA"},
+		},
+		{
+			name:    "certificate lifetime is not a duration",
+			config:  cp(func(d map[string]any) { section(d, "machine")["certificateLifetimes"] = map[string]any{"api": "a day"} }),
+			wantErr: []string{"machine.certificateLifetimes.api", "not a duration", "e.g. 8760h"},
+		},
+		{
+			name:    "negative lifetime on a worker",
+			config:  worker(func(d map[string]any) { section(d, "machine")["certificateLifetimes"] = map[string]any{"api": "-1s"} }),
+			wantErr: []string{"machine.certificateLifetimes.api", `"-1s" is negative`},
+		},
+		{
 			name:    "worker carrying machine.ca.key",
 			config:  worker(func(d map[string]any) { section(d, "machine", "ca")["key"] = b64(c.bundle.Certs.OS.Key) }),
 			wantErr: []string{"machine.ca.key", "not allowed on worker"},

@@ -2,6 +2,7 @@ package machineconfig_test
 
 import (
 	"bytes"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -144,4 +145,49 @@ func talosValidates(t *testing.T, data []byte) *v1alpha1.Config {
 	require.NoError(t, err)
 
 	return &cfg
+}
+
+// TestTalosRefusesExtensions checks what docs/machine-config.md says of the nodepki extensions:
+// Talos's strict decode refuses each one (it rejects unknown keys), and a config with none of
+// them loads.
+func TestTalosRefusesExtensions(t *testing.T) {
+	t.Parallel()
+
+	configs, err := talosConfigs()
+	require.NoError(t, err)
+
+	c := cluster(t)
+	extraCA := []any{map[string]any{"crt": b64(c.otherCA)}}
+
+	for _, tc := range []struct {
+		field string
+		add   func(doc map[string]any)
+	}{
+		{"machine.acceptedTokens", func(d map[string]any) { section(d, "machine")["acceptedTokens"] = []any{"abcdef.0123456789abcdef"} }},
+		{"machine.certificateLifetimes", func(d map[string]any) {
+			section(d, "machine")["certificateLifetimes"] = map[string]any{"api": "1h"}
+		}},
+		{"cluster.etcd.acceptedCAs", func(d map[string]any) { section(d, "cluster", "etcd")["acceptedCAs"] = extraCA }},
+		{"cluster.acceptedAggregatorCAs", func(d map[string]any) { section(d, "cluster")["acceptedAggregatorCAs"] = extraCA }},
+		{"cluster.acceptedServiceAccountKeys", func(d map[string]any) {
+			section(d, "cluster")["acceptedServiceAccountKeys"] = []any{map[string]any{"key": b64(c.otherCA)}}
+		}},
+	} {
+		t.Run(tc.field, func(t *testing.T) {
+			t.Parallel()
+
+			data := edit(t, configs[machine.TypeControlPlane], tc.add)
+
+			dec := yamlv3.NewDecoder(bytes.NewReader(data))
+			dec.KnownFields(true)
+
+			var cfg v1alpha1.Config
+
+			err := dec.Decode(&cfg)
+			require.Error(t, err, "Talos loads a config with %s", tc.field)
+
+			name := tc.field[strings.LastIndex(tc.field, ".")+1:]
+			assert.Contains(t, err.Error(), "field "+name+" not found")
+		})
+	}
 }

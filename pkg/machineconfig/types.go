@@ -35,6 +35,52 @@ type MachineSection struct {
 	CA             *CertificateAndKey `yaml:"ca,omitempty"`
 	AcceptedCAs    []*Certificate     `yaml:"acceptedCAs,omitempty"`
 	CertSANs       []string           `yaml:"certSANs,omitempty"`
+	// CertificateLifetimes is a nodepki extension: the lifetime of the node's leaf certificates.
+	CertificateLifetimes *CertificateLifetimes `yaml:"certificateLifetimes,omitempty"`
+}
+
+// Default leaf lifetimes, as in Talos: node API certificates are short-lived and renewed often,
+// etcd and Kubernetes certificates last a year.
+const (
+	DefaultAPILifetime        = 24 * time.Hour
+	DefaultEtcdLifetime       = 365 * 24 * time.Hour
+	DefaultKubernetesLifetime = 365 * 24 * time.Hour
+	// MinCertificateLifetime bounds machine.certificateLifetimes from below: short enough for
+	// tests with real processes, long enough that renewal (at 2/3 of the life) is not immediate.
+	MinCertificateLifetime = 10 * time.Second
+)
+
+// CertificateLifetimes is .machine.certificateLifetimes: the lifetime of the leaf certificates of
+// each family; an unset one keeps its default. api covers the node API, api-client and trustd
+// certificates (and what trustd signs for workers), etcd the etcd certificates, kubernetes the
+// kube-apiserver and front-proxy certificates.
+type CertificateLifetimes struct {
+	API        Duration `yaml:"api,omitempty"`
+	Etcd       Duration `yaml:"etcd,omitempty"`
+	Kubernetes Duration `yaml:"kubernetes,omitempty"`
+}
+
+// APILifetime is the lifetime of the node API certificates.
+func (l *CertificateLifetimes) APILifetime() time.Duration {
+	return l.pick(func(l *CertificateLifetimes) Duration { return l.API }, DefaultAPILifetime)
+}
+
+// EtcdLifetime is the lifetime of the etcd certificates.
+func (l *CertificateLifetimes) EtcdLifetime() time.Duration {
+	return l.pick(func(l *CertificateLifetimes) Duration { return l.Etcd }, DefaultEtcdLifetime)
+}
+
+// KubernetesLifetime is the lifetime of the Kubernetes certificates.
+func (l *CertificateLifetimes) KubernetesLifetime() time.Duration {
+	return l.pick(func(l *CertificateLifetimes) Duration { return l.Kubernetes }, DefaultKubernetesLifetime)
+}
+
+func (l *CertificateLifetimes) pick(field func(*CertificateLifetimes) Duration, def time.Duration) time.Duration {
+	if l == nil || field(l) == 0 {
+		return def
+	}
+
+	return time.Duration(field(l))
 }
 
 // ClusterSection holds the PKI fields of .cluster.

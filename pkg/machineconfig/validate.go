@@ -4,7 +4,10 @@ import (
 	"crypto/x509"
 	"errors"
 	"fmt"
+	"maps"
 	"net/url"
+	"slices"
+	"time"
 
 	"github.com/nodepki/nodepki/pkg/certs"
 )
@@ -32,7 +35,70 @@ func (c *Config) Validate() error {
 		v.cluster(d.Cluster, d.Machine.IsControlPlane())
 	}
 
+	if d.Machine != nil {
+		v.certificateLifetimes(d, time.Now())
+	}
+
 	return errors.Join(v.errs...)
+}
+
+// certificateLifetimes checks machine.certificateLifetimes: each set lifetime is at least
+// MinCertificateLifetime and ends before the CAs that issue with it expire (at now).
+func (v *validator) certificateLifetimes(d *Document, now time.Time) {
+	lifetimes := d.Machine.CertificateLifetimes
+	if lifetimes == nil {
+		return
+	}
+
+	var cluster ClusterSection
+	if d.Cluster != nil {
+		cluster = *d.Cluster
+	}
+
+	var etcdCA *CertificateAndKey
+	if cluster.Etcd != nil {
+		etcdCA = cluster.Etcd.CA
+	}
+
+	for _, family := range []struct {
+		name     string
+		lifetime Duration
+		issuers  map[string]*CertificateAndKey
+	}{
+		{"api", lifetimes.API, map[string]*CertificateAndKey{"machine.ca": d.Machine.CA}},
+		{"etcd", lifetimes.Etcd, map[string]*CertificateAndKey{"cluster.etcd.ca": etcdCA}},
+		{"kubernetes", lifetimes.Kubernetes, map[string]*CertificateAndKey{"cluster.ca": cluster.CA, "cluster.aggregatorCA": cluster.AggregatorCA}},
+	} {
+		if family.lifetime == 0 {
+			continue
+		}
+
+		path := "machine.certificateLifetimes." + family.name
+		lifetime := time.Duration(family.lifetime)
+
+		if lifetime < MinCertificateLifetime {
+			v.fail(path, "%s is shorter than the minimum %s: set at least %s, or remove it for the default", lifetime, MinCertificateLifetime, MinCertificateLifetime)
+
+			continue
+		}
+
+		for _, caPath := range slices.Sorted(maps.Keys(family.issuers)) {
+			ca := family.issuers[caPath]
+			if ca == nil || len(ca.Crt) == 0 {
+				continue
+			}
+
+			crt, err := certs.ParseCertificate(ca.Crt)
+			if err != nil {
+				continue // reported with the CA's own field
+			}
+
+			if remaining := crt.NotAfter.Sub(now).Truncate(time.Second); lifetime > remaining {
+				v.fail(path, "%s is longer than the remaining life of %s.crt (%s, until %s): set at most %s, or rotate the CA first",
+					lifetime, caPath, remaining, crt.NotAfter.UTC().Format(time.RFC3339), remaining)
+			}
+		}
+	}
 }
 
 type validator struct {

@@ -9,7 +9,6 @@ import (
 	"github.com/cosi-project/runtime/pkg/state"
 	"github.com/prometheus/client_golang/prometheus"
 	"google.golang.org/grpc"
-	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/reflect/protoreflect"
 	"google.golang.org/protobuf/reflect/protoregistry"
@@ -134,11 +133,9 @@ func (c *Counters) ConfigApplied(source string) {
 }
 
 // TrustdUnaryInterceptor counts trustd requests by result. It goes first in the chain, so that
-// rate-limited requests count (ResourceExhausted). The series of OK starts at zero on the nodes
-// that serve trustd only.
+// rate-limited requests count (ResourceExhausted). Its series appear with the first request: the
+// interceptor is made before the node knows whether it serves trustd, and a worker shows none.
 func (c *Counters) TrustdUnaryInterceptor() grpc.UnaryServerInterceptor {
-	c.trustdRequests.WithLabelValues(codes.OK.String())
-
 	return func(ctx context.Context, req any, info *grpc.UnaryServerInfo, handler grpc.UnaryHandler) (any, error) {
 		resp, err := handler(ctx, req)
 		c.trustdRequests.WithLabelValues(status.Code(err).String()).Inc()

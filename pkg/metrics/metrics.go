@@ -92,12 +92,12 @@ func (c *Collector) collectLeaves(ctx context.Context, ch chan<- prometheus.Metr
 		values := []string{spec.Root, res.Metadata().ID(), KindLeaf}
 
 		// A pending certificate has no times yet: only its trust (0) is reported.
-		if notAfter, err := time.Parse(time.RFC3339, spec.NotAfter); err == nil {
-			ch <- prometheus.MustNewConstMetric(c.notAfter, prometheus.GaugeValue, unixSeconds(notAfter), values...)
+		if !spec.NotAfter.IsZero() {
+			ch <- prometheus.MustNewConstMetric(c.notAfter, prometheus.GaugeValue, unixSeconds(spec.NotAfter.Time), values...)
 		}
 
-		if renewAt, err := time.Parse(time.RFC3339, spec.RenewAt); err == nil {
-			ch <- prometheus.MustNewConstMetric(c.renewAt, prometheus.GaugeValue, unixSeconds(renewAt), values...)
+		if !spec.RenewAt.IsZero() {
+			ch <- prometheus.MustNewConstMetric(c.renewAt, prometheus.GaugeValue, unixSeconds(spec.RenewAt.Time), values...)
 		}
 
 		ch <- prometheus.MustNewConstMetric(c.trusted, prometheus.GaugeValue, boolValue(spec.Trusted), values...)

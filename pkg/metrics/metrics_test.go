@@ -50,8 +50,8 @@ func newFixture(t *testing.T) fixture {
 
 	api := pki.NewCertificateStatus(pki.CertAPI)
 	api.TypedSpec().Root = pki.RootOS
-	api.TypedSpec().NotAfter = "2027-01-02T03:04:05Z"
-	api.TypedSpec().RenewAt = "2026-12-01T00:00:00Z"
+	api.TypedSpec().NotAfter = pki.NewTime(time.Date(2027, 1, 2, 3, 4, 5, 0, time.UTC))
+	api.TypedSpec().RenewAt = pki.NewTime(time.Date(2026, 12, 1, 0, 0, 0, 0, time.UTC))
 	api.TypedSpec().Trusted = true
 	api.TypedSpec().State = pki.StateValid
 	require.NoError(t, st.Create(t.Context(), api))
@@ -100,7 +100,7 @@ func TestCollectorComputesAtScrapeTime(t *testing.T) {
 
 	_, err := safe.StateUpdateWithConflicts(t.Context(), f.st, pki.NewCertificateStatus("etcd-peer").Metadata(),
 		func(r *pki.CertificateStatus) error {
-			r.TypedSpec().NotAfter = "2027-01-01T00:00:00Z"
+			r.TypedSpec().NotAfter = pki.NewTime(time.Date(2027, 1, 1, 0, 0, 0, 0, time.UTC))
 
 			return nil
 		})

@@ -27,6 +27,10 @@ type AcceptedCASpec struct {
 	IssuingFingerprint string `yaml:"issuingFingerprint" protobuf:"3"`
 	// PublicKeys are PEM public keys (service-account root only).
 	PublicKeys []string `yaml:"publicKeys,omitempty" protobuf:"4"`
+	// ShortFingerprints and IssuingShortFingerprint are Fingerprints and IssuingFingerprint cut to
+	// ShortFingerprintLength hex digits, for tables.
+	ShortFingerprints       []string `yaml:"shortFingerprints" protobuf:"5"`
+	IssuingShortFingerprint string   `yaml:"issuingShortFingerprint" protobuf:"6"`
 }
 
 // NewAcceptedCA initializes an AcceptedCA resource.
@@ -42,6 +46,7 @@ func (s AcceptedCASpec) DeepCopy() AcceptedCASpec {
 	s.Certificates = slices.Clone(s.Certificates)
 	s.Fingerprints = slices.Clone(s.Fingerprints)
 	s.PublicKeys = slices.Clone(s.PublicKeys)
+	s.ShortFingerprints = slices.Clone(s.ShortFingerprints)
 
 	return s
 }
@@ -55,8 +60,8 @@ func (AcceptedCAExtension) ResourceDefinition() meta.ResourceDefinitionSpec {
 		Type:             AcceptedCAsType,
 		DefaultNamespace: NamespaceName,
 		PrintColumns: []meta.PrintColumn{
-			{Name: "Issuing", JSONPath: "{.issuingFingerprint}"},
-			{Name: "Accepted", JSONPath: "{.fingerprints}"},
+			{Name: "Issuing", JSONPath: "{.issuingShortFingerprint}"},
+			{Name: "Accepted", JSONPath: "{.shortFingerprints}"},
 		},
 	}
 }

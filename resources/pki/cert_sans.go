@@ -1,6 +1,7 @@
 package pki
 
 import (
+	"net/netip"
 	"slices"
 
 	"github.com/cosi-project/runtime/pkg/resource"
@@ -19,8 +20,8 @@ type CertSAN = typed.Resource[CertSANSpec, CertSANExtension]
 
 // CertSANSpec lists are sorted and deduplicated.
 type CertSANSpec struct {
-	IPs      []string `yaml:"ips" protobuf:"1"`
-	DNSNames []string `yaml:"dnsNames" protobuf:"2"`
+	IPs      []netip.Addr `yaml:"ips" protobuf:"1"`
+	DNSNames []string     `yaml:"dnsNames" protobuf:"2"`
 }
 
 // NewCertSAN initializes a CertSAN resource.

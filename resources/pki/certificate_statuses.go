@@ -21,12 +21,16 @@ const (
 	StateExpired   = "expired"   // past NotAfter (or not yet valid)
 	StateUntrusted = "untrusted" // does not chain to a currently accepted CA
 	StatePending   = "pending"   // not issued yet (see LastError)
+	// StateRenewalFailing: trusted and not expiring yet, but the latest attempt to renew or reissue
+	// it failed (see LastError); it stays in use meanwhile.
+	StateRenewalFailing = "renewal-failing"
 )
 
 // CertificateStatus reports one NodeCertificate without its key (same IDs).
 type CertificateStatus = typed.Resource[CertificateStatusSpec, CertificateStatusExtension]
 
-// CertificateStatusSpec is what an operator needs to judge a certificate. Times are RFC 3339 UTC.
+// CertificateStatusSpec is what an operator needs to judge a certificate. Times are RFC 3339 UTC
+// in YAML; IPAddresses are rendered from the parsed certificate.
 type CertificateStatusSpec struct {
 	Root              string   `yaml:"root" protobuf:"1"`
 	Subject           string   `yaml:"subject" protobuf:"2"`
@@ -35,13 +39,15 @@ type CertificateStatusSpec struct {
 	Serial            string   `yaml:"serial" protobuf:"5"`
 	Issuer            string   `yaml:"issuer" protobuf:"6"`
 	IssuerFingerprint string   `yaml:"issuerFingerprint" protobuf:"7"`
-	NotBefore         string   `yaml:"notBefore" protobuf:"8"`
-	NotAfter          string   `yaml:"notAfter" protobuf:"9"`
-	RenewAt           string   `yaml:"renewAt" protobuf:"10"`
+	NotBefore         Time     `yaml:"notBefore" protobuf:"8"`
+	NotAfter          Time     `yaml:"notAfter" protobuf:"9"`
+	RenewAt           Time     `yaml:"renewAt" protobuf:"10"`
 	// Trusted is true when the certificate chains to a CA in the root's current AcceptedCAs.
 	Trusted   bool   `yaml:"trusted" protobuf:"11"`
 	State     string `yaml:"state" protobuf:"12"`
 	LastError string `yaml:"lastError,omitempty" protobuf:"13"`
+	// IssuerShortFingerprint is IssuerFingerprint cut to ShortFingerprintLength hex digits, for tables.
+	IssuerShortFingerprint string `yaml:"issuerShortFingerprint" protobuf:"14"`
 }
 
 // NewCertificateStatus initializes a CertificateStatus resource.
@@ -70,7 +76,7 @@ func (CertificateStatusExtension) ResourceDefinition() meta.ResourceDefinitionSp
 		DefaultNamespace: NamespaceName,
 		Aliases:          []resource.Type{"certstatus"},
 		PrintColumns: []meta.PrintColumn{
-			{Name: "Issuer", JSONPath: "{.issuerFingerprint}"},
+			{Name: "Issuer", JSONPath: "{.issuerShortFingerprint}"},
 			{Name: "Not-After", JSONPath: "{.notAfter}"},
 			{Name: "Renew-At", JSONPath: "{.renewAt}"},
 			{Name: "State", JSONPath: "{.state}"},

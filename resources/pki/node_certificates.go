@@ -12,7 +12,8 @@ import (
 const NodeCertificatesType = resource.Type("NodeCertificates.pki.nodepki.dev")
 
 // NodeCertificate is one leaf certificate of the node with its key and the CA bundle its consumer
-// must trust (IDs: CertAPI, CertTrustd, CertEtcdServer, ...).
+// must trust, obtained for the CertificateRequest of the same ID (IDs: CertAPI, CertTrustd,
+// CertEtcdServer, ...).
 type NodeCertificate = typed.Resource[NodeCertificateSpec, NodeCertificateExtension]
 
 // NodeCertificateSpec changes only when the certificate is reissued or the trust bundle changes.
@@ -27,8 +28,8 @@ type NodeCertificateSpec struct {
 	// Request is a digest of everything the certificate was issued for (profile, SANs, issuer);
 	// a different digest means the certificate must be reissued.
 	Request string `yaml:"request" protobuf:"6"`
-	// RenewAt is when the certificate is due for renewal (RFC 3339): 2/3 of its life minus jitter.
-	RenewAt string `yaml:"renewAt" protobuf:"7"`
+	// RenewAt is when the certificate is due for renewal: 2/3 of its life minus jitter.
+	RenewAt Time `yaml:"renewAt" protobuf:"7"`
 	// LastError is why the latest attempt to obtain the certificate failed (empty once it succeeds);
 	// Certificate and Key keep the previous certificate, if any, meanwhile.
 	LastError string `yaml:"lastError,omitempty" protobuf:"8"`

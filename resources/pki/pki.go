@@ -20,7 +20,9 @@ const (
 )
 
 // AllRoots lists every root ID in a stable order.
-var AllRoots = []resource.ID{RootOS, RootKubernetes, RootEtcd, RootAggregator, RootServiceAccount}
+func AllRoots() []resource.ID {
+	return []resource.ID{RootOS, RootKubernetes, RootEtcd, RootAggregator, RootServiceAccount}
+}
 
 // CertSANs IDs.
 const (
@@ -41,3 +43,13 @@ const (
 	CertKubeAPIServerKubeletClient = resource.ID("kube-apiserver-kubelet-client")
 	CertFrontProxyClient           = resource.ID("front-proxy-client")
 )
+
+// ShortFingerprintLength is how many hex digits of a fingerprint tables show: 48 bits, enough to
+// tell apart the handful of CAs a root accepts at once.
+const ShortFingerprintLength = 12
+
+// ShortFingerprint is the first ShortFingerprintLength hex digits of a fingerprint, for tables
+// and IDs; the spec keeps the full one.
+func ShortFingerprint(fingerprint string) string {
+	return fingerprint[:min(len(fingerprint), ShortFingerprintLength)]
+}

@@ -43,6 +43,22 @@ import (
 // DefaultPort is the node API port, on every node.
 const DefaultPort = 50000
 
+// MinTLSVersion is the oldest TLS version the node API accepts; it accepts every version from
+// there to the newest crypto/tls supports.
+const MinTLSVersion = tls.VersionTLS13
+
+// TLSVersions names the TLS versions the node API accepts ("TLS 1.3"), oldest first, for the
+// node's SecurityStatus.
+func TLSVersions() []string {
+	var out []string
+
+	for v := uint16(MinTLSVersion); v <= tls.VersionTLS13; v++ {
+		out = append(out, tls.VersionName(v))
+	}
+
+	return out
+}
+
 const (
 	// shutdownGrace is how long Serve waits for calls in flight (watches never end by themselves)
 	// before it cuts them.
@@ -245,7 +261,7 @@ func (s *Server) Serve(ctx context.Context, lis net.Listener) error {
 // so that every connection does a full handshake and sees the current certificate.
 func (s *Server) tlsConfig() *tls.Config {
 	return &tls.Config{
-		MinVersion:             tls.VersionTLS13,
+		MinVersion:             MinTLSVersion,
 		ClientAuth:             tls.RequestClientCert,
 		GetCertificate:         s.material.getServerCertificate,
 		SessionTicketsDisabled: true,

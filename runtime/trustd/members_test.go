@@ -13,6 +13,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/nodepki/nodepki/pkg/certs"
+	trustdclient "github.com/nodepki/nodepki/pkg/trustd"
 	"github.com/nodepki/nodepki/resources/cluster"
 	"github.com/nodepki/nodepki/runtime/trustd"
 )
@@ -117,7 +118,7 @@ func TestServerRecordsMembers(t *testing.T) {
 }
 
 // TestMemberIDIsTheRequestingAddress proves that a worker dialing trustd from its node address
-// (trustd.FromAddress) is recorded under that address even when it is not its first IP SAN.
+// (trustdclient.FromAddress) is recorded under that address even when it is not its first IP SAN.
 func TestMemberIDIsTheRequestingAddress(t *testing.T) {
 	t.Parallel()
 
@@ -125,8 +126,8 @@ func TestMemberIDIsTheRequestingAddress(t *testing.T) {
 	addr := startServer(t, cp.state, nil)
 	csr := makeCSR(t, csrRequest{commonName: "worker", ips: []string{"127.0.0.1", "127.0.90.6"}})
 
-	_, _, err := trustd.RequestCertificate(t.Context(), []string{addr}, bundle(cp.accepted), machineToken, csr,
-		trustd.FromAddress(netip.MustParseAddr("127.0.90.6")))
+	_, _, err := trustdclient.RequestCertificate(t.Context(), []string{addr}, bundle(cp.accepted), machineToken, csr,
+		trustdclient.FromAddress(netip.MustParseAddr("127.0.90.6")))
 	require.NoError(t, err)
 
 	m, err := safe.StateGetByID[*cluster.Member](t.Context(), cp.state, "127.0.90.6")

@@ -58,7 +58,10 @@ func (s *Server) ownershipFor(ctx context.Context, requester netip.Addr) (*owner
 	}
 
 	if err == nil {
-		o.add("this control plane", sans.TypedSpec().IPs...)
+		for _, ip := range sans.TypedSpec().IPs {
+			o.add("this control plane", ip.String())
+		}
+
 		o.add("this control plane", sans.TypedSpec().DNSNames...)
 	}
 

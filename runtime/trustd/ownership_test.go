@@ -24,6 +24,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	"github.com/nodepki/nodepki/pkg/certs"
+	trustdclient "github.com/nodepki/nodepki/pkg/trustd"
 	"github.com/nodepki/nodepki/resources/cluster"
 	"github.com/nodepki/nodepki/resources/config"
 	"github.com/nodepki/nodepki/resources/network"
@@ -53,7 +54,7 @@ func withClusterNames(t *testing.T, cp *controlPlane) {
 	require.NoError(t, cp.state.Create(ctx, addresses))
 
 	sans := pki.NewCertSAN(pki.SANsAPI)
-	sans.TypedSpec().IPs = []string{cpAddress, "10.5.0.2"}
+	sans.TypedSpec().IPs = []netip.Addr{netip.MustParseAddr(cpAddress), netip.MustParseAddr("10.5.0.2")}
 	sans.TypedSpec().DNSNames = []string{cpHostname, "cp-1.example.test"}
 	require.NoError(t, cp.state.Create(ctx, sans))
 
@@ -73,8 +74,8 @@ func withClusterNames(t *testing.T, cp *controlPlane) {
 func requestFrom(t *testing.T, addr string, cp *controlPlane, from string, csr []byte) ([]byte, error) {
 	t.Helper()
 
-	_, crt, err := trustd.RequestCertificate(t.Context(), []string{addr}, bundle(cp.accepted), machineToken, csr,
-		trustd.FromAddress(netip.MustParseAddr(from)))
+	_, crt, err := trustdclient.RequestCertificate(t.Context(), []string{addr}, bundle(cp.accepted), machineToken, csr,
+		trustdclient.FromAddress(netip.MustParseAddr(from)))
 
 	return crt, err
 }

@@ -48,7 +48,9 @@ type Options struct {
 	// RateLimit and RateBurst bound requests per peer IP; zero means DefaultRateLimit / DefaultRateBurst.
 	RateLimit rate.Limit
 	RateBurst int
-	// Lifetime of the signed certificates; zero means CertificateLifetime, which is also the maximum.
+	// Lifetime fixes the lifetime of the signed certificates (at most CertificateLifetime); zero
+	// follows the control plane's own api lifetime (its CertificateRequest "api", from
+	// machine.certificateLifetimes.api), or CertificateLifetime without one.
 	Lifetime time.Duration
 	// MaxMembers bounds the workers recorded as members; zero means DefaultMaxMembers.
 	MaxMembers int
@@ -71,6 +73,8 @@ type Server struct {
 	certificate *certificateSource
 	limiter     *peerLimiter
 	lifetime    time.Duration
+	// fromConfig is set when Options.Lifetime was zero: lifetime is then only the fallback.
+	fromConfig bool
 
 	// issuingCA is the OS CA loaded from the root secret's PEM: parsing the key on every request
 	// would cost as much as a signature.
@@ -184,6 +188,7 @@ func New(opts Options) (*Server, error) {
 		certificate:   newCertificateSource(),
 		limiter:       newPeerLimiter(limit, burst, maxTrackedPeers),
 		lifetime:      lifetime,
+		fromConfig:    opts.Lifetime == 0,
 		issuingCA:     lastDerived[caPEM, *certs.CA]{equal: func(a, b caPEM) bool { return a == b }, derive: loadCA},
 		caBundle:      lastDerived[[]string, []byte]{equal: slices.Equal[[]string], derive: buildCABundle},
 		endpointHost: lastDerived[string, string]{
@@ -398,7 +403,9 @@ func (s *Server) sign(ctx context.Context, csrPEM []byte) (*trustdapi.Certificat
 		return nil, status.Error(codes.PermissionDenied, err.Error())
 	}
 
-	profile.Lifetime = s.lifetime
+	if profile.Lifetime, err = s.signingLifetime(ctx); err != nil {
+		return nil, err
+	}
 
 	caBundle, err := s.acceptedCABundle(ctx)
 	if err != nil {
@@ -443,6 +450,25 @@ func (s *Server) osRoot(ctx context.Context) (*pki.RootSecret, error) {
 	}
 
 	return root, nil
+}
+
+// signingLifetime is the lifetime of what the server signs: the control plane's own api lifetime
+// unless Options.Lifetime fixed one, read per request so that a config change applies at once.
+func (s *Server) signingLifetime(ctx context.Context) (time.Duration, error) {
+	if !s.fromConfig {
+		return s.lifetime, nil
+	}
+
+	request, err := safe.StateGetByID[*pki.CertificateRequest](ctx, s.state, pki.CertAPI)
+	if err != nil {
+		if state.IsNotFoundError(err) {
+			return s.lifetime, nil
+		}
+
+		return 0, status.Error(codes.Internal, "error reading the api certificate request")
+	}
+
+	return request.TypedSpec().Lifetime, nil
 }
 
 // acceptedCABundle is the PEM bundle of the OS CAs the worker's API must trust for clients.

@@ -29,6 +29,7 @@ import (
 
 	trustdapi "github.com/nodepki/nodepki/api/trustd"
 	"github.com/nodepki/nodepki/pkg/certs"
+	trustdclient "github.com/nodepki/nodepki/pkg/trustd"
 	"github.com/nodepki/nodepki/resources/pki"
 	"github.com/nodepki/nodepki/runtime/trustd"
 )
@@ -40,7 +41,7 @@ func TestServerSignsUnderPolicy(t *testing.T) {
 	core, logs := observer.New(zapcore.InfoLevel)
 	addr := startServer(t, cp.state, zap.New(core))
 
-	caPEM, crtPEM, err := trustd.RequestCertificate(t.Context(), []string{addr}, bundle(cp.accepted), machineToken, makeCSR(t, csrRequest{
+	caPEM, crtPEM, err := trustdclient.RequestCertificate(t.Context(), []string{addr}, bundle(cp.accepted), machineToken, makeCSR(t, csrRequest{
 		commonName:   "worker-1",
 		organization: []string{"os:admin"},
 		dnsNames:     []string{"worker-1", "worker-1.cluster.local"},
@@ -257,7 +258,7 @@ func TestServerTokens(t *testing.T) {
 	csr := makeCSR(t, csrRequest{commonName: "worker-1", dnsNames: []string{"worker-1"}})
 
 	request := func(token string) error {
-		_, _, err := trustd.RequestCertificate(t.Context(), []string{addr}, bundle(cp.accepted), token, csr)
+		_, _, err := trustdclient.RequestCertificate(t.Context(), []string{addr}, bundle(cp.accepted), token, csr)
 
 		return err
 	}
@@ -295,7 +296,7 @@ func TestServerECDSAFamily(t *testing.T) {
 	cp := newControlPlane(t, certs.RootEtcd) // an ECDSA P-256 CA
 	addr := startServer(t, cp.state, nil)
 
-	_, crtPEM, err := trustd.RequestCertificate(t.Context(), []string{addr}, bundle(cp.accepted), machineToken,
+	_, crtPEM, err := trustdclient.RequestCertificate(t.Context(), []string{addr}, bundle(cp.accepted), machineToken,
 		makeCSR(t, csrRequest{key: newECDSAKey(t), commonName: "worker-1", ips: []string{"10.5.0.3"}}))
 	require.NoError(t, err)
 
@@ -303,7 +304,7 @@ func TestServerECDSAFamily(t *testing.T) {
 	require.NoError(t, err)
 	assert.Equal(t, x509.ECDSA, crt.PublicKeyAlgorithm)
 
-	_, _, err = trustd.RequestCertificate(t.Context(), []string{addr}, bundle(cp.accepted), machineToken,
+	_, _, err = trustdclient.RequestCertificate(t.Context(), []string{addr}, bundle(cp.accepted), machineToken,
 		makeCSR(t, csrRequest{commonName: "worker-1", ips: []string{"10.5.0.3"}}))
 	assert.Equal(t, codes.InvalidArgument, status.Code(err), "%v", err)
 	assert.ErrorContains(t, err, "key type is Ed25519 but the OS CA is ECDSA")
@@ -411,7 +412,7 @@ func TestServerNotReady(t *testing.T) {
 
 	require.ErrorIs(t, srv.WaitReady(waitCtx), context.DeadlineExceeded, "no certificate, not ready")
 
-	_, _, err = trustd.RequestCertificate(t.Context(), []string{lis.Addr().String()}, bundle(cp.accepted), machineToken,
+	_, _, err = trustdclient.RequestCertificate(t.Context(), []string{lis.Addr().String()}, bundle(cp.accepted), machineToken,
 		makeCSR(t, csrRequest{commonName: "worker-1", dnsNames: []string{"worker-1"}}))
 	require.Error(t, err, "handshakes must fail before the certificate exists")
 
@@ -442,7 +443,7 @@ func TestRequestCertificateEndpoints(t *testing.T) {
 	t.Run("falls over to the next endpoint", func(t *testing.T) {
 		t.Parallel()
 
-		_, crtPEM, err := trustd.RequestCertificate(t.Context(), []string{deadAddr, addr}, bundle(cp.accepted), machineToken, csr)
+		_, crtPEM, err := trustdclient.RequestCertificate(t.Context(), []string{deadAddr, addr}, bundle(cp.accepted), machineToken, csr)
 		require.NoError(t, err)
 		assert.NotEmpty(t, crtPEM)
 	})
@@ -450,7 +451,7 @@ func TestRequestCertificateEndpoints(t *testing.T) {
 	t.Run("names every failed endpoint", func(t *testing.T) {
 		t.Parallel()
 
-		_, _, err := trustd.RequestCertificate(t.Context(), []string{deadAddr, "127.0.0.1:bad:port"}, bundle(cp.accepted), machineToken, csr)
+		_, _, err := trustdclient.RequestCertificate(t.Context(), []string{deadAddr, "127.0.0.1:bad:port"}, bundle(cp.accepted), machineToken, csr)
 		require.Error(t, err)
 		assert.Contains(t, err.Error(), deadAddr)
 		assert.Contains(t, err.Error(), `endpoint "127.0.0.1:bad:port" has no valid host`)
@@ -461,7 +462,7 @@ func TestRequestCertificateEndpoints(t *testing.T) {
 
 		other := newCA(t, certs.RootOS)
 
-		_, _, err := trustd.RequestCertificate(t.Context(), []string{addr}, other.CrtPEM, machineToken, csr)
+		_, _, err := trustdclient.RequestCertificate(t.Context(), []string{addr}, other.CrtPEM, machineToken, csr)
 		require.Error(t, err)
 		assert.Contains(t, err.Error(), "certificate signed by unknown authority")
 	})
@@ -469,13 +470,13 @@ func TestRequestCertificateEndpoints(t *testing.T) {
 	t.Run("refuses bad arguments", func(t *testing.T) {
 		t.Parallel()
 
-		_, _, err := trustd.RequestCertificate(t.Context(), nil, bundle(cp.accepted), machineToken, csr)
+		_, _, err := trustdclient.RequestCertificate(t.Context(), nil, bundle(cp.accepted), machineToken, csr)
 		require.ErrorContains(t, err, "no trustd endpoint")
 
-		_, _, err = trustd.RequestCertificate(t.Context(), []string{addr}, bundle(cp.accepted), "", csr)
+		_, _, err = trustdclient.RequestCertificate(t.Context(), []string{addr}, bundle(cp.accepted), "", csr)
 		require.ErrorContains(t, err, "no join token")
 
-		_, _, err = trustd.RequestCertificate(t.Context(), []string{addr}, []byte("junk"), machineToken, csr)
+		_, _, err = trustdclient.RequestCertificate(t.Context(), []string{addr}, []byte("junk"), machineToken, csr)
 		require.ErrorContains(t, err, "error reading the OS CAs")
 	})
 
@@ -483,7 +484,7 @@ func TestRequestCertificateEndpoints(t *testing.T) {
 		t.Parallel()
 
 		// Nothing listens on 127.0.0.1:50001 in tests; the error shows the port that was dialed.
-		_, _, err := trustd.RequestCertificate(t.Context(), []string{"127.0.0.1"}, bundle(cp.accepted), machineToken, csr)
+		_, _, err := trustdclient.RequestCertificate(t.Context(), []string{"127.0.0.1"}, bundle(cp.accepted), machineToken, csr)
 		require.Error(t, err)
 		assert.True(t, strings.Contains(err.Error(), "127.0.0.1:50001"), "%v", err)
 	})

@@ -125,7 +125,7 @@ func TestPrometheusScrapesEveryNode(t *testing.T) {
 		require.NoError(t, err)
 
 		for res := range statuses.All() {
-			notAfter, err := time.Parse(time.RFC3339, res.TypedSpec().NotAfter)
+			notAfter, err := time.Parse(time.RFC3339, res.TypedSpec().NotAfter.String())
 			require.NoError(t, err, "leaf %s of %s", res.Metadata().ID(), node.Address)
 
 			want[instance]["leaf/"+res.TypedSpec().Root+"/"+res.Metadata().ID()] = notAfter.Unix()

@@ -11,13 +11,12 @@ import (
 	"strings"
 	"time"
 
-	"github.com/nodepki/nodepki/pkg/client"
-
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials"
 
 	trustdapi "github.com/nodepki/nodepki/api/trustd"
 	"github.com/nodepki/nodepki/pkg/certs"
+	"github.com/nodepki/nodepki/pkg/client"
 )
 
 // AttemptTimeout bounds one request to one endpoint, so a dead endpoint does not hold up the next.
@@ -131,7 +130,7 @@ func requestFrom(ctx context.Context, endpoint string, roots *x509.CertPool, tok
 		return nil, nil, fmt.Errorf("error creating the connection: %w", err)
 	}
 
-	defer conn.Close() //nolint:errcheck
+	defer conn.Close()
 
 	ctx, cancel := context.WithTimeout(ctx, AttemptTimeout)
 	defer cancel()

@@ -1,0 +1,146 @@
+package pki
+
+import (
+	"context"
+	"fmt"
+	"maps"
+	"slices"
+
+	"github.com/cosi-project/runtime/pkg/controller"
+	"github.com/cosi-project/runtime/pkg/resource"
+	"github.com/cosi-project/runtime/pkg/resource/meta"
+	"github.com/cosi-project/runtime/pkg/resource/typed"
+	"github.com/cosi-project/runtime/pkg/safe"
+	"github.com/cosi-project/runtime/pkg/state"
+	"go.uber.org/zap"
+)
+
+// DerivedController produces all resources of one type at once, as a function of its inputs.
+//
+// It is a bare controller because the resources it produces are not one per input, which is what
+// cosi's transform and qtransform controllers map: one machine config defines a root per CA, a SAN
+// set per server family and a request per leaf. Each pass derives the full set, writes each
+// resource with Modify (nothing is written when it is unchanged) and tears down the resources no
+// longer derived, destroying them once the controllers that consume them have removed their
+// finalizers (it is woken for that by its own outputs as destroy-ready inputs).
+type DerivedController[S typed.DeepCopyable[S], E typed.Extension] struct {
+	name   string
+	inputs []controller.Input
+	derive deriveFunc[S]
+}
+
+// deriveFunc returns every resource to produce by ID; ready is false while an input is missing,
+// and the pass then leaves the outputs as they are.
+type deriveFunc[S any] func(ctx context.Context, r controller.Reader, logger *zap.Logger) (specs map[resource.ID]S, ready bool, err error)
+
+func newDerivedController[S typed.DeepCopyable[S], E typed.Extension](name string, inputs []controller.Input, derive deriveFunc[S]) *DerivedController[S, E] {
+	return &DerivedController[S, E]{name: name, inputs: inputs, derive: derive}
+}
+
+// Name implements controller.Controller interface.
+func (ctrl *DerivedController[S, E]) Name() string {
+	return ctrl.name
+}
+
+// Inputs implements controller.Controller interface.
+func (ctrl *DerivedController[S, E]) Inputs() []controller.Input {
+	rd := ctrl.definition()
+
+	return append(slices.Clone(ctrl.inputs), controller.Input{Namespace: rd.DefaultNamespace, Type: rd.Type, Kind: controller.InputDestroyReady})
+}
+
+// Outputs implements controller.Controller interface.
+func (ctrl *DerivedController[S, E]) Outputs() []controller.Output {
+	return []controller.Output{{Type: ctrl.definition().Type, Kind: controller.OutputExclusive}}
+}
+
+func (ctrl *DerivedController[S, E]) definition() meta.ResourceDefinitionSpec {
+	var ext E
+
+	return ext.ResourceDefinition()
+}
+
+func (ctrl *DerivedController[S, E]) newResource(id resource.ID) *typed.Resource[S, E] {
+	rd := ctrl.definition()
+
+	var spec S
+
+	return typed.NewResource[S, E](resource.NewMetadata(rd.DefaultNamespace, rd.Type, id, resource.VersionUndefined), spec)
+}
+
+// Run implements controller.Controller interface.
+func (ctrl *DerivedController[S, E]) Run(ctx context.Context, r controller.Runtime, logger *zap.Logger) error {
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-r.EventCh():
+		}
+
+		specs, ready, err := ctrl.derive(ctx, r, logger)
+		if err != nil {
+			return err
+		}
+
+		if ready {
+			if err = ctrl.write(ctx, r, specs); err != nil {
+				return err
+			}
+		}
+
+		r.ResetRestartBackoff()
+	}
+}
+
+func (ctrl *DerivedController[S, E]) write(ctx context.Context, r controller.Runtime, specs map[resource.ID]S) error {
+	for _, id := range slices.Sorted(maps.Keys(specs)) {
+		err := safe.WriterModify(ctx, r, ctrl.newResource(id), func(res *typed.Resource[S, E]) error {
+			*res.TypedSpec() = specs[id]
+
+			return nil
+		})
+
+		switch {
+		case err == nil:
+		case state.IsPhaseConflictError(err):
+			// Being torn down from an earlier pass: it is created again once destroyed, which wakes
+			// this controller.
+		default:
+			return fmt.Errorf("error writing %s %q: %w", ctrl.definition().Type, id, err)
+		}
+	}
+
+	existing, err := safe.ReaderListAll[*typed.Resource[S, E]](ctx, r)
+	if err != nil {
+		return fmt.Errorf("error listing %s: %w", ctrl.definition().Type, err)
+	}
+
+	for res := range existing.All() {
+		md := res.Metadata()
+
+		_, keep := specs[md.ID()]
+		if (keep && md.Phase() == resource.PhaseRunning) || md.Owner() != ctrl.name {
+			continue
+		}
+
+		ready, err := r.Teardown(ctx, md)
+		if err != nil {
+			return fmt.Errorf("error tearing down %s %q: %w", md.Type(), md.ID(), err)
+		}
+
+		if !ready {
+			continue
+		}
+
+		if err = r.Destroy(ctx, md); err != nil && !state.IsNotFoundError(err) {
+			return fmt.Errorf("error destroying %s %q: %w", md.Type(), md.ID(), err)
+		}
+
+		if keep {
+			// Wanted again since its teardown began: the next pass creates it afresh.
+			r.QueueReconcile()
+		}
+	}
+
+	return nil
+}
