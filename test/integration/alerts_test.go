@@ -22,23 +22,36 @@ import (
 	"github.com/nodepki/nodepki/pkg/certs"
 )
 
-// alertRulesWithoutWait derives a rules file from the shipped one with the expiry alerts' `for:
-// 10m` set to 0s, so that a test sees them fire at the first evaluation; every expression and
-// threshold is the shipped one. A change of the shipped waits breaks the derivation, not the test's
-// meaning.
-func alertRulesWithoutWait(t *testing.T) string {
+// derivedRules derives a rules file from the shipped one: each replacement's old text must occur
+// exactly as often as said, so that a change of the shipped rules breaks the derivation rather
+// than silently testing something else. Every other expression and threshold is the shipped one.
+func derivedRules(t *testing.T, replacements ...rulesReplacement) string {
 	t.Helper()
 
 	shipped, err := os.ReadFile(shippedRules(t))
 	require.NoError(t, err)
 
-	require.Equal(t, 2, strings.Count(string(shipped), "for: 10m"), "the two expiry alerts wait 10m in the shipped rules")
+	rules := string(shipped)
+
+	for _, r := range replacements {
+		require.Equal(t, r.count, strings.Count(rules, r.old), "occurrences of %q in the shipped rules", r.old)
+		rules = strings.ReplaceAll(rules, r.old, r.new)
+	}
 
 	path := filepath.Join(t.TempDir(), "nodepki.rules.yml")
-	require.NoError(t, os.WriteFile(path, []byte(strings.ReplaceAll(string(shipped), "for: 10m", "for: 0s")), 0o600))
+	require.NoError(t, os.WriteFile(path, []byte(rules), 0o600))
 
 	return path
 }
+
+type rulesReplacement struct {
+	old, new string
+	count    int
+}
+
+// noExpiryWait removes the expiry alerts' 10-minute wait, so that a test sees them fire at the
+// first evaluation.
+var noExpiryWait = rulesReplacement{old: "for: 10m", new: "for: 0s", count: 2}
 
 // shortLivedCA makes a self-signed CA certificate (PEM) that expires after lifetime.
 func shortLivedCA(t *testing.T, lifetime time.Duration) []byte {
@@ -73,7 +86,7 @@ func TestExpiringCAAlertFires(t *testing.T) {
 	const prometheusAddress = "127.0.140.100:9090"
 
 	c := startCluster(t, "127.0.140.20", 1, 1)
-	startPrometheus(t, prometheusAddress, alertRulesWithoutWait(t), c.MetricsAddresses())
+	startPrometheus(t, prometheusAddress, derivedRules(t, noExpiryWait), c.MetricsAddresses())
 
 	cp := c.Nodes[0]
 	instance := cp.Address + ":9180"
@@ -116,4 +129,45 @@ func TestExpiringCAAlertFires(t *testing.T) {
 	}, time.Minute, 500*time.Millisecond)
 
 	assert.Empty(t, promQuery(t, prometheusAddress, `ALERTS{alertname="NodepkiCertificateExpiresWithin7Days"}`))
+}
+
+// TestShortLifetimeExpiryAlertFires: with short lifetimes (machine.certificateLifetimes) a worker
+// whose control plane is gone cannot renew its node API certificate, and the shipped expiry alerts
+// fire for it in a real Prometheus (their 10-minute wait removed, and the 15 minutes a renewal may
+// be late cut to 5 s, since the leaf lives 10 s). That nothing fires for leaves renewed on time is
+// TestExpiringCAAlertFires's first check (an instant check here would race the 5 s cut).
+func TestShortLifetimeExpiryAlertFires(t *testing.T) {
+	t.Parallel()
+
+	const prometheusAddress = "127.0.140.101:9090"
+
+	c := startCluster(t, "127.0.140.40", 1, 1)
+	startPrometheus(t, prometheusAddress, derivedRules(t, noExpiryWait,
+		rulesReplacement{old: "> 900", new: "> 5", count: 3}), c.MetricsAddresses())
+
+	cp, worker := c.Nodes[0], c.Nodes[1]
+	workerInstance := worker.Address + ":9180"
+
+	// Control plane first: trustd signs the worker's node API certificate with its own api lifetime.
+	for _, node := range []string{cp.Address, worker.Address} {
+		out, err := runCLI(t, c, "-n", node, "patch", "machineconfig",
+			"--patch", `{"machine": {"certificateLifetimes": {"api": "10s", "etcd": "10s", "kubernetes": "10s"}}}`)
+		require.NoError(t, err, out)
+	}
+
+	workerAPI := fmt.Sprintf(`nodepki_certificate_not_after_seconds{instance=%q,id="api",kind="leaf"}`, workerInstance)
+
+	require.EventuallyWithT(t, func(t *assert.CollectT) {
+		assert.Len(t, promQuery(t, prometheusAddress, workerAPI+" - time() < 20"), 1, "the worker's API certificate lives 10 s")
+	}, time.Minute, 500*time.Millisecond)
+
+	require.NoError(t, c.Stop(cp.Address))
+
+	for _, alert := range []string{"NodepkiCertificateExpiresWithin30Days", "NodepkiCertificateExpiresWithin7Days"} {
+		require.EventuallyWithT(t, func(t *assert.CollectT) {
+			firing := promQuery(t, prometheusAddress, fmt.Sprintf(
+				`ALERTS{alertname=%q,alertstate="firing",instance=%q,kind="leaf",root="os",id="api"}`, alert, workerInstance))
+			assert.Len(t, firing, 1, alert)
+		}, time.Minute, 500*time.Millisecond)
+	}
 }
