@@ -3,10 +3,27 @@ GO ?= go
 BIN := bin
 CLUSTER_STATE ?= $(CURDIR)/_out/cluster
 
-.PHONY: build tools-kubernetes run test bench fuzz generate lint clean
+.PHONY: build tools tools-kubernetes run test bench fuzz generate lint clean
 
 build:
 	$(GO) build -o $(BIN)/ ./cmd/...
+
+# etcd, etcdctl and etcdutl from the pinned module in tools/etcd (go.mod tool directives); each is
+# rebuilt only when missing or older than the pins.
+ETCD_TOOLS := $(BIN)/etcd $(BIN)/etcdctl $(BIN)/etcdutl
+ETCD_PINS := tools/etcd/go.mod tools/etcd/go.sum
+
+tools: $(ETCD_TOOLS)
+
+$(BIN)/etcd: $(ETCD_PINS)
+	cd tools/etcd && $(GO) build -o $(CURDIR)/$@ go.etcd.io/etcd/server/v3
+
+$(BIN)/etcdctl: $(ETCD_PINS)
+	cd tools/etcd && $(GO) build -o $(CURDIR)/$@ go.etcd.io/etcd/etcdctl/v3
+
+$(BIN)/etcdutl: $(ETCD_PINS)
+	cd tools/etcd && $(GO) build -o $(CURDIR)/$@ go.etcd.io/etcd/etcdutl/v3
+
 
 # kube-apiserver and kubectl from the pinned module in tools/kubernetes (k8s.io/kubernetes with its
 # staging modules at their matching releases); each is rebuilt only when missing or older than the
@@ -30,16 +47,16 @@ $(BIN)/kubectl: $(KUBERNETES_PINS)
 	@echo "building $@ from tools/kubernetes (the first build takes several minutes)"
 	cd tools/kubernetes && $(GO) build -ldflags '$(KUBERNETES_LDFLAGS)' -o $(CURDIR)/$@ k8s.io/kubernetes/cmd/kubectl
 
-run: build
+run: build tools
 	./scripts/run.sh $(BIN) $(CLUSTER_STATE)
 
-test:
+test: tools
 	$(GO) vet ./...
 	$(GO) test -race -count=1 -timeout 12m ./...
 
 # In-process benchmarks run for a fixed time; those that start real nodepkid processes (test/...)
 # for a fixed number of iterations. Results are recorded in docs/benchmarks.md.
-bench: build
+bench: build tools
 	$(GO) test -run '^$$' -bench . -benchtime 2s -timeout 20m ./pkg/... ./controllers/... ./runtime/...
 	$(GO) test -run '^$$' -bench . -benchtime 10x -timeout 20m ./test/...
 
@@ -58,7 +75,8 @@ FUZZ_TARGETS := \
 	./pkg/kubeconfig:FuzzMerge \
 	./pkg/kubernetes:FuzzAPIServerSANs \
 	./runtime/api:FuzzParseRenewalCSR \
-	./cmd/nodepkid:FuzzCheckMetricsAddress
+	./cmd/nodepkid:FuzzCheckMetricsAddress \
+	./pkg/revocation:FuzzEntry
 
 fuzz:
 	@set -e; for t in $(FUZZ_TARGETS); do \

@@ -12,6 +12,7 @@ import (
 
 	"github.com/nodepki/nodepki/resources/cluster"
 	"github.com/nodepki/nodepki/resources/config"
+	"github.com/nodepki/nodepki/resources/etcd"
 	"github.com/nodepki/nodepki/resources/kubernetes"
 	"github.com/nodepki/nodepki/resources/network"
 	"github.com/nodepki/nodepki/resources/pki"
@@ -24,6 +25,7 @@ func Namespaces() map[string]string {
 		network.NamespaceName:    "Node addresses.",
 		pki.NamespaceName:        "Roots, trust pools, leaf certificates and their status.",
 		cluster.NamespaceName:    "Nodes of the cluster known to this control plane.",
+		etcd.NamespaceName:       "The etcd member of a control plane: its PKI files and its status.",
 		kubernetes.NamespaceName: "The Kubernetes control plane of a control plane: the files of its kube-apiserver.",
 	}
 }
@@ -41,7 +43,11 @@ func Definitions() []meta.ResourceWithRD {
 		&pki.CertificateStatus{},
 		&pki.CAStatus{},
 		&pki.SecurityStatus{},
+		&pki.Revocations{},
 		&cluster.Member{},
+		&etcd.PKIFiles{},
+		&etcd.MemberStatus{},
+		&etcd.Bootstrap{},
 		&kubernetes.APIServerFiles{},
 	}
 }

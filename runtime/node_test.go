@@ -127,7 +127,7 @@ func TestRuntimeControlPlaneAndWorker(t *testing.T) {
 	require.NoError(t, err)
 
 	controlPlaneIDs := []resource.ID{
-		pki.CertAPI, pki.CertAPIClient, pki.CertTrustd, pki.CertEtcdServer, pki.CertEtcdPeer, pki.CertEtcdClient,
+		pki.CertAPI, pki.CertAPIClient, pki.CertTrustd, pki.CertEtcdServer, pki.CertEtcdPeer, pki.CertEtcdClient, pki.CertEtcdAdmin,
 		pki.CertKubeAPIServer, pki.CertKubeAPIServerKubeletClient, pki.CertFrontProxyClient,
 	}
 

@@ -34,6 +34,8 @@ import (
 
 	ctrlcluster "github.com/nodepki/nodepki/controllers/cluster"
 	"github.com/nodepki/nodepki/controllers/configview"
+	"github.com/nodepki/nodepki/controllers/credential"
+	ctrletcd "github.com/nodepki/nodepki/controllers/etcd"
 	ctrlkubernetes "github.com/nodepki/nodepki/controllers/kubernetes"
 	"github.com/nodepki/nodepki/controllers/network"
 	"github.com/nodepki/nodepki/controllers/pki"
@@ -82,6 +84,9 @@ type Options struct {
 	Clock func() time.Time
 	// Trustd configures trustd: served on control planes, asked for certificates by workers.
 	Trustd TrustdOptions
+	// EtcdBinary, on a control plane, runs an etcd member on the first of Addresses (needs StateDir);
+	// "" only writes the etcd PKI files.
+	EtcdBinary string
 }
 
 // TrustdOptions configure trustd, the certificate-signing service of control planes.
@@ -187,6 +192,7 @@ func (rt *Runtime) setup(logger *zap.Logger, hostname string, opts Options) erro
 		pki.NewCertificateRequestsController(pki.CertificateRequestsOptions{Hostname: hostname, TrustdEndpoints: opts.Trustd.Endpoints}),
 		pki.NewCAStatusesController(),
 		pki.NewSecurityStatusController(api.TLSVersions()),
+		&credential.RevocationsController{},
 	} {
 		if err = rt.RegisterController(ctrl); err != nil {
 			return err
@@ -213,9 +219,37 @@ func (rt *Runtime) setup(logger *zap.Logger, hostname string, opts Options) erro
 		if err = rt.RegisterController(ctrlkubernetes.NewAPIServerFilesController(KubernetesPKIDir(opts.StateDir))); err != nil {
 			return err
 		}
+
+		if err = rt.RegisterController(ctrletcd.NewPKIFilesController(EtcdPKIDir(opts.StateDir))); err != nil {
+			return err
+		}
+	}
+
+	if opts.EtcdBinary != "" {
+		if opts.StateDir == "" || len(opts.Addresses) == 0 {
+			return errors.New("running etcd needs Options.StateDir and Options.Addresses")
+		}
+
+		// etcd's command line names its data directory, which is how a restarted nodepkid finds
+		// its etcd again whatever its working directory.
+		stateDir, absErr := filepath.Abs(opts.StateDir)
+		if absErr != nil {
+			return fmt.Errorf("error resolving the state directory: %w", absErr)
+		}
+
+		if err = rt.RegisterController(&ctrletcd.MemberStatusController{
+			Binary: opts.EtcdBinary, StateDir: stateDir, Address: opts.Addresses[0],
+		}); err != nil {
+			return err
+		}
 	}
 
 	return nil
+}
+
+// EtcdPKIDir is where a control plane writes the etcd PKI files: <state-dir>/secrets/etcd.
+func EtcdPKIDir(stateDir string) string {
+	return filepath.Join(stateDir, "secrets", "etcd")
 }
 
 // KubernetesPKIDir is where a control plane writes kube-apiserver's files: <state-dir>/secrets/kubernetes.

@@ -74,7 +74,7 @@ func TestRuntimeBuildsTheGraph(t *testing.T) {
 	require.Equal(t, raw, got)
 
 	ids := []resource.ID{
-		pki.CertAPI, pki.CertAPIClient, pki.CertTrustd, pki.CertEtcdServer, pki.CertEtcdPeer, pki.CertEtcdClient,
+		pki.CertAPI, pki.CertAPIClient, pki.CertTrustd, pki.CertEtcdServer, pki.CertEtcdPeer, pki.CertEtcdClient, pki.CertEtcdAdmin,
 		pki.CertKubeAPIServer, pki.CertKubeAPIServerKubeletClient, pki.CertFrontProxyClient,
 	}
 
@@ -117,7 +117,7 @@ func TestRuntimeLifetimes(t *testing.T) {
 		require.NoError(t, err)
 		require.NoError(t, rt.SetMachineConfig(ctx, raw))
 
-		etcd := []resource.ID{pki.CertEtcdServer, pki.CertEtcdPeer, pki.CertEtcdClient}
+		etcd := []resource.ID{pki.CertEtcdServer, pki.CertEtcdPeer, pki.CertEtcdClient, pki.CertEtcdAdmin}
 		lifetimeOf := func(spec *pki.NodeCertificateSpec) (*stdx509.Certificate, time.Duration) {
 			crt, err := certs.ParseCertificate([]byte(spec.Certificate))
 			if err != nil {
@@ -357,7 +357,7 @@ type reissueWaiter struct {
 	statuses     map[resource.ID]*pki.CertificateStatusSpec
 }
 
-const controlPlaneCertificateCount = 9
+const controlPlaneCertificateCount = 10
 
 func newReissueWaiter(ctx context.Context, tb testing.TB, st state.State) *reissueWaiter {
 	tb.Helper()

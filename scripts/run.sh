@@ -11,8 +11,8 @@ if [ -f "$state/cluster.yaml" ]; then
   "$ctl" cluster destroy --state "$state"
 fi
 
-echo "==> creating a local cluster: 1 control plane (127.0.0.2) and 2 workers (127.0.0.3, 127.0.0.4)"
-"$ctl" cluster create --name demo --controlplanes 1 --workers 2 --state "$state"
+echo "==> creating a local cluster: 1 control plane (127.0.0.2, running etcd) and 2 workers (127.0.0.3, 127.0.0.4)"
+"$ctl" cluster create --name demo --controlplanes 1 --workers 2 --etcd --etcd-binary "$bin/etcd" --state "$state"
 
 echo
 echo "==> certificate statuses of every node (through the control plane's API)"
@@ -22,6 +22,10 @@ echo
 echo "==> accepted CAs"
 "$ctl" --talosconfig "$state/talosconfig" get acceptedcas
 
+echo
+echo "==> the etcd member on the control plane, on nodepki's etcd certificates"
+"$ctl" --talosconfig "$state/talosconfig" -n 127.0.0.2 etcd members
+
 cat <<MSG
 
 The cluster keeps running. Try:
@@ -30,5 +34,7 @@ The cluster keeps running. Try:
   $ctl --talosconfig $state/talosconfig certs check
   curl -s http://127.0.0.2:9180/metrics | grep ^nodepki_
   $ctl --talosconfig $state/talosconfig rotate-ca --os
+  $ctl --talosconfig $state/talosconfig rotate-ca --etcd --dry-run=false
+  $ctl --talosconfig $state/talosconfig -n 127.0.0.2 etcd snapshot db.snapshot
   $ctl cluster destroy --state $state
 MSG

@@ -376,6 +376,355 @@ func (x *GenerateClientConfigurationResponse) GetTalosconfig() []byte {
 	return nil
 }
 
+type EtcdBootstrapRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *EtcdBootstrapRequest) Reset() {
+	*x = EtcdBootstrapRequest{}
+	mi := &file_node_node_proto_msgTypes[6]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *EtcdBootstrapRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*EtcdBootstrapRequest) ProtoMessage() {}
+
+func (x *EtcdBootstrapRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_node_node_proto_msgTypes[6]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use EtcdBootstrapRequest.ProtoReflect.Descriptor instead.
+func (*EtcdBootstrapRequest) Descriptor() ([]byte, []int) {
+	return file_node_node_proto_rawDescGZIP(), []int{6}
+}
+
+type EtcdBootstrapResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Node          string                 `protobuf:"bytes,1,opt,name=node,proto3" json:"node,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *EtcdBootstrapResponse) Reset() {
+	*x = EtcdBootstrapResponse{}
+	mi := &file_node_node_proto_msgTypes[7]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *EtcdBootstrapResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*EtcdBootstrapResponse) ProtoMessage() {}
+
+func (x *EtcdBootstrapResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_node_node_proto_msgTypes[7]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use EtcdBootstrapResponse.ProtoReflect.Descriptor instead.
+func (*EtcdBootstrapResponse) Descriptor() ([]byte, []int) {
+	return file_node_node_proto_rawDescGZIP(), []int{7}
+}
+
+func (x *EtcdBootstrapResponse) GetNode() string {
+	if x != nil {
+		return x.Node
+	}
+	return ""
+}
+
+type EtcdMemberListRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *EtcdMemberListRequest) Reset() {
+	*x = EtcdMemberListRequest{}
+	mi := &file_node_node_proto_msgTypes[8]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *EtcdMemberListRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*EtcdMemberListRequest) ProtoMessage() {}
+
+func (x *EtcdMemberListRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_node_node_proto_msgTypes[8]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use EtcdMemberListRequest.ProtoReflect.Descriptor instead.
+func (*EtcdMemberListRequest) Descriptor() ([]byte, []int) {
+	return file_node_node_proto_rawDescGZIP(), []int{8}
+}
+
+type EtcdMember struct {
+	state      protoimpl.MessageState `protogen:"open.v1"`
+	Id         string                 `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
+	Name       string                 `protobuf:"bytes,2,opt,name=name,proto3" json:"name,omitempty"`
+	PeerUrls   []string               `protobuf:"bytes,3,rep,name=peer_urls,json=peerUrls,proto3" json:"peer_urls,omitempty"`
+	ClientUrls []string               `protobuf:"bytes,4,rep,name=client_urls,json=clientUrls,proto3" json:"client_urls,omitempty"`
+	Learner    bool                   `protobuf:"varint,5,opt,name=learner,proto3" json:"learner,omitempty"`
+	Healthy    bool                   `protobuf:"varint,6,opt,name=healthy,proto3" json:"healthy,omitempty"`
+	Leader     bool                   `protobuf:"varint,7,opt,name=leader,proto3" json:"leader,omitempty"`
+	// error is why the member did not answer a status request.
+	Error         string `protobuf:"bytes,8,opt,name=error,proto3" json:"error,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *EtcdMember) Reset() {
+	*x = EtcdMember{}
+	mi := &file_node_node_proto_msgTypes[9]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *EtcdMember) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*EtcdMember) ProtoMessage() {}
+
+func (x *EtcdMember) ProtoReflect() protoreflect.Message {
+	mi := &file_node_node_proto_msgTypes[9]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use EtcdMember.ProtoReflect.Descriptor instead.
+func (*EtcdMember) Descriptor() ([]byte, []int) {
+	return file_node_node_proto_rawDescGZIP(), []int{9}
+}
+
+func (x *EtcdMember) GetId() string {
+	if x != nil {
+		return x.Id
+	}
+	return ""
+}
+
+func (x *EtcdMember) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *EtcdMember) GetPeerUrls() []string {
+	if x != nil {
+		return x.PeerUrls
+	}
+	return nil
+}
+
+func (x *EtcdMember) GetClientUrls() []string {
+	if x != nil {
+		return x.ClientUrls
+	}
+	return nil
+}
+
+func (x *EtcdMember) GetLearner() bool {
+	if x != nil {
+		return x.Learner
+	}
+	return false
+}
+
+func (x *EtcdMember) GetHealthy() bool {
+	if x != nil {
+		return x.Healthy
+	}
+	return false
+}
+
+func (x *EtcdMember) GetLeader() bool {
+	if x != nil {
+		return x.Leader
+	}
+	return false
+}
+
+func (x *EtcdMember) GetError() string {
+	if x != nil {
+		return x.Error
+	}
+	return ""
+}
+
+type EtcdMemberListResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Node          string                 `protobuf:"bytes,1,opt,name=node,proto3" json:"node,omitempty"`
+	Members       []*EtcdMember          `protobuf:"bytes,2,rep,name=members,proto3" json:"members,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *EtcdMemberListResponse) Reset() {
+	*x = EtcdMemberListResponse{}
+	mi := &file_node_node_proto_msgTypes[10]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *EtcdMemberListResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*EtcdMemberListResponse) ProtoMessage() {}
+
+func (x *EtcdMemberListResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_node_node_proto_msgTypes[10]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use EtcdMemberListResponse.ProtoReflect.Descriptor instead.
+func (*EtcdMemberListResponse) Descriptor() ([]byte, []int) {
+	return file_node_node_proto_rawDescGZIP(), []int{10}
+}
+
+func (x *EtcdMemberListResponse) GetNode() string {
+	if x != nil {
+		return x.Node
+	}
+	return ""
+}
+
+func (x *EtcdMemberListResponse) GetMembers() []*EtcdMember {
+	if x != nil {
+		return x.Members
+	}
+	return nil
+}
+
+type EtcdSnapshotRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *EtcdSnapshotRequest) Reset() {
+	*x = EtcdSnapshotRequest{}
+	mi := &file_node_node_proto_msgTypes[11]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *EtcdSnapshotRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*EtcdSnapshotRequest) ProtoMessage() {}
+
+func (x *EtcdSnapshotRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_node_node_proto_msgTypes[11]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use EtcdSnapshotRequest.ProtoReflect.Descriptor instead.
+func (*EtcdSnapshotRequest) Descriptor() ([]byte, []int) {
+	return file_node_node_proto_rawDescGZIP(), []int{11}
+}
+
+type EtcdSnapshotChunk struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Data          []byte                 `protobuf:"bytes,1,opt,name=data,proto3" json:"data,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *EtcdSnapshotChunk) Reset() {
+	*x = EtcdSnapshotChunk{}
+	mi := &file_node_node_proto_msgTypes[12]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *EtcdSnapshotChunk) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*EtcdSnapshotChunk) ProtoMessage() {}
+
+func (x *EtcdSnapshotChunk) ProtoReflect() protoreflect.Message {
+	mi := &file_node_node_proto_msgTypes[12]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use EtcdSnapshotChunk.ProtoReflect.Descriptor instead.
+func (*EtcdSnapshotChunk) Descriptor() ([]byte, []int) {
+	return file_node_node_proto_rawDescGZIP(), []int{12}
+}
+
+func (x *EtcdSnapshotChunk) GetData() []byte {
+	if x != nil {
+		return x.Data
+	}
+	return nil
+}
+
 type RenewClientCertificateRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// csr is a PEM certificate request signed with the key the new certificate is for (`config
@@ -390,7 +739,7 @@ type RenewClientCertificateRequest struct {
 
 func (x *RenewClientCertificateRequest) Reset() {
 	*x = RenewClientCertificateRequest{}
-	mi := &file_node_node_proto_msgTypes[6]
+	mi := &file_node_node_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -402,7 +751,7 @@ func (x *RenewClientCertificateRequest) String() string {
 func (*RenewClientCertificateRequest) ProtoMessage() {}
 
 func (x *RenewClientCertificateRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_node_node_proto_msgTypes[6]
+	mi := &file_node_node_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -415,7 +764,7 @@ func (x *RenewClientCertificateRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RenewClientCertificateRequest.ProtoReflect.Descriptor instead.
 func (*RenewClientCertificateRequest) Descriptor() ([]byte, []int) {
-	return file_node_node_proto_rawDescGZIP(), []int{6}
+	return file_node_node_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *RenewClientCertificateRequest) GetCsr() []byte {
@@ -444,7 +793,7 @@ type RenewClientCertificateResponse struct {
 
 func (x *RenewClientCertificateResponse) Reset() {
 	*x = RenewClientCertificateResponse{}
-	mi := &file_node_node_proto_msgTypes[7]
+	mi := &file_node_node_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -456,7 +805,7 @@ func (x *RenewClientCertificateResponse) String() string {
 func (*RenewClientCertificateResponse) ProtoMessage() {}
 
 func (x *RenewClientCertificateResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_node_node_proto_msgTypes[7]
+	mi := &file_node_node_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -469,7 +818,7 @@ func (x *RenewClientCertificateResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RenewClientCertificateResponse.ProtoReflect.Descriptor instead.
 func (*RenewClientCertificateResponse) Descriptor() ([]byte, []int) {
-	return file_node_node_proto_rawDescGZIP(), []int{7}
+	return file_node_node_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *RenewClientCertificateResponse) GetCrt() []byte {
@@ -497,7 +846,7 @@ type KubeconfigRequest struct {
 
 func (x *KubeconfigRequest) Reset() {
 	*x = KubeconfigRequest{}
-	mi := &file_node_node_proto_msgTypes[8]
+	mi := &file_node_node_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -509,7 +858,7 @@ func (x *KubeconfigRequest) String() string {
 func (*KubeconfigRequest) ProtoMessage() {}
 
 func (x *KubeconfigRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_node_node_proto_msgTypes[8]
+	mi := &file_node_node_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -522,7 +871,7 @@ func (x *KubeconfigRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use KubeconfigRequest.ProtoReflect.Descriptor instead.
 func (*KubeconfigRequest) Descriptor() ([]byte, []int) {
-	return file_node_node_proto_rawDescGZIP(), []int{8}
+	return file_node_node_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *KubeconfigRequest) GetCrtTtlSeconds() int64 {
@@ -544,7 +893,7 @@ type KubeconfigResponse struct {
 
 func (x *KubeconfigResponse) Reset() {
 	*x = KubeconfigResponse{}
-	mi := &file_node_node_proto_msgTypes[9]
+	mi := &file_node_node_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -556,7 +905,7 @@ func (x *KubeconfigResponse) String() string {
 func (*KubeconfigResponse) ProtoMessage() {}
 
 func (x *KubeconfigResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_node_node_proto_msgTypes[9]
+	mi := &file_node_node_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -569,7 +918,7 @@ func (x *KubeconfigResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use KubeconfigResponse.ProtoReflect.Descriptor instead.
 func (*KubeconfigResponse) Descriptor() ([]byte, []int) {
-	return file_node_node_proto_rawDescGZIP(), []int{9}
+	return file_node_node_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *KubeconfigResponse) GetKubeconfig() []byte {
@@ -612,7 +961,28 @@ const file_node_node_proto_rawDesc = "" +
 	"\x02ca\x18\x01 \x01(\fR\x02ca\x12\x10\n" +
 	"\x03crt\x18\x02 \x01(\fR\x03crt\x12\x10\n" +
 	"\x03key\x18\x03 \x01(\fR\x03key\x12 \n" +
-	"\vtalosconfig\x18\x04 \x01(\fR\vtalosconfig\"Y\n" +
+	"\vtalosconfig\x18\x04 \x01(\fR\vtalosconfig\"\x16\n" +
+	"\x14EtcdBootstrapRequest\"+\n" +
+	"\x15EtcdBootstrapResponse\x12\x12\n" +
+	"\x04node\x18\x01 \x01(\tR\x04node\"\x17\n" +
+	"\x15EtcdMemberListRequest\"\xd0\x01\n" +
+	"\n" +
+	"EtcdMember\x12\x0e\n" +
+	"\x02id\x18\x01 \x01(\tR\x02id\x12\x12\n" +
+	"\x04name\x18\x02 \x01(\tR\x04name\x12\x1b\n" +
+	"\tpeer_urls\x18\x03 \x03(\tR\bpeerUrls\x12\x1f\n" +
+	"\vclient_urls\x18\x04 \x03(\tR\n" +
+	"clientUrls\x12\x18\n" +
+	"\alearner\x18\x05 \x01(\bR\alearner\x12\x18\n" +
+	"\ahealthy\x18\x06 \x01(\bR\ahealthy\x12\x16\n" +
+	"\x06leader\x18\a \x01(\bR\x06leader\x12\x14\n" +
+	"\x05error\x18\b \x01(\tR\x05error\"c\n" +
+	"\x16EtcdMemberListResponse\x12\x12\n" +
+	"\x04node\x18\x01 \x01(\tR\x04node\x125\n" +
+	"\amembers\x18\x02 \x03(\v2\x1b.nodepki.node.v1.EtcdMemberR\amembers\"\x15\n" +
+	"\x13EtcdSnapshotRequest\"'\n" +
+	"\x11EtcdSnapshotChunk\x12\x12\n" +
+	"\x04data\x18\x01 \x01(\fR\x04data\"Y\n" +
 	"\x1dRenewClientCertificateRequest\x12\x10\n" +
 	"\x03csr\x18\x01 \x01(\fR\x03csr\x12&\n" +
 	"\x0fcrt_ttl_seconds\x18\x02 \x01(\x03R\rcrtTtlSeconds\"B\n" +
@@ -632,7 +1002,12 @@ const file_node_node_proto_rawDesc = "" +
 	"\x1bGenerateClientConfiguration\x123.nodepki.node.v1.GenerateClientConfigurationRequest\x1a4.nodepki.node.v1.GenerateClientConfigurationResponse\x12y\n" +
 	"\x16RenewClientCertificate\x12..nodepki.node.v1.RenewClientCertificateRequest\x1a/.nodepki.node.v1.RenewClientCertificateResponse\x12U\n" +
 	"\n" +
-	"Kubeconfig\x12\".nodepki.node.v1.KubeconfigRequest\x1a#.nodepki.node.v1.KubeconfigResponseB%Z#github.com/nodepki/nodepki/api/nodeb\x06proto3"
+	"Kubeconfig\x12\".nodepki.node.v1.KubeconfigRequest\x1a#.nodepki.node.v1.KubeconfigResponse2\xa0\x02\n" +
+	"\vEtcdService\x12Z\n" +
+	"\tBootstrap\x12%.nodepki.node.v1.EtcdBootstrapRequest\x1a&.nodepki.node.v1.EtcdBootstrapResponse\x12]\n" +
+	"\n" +
+	"MemberList\x12&.nodepki.node.v1.EtcdMemberListRequest\x1a'.nodepki.node.v1.EtcdMemberListResponse\x12V\n" +
+	"\bSnapshot\x12$.nodepki.node.v1.EtcdSnapshotRequest\x1a\".nodepki.node.v1.EtcdSnapshotChunk0\x01B%Z#github.com/nodepki/nodepki/api/nodeb\x06proto3"
 
 var (
 	file_node_node_proto_rawDescOnce sync.Once
@@ -646,7 +1021,7 @@ func file_node_node_proto_rawDescGZIP() []byte {
 	return file_node_node_proto_rawDescData
 }
 
-var file_node_node_proto_msgTypes = make([]protoimpl.MessageInfo, 10)
+var file_node_node_proto_msgTypes = make([]protoimpl.MessageInfo, 17)
 var file_node_node_proto_goTypes = []any{
 	(*VersionRequest)(nil),                      // 0: nodepki.node.v1.VersionRequest
 	(*VersionResponse)(nil),                     // 1: nodepki.node.v1.VersionResponse
@@ -654,27 +1029,41 @@ var file_node_node_proto_goTypes = []any{
 	(*ApplyConfigurationResponse)(nil),          // 3: nodepki.node.v1.ApplyConfigurationResponse
 	(*GenerateClientConfigurationRequest)(nil),  // 4: nodepki.node.v1.GenerateClientConfigurationRequest
 	(*GenerateClientConfigurationResponse)(nil), // 5: nodepki.node.v1.GenerateClientConfigurationResponse
-	(*RenewClientCertificateRequest)(nil),       // 6: nodepki.node.v1.RenewClientCertificateRequest
-	(*RenewClientCertificateResponse)(nil),      // 7: nodepki.node.v1.RenewClientCertificateResponse
-	(*KubeconfigRequest)(nil),                   // 8: nodepki.node.v1.KubeconfigRequest
-	(*KubeconfigResponse)(nil),                  // 9: nodepki.node.v1.KubeconfigResponse
+	(*EtcdBootstrapRequest)(nil),                // 6: nodepki.node.v1.EtcdBootstrapRequest
+	(*EtcdBootstrapResponse)(nil),               // 7: nodepki.node.v1.EtcdBootstrapResponse
+	(*EtcdMemberListRequest)(nil),               // 8: nodepki.node.v1.EtcdMemberListRequest
+	(*EtcdMember)(nil),                          // 9: nodepki.node.v1.EtcdMember
+	(*EtcdMemberListResponse)(nil),              // 10: nodepki.node.v1.EtcdMemberListResponse
+	(*EtcdSnapshotRequest)(nil),                 // 11: nodepki.node.v1.EtcdSnapshotRequest
+	(*EtcdSnapshotChunk)(nil),                   // 12: nodepki.node.v1.EtcdSnapshotChunk
+	(*RenewClientCertificateRequest)(nil),       // 13: nodepki.node.v1.RenewClientCertificateRequest
+	(*RenewClientCertificateResponse)(nil),      // 14: nodepki.node.v1.RenewClientCertificateResponse
+	(*KubeconfigRequest)(nil),                   // 15: nodepki.node.v1.KubeconfigRequest
+	(*KubeconfigResponse)(nil),                  // 16: nodepki.node.v1.KubeconfigResponse
 }
 var file_node_node_proto_depIdxs = []int32{
-	0, // 0: nodepki.node.v1.NodeService.Version:input_type -> nodepki.node.v1.VersionRequest
-	2, // 1: nodepki.node.v1.NodeService.ApplyConfiguration:input_type -> nodepki.node.v1.ApplyConfigurationRequest
-	4, // 2: nodepki.node.v1.NodeService.GenerateClientConfiguration:input_type -> nodepki.node.v1.GenerateClientConfigurationRequest
-	6, // 3: nodepki.node.v1.NodeService.RenewClientCertificate:input_type -> nodepki.node.v1.RenewClientCertificateRequest
-	8, // 4: nodepki.node.v1.NodeService.Kubeconfig:input_type -> nodepki.node.v1.KubeconfigRequest
-	1, // 5: nodepki.node.v1.NodeService.Version:output_type -> nodepki.node.v1.VersionResponse
-	3, // 6: nodepki.node.v1.NodeService.ApplyConfiguration:output_type -> nodepki.node.v1.ApplyConfigurationResponse
-	5, // 7: nodepki.node.v1.NodeService.GenerateClientConfiguration:output_type -> nodepki.node.v1.GenerateClientConfigurationResponse
-	7, // 8: nodepki.node.v1.NodeService.RenewClientCertificate:output_type -> nodepki.node.v1.RenewClientCertificateResponse
-	9, // 9: nodepki.node.v1.NodeService.Kubeconfig:output_type -> nodepki.node.v1.KubeconfigResponse
-	5, // [5:10] is the sub-list for method output_type
-	0, // [0:5] is the sub-list for method input_type
-	0, // [0:0] is the sub-list for extension type_name
-	0, // [0:0] is the sub-list for extension extendee
-	0, // [0:0] is the sub-list for field type_name
+	9,  // 0: nodepki.node.v1.EtcdMemberListResponse.members:type_name -> nodepki.node.v1.EtcdMember
+	0,  // 1: nodepki.node.v1.NodeService.Version:input_type -> nodepki.node.v1.VersionRequest
+	2,  // 2: nodepki.node.v1.NodeService.ApplyConfiguration:input_type -> nodepki.node.v1.ApplyConfigurationRequest
+	4,  // 3: nodepki.node.v1.NodeService.GenerateClientConfiguration:input_type -> nodepki.node.v1.GenerateClientConfigurationRequest
+	13, // 4: nodepki.node.v1.NodeService.RenewClientCertificate:input_type -> nodepki.node.v1.RenewClientCertificateRequest
+	15, // 5: nodepki.node.v1.NodeService.Kubeconfig:input_type -> nodepki.node.v1.KubeconfigRequest
+	6,  // 6: nodepki.node.v1.EtcdService.Bootstrap:input_type -> nodepki.node.v1.EtcdBootstrapRequest
+	8,  // 7: nodepki.node.v1.EtcdService.MemberList:input_type -> nodepki.node.v1.EtcdMemberListRequest
+	11, // 8: nodepki.node.v1.EtcdService.Snapshot:input_type -> nodepki.node.v1.EtcdSnapshotRequest
+	1,  // 9: nodepki.node.v1.NodeService.Version:output_type -> nodepki.node.v1.VersionResponse
+	3,  // 10: nodepki.node.v1.NodeService.ApplyConfiguration:output_type -> nodepki.node.v1.ApplyConfigurationResponse
+	5,  // 11: nodepki.node.v1.NodeService.GenerateClientConfiguration:output_type -> nodepki.node.v1.GenerateClientConfigurationResponse
+	14, // 12: nodepki.node.v1.NodeService.RenewClientCertificate:output_type -> nodepki.node.v1.RenewClientCertificateResponse
+	16, // 13: nodepki.node.v1.NodeService.Kubeconfig:output_type -> nodepki.node.v1.KubeconfigResponse
+	7,  // 14: nodepki.node.v1.EtcdService.Bootstrap:output_type -> nodepki.node.v1.EtcdBootstrapResponse
+	10, // 15: nodepki.node.v1.EtcdService.MemberList:output_type -> nodepki.node.v1.EtcdMemberListResponse
+	12, // 16: nodepki.node.v1.EtcdService.Snapshot:output_type -> nodepki.node.v1.EtcdSnapshotChunk
+	9,  // [9:17] is the sub-list for method output_type
+	1,  // [1:9] is the sub-list for method input_type
+	1,  // [1:1] is the sub-list for extension type_name
+	1,  // [1:1] is the sub-list for extension extendee
+	0,  // [0:1] is the sub-list for field type_name
 }
 
 func init() { file_node_node_proto_init() }
@@ -688,9 +1077,9 @@ func file_node_node_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_node_node_proto_rawDesc), len(file_node_node_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   10,
+			NumMessages:   17,
 			NumExtensions: 0,
-			NumServices:   1,
+			NumServices:   2,
 		},
 		GoTypes:           file_node_node_proto_goTypes,
 		DependencyIndexes: file_node_node_proto_depIdxs,

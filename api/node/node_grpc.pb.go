@@ -288,3 +288,195 @@ var NodeService_ServiceDesc = grpc.ServiceDesc{
 	Streams:  []grpc.StreamDesc{},
 	Metadata: "node/node.proto",
 }
+
+const (
+	EtcdService_Bootstrap_FullMethodName  = "/nodepki.node.v1.EtcdService/Bootstrap"
+	EtcdService_MemberList_FullMethodName = "/nodepki.node.v1.EtcdService/MemberList"
+	EtcdService_Snapshot_FullMethodName   = "/nodepki.node.v1.EtcdService/Snapshot"
+)
+
+// EtcdServiceClient is the client API for EtcdService service.
+//
+// For semantics around ctx use and closing/ending streaming RPCs, please refer to https://pkg.go.dev/google.golang.org/grpc/?tab=doc#ClientConn.NewStream.
+//
+// EtcdService reaches the etcd member of a control plane (nodepkid --etcd-binary).
+type EtcdServiceClient interface {
+	// Bootstrap makes this control plane form a new etcd cluster of one member (os:admin).
+	Bootstrap(ctx context.Context, in *EtcdBootstrapRequest, opts ...grpc.CallOption) (*EtcdBootstrapResponse, error)
+	// MemberList lists the members with their health (every role).
+	MemberList(ctx context.Context, in *EtcdMemberListRequest, opts ...grpc.CallOption) (*EtcdMemberListResponse, error)
+	// Snapshot streams a snapshot of the etcd database (os:admin, os:operator, os:etcd:backup).
+	Snapshot(ctx context.Context, in *EtcdSnapshotRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[EtcdSnapshotChunk], error)
+}
+
+type etcdServiceClient struct {
+	cc grpc.ClientConnInterface
+}
+
+func NewEtcdServiceClient(cc grpc.ClientConnInterface) EtcdServiceClient {
+	return &etcdServiceClient{cc}
+}
+
+func (c *etcdServiceClient) Bootstrap(ctx context.Context, in *EtcdBootstrapRequest, opts ...grpc.CallOption) (*EtcdBootstrapResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(EtcdBootstrapResponse)
+	err := c.cc.Invoke(ctx, EtcdService_Bootstrap_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *etcdServiceClient) MemberList(ctx context.Context, in *EtcdMemberListRequest, opts ...grpc.CallOption) (*EtcdMemberListResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(EtcdMemberListResponse)
+	err := c.cc.Invoke(ctx, EtcdService_MemberList_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *etcdServiceClient) Snapshot(ctx context.Context, in *EtcdSnapshotRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[EtcdSnapshotChunk], error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	stream, err := c.cc.NewStream(ctx, &EtcdService_ServiceDesc.Streams[0], EtcdService_Snapshot_FullMethodName, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	x := &grpc.GenericClientStream[EtcdSnapshotRequest, EtcdSnapshotChunk]{ClientStream: stream}
+	if err := x.ClientStream.SendMsg(in); err != nil {
+		return nil, err
+	}
+	if err := x.ClientStream.CloseSend(); err != nil {
+		return nil, err
+	}
+	return x, nil
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type EtcdService_SnapshotClient = grpc.ServerStreamingClient[EtcdSnapshotChunk]
+
+// EtcdServiceServer is the server API for EtcdService service.
+// All implementations must embed UnimplementedEtcdServiceServer
+// for forward compatibility.
+//
+// EtcdService reaches the etcd member of a control plane (nodepkid --etcd-binary).
+type EtcdServiceServer interface {
+	// Bootstrap makes this control plane form a new etcd cluster of one member (os:admin).
+	Bootstrap(context.Context, *EtcdBootstrapRequest) (*EtcdBootstrapResponse, error)
+	// MemberList lists the members with their health (every role).
+	MemberList(context.Context, *EtcdMemberListRequest) (*EtcdMemberListResponse, error)
+	// Snapshot streams a snapshot of the etcd database (os:admin, os:operator, os:etcd:backup).
+	Snapshot(*EtcdSnapshotRequest, grpc.ServerStreamingServer[EtcdSnapshotChunk]) error
+	mustEmbedUnimplementedEtcdServiceServer()
+}
+
+// UnimplementedEtcdServiceServer must be embedded to have
+// forward compatible implementations.
+//
+// NOTE: this should be embedded by value instead of pointer to avoid a nil
+// pointer dereference when methods are called.
+type UnimplementedEtcdServiceServer struct{}
+
+func (UnimplementedEtcdServiceServer) Bootstrap(context.Context, *EtcdBootstrapRequest) (*EtcdBootstrapResponse, error) {
+	return nil, status.Errorf(codes.Unimplemented, "method Bootstrap not implemented")
+}
+func (UnimplementedEtcdServiceServer) MemberList(context.Context, *EtcdMemberListRequest) (*EtcdMemberListResponse, error) {
+	return nil, status.Errorf(codes.Unimplemented, "method MemberList not implemented")
+}
+func (UnimplementedEtcdServiceServer) Snapshot(*EtcdSnapshotRequest, grpc.ServerStreamingServer[EtcdSnapshotChunk]) error {
+	return status.Errorf(codes.Unimplemented, "method Snapshot not implemented")
+}
+func (UnimplementedEtcdServiceServer) mustEmbedUnimplementedEtcdServiceServer() {}
+func (UnimplementedEtcdServiceServer) testEmbeddedByValue()                     {}
+
+// UnsafeEtcdServiceServer may be embedded to opt out of forward compatibility for this service.
+// Use of this interface is not recommended, as added methods to EtcdServiceServer will
+// result in compilation errors.
+type UnsafeEtcdServiceServer interface {
+	mustEmbedUnimplementedEtcdServiceServer()
+}
+
+func RegisterEtcdServiceServer(s grpc.ServiceRegistrar, srv EtcdServiceServer) {
+	// If the following call pancis, it indicates UnimplementedEtcdServiceServer was
+	// embedded by pointer and is nil.  This will cause panics if an
+	// unimplemented method is ever invoked, so we test this at initialization
+	// time to prevent it from happening at runtime later due to I/O.
+	if t, ok := srv.(interface{ testEmbeddedByValue() }); ok {
+		t.testEmbeddedByValue()
+	}
+	s.RegisterService(&EtcdService_ServiceDesc, srv)
+}
+
+func _EtcdService_Bootstrap_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(EtcdBootstrapRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(EtcdServiceServer).Bootstrap(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: EtcdService_Bootstrap_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(EtcdServiceServer).Bootstrap(ctx, req.(*EtcdBootstrapRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _EtcdService_MemberList_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(EtcdMemberListRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(EtcdServiceServer).MemberList(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: EtcdService_MemberList_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(EtcdServiceServer).MemberList(ctx, req.(*EtcdMemberListRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _EtcdService_Snapshot_Handler(srv interface{}, stream grpc.ServerStream) error {
+	m := new(EtcdSnapshotRequest)
+	if err := stream.RecvMsg(m); err != nil {
+		return err
+	}
+	return srv.(EtcdServiceServer).Snapshot(m, &grpc.GenericServerStream[EtcdSnapshotRequest, EtcdSnapshotChunk]{ServerStream: stream})
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type EtcdService_SnapshotServer = grpc.ServerStreamingServer[EtcdSnapshotChunk]
+
+// EtcdService_ServiceDesc is the grpc.ServiceDesc for EtcdService service.
+// It's only intended for direct use with grpc.RegisterService,
+// and not to be introspected or modified (even as a copy)
+var EtcdService_ServiceDesc = grpc.ServiceDesc{
+	ServiceName: "nodepki.node.v1.EtcdService",
+	HandlerType: (*EtcdServiceServer)(nil),
+	Methods: []grpc.MethodDesc{
+		{
+			MethodName: "Bootstrap",
+			Handler:    _EtcdService_Bootstrap_Handler,
+		},
+		{
+			MethodName: "MemberList",
+			Handler:    _EtcdService_MemberList_Handler,
+		},
+	},
+	Streams: []grpc.StreamDesc{
+		{
+			StreamName:    "Snapshot",
+			Handler:       _EtcdService_Snapshot_Handler,
+			ServerStreams: true,
+		},
+	},
+	Metadata: "node/node.proto",
+}

@@ -46,10 +46,12 @@ func defaultClusterState() string {
 
 func newClusterCreateCmd() *cobra.Command {
 	var (
-		opts    cluster.Options
-		daemon  string
-		secrets string
-		first   string
+		opts       cluster.Options
+		daemon     string
+		secrets    string
+		first      string
+		withEtcd   bool
+		etcdBinary string
 	)
 
 	cmd := &cobra.Command{
@@ -62,9 +64,15 @@ until every node's API certificate is valid.
 
 Addresses whose ports (50000, 50001) are in use are refused before anything is written. If a node
 exits while the cluster starts, its error is reported, the other nodes are stopped and nothing is
-left behind.`,
+left behind.
+
+With --etcd every control plane also runs a real etcd member on its address (:2379, :2380) with
+the etcd certificates nodepki issues; the first control plane bootstraps the etcd cluster and the
+others join it. The etcd binary is --etcd-binary, else etcd next to nodepkictl, else etcd on $PATH
+(make tools builds it into bin/).`,
 		Example: `  nodepkictl cluster create --workers 2
   nodepkictl cluster create --name demo --controlplanes 1 --workers 2 --state ./_out/cluster
+  nodepkictl cluster create --controlplanes 3 --workers 1 --etcd
 
   # a cluster of your own bundle: its talosconfigs, configs and secrets.yaml work against it
   nodepkictl gen secrets -o secrets.yaml
@@ -87,6 +95,16 @@ left behind.`,
 			if secrets != "" {
 				if opts.Bundle, err = bundle.Load(secrets); err != nil {
 					return fmt.Errorf("--with-secrets: %w", err)
+				}
+			}
+
+			if etcdBinary != "" && !withEtcd {
+				return errors.New("--etcd-binary needs --etcd")
+			}
+
+			if withEtcd {
+				if opts.EtcdBinary, err = findBinary(etcdBinary, "etcd", "--etcd-binary", "make tools"); err != nil {
+					return err
 				}
 			}
 
@@ -116,6 +134,8 @@ talosconfig: %s
 	flags.StringVar(&first, "first-address", "127.0.0.2", "address of the first node; the others follow it (a loopback address)")
 	flags.StringVar(&secrets, "with-secrets", "", "secrets.yaml to build the cluster from (default: a new bundle, saved as secrets.yaml in --state)")
 	flags.StringVar(&daemon, "daemon", "", "path of the nodepkid binary (default: next to nodepkictl, then $PATH)")
+	flags.BoolVar(&withEtcd, "etcd", false, "run a real etcd member on every control plane")
+	flags.StringVar(&etcdBinary, "etcd-binary", "", "path of the etcd binary, with --etcd (default: next to nodepkictl, then $PATH)")
 
 	return cmd
 }
@@ -171,20 +191,25 @@ func newClusterDestroyCmd() *cobra.Command {
 
 // findDaemon locates nodepkid: the flag, next to this executable, or on $PATH.
 func findDaemon(flag string) (string, error) {
+	return findBinary(flag, "nodepkid", "--daemon", "make build")
+}
+
+// findBinary locates an executable: the flag, next to this executable, or on $PATH.
+func findBinary(flag, name, flagName, build string) (string, error) {
 	if flag != "" {
 		return filepath.Abs(flag)
 	}
 
 	if self, err := os.Executable(); err == nil {
-		candidate := filepath.Join(filepath.Dir(self), "nodepkid")
+		candidate := filepath.Join(filepath.Dir(self), name)
 		if _, err = os.Stat(candidate); err == nil {
 			return candidate, nil
 		}
 	}
 
-	path, err := exec.LookPath("nodepkid")
+	path, err := exec.LookPath(name)
 	if err != nil {
-		return "", errors.New("nodepkid not found next to nodepkictl or on $PATH: build it with `make build` or pass --daemon")
+		return "", fmt.Errorf("%s not found next to nodepkictl or on $PATH: build it with `%s` or pass %s", name, build, flagName)
 	}
 
 	return filepath.Abs(path)

@@ -14,6 +14,8 @@ import (
 	"github.com/cosi-project/runtime/pkg/resource/meta"
 	"github.com/cosi-project/runtime/pkg/state"
 	"github.com/spf13/cobra"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 
 	"github.com/nodepki/nodepki/pkg/client"
 )
@@ -293,8 +295,10 @@ func failedOrNil(failed nodeErrors) error {
 }
 
 // watchTarget subscribes to one node and forwards its events until ctx is done. A subscription
-// the node refuses is fatal for that node; a watch that breaks later is re-established (the
-// current resources are then replayed as created).
+// the node refuses is fatal for that node, and so is a watch the node ends for the caller's
+// credential (revoked, no longer trusted, expired): subscribing again would only be refused. A
+// watch that breaks otherwise is re-established (the current resources are then replayed as
+// created).
 func watchTarget(ctx context.Context, st state.State, t target, kind resource.Kind, id resource.ID, events chan<- nodeEvent) {
 	send := func(ev nodeEvent) bool {
 		ev.target = t
@@ -314,7 +318,7 @@ func watchTarget(ctx context.Context, st state.State, t target, kind resource.Ki
 			return
 		}
 
-		if first && !subscribed {
+		if (first && !subscribed) || status.Code(err) == codes.Unauthenticated {
 			send(nodeEvent{notice: err, fatal: true})
 
 			return

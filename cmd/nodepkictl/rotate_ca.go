@@ -44,6 +44,7 @@ func newRotateCACmd() *cobra.Command {
 		maxSkew     time.Duration
 		waitTimeout time.Duration
 		clientGrace time.Duration
+		etcdClient  string
 		roots       = make([]bool, len(rootFlags))
 	)
 
@@ -88,8 +89,9 @@ and .key (see docs/rotation.md).
   nodepkictl rotate-ca
   nodepkictl rotate-ca --dry-run=false
 
-  # rotate the etcd CA only, updating secrets.yaml (a backup is kept)
-  nodepkictl rotate-ca --etcd --with-secrets secrets.yaml --dry-run=false
+  # rotate the etcd CA only, updating secrets.yaml (a backup is kept); with etcd running on the
+  # control planes each trust change restarts the members one at a time (see docs/etcd.md)
+  nodepkictl rotate-ca --etcd --with-secrets secrets.yaml --etcd-client-dir ./etcd-client --dry-run=false
 
   # see which nodes discovery finds (what rotate-ca rotates without --nodes)
   nodepkictl get members
@@ -117,7 +119,7 @@ and .key (see docs/rotation.md).
 
 			return runRotateCA(cmd, rotateCAInput{
 				roots: selected, dryRun: dryRun, force: force, plan: planPath, secrets: secrets, output: output,
-				maxSkew: maxSkew, waitTimeout: waitTimeout, clientGrace: clientGrace,
+				maxSkew: maxSkew, waitTimeout: waitTimeout, clientGrace: clientGrace, etcdClientDir: etcdClient,
 			})
 		},
 	}
@@ -137,6 +139,8 @@ and .key (see docs/rotation.md).
 	flags.DurationVar(&waitTimeout, "wait-timeout", rotate.DefaultWaitTimeout, "how long to wait for the nodes to converge at each step")
 	flags.DurationVar(&clientGrace, "client-grace", rotate.DefaultClientGrace,
 		"pause between writing the transitional talosconfig and switching the issuing CA, for clients to pick it up")
+	flags.StringVar(&etcdClient, "etcd-client-dir", "",
+		"with --etcd: directory whose ca.crt, client.crt and client.key are kept usable for an outside etcd client (transitional, then final)")
 
 	return cmd
 }
@@ -145,6 +149,7 @@ type rotateCAInput struct {
 	roots                             []rotate.Root
 	dryRun, force                     bool
 	plan, secrets, output             string
+	etcdClientDir                     string
 	maxSkew, waitTimeout, clientGrace time.Duration
 }
 
@@ -197,6 +202,7 @@ func runRotateCA(cmd *cobra.Command, in rotateCAInput) error {
 		MaxClockSkew:    in.maxSkew,
 		WaitTimeout:     in.waitTimeout,
 		ClientGrace:     in.clientGrace,
+		EtcdClientDir:   in.etcdClientDir,
 	})
 	if err != nil && ctx.Err() != nil {
 		return interrupted(in.dryRun, planPath)

@@ -35,6 +35,7 @@ type daemonOptions struct {
 	controlPlanes   []string
 	hostAddresses   bool
 	logLevel        string
+	etcdBinary      string
 	metricsAddress  string
 }
 
@@ -81,6 +82,15 @@ func run(ctx context.Context, opts daemonOptions) error {
 		return err
 	}
 
+	// A missing or broken binary is reported in the etcd member status and the log, and breaks
+	// nothing else; only the path is made absolute here.
+	etcdBinary := opts.etcdBinary
+	if etcdBinary != "" {
+		if etcdBinary, err = filepath.Abs(etcdBinary); err != nil {
+			return fmt.Errorf("--etcd-binary %q: %w", opts.etcdBinary, err)
+		}
+	}
+
 	// The counters exist before the servers and the runtime that feed them.
 	counters := metrics.NewCounters()
 
@@ -97,6 +107,7 @@ func run(ctx context.Context, opts daemonOptions) error {
 			SourceAddress: address,
 			ControlPlanes: opts.controlPlanes,
 		},
+		EtcdBinary: etcdBinary,
 	})
 	if err != nil {
 		return err

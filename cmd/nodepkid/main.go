@@ -39,7 +39,13 @@ On first boot it takes the machine config from --config, validates it and persis
 Later boots use the persisted config (a config applied through the API survives a restart); a
 --config file that differs from it is ignored with a warning: change a running node's config with
 nodepkictl apply-config. It serves the node API on --address:--api-port with mutual TLS and,
-on control-plane nodes, trustd on --address:--trustd-port for workers' certificate requests.`,
+on control-plane nodes, trustd on --address:--trustd-port for workers' certificate requests.
+
+Control planes write the etcd PKI files under --state-dir/secrets/etcd. With --etcd-binary a control
+plane also runs an etcd member (client https://ADDRESS:2379, peer https://ADDRESS:2380, data in
+--state-dir/etcd): one control plane bootstraps the cluster on "nodepkictl bootstrap", the others
+join it. etcd runs in its own process group and survives a crash of nodepkid, which adopts it again
+when it restarts; a clean shutdown of nodepkid stops it.`,
 		Example:       `  nodepkid --config controlplane.yaml --state-dir /var/lib/nodepki --address 127.0.0.2`,
 		Args:          cobra.NoArgs,
 		SilenceUsage:  true,
@@ -65,6 +71,8 @@ on control-plane nodes, trustd on --address:--trustd-port for workers' certifica
 	flags.BoolVar(&opts.hostAddresses, "host-addresses", true,
 		"add the host's non-loopback addresses to the node addresses (certificate SANs)")
 	flags.StringVar(&opts.logLevel, "log-level", "info", "log level: debug, info, warn, error")
+	flags.StringVar(&opts.etcdBinary, "etcd-binary", "",
+		"etcd executable to run a member with on a control plane (default: only write the etcd PKI files)")
 	flags.StringVar(&opts.metricsAddress, "metrics-address", "",
 		"ADDR:PORT to serve Prometheus metrics on at /metrics over plain HTTP (default: off)")
 

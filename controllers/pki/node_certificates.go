@@ -48,7 +48,7 @@ type NodeCertificatesOptions struct {
 
 // NewNodeCertificatesController creates a NodeCertificatesController.
 func NewNodeCertificatesController(opts NodeCertificatesOptions) *NodeCertificatesController {
-	issuer := &nodeCertificates{clock: opts.Clock, trustd: newTrustdIssuer(opts.Trustd), unwritten: &unwritten{}}
+	issuer := &nodeCertificates{clock: opts.Clock, trustd: newTrustdIssuer(opts.Trustd), unwritten: &unwritten{}, cas: &issuingCAs{}}
 
 	return qtransform.NewQController(
 		qtransform.Settings[*pki.CertificateRequest, *pki.NodeCertificate]{
@@ -89,6 +89,7 @@ type nodeCertificates struct {
 	clock     func() time.Time
 	trustd    *trustdIssuer
 	unwritten *unwritten
+	cas       *issuingCAs
 }
 
 func (ctrl *nodeCertificates) now() time.Time {
@@ -169,14 +170,14 @@ func (ctrl *nodeCertificates) issueLocal(
 		return nil
 	}
 
-	issuerCrt, err := certs.ParseCertificate([]byte(root.TypedSpec().IssuingCert))
-	if err != nil {
-		spec.LastError = fmt.Sprintf("error loading the %s issuing CA: %v", request.Root, err)
+	issuing := ctrl.cas.get(request.Root, root.TypedSpec().IssuingCert, root.TypedSpec().IssuingKey)
+	if issuing.crtErr != nil {
+		spec.LastError = fmt.Sprintf("error loading the %s issuing CA: %v", request.Root, issuing.crtErr)
 
-		return nil
+		return nil //nolint:nilerr // the error is the certificate's LastError, and the reconcile writes it
 	}
 
-	fingerprint := certs.Fingerprint(issuerCrt)
+	fingerprint := issuing.fingerprint
 
 	if pool == nil || pool.TypedSpec().IssuingFingerprint != fingerprint {
 		// The trust pool follows the same config change; its update requeues the certificate.
@@ -208,7 +209,7 @@ func (ctrl *nodeCertificates) issueLocal(
 		return nil //nolint:nilerr // the error is the certificate's LastError, and the reconcile writes it
 	}
 
-	ca, err := certs.LoadCA([]byte(root.TypedSpec().IssuingCert), []byte(root.TypedSpec().IssuingKey))
+	ca, err := issuing.load()
 	if err != nil {
 		spec.LastError = fmt.Sprintf("error loading the %s issuing CA: %v", request.Root, err)
 

@@ -83,6 +83,11 @@ func leafDefinitions() []leafDefinition {
 			base: pki.CertificateRequestSpec{CommonName: "kube-apiserver", KeyUsage: []string{digitalSignature, keyEncipherment}, ExtKeyUsage: []string{clientAuth}},
 		},
 		{
+			// nodepkid's own etcd client (member add, health, snapshots, the restart lock): admin.crt.
+			id: pki.CertEtcdAdmin, root: pki.RootEtcd, family: familyEtcd,
+			base: pki.CertificateRequestSpec{CommonName: "nodepki", KeyUsage: []string{digitalSignature, keyEncipherment}, ExtKeyUsage: []string{clientAuth}},
+		},
+		{
 			id: pki.CertKubeAPIServer, root: pki.RootKubernetes, family: familyKubernetes, sans: pki.SANsKubernetes,
 			base: pki.CertificateRequestSpec{
 				CommonName: "kube-apiserver", Organization: []string{"kube-master"},

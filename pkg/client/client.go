@@ -192,11 +192,15 @@ func New(ctx context.Context, opts ClientOptions) (*Client, error) {
 		logger = zap.NewNop()
 	}
 
+	// Watches are not retried inside the adapter: it would retry a watch the node ended for a
+	// revoked or expired credential for minutes, unseen; callers re-subscribe themselves and
+	// see why a watch ended.
 	return &Client{
 		conn:      conn,
 		endpoints: endpoints,
-		cosi:      state.WrapCore(stateclient.NewAdapter(v1alpha1.NewStateClient(conn), stateclient.WithRetryLogger(logger))),
-		node:      nodeapi.NewNodeServiceClient(conn),
+		cosi: state.WrapCore(stateclient.NewAdapter(v1alpha1.NewStateClient(conn),
+			stateclient.WithRetryLogger(logger), stateclient.WithDisableWatchRetry())),
+		node: nodeapi.NewNodeServiceClient(conn),
 	}, nil
 }
 
@@ -284,6 +288,11 @@ func (c *Client) COSI() state.State {
 // Node returns nodepki's NodeService client.
 func (c *Client) Node() nodeapi.NodeServiceClient {
 	return c.node
+}
+
+// Etcd returns nodepki's EtcdService client (control planes running etcd).
+func (c *Client) Etcd() nodeapi.EtcdServiceClient {
+	return nodeapi.NewEtcdServiceClient(c.conn)
 }
 
 // Endpoints returns the endpoints the client balances across.

@@ -43,7 +43,9 @@ type Cluster struct {
 	APIPort     int    `yaml:"apiPort"`
 	TrustdPort  int    `yaml:"trustdPort"`
 	Talosconfig string `yaml:"talosconfig"`
-	Nodes       []Node `yaml:"nodes"`
+	// EtcdBinary, if set, is run by every control plane (nodepkid --etcd-binary).
+	EtcdBinary string `yaml:"etcdBinary,omitempty"`
+	Nodes      []Node `yaml:"nodes"`
 }
 
 const descriptorName = "cluster.yaml"

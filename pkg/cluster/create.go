@@ -46,8 +46,10 @@ type Options struct {
 	Bundle *bundle.Bundle
 	// Progress receives one line per step.
 	Progress io.Writer
-	// ReadyTimeout bounds the wait for every node's API certificate (default 60 s).
+	// ReadyTimeout bounds the wait for every node's API certificate, and then for etcd (default 60 s).
 	ReadyTimeout time.Duration
+	// EtcdBinary makes every control plane run an etcd member, bootstrapped on the first one.
+	EtcdBinary string
 }
 
 // hostnameLabel is a cluster name that leaves room in a 63-character DNS label for the node suffix.
@@ -93,6 +95,12 @@ func (o *Options) setDefaults() error {
 
 	if _, err := os.Stat(o.Daemon); err != nil {
 		return fmt.Errorf("nodepkid binary %q: %w (build it with `make build`)", o.Daemon, err)
+	}
+
+	if o.EtcdBinary != "" {
+		if _, err := os.Stat(o.EtcdBinary); err != nil {
+			return fmt.Errorf("etcd binary %q: %w (build it with `make tools`)", o.EtcdBinary, err)
+		}
 	}
 
 	return nil
@@ -143,6 +151,7 @@ func Create(ctx context.Context, opts Options) (*Cluster, error) {
 		APIPort:     opts.APIPort,
 		TrustdPort:  opts.TrustdPort,
 		Talosconfig: filepath.Join(dir, "talosconfig"),
+		EtcdBinary:  opts.EtcdBinary,
 	}
 
 	if err = c.start(ctx, opts, addresses); err != nil {
@@ -186,14 +195,16 @@ func (c *Cluster) start(ctx context.Context, opts Options, addresses []netip.Add
 	waitCtx, cancelCause := context.WithCancelCause(waitCtx)
 	defer cancelCause(nil)
 
+	// The channel is read here, not in the goroutine: a later Start replaces it while a goroutine
+	// that has not run yet would still read the field.
 	for i := range c.Nodes {
-		go func(n *Node) {
+		go func(n *Node, exited <-chan struct{}) {
 			select {
-			case <-n.exited:
+			case <-exited:
 				cancelCause(n.exitError())
 			case <-waitCtx.Done():
 			}
-		}(&c.Nodes[i])
+		}(&c.Nodes[i], c.Nodes[i].exited)
 	}
 
 	err := c.WaitReady(waitCtx, opts.Progress)
@@ -205,6 +216,14 @@ func (c *Cluster) start(ctx context.Context, opts Options, addresses []netip.Add
 
 	if err != nil {
 		return &notReadyError{err: err, timeout: opts.ReadyTimeout, dir: c.Dir}
+	}
+
+	if c.EtcdBinary != "" {
+		if err = c.bootstrapEtcd(waitCtx, opts.Progress); err != nil {
+			logs := filepath.Join(c.Dir, "nodes", "*", "etcd.log")
+
+			return &notReadyError{err: fmt.Errorf("etcd: %w (etcd logs: %s)", err, logs), timeout: opts.ReadyTimeout, dir: c.Dir}
+		}
 	}
 
 	return nil
@@ -409,6 +428,10 @@ func (c *Cluster) startNode(n *Node) error {
 				args = append(args, "--control-plane", other.Address, "--control-plane", other.Name)
 			}
 		}
+	}
+
+	if c.EtcdBinary != "" && n.Type != machineconfig.TypeWorker {
+		args = append(args, "--etcd-binary", c.EtcdBinary)
 	}
 
 	cmd := exec.Command(c.Daemon, args...)

@@ -15,6 +15,11 @@ func (c *Cluster) Destroy() error {
 		if err := c.Nodes[i].stop(10 * time.Second); err != nil {
 			errs = append(errs, err)
 		}
+
+		// An etcd whose nodepkid was killed keeps running; nodepkid stops it only on a clean exit.
+		if err := c.Nodes[i].stopEtcd(); err != nil {
+			errs = append(errs, err)
+		}
 	}
 
 	if err := errors.Join(errs...); err != nil {

@@ -236,6 +236,23 @@ func TestBadInput(t *testing.T) {
 			wantErr: []string{"machine.token", "machine.ca.key", "cluster.serviceAccount.key"},
 		},
 		{
+			name: "revoked certificate entries name the bad field",
+			config: cp(func(d map[string]any) {
+				section(d, "machine")["revokedCertificates"] = []any{
+					map[string]any{"fingerprint": "abc"},
+					map[string]any{"serial": "XYZ", "issuer": strings.Repeat("a", 64)},
+					map[string]any{"serial": "0A1B"},
+					map[string]any{"reason": "nothing to match"},
+					map[string]any{"fingerprint": strings.Repeat("b", 64), "notAfter": "tomorrow"},
+				}
+			}),
+			wantErr: []string{
+				"machine.revokedCertificates[0].fingerprint", "machine.revokedCertificates[1].serial",
+				"machine.revokedCertificates[2].issuer", "machine.revokedCertificates[3].fingerprint",
+				"machine.revokedCertificates[4].notAfter",
+			},
+		},
+		{
 			name:    "JSON patch on a missing path",
 			config:  unchangedCP,
 			patch:   `[{"op": "replace", "path": "/machine/nothere/x", "value": 1}]`,

@@ -167,6 +167,9 @@ func TestTalosRefusesExtensions(t *testing.T) {
 		{"machine.certificateLifetimes", func(d map[string]any) {
 			section(d, "machine")["certificateLifetimes"] = map[string]any{"api": "1h"}
 		}},
+		{"machine.revokedCertificates", func(d map[string]any) {
+			section(d, "machine")["revokedCertificates"] = []any{map[string]any{"fingerprint": strings.Repeat("ab", 32)}}
+		}},
 		{"cluster.etcd.acceptedCAs", func(d map[string]any) { section(d, "cluster", "etcd")["acceptedCAs"] = extraCA }},
 		{"cluster.acceptedAggregatorCAs", func(d map[string]any) { section(d, "cluster")["acceptedAggregatorCAs"] = extraCA }},
 		{"cluster.acceptedServiceAccountKeys", func(d map[string]any) {

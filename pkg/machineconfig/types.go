@@ -6,6 +6,8 @@ import (
 	"time"
 
 	"go.yaml.in/yaml/v4"
+
+	"github.com/nodepki/nodepki/pkg/revocation"
 )
 
 // Machine types, as Talos spells them.
@@ -37,6 +39,8 @@ type MachineSection struct {
 	CertSANs       []string           `yaml:"certSANs,omitempty"`
 	// CertificateLifetimes is a nodepki extension: the lifetime of the node's leaf certificates.
 	CertificateLifetimes *CertificateLifetimes `yaml:"certificateLifetimes,omitempty"`
+	// RevokedCertificates is a nodepki extension: client credentials the node API refuses.
+	RevokedCertificates []revocation.Entry `yaml:"revokedCertificates,omitempty"`
 }
 
 // Default leaf lifetimes, as in Talos: node API certificates are short-lived and renewed often,

@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/nodepki/nodepki/pkg/certs"
+	"github.com/nodepki/nodepki/pkg/revocation"
 )
 
 // Validate checks the PKI part of the config: Talos's rules plus parseable PEM, CA certificates with
@@ -134,6 +135,7 @@ func (v *validator) machine(m *MachineSection) {
 
 	v.acceptedCAs("machine.acceptedCAs", m.AcceptedCAs)
 	v.certSANs(m.CertSANs)
+	v.revokedCertificates(m.RevokedCertificates)
 
 	switch {
 	case m.IsControlPlane():
@@ -171,6 +173,32 @@ func (v *validator) certSANs(sans []string) {
 			v.fail(fmt.Sprintf("%s[%d]", path, i), "%q %v", san, err)
 		}
 	}
+}
+
+// revokedCertificates checks the shape of each entry; whether a fingerprint names a known CA is
+// not checked here, so an entry outlives the rotation of the CA that issued it.
+func (v *validator) revokedCertificates(entries []revocation.Entry) {
+	for i, e := range entries {
+		err := e.Check()
+		if err == nil {
+			continue
+		}
+
+		for _, one := range unjoin(err) {
+			var fe *revocation.FieldError
+			if errors.As(one, &fe) {
+				v.fail(fmt.Sprintf("machine.revokedCertificates[%d].%s", i, fe.Field), "%v", fe.Err)
+			}
+		}
+	}
+}
+
+func unjoin(err error) []error {
+	if j, ok := err.(interface{ Unwrap() []error }); ok {
+		return j.Unwrap()
+	}
+
+	return []error{err}
 }
 
 func (v *validator) cluster(c *ClusterSection, controlPlane bool) {

@@ -322,6 +322,8 @@ func (a *NodeAPI) Members(ctx context.Context, endpoint string) ([]Member, error
 			out = append(out, m)
 		}
 
+		out = append(out, etcdMembers(callCtx, c, out)...)
+
 		return nil
 	})
 

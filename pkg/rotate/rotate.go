@@ -63,6 +63,9 @@ type Options struct {
 	// MemberStaleAfter is the age past which a discovered member is left out (default
 	// DefaultMemberStaleAfter).
 	MemberStaleAfter time.Duration
+	// EtcdClientDir, when rotating etcd, receives ca.crt, client.crt and client.key for an outside
+	// etcd client: transitional credentials after the accept step, final ones after the switch.
+	EtcdClientDir string
 	// Endpoints are the endpoints the Cluster calls through: discovery asks each of them.
 	Endpoints []string
 	// DryRun prints the plan and every patch, and changes nothing (no plan file either).

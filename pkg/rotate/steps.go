@@ -41,6 +41,11 @@ func (r *rotation) accept(ctx context.Context) error {
 		return fmt.Errorf("%s: %w", StepAccept, err)
 	}
 
+	if err := r.writeEtcdClientDir("transitional (trusts the old and the new etcd CA, client certificate of the new CA)",
+		r.etcdRoots(true)...); err != nil {
+		return err
+	}
+
 	if !r.rotatesOS() {
 		return nil
 	}
@@ -92,6 +97,10 @@ func (r *rotation) switchCA(ctx context.Context) error {
 		if err := r.waitNodes(ctx, group, r.checkIssued); err != nil {
 			return fmt.Errorf("%s: %w", StepSwitch, err)
 		}
+	}
+
+	if err := r.writeEtcdClientDir("final (trusts the new etcd CA only)", r.etcdRoots(false)...); err != nil {
+		return err
 	}
 
 	if !r.rotatesOS() {
@@ -448,20 +457,32 @@ func (r *rotation) checkAccepted(ctx context.Context, n *node) (string, error) {
 		}
 	}
 
-	return "", nil
+	return r.checkEtcd(ctx, n, etcdAccepted)
 }
 
 // checkIssued: every root of the node issues with the new material and every leaf of those roots
 // is issued by it and trusted.
 func (r *rotation) checkIssued(ctx context.Context, n *node) (string, error) {
-	return r.checkLeaves(ctx, n, false)
+	detail, err := r.checkLeaves(ctx, n, false)
+	if err != nil {
+		return "", err
+	}
+
+	more, err := r.checkEtcd(ctx, n, etcdSwitched)
+
+	return joinDetails(detail, more, err)
 }
 
 // checkRetired: checkIssued, the old material is no longer accepted, and for os the final
 // credentials work while a client certificate of the old CA is refused.
 func (r *rotation) checkRetired(ctx context.Context, n *node) (string, error) {
 	detail, err := r.checkLeaves(ctx, n, true)
-	if err != nil || !r.rotatesOS() {
+	if err != nil {
+		return "", err
+	}
+
+	more, err := r.checkEtcd(ctx, n, etcdRetired)
+	if detail, err = joinDetails(detail, more, err); err != nil || !r.rotatesOS() {
 		return detail, err
 	}
 

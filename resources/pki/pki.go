@@ -39,6 +39,7 @@ const (
 	CertEtcdServer                 = resource.ID("etcd-server")
 	CertEtcdPeer                   = resource.ID("etcd-peer")
 	CertEtcdClient                 = resource.ID("etcd-client")
+	CertEtcdAdmin                  = resource.ID("etcd-admin")
 	CertKubeAPIServer              = resource.ID("kube-apiserver")
 	CertKubeAPIServerKubeletClient = resource.ID("kube-apiserver-kubelet-client")
 	CertFrontProxyClient           = resource.ID("front-proxy-client")

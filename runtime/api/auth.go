@@ -8,6 +8,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/nodepki/nodepki/pkg/revocation"
 	"github.com/nodepki/nodepki/pkg/role"
 
 	"google.golang.org/grpc/codes"
@@ -98,11 +99,13 @@ func unauthenticated(err error) error {
 	return status.Error(codes.Unauthenticated, err.Error())
 }
 
-// verifyClientCertificate checks that chain[0] is a leaf (not a CA) that chains to pool at now
-// and that every non-CA certificate of the verified chain has exactly the client-auth extended
-// key usage (a server+client certificate is refused, as Talos does since 1.12). It returns the
-// verified chain.
-func verifyClientCertificate(chain []*x509.Certificate, pool *x509.CertPool, now time.Time) ([]*x509.Certificate, error) {
+// verifyClientCertificate checks that chain[0] is a leaf (not a CA) that chains to the trust's
+// pool at now, that every non-CA certificate of the verified chain has exactly the client-auth
+// extended key usage (a server+client certificate is refused, as Talos does since 1.12) and that
+// no certificate of it is revoked (a *revocation.RevokedError). It returns the verified chain.
+func verifyClientCertificate(chain []*x509.Certificate, trust clientTrust, now time.Time) ([]*x509.Certificate, error) {
+	pool := trust.pool
+
 	if chain[0].IsCA {
 		return nil, fmt.Errorf("certificate %q is a CA certificate: a client authenticates with a leaf certificate", chain[0].Subject)
 	}
@@ -136,6 +139,10 @@ func verifyClientCertificate(chain []*x509.Certificate, pool *x509.CertPool, now
 		if !slices.Equal(c.ExtKeyUsage, []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth}) || len(c.UnknownExtKeyUsage) > 0 {
 			return nil, fmt.Errorf("certificate %q is missing the client auth extended key usage", c.Subject)
 		}
+	}
+
+	if entry, denied := trust.revoked.Denied(chains[0]); denied {
+		return nil, &revocation.RevokedError{Subject: chain[0].Subject.String(), Entry: entry}
 	}
 
 	return chains[0], nil

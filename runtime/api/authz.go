@@ -35,6 +35,10 @@ var methodRoles = map[string][]string{
 	machine.MachineService_GenerateClientConfiguration_FullMethodName: {role.Admin},
 	machine.MachineService_Kubeconfig_FullMethodName:                  {role.Admin},
 
+	node.EtcdService_Bootstrap_FullMethodName:  {role.Admin},
+	node.EtcdService_MemberList_FullMethodName: role.All,
+	node.EtcdService_Snapshot_FullMethodName:   {role.Admin, role.Operator, role.EtcdBackup},
+
 	v1alpha1.State_Get_FullMethodName:   readRoles,
 	v1alpha1.State_List_FullMethodName:  readRoles,
 	v1alpha1.State_Watch_FullMethodName: readRoles,

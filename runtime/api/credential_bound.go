@@ -5,6 +5,9 @@ import (
 	"errors"
 	"time"
 
+	"github.com/nodepki/nodepki/pkg/revocation"
+
+	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 )
@@ -12,13 +15,14 @@ import (
 var (
 	errCredentialExpired   = status.Error(codes.Unauthenticated, "the client certificate has expired: the call is ended")
 	errCredentialUntrusted = status.Error(codes.Unauthenticated, "the client certificate is no longer trusted by this node: the call is ended")
+	errCredentialRevoked   = status.Error(codes.Unauthenticated, "the client certificate has been revoked: the call is ended")
 )
 
 // boundToCredential returns a context of the call that ends with the credential that
-// authenticated it: at the earliest NotAfter of its verified chain, and as soon as the accepted
-// pool changes so that the chain no longer verifies. Without it, a watch opened before its CA was
+// authenticated it: at the earliest NotAfter of its verified chain, and as soon as the client
+// trust changes so that the chain no longer verifies (its CA removed, or the credential revoked). Without it, a watch opened before its CA was
 // removed or its certificate expired would stream for as long as the client likes. The check of
-// the chain is verifyClientCertificate, so a later check added there (revocation) ends calls too.
+// the chain is verifyClientCertificate, the same as for new calls.
 func (s *Server) boundToCredential(ctx context.Context, v *verdict) context.Context {
 	ctx, cancelDeadline := context.WithDeadlineCause(ctx, v.notAfter, errCredentialExpired)
 	ctx, cancel := context.WithCancelCause(ctx)
@@ -30,11 +34,15 @@ func (s *Server) boundToCredential(ctx context.Context, v *verdict) context.Cont
 		version := v.poolVersion
 
 		for {
-			pool, current, changed := s.material.clientCAsChanged()
+			trust, current, changed := s.material.clientTrustChanged()
 
 			if current != version {
-				if _, err := verifyClientCertificate(v.chain, pool, time.Now()); err != nil {
-					cancel(errors.Join(errCredentialUntrusted, err))
+				if _, err := verifyClientCertificate(v.chain, trust, time.Now()); err != nil {
+					if revoked := (*revocation.RevokedError)(nil); errors.As(err, &revoked) {
+						cancel(errors.Join(errCredentialRevoked, err))
+					} else {
+						cancel(errors.Join(errCredentialUntrusted, err))
+					}
 
 					return
 				}
@@ -51,4 +59,22 @@ func (s *Server) boundToCredential(ctx context.Context, v *verdict) context.Cont
 	}()
 
 	return ctx
+}
+
+// reportEnded wraps the public handler. A call ended by boundToCredential reaches the proxy as a
+// canceled backend, which the client would see as a bare "context canceled"; it is told why
+// instead, from the connection's verdict at that moment (revoked, CA removed, or expired).
+func (s *Server) reportEnded(h grpc.StreamHandler) grpc.StreamHandler {
+	return func(srv any, stream grpc.ServerStream) error {
+		err := h(srv, stream)
+		if status.Code(err) != codes.Canceled || stream.Context().Err() != nil {
+			return err
+		}
+
+		if v := s.guard.verdictFor(stream.Context(), time.Now()); v.err != nil {
+			return status.Error(codes.Unauthenticated, "the call is ended: "+status.Convert(v.err).Message())
+		}
+
+		return err
+	}
 }

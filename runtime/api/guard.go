@@ -50,7 +50,8 @@ type connState struct {
 	refusals int
 }
 
-// verdict is the outcome of verifying a connection's certificate chain against one pool version.
+// verdict is the outcome of verifying a connection's certificate chain against one version of the
+// client trust (accepted pool and revocations).
 type verdict struct {
 	poolVersion uint64
 	// roles and impersonator come from the leaf (see authenticate); err is the refusal.
@@ -90,10 +91,10 @@ func (g *guard) TagRPC(ctx context.Context, _ *stats.RPCTagInfo) context.Context
 // HandleRPC implements stats.Handler.
 func (g *guard) HandleRPC(context.Context, stats.RPCStats) {}
 
-// verdictFor returns the connection's verdict for the current pool, verifying the chain only when
-// the pool changed since, or the verdict's chain expired.
+// verdictFor returns the connection's verdict for the current client trust, verifying the chain
+// only when the trust changed since, or the verdict's chain expired.
 func (g *guard) verdictFor(ctx context.Context, now time.Time) *verdict {
-	pool, version := g.material.clientCAsVersion()
+	trust, version := g.material.clientTrustVersion()
 	cs := connStateFrom(ctx)
 
 	if cs != nil {
@@ -106,7 +107,7 @@ func (g *guard) verdictFor(ctx context.Context, now time.Time) *verdict {
 		}
 	}
 
-	v := verifyPeer(ctx, pool, now)
+	v := verifyPeer(ctx, trust, now)
 	v.poolVersion = version
 
 	if cs != nil {
@@ -119,7 +120,7 @@ func (g *guard) verdictFor(ctx context.Context, now time.Time) *verdict {
 }
 
 // verifyPeer checks the peer's certificate chain (see authenticate).
-func verifyPeer(ctx context.Context, pool *x509.CertPool, now time.Time) *verdict {
+func verifyPeer(ctx context.Context, trust clientTrust, now time.Time) *verdict {
 	p, ok := peer.FromContext(ctx)
 	if !ok {
 		return &verdict{err: errNoClientCert}
@@ -130,7 +131,7 @@ func verifyPeer(ctx context.Context, pool *x509.CertPool, now time.Time) *verdic
 		return &verdict{err: errNoClientCert}
 	}
 
-	chain, err := verifyClientCertificate(tlsInfo.State.PeerCertificates, pool, now)
+	chain, err := verifyClientCertificate(tlsInfo.State.PeerCertificates, trust, now)
 	if err != nil {
 		return &verdict{err: unauthenticated(err)}
 	}

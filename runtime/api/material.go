@@ -17,6 +17,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/nodepki/nodepki/pkg/certs"
+	"github.com/nodepki/nodepki/pkg/revocation"
 	"github.com/nodepki/nodepki/resources/network"
 	"github.com/nodepki/nodepki/resources/pki"
 )
@@ -25,7 +26,8 @@ import (
 const rewatchDelay = 200 * time.Millisecond
 
 // material is what the API reads from the state on every handshake and call: the server
-// certificate, the forwarding client certificate, the accepted OS CAs and the node's addresses.
+// certificate, the forwarding client certificate, the client trust (accepted OS CAs and revoked
+// credentials) and the node's addresses.
 // Watchers replace each piece under the mutex; readers take the current one.
 type material struct {
 	logger      *zap.Logger
@@ -45,8 +47,10 @@ type material struct {
 	clientCertPEM string
 	caPool        *x509.CertPool
 	caPEMs        []string
-	// caVersion counts the pool's changes; caChanged is closed (and replaced) at each change, so
-	// that open streams can check their caller against the new pool.
+	revoked       *revocation.List
+	revokedList   []revocation.Entry
+	// caVersion counts the changes of the client trust (pool and revocations); caChanged is
+	// closed (and replaced) at each change, so that open streams can check their caller again.
 	caVersion uint64
 	caChanged chan struct{}
 	addresses map[string]struct{}
@@ -57,6 +61,7 @@ func newMaterial(logger *zap.Logger, nodeAddress netip.Addr) *material {
 		logger:             logger,
 		ready:              make(chan struct{}),
 		caPool:             x509.NewCertPool(),
+		revoked:            revocation.NewList(nil),
 		caChanged:          make(chan struct{}),
 		onForwardingChange: func() {},
 	}
@@ -68,7 +73,7 @@ func newMaterial(logger *zap.Logger, nodeAddress netip.Addr) *material {
 	return m
 }
 
-// watch follows the four resources the API depends on until ctx is done.
+// watch follows the five resources the API depends on until ctx is done.
 func (m *material) watch(ctx context.Context, st state.State, wg *sync.WaitGroup) {
 	watches := []struct {
 		ptr   resource.Pointer
@@ -78,6 +83,7 @@ func (m *material) watch(ctx context.Context, st state.State, wg *sync.WaitGroup
 		{pki.NewNodeCertificate(pki.CertAPIClient).Metadata(), m.setClientCert},
 		{pki.NewAcceptedCA(pki.RootOS).Metadata(), m.setAcceptedCAs},
 		{network.NewNodeAddresses(network.CurrentID).Metadata(), m.setAddresses},
+		{pki.NewRevocations(pki.RevocationsID).Metadata(), m.setRevocations},
 	}
 
 	for _, w := range watches {
@@ -262,6 +268,37 @@ func (m *material) setAcceptedCAs(r resource.Resource) {
 	m.onForwardingChange()
 }
 
+// setRevocations replaces the revoked client credentials. A destroyed resource keeps the last
+// list: the controller rewrites it on every config change, and forgetting a revocation on a
+// transient gap would let a denied credential back in.
+func (m *material) setRevocations(r resource.Resource) {
+	rv, ok := r.(*pki.Revocations)
+	if !ok {
+		return
+	}
+
+	entries := rv.TypedSpec().Entries
+
+	m.mu.RLock()
+	same := slices.Equal(entries, m.revokedList)
+	m.mu.RUnlock()
+
+	if same {
+		return
+	}
+
+	list := revocation.NewList(entries)
+
+	m.mu.Lock()
+	m.revoked, m.revokedList = list, slices.Clone(entries)
+	m.caVersion++
+	close(m.caChanged)
+	m.caChanged = make(chan struct{})
+	m.mu.Unlock()
+
+	m.logger.Info("revoked client credentials loaded", zap.Int("entries", len(entries)))
+}
+
 func (m *material) setAddresses(r resource.Resource) {
 	addresses := map[string]struct{}{}
 
@@ -288,20 +325,27 @@ func (m *material) getServerCertificate(*tls.ClientHelloInfo) (*tls.Certificate,
 	return m.serverCert, nil
 }
 
-// clientCAsVersion returns the accepted pool and its version.
-func (m *material) clientCAsVersion() (*x509.CertPool, uint64) {
-	m.mu.RLock()
-	defer m.mu.RUnlock()
-
-	return m.caPool, m.caVersion
+// clientTrust is what a client certificate chain is verified against.
+type clientTrust struct {
+	pool    *x509.CertPool
+	revoked *revocation.List
 }
 
-// clientCAsChanged returns the current pool, its version and a channel closed when it is replaced.
-func (m *material) clientCAsChanged() (*x509.CertPool, uint64, <-chan struct{}) {
+// clientTrustVersion returns the client trust and its version.
+func (m *material) clientTrustVersion() (clientTrust, uint64) {
 	m.mu.RLock()
 	defer m.mu.RUnlock()
 
-	return m.caPool, m.caVersion, m.caChanged
+	return clientTrust{pool: m.caPool, revoked: m.revoked}, m.caVersion
+}
+
+// clientTrustChanged returns the current client trust, its version and a channel closed when it
+// is replaced.
+func (m *material) clientTrustChanged() (clientTrust, uint64, <-chan struct{}) {
+	m.mu.RLock()
+	defer m.mu.RUnlock()
+
+	return clientTrust{pool: m.caPool, revoked: m.revoked}, m.caVersion, m.caChanged
 }
 
 // forwardingMaterial returns the client certificate and the CA pool for a new connection to another

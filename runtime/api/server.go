@@ -222,7 +222,7 @@ func (s *Server) Serve(ctx context.Context, lis net.Listener) error {
 	publicOptions := []grpc.ServerOption{
 		grpc.Creds(credentials.NewTLS(s.tlsConfig())),
 		grpc.ForceServerCodecV2(proxy.Codec()),
-		grpc.UnknownServiceHandler(proxy.TransparentHandler(s.direct, proxy.WithStreamedDetector(isStreamingMachineMethod))),
+		grpc.UnknownServiceHandler(s.reportEnded(proxy.TransparentHandler(s.direct, proxy.WithStreamedDetector(isStreamingMachineMethod)))),
 		grpc.StatsHandler(s.guard),
 		grpc.MaxRecvMsgSize(maxRequestBytes),
 		grpc.MaxHeaderListSize(maxHeaderBytes),
@@ -282,6 +282,7 @@ func (s *Server) newInternalServer() *grpc.Server {
 
 	v1alpha1.RegisterStateServer(srv, server.NewState(state.Filter(s.opts.State, accessRule(s.opts.State))))
 	node.RegisterNodeServiceServer(srv, s.node)
+	node.RegisterEtcdServiceServer(srv, &etcdService{server: s})
 	machine.RegisterMachineServiceServer(srv, newMachineService(s))
 
 	return srv
