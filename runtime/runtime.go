@@ -30,6 +30,7 @@ import (
 	"go.etcd.io/bbolt"
 	"go.uber.org/zap"
 	"golang.org/x/sync/errgroup"
+	"google.golang.org/grpc"
 
 	ctrlcluster "github.com/nodepki/nodepki/controllers/cluster"
 	"github.com/nodepki/nodepki/controllers/configview"
@@ -104,6 +105,8 @@ type TrustdOptions struct {
 	// ControlPlanes are the addresses and host names of the other control planes, which trustd
 	// never signs for a worker (trustd.Options.ControlPlanes).
 	ControlPlanes []string
+	// Interceptor, if set, wraps every trustd request first (trustd.Options.Interceptor: metrics).
+	Interceptor grpc.UnaryServerInterceptor
 }
 
 // Runtime is the nodepki subsystem of one node.
@@ -374,6 +377,7 @@ func (rt *Runtime) serveTrustd(ctx context.Context) error {
 		State:         rt.state,
 		Logger:        rt.logger.With(zap.String("component", "trustd")),
 		ControlPlanes: rt.trustd.ControlPlanes,
+		Interceptor:   rt.trustd.Interceptor,
 	})
 	if err != nil {
 		return errors.Join(err, listener.Close())

@@ -19,6 +19,7 @@ import (
 
 	"github.com/nodepki/nodepki/pkg/certs"
 	"github.com/nodepki/nodepki/pkg/machineconfig"
+	"github.com/nodepki/nodepki/pkg/metrics"
 	"github.com/nodepki/nodepki/runtime"
 	"github.com/nodepki/nodepki/runtime/api"
 )
@@ -90,6 +91,9 @@ func run(ctx context.Context, opts daemonOptions) error {
 		}
 	}
 
+	// The counters exist before the servers and the runtime that feed them.
+	counters := metrics.NewCounters()
+
 	rt, err := runtime.New(runtime.Options{
 		StateDir:      opts.stateDir,
 		Logger:        logger,
@@ -97,6 +101,7 @@ func run(ctx context.Context, opts daemonOptions) error {
 		HostAddresses: opts.hostAddresses,
 		Hostname:      hostname,
 		Trustd: runtime.TrustdOptions{
+			Interceptor:   counters.TrustdUnaryInterceptor(),
 			Listen:        netip.AddrPortFrom(address, uint16(opts.trustdPort)), //nolint:gosec // checked to be a port above
 			Endpoints:     opts.trustdEndpoints,
 			SourceAddress: address,
@@ -124,14 +129,21 @@ func run(ctx context.Context, opts daemonOptions) error {
 
 	defer apiListener.Close() // Serve closes it; this covers the early returns
 
+	nodeMetrics, err := metrics.New(rt.State(), counters)
+	if err != nil {
+		return err
+	}
+
 	apiServer, err := api.New(api.Options{
-		State:         rt.State(),
-		Config:        rt,
-		NodeAddress:   address,
-		MachineType:   cfg.Document().Machine.Type,
-		Logger:        logger.With(zap.String("component", "api")),
-		APIPort:       opts.apiPort,
-		ControlPlanes: opts.controlPlanes,
+		StreamInterceptor: counters.APIStreamInterceptor(),
+		UnaryInterceptor:  counters.ConfigApplyInterceptor(),
+		State:             rt.State(),
+		Config:            rt,
+		NodeAddress:       address,
+		MachineType:       cfg.Document().Machine.Type,
+		Logger:            logger.With(zap.String("component", "api")),
+		APIPort:           opts.apiPort,
+		ControlPlanes:     opts.controlPlanes,
 	})
 	if err != nil {
 		return err
@@ -146,15 +158,24 @@ func run(ctx context.Context, opts daemonOptions) error {
 			return fmt.Errorf("error persisting the machine config: %w", err)
 		}
 
+		counters.ConfigApplied(metrics.SourceBoot)
 		logger.Info("machine config loaded from file", zap.String("file", opts.configPath))
 	}
 
 	group, ctx := errgroup.WithContext(ctx)
 
+	// Observing starts before the controllers run, so that the first certificates count.
+	observeCertificates, err := nodeMetrics.ObserveCertificates(ctx)
+	if err != nil {
+		return err
+	}
+
+	group.Go(observeCertificates)
+
 	group.Go(func() error { return rt.Run(ctx) })
 	group.Go(func() error { return apiServer.Serve(ctx, apiListener) })
 
-	if err = serveMetrics(ctx, group, rt.State(), opts.metricsAddress, logger); err != nil {
+	if err = serveMetrics(ctx, group, nodeMetrics, opts.metricsAddress, logger); err != nil {
 		return err
 	}
 

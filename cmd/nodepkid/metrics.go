@@ -7,7 +7,6 @@ import (
 	"net/netip"
 	"strconv"
 
-	"github.com/cosi-project/runtime/pkg/state"
 	"go.uber.org/zap"
 	"golang.org/x/sync/errgroup"
 
@@ -40,7 +39,7 @@ func checkMetricsAddress(address string) error {
 }
 
 // serveMetrics serves /metrics on address in the group; an empty address turns metrics off.
-func serveMetrics(ctx context.Context, group *errgroup.Group, st state.State, address string, logger *zap.Logger) error {
+func serveMetrics(ctx context.Context, group *errgroup.Group, nodeMetrics *metrics.Metrics, address string, logger *zap.Logger) error {
 	if address == "" {
 		return nil
 	}
@@ -52,7 +51,7 @@ func serveMetrics(ctx context.Context, group *errgroup.Group, st state.State, ad
 
 	logger.Info("metrics serving", zap.String("address", listener.Addr().String()))
 
-	group.Go(func() error { return metrics.Serve(ctx, listener, st) })
+	group.Go(func() error { return nodeMetrics.Serve(ctx, listener) })
 
 	return nil
 }

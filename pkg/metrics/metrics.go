@@ -1,6 +1,8 @@
 // Package metrics owns nodepkid's Prometheus metrics: expiry and trust gauges of every leaf
 // certificate (CertificateStatuses) and every accepted CA (AcceptedCAs) of the node, computed from
-// the state at scrape time, and the HTTP handler that serves them.
+// the state at scrape time; counters of issuances and renewals (observed from the
+// CertificateStatuses), of node API and trustd calls (gRPC interceptors) and of config applies;
+// and the HTTP handler that serves them.
 package metrics
 
 import (
@@ -154,42 +156,50 @@ func boolValue(b bool) float64 {
 	return 0
 }
 
-// Handler serves /metrics: the certificate gauges and the Go and process collectors, on a
-// registry of its own (no global state).
-func Handler(st state.State) (http.Handler, error) {
-	registry := prometheus.NewRegistry()
+// Metrics is one node's metrics: the certificate gauges, the event counters and the Go and
+// process collectors, on a registry of its own (no global registry, nothing shared between nodes
+// of one process).
+type Metrics struct {
+	st       state.State
+	registry *prometheus.Registry
+	counters *Counters
+}
 
-	for _, c := range []prometheus.Collector{
+// New builds the node's metrics over its state, with its counters.
+func New(st state.State, counters *Counters) (*Metrics, error) {
+	m := &Metrics{st: st, registry: prometheus.NewRegistry(), counters: counters}
+
+	for _, c := range append([]prometheus.Collector{
 		NewCollector(st),
 		collectors.NewGoCollector(),
 		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
-	} {
-		if err := registry.Register(c); err != nil {
+	}, m.counters.collectors()...) {
+		if err := m.registry.Register(c); err != nil {
 			return nil, fmt.Errorf("error registering a metrics collector: %w", err)
 		}
 	}
 
-	mux := http.NewServeMux()
-	mux.Handle("/metrics", promhttp.HandlerFor(registry, promhttp.HandlerOpts{Registry: registry}))
+	return m, nil
+}
 
-	return mux, nil
+// Handler serves /metrics.
+func (m *Metrics) Handler() http.Handler {
+	mux := http.NewServeMux()
+	mux.Handle("/metrics", promhttp.HandlerFor(m.registry, promhttp.HandlerOpts{Registry: m.registry}))
+
+	return mux
 }
 
 // Serve serves Handler over plain HTTP on lis until ctx is done.
-func Serve(ctx context.Context, lis net.Listener, st state.State) error {
-	handler, err := Handler(st)
-	if err != nil {
-		return err
-	}
-
-	srv := &http.Server{Handler: handler, ReadHeaderTimeout: 10 * time.Second}
+func (m *Metrics) Serve(ctx context.Context, lis net.Listener) error {
+	srv := &http.Server{Handler: m.Handler(), ReadHeaderTimeout: 10 * time.Second}
 
 	served := make(chan error, 1)
 
 	go func() { served <- srv.Serve(lis) }()
 
 	select {
-	case err = <-served:
+	case err := <-served:
 		return fmt.Errorf("metrics server: %w", err)
 	case <-ctx.Done():
 	}
@@ -199,7 +209,7 @@ func Serve(ctx context.Context, lis net.Listener, st state.State) error {
 
 	srv.Shutdown(shutdownCtx) //nolint:errcheck // a scrape cut short at shutdown is of no consequence
 
-	if err = <-served; !errors.Is(err, http.ErrServerClosed) {
+	if err := <-served; !errors.Is(err, http.ErrServerClosed) {
 		return fmt.Errorf("metrics server: %w", err)
 	}
 

@@ -120,7 +120,10 @@ func TestServe(t *testing.T) {
 	ctx, cancel := context.WithCancel(t.Context())
 	served := make(chan error, 1)
 
-	go func() { served <- metrics.Serve(ctx, lis, f.st) }()
+	m, err := metrics.New(f.st, metrics.NewCounters())
+	require.NoError(t, err)
+
+	go func() { served <- m.Serve(ctx, lis) }()
 
 	req, err := http.NewRequestWithContext(t.Context(), http.MethodGet, "http://"+lis.Addr().String()+"/metrics", nil)
 	require.NoError(t, err)

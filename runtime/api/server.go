@@ -95,6 +95,11 @@ type Options struct {
 	// ControlPlanes are the addresses or host names of the other control planes: forwarding
 	// reaches them besides the recorded members and the control-plane endpoint host.
 	ControlPlanes []string
+	// StreamInterceptor, if set, wraps every call of the public server first (metrics count
+	// them); UnaryInterceptor, if set, wraps the unary calls this node answers itself, after
+	// authorization.
+	StreamInterceptor grpc.StreamServerInterceptor
+	UnaryInterceptor  grpc.UnaryServerInterceptor
 }
 
 // Server is the node API server.
@@ -214,14 +219,20 @@ func (s *Server) Serve(ctx context.Context, lis net.Listener) error {
 		return err
 	}
 
-	public := grpc.NewServer(
+	publicOptions := []grpc.ServerOption{
 		grpc.Creds(credentials.NewTLS(s.tlsConfig())),
 		grpc.ForceServerCodecV2(proxy.Codec()),
 		grpc.UnknownServiceHandler(s.reportEnded(proxy.TransparentHandler(s.direct, proxy.WithStreamedDetector(isStreamingMachineMethod)))),
 		grpc.StatsHandler(s.guard),
 		grpc.MaxRecvMsgSize(maxRequestBytes),
 		grpc.MaxHeaderListSize(maxHeaderBytes),
-	)
+	}
+
+	if s.opts.StreamInterceptor != nil {
+		publicOptions = append(publicOptions, grpc.StreamInterceptor(s.opts.StreamInterceptor))
+	}
+
+	public := grpc.NewServer(publicOptions...)
 
 	s.logger.Info("node API listening", zap.Stringer("address", lis.Addr()))
 
@@ -258,8 +269,13 @@ func (s *Server) tlsConfig() *tls.Config {
 }
 
 func (s *Server) newInternalServer() *grpc.Server {
+	unary := []grpc.UnaryServerInterceptor{unaryRequestSize, unaryAuthorizer}
+	if s.opts.UnaryInterceptor != nil {
+		unary = append(unary, s.opts.UnaryInterceptor)
+	}
+
 	srv := grpc.NewServer(
-		grpc.ChainUnaryInterceptor(unaryRequestSize, unaryAuthorizer),
+		grpc.ChainUnaryInterceptor(unary...),
 		grpc.ChainStreamInterceptor(streamAuthorizer),
 		grpc.MaxRecvMsgSize(maxRequestBytes),
 	)

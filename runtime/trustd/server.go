@@ -62,6 +62,8 @@ type Options struct {
 	// ControlPlanes are the addresses and host names of the other control planes, which no
 	// worker may hold (besides those the members and the state tell).
 	ControlPlanes []string
+	// Interceptor, if set, wraps every request first, before rate limiting (metrics count them).
+	Interceptor grpc.UnaryServerInterceptor
 }
 
 // Server is the trustd gRPC server. Create it with New and run it with Serve.
@@ -85,6 +87,7 @@ type Server struct {
 
 	members       memberOptions
 	controlPlanes []string
+	interceptor   grpc.UnaryServerInterceptor
 }
 
 type caPEM struct{ crt, key string }
@@ -178,6 +181,7 @@ func New(opts Options) (*Server, error) {
 
 	return &Server{
 		controlPlanes: slices.Clone(opts.ControlPlanes),
+		interceptor:   opts.Interceptor,
 		members:       members,
 		state:         opts.State,
 		logger:        logger,
@@ -207,9 +211,14 @@ func (s *Server) Serve(ctx context.Context, lis net.Listener) error {
 		GetCertificate: s.certificate.GetCertificate,
 	}
 
+	interceptors := []grpc.UnaryServerInterceptor{s.rateLimit}
+	if s.interceptor != nil {
+		interceptors = append([]grpc.UnaryServerInterceptor{s.interceptor}, interceptors...)
+	}
+
 	server := grpc.NewServer(
 		grpc.Creds(credentials.NewTLS(tlsConfig)),
-		grpc.UnaryInterceptor(s.rateLimit),
+		grpc.ChainUnaryInterceptor(interceptors...),
 		grpc.MaxRecvMsgSize(maxRequestBytes),
 		grpc.ConnectionTimeout(handshakeTimeout),
 	)

@@ -22,19 +22,23 @@ import (
 	"github.com/nodepki/nodepki/resources/pki"
 )
 
-// prometheusAddress is where the test's Prometheus serves its HTTP API.
-const prometheusAddress = "127.0.102.100:9090"
+// shippedRules is the path of the shipped alert rules.
+func shippedRules(t *testing.T) string {
+	t.Helper()
 
-// startPrometheus runs Debian's prometheus scraping targets every second with the shipped alert
-// rules, until the test ends.
-func startPrometheus(t *testing.T, targets []string) {
+	rules, err := filepath.Abs(filepath.Join("..", "..", "docs", "alerts", "nodepki.rules.yml"))
+	require.NoError(t, err)
+
+	return rules
+}
+
+// startPrometheus runs Debian's prometheus on address, scraping targets every second with the
+// alert rules file rules, until the test ends.
+func startPrometheus(t *testing.T, address, rules string, targets []string) {
 	t.Helper()
 
 	binary, err := exec.LookPath("prometheus")
 	require.NoError(t, err, "prometheus is needed: apt-get install prometheus")
-
-	rules, err := filepath.Abs(filepath.Join("..", "..", "docs", "alerts", "nodepki.rules.yml"))
-	require.NoError(t, err)
 
 	dir := t.TempDir()
 	config := filepath.Join(dir, "prometheus.yml")
@@ -50,7 +54,7 @@ scrape_configs:
 `, rules, strings.Join(targets, `", "`)), 0o600))
 
 	cmd := exec.Command(binary, "--config.file="+config, "--storage.tsdb.path="+filepath.Join(dir, "data"),
-		"--web.listen-address="+prometheusAddress)
+		"--web.listen-address="+address)
 
 	logs := &syncBuffer{}
 	cmd.Stdout, cmd.Stderr = logs, logs
@@ -74,9 +78,9 @@ type promSample struct {
 	Value  [2]any            `json:"value"`
 }
 
-// promQuery runs an instant query against the test's Prometheus.
-func promQuery(t assert.TestingT, query string) []promSample {
-	resp, err := http.Get("http://" + prometheusAddress + "/api/v1/query?query=" + url.QueryEscape(query))
+// promQuery runs an instant query against the test's Prometheus on address.
+func promQuery(t assert.TestingT, address, query string) []promSample {
+	resp, err := http.Get("http://" + address + "/api/v1/query?query=" + url.QueryEscape(query))
 	if !assert.NoError(t, err) {
 		return nil
 	}
@@ -103,8 +107,10 @@ func promQuery(t assert.TestingT, query string) []promSample {
 func TestPrometheusScrapesEveryNode(t *testing.T) {
 	t.Parallel()
 
+	const prometheusAddress = "127.0.102.100:9090"
+
 	c := startCluster(t, "127.0.102.2", 1, 1)
-	startPrometheus(t, c.MetricsAddresses())
+	startPrometheus(t, prometheusAddress, shippedRules(t), c.MetricsAddresses())
 
 	cl := connect(t, c.Talosconfig)
 
@@ -143,7 +149,7 @@ func TestPrometheusScrapesEveryNode(t *testing.T) {
 	require.EventuallyWithT(t, func(t *assert.CollectT) {
 		got := map[string]map[string]int64{}
 
-		for _, s := range promQuery(t, `nodepki_certificate_not_after_seconds{job="nodepki"}`) {
+		for _, s := range promQuery(t, prometheusAddress, `nodepki_certificate_not_after_seconds{job="nodepki"}`) {
 			value, err := strconv.ParseFloat(fmt.Sprint(s.Value[1]), 64)
 			if !assert.NoError(t, err) {
 				return
@@ -161,7 +167,7 @@ func TestPrometheusScrapesEveryNode(t *testing.T) {
 	}, time.Minute, 500*time.Millisecond)
 
 	// Every leaf is trusted, and the shipped rules are loaded and healthy.
-	for _, s := range promQuery(t, `nodepki_certificate_trusted{kind="leaf"}`) {
+	for _, s := range promQuery(t, prometheusAddress, `nodepki_certificate_trusted{kind="leaf"}`) {
 		assert.Equal(t, "1", s.Value[1], "%v", s.Metric)
 	}
 
