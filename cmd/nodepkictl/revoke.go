@@ -182,7 +182,7 @@ func runRevoke(cmd *cobra.Command, in revokeInput) error {
 	defer stop()
 
 	api := rotate.NewNodeAPI(rotate.NodeAPIOptions{Endpoints: endpoints})
-	defer api.Close() //nolint:errcheck
+	defer api.Close()
 
 	if err = revoke.Run(ctx, api, revoke.Options{
 		Target:        t,

@@ -183,7 +183,7 @@ func NewList(entries []Entry) *List {
 		}
 
 		if e.Serial != "" {
-			serial, _ := ParseSerial(e.Serial) //nolint:errcheck // checked above
+			serial, _ := ParseSerial(e.Serial) // validated when the list was built
 			l.bySerial[NormalizeFingerprint(e.Issuer)+"/"+serial.Text(16)] = e
 		}
 	}

@@ -51,7 +51,7 @@ func dialWithoutCertificate(t *testing.T, endpoint string, ca *certs.CA) *grpc.C
 	conn, err := grpc.NewClient(endpoint, grpc.WithTransportCredentials(credentials.NewTLS(&tls.Config{MinVersion: tls.VersionTLS13, RootCAs: pool})))
 	require.NoError(t, err)
 
-	t.Cleanup(func() { conn.Close() }) //nolint:errcheck
+	t.Cleanup(func() { conn.Close() })
 
 	return conn
 }
@@ -239,7 +239,7 @@ func TestAttackUnauthenticatedFlood(t *testing.T) {
 	)
 	require.NoError(t, err)
 
-	t.Cleanup(func() { conn.Close() }) //nolint:errcheck
+	t.Cleanup(func() { conn.Close() })
 
 	client := nodeClient(conn)
 
@@ -401,7 +401,7 @@ func listenPairOn(t *testing.T, first, second string) (a, b net.Listener) {
 			return la, lb
 		}
 
-		la.Close() //nolint:errcheck
+		la.Close()
 	}
 
 	t.Fatalf("no port free on both %s and %s", first, second)

@@ -8,12 +8,12 @@ import (
 	"strings"
 	"time"
 
-	"github.com/nodepki/nodepki/pkg/revocation"
-	"github.com/nodepki/nodepki/pkg/role"
-
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
+
+	"github.com/nodepki/nodepki/pkg/revocation"
+	"github.com/nodepki/nodepki/pkg/role"
 )
 
 // Metadata keys of the node API.

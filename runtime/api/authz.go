@@ -4,8 +4,6 @@ import (
 	"context"
 	"strings"
 
-	"github.com/nodepki/nodepki/pkg/role"
-
 	"github.com/cosi-project/runtime/api/v1alpha1"
 	"github.com/cosi-project/runtime/pkg/resource"
 	"github.com/cosi-project/runtime/pkg/resource/meta"
@@ -18,6 +16,7 @@ import (
 
 	"github.com/nodepki/nodepki/api/machine"
 	"github.com/nodepki/nodepki/api/node"
+	"github.com/nodepki/nodepki/pkg/role"
 )
 
 var readRoles = []string{role.Admin, role.Operator, role.Reader}

@@ -5,11 +5,11 @@ import (
 	"errors"
 	"time"
 
-	"github.com/nodepki/nodepki/pkg/revocation"
-
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
+
+	"github.com/nodepki/nodepki/pkg/revocation"
 )
 
 var (

@@ -5,8 +5,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/nodepki/nodepki/pkg/role"
-
 	"github.com/cosi-project/runtime/pkg/safe"
 	"github.com/cosi-project/runtime/pkg/state"
 	"github.com/stretchr/testify/assert"
@@ -16,6 +14,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	"github.com/nodepki/nodepki/api/node"
+	"github.com/nodepki/nodepki/pkg/role"
 	"github.com/nodepki/nodepki/resources/cluster"
 	"github.com/nodepki/nodepki/resources/pki"
 )
@@ -107,10 +106,14 @@ func TestForwarding(t *testing.T) {
 			want string
 		}{
 			{"two nodes", toNode(callCtx(t), "127.0.0.2", "127.0.0.3"), "node metadata must be single-valued"},
-			{"nodes with two values", metadata.AppendToOutgoingContext(callCtx(t), NodesMetadataKey, "127.0.0.2", NodesMetadataKey, "127.0.0.3"),
-				"one-to-many calls are not supported"},
-			{"node and nodes", metadata.AppendToOutgoingContext(toNode(callCtx(t), "127.0.0.3"), NodesMetadataKey, "127.0.0.3"),
-				"either node or nodes"},
+			{
+				"nodes with two values", metadata.AppendToOutgoingContext(callCtx(t), NodesMetadataKey, "127.0.0.2", NodesMetadataKey, "127.0.0.3"),
+				"one-to-many calls are not supported",
+			},
+			{
+				"node and nodes", metadata.AppendToOutgoingContext(toNode(callCtx(t), "127.0.0.3"), NodesMetadataKey, "127.0.0.3"),
+				"either node or nodes",
+			},
 			{"with a port", toNode(callCtx(t), "127.0.0.3:50000"), "is not an address or a host name"},
 			{"empty", toNode(callCtx(t), ""), "is not an address or a host name"},
 		} {

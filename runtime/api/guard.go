@@ -179,7 +179,7 @@ func (g *guard) refused(ctx context.Context, logger *zap.Logger, err error, unau
 			logger.Warn("closing a connection after repeated refused calls", zap.Int("refused", maxRefusals))
 		}
 
-		conn.Close() //nolint:errcheck
+		conn.Close()
 	}
 }
 

@@ -12,8 +12,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/nodepki/nodepki/pkg/role"
-
 	"github.com/cosi-project/runtime/api/v1alpha1"
 	"github.com/cosi-project/runtime/pkg/resource"
 	"github.com/cosi-project/runtime/pkg/safe"
@@ -31,6 +29,7 @@ import (
 	"github.com/nodepki/nodepki/pkg/bundle"
 	"github.com/nodepki/nodepki/pkg/certs"
 	"github.com/nodepki/nodepki/pkg/machineconfig/generate"
+	"github.com/nodepki/nodepki/pkg/role"
 	"github.com/nodepki/nodepki/resources"
 	"github.com/nodepki/nodepki/resources/config"
 	"github.com/nodepki/nodepki/resources/network"
@@ -294,7 +293,7 @@ func listenPair(t *testing.T) (a, b net.Listener) {
 			return la, lb
 		}
 
-		la.Close() //nolint:errcheck
+		la.Close()
 	}
 
 	t.Fatal("no port free on both 127.0.0.2 and 127.0.0.3")
@@ -420,7 +419,7 @@ func dial(t *testing.T, endpoint string, cert tls.Certificate, trusted ...*certs
 	})))
 	require.NoError(t, err)
 
-	t.Cleanup(func() { conn.Close() }) //nolint:errcheck
+	t.Cleanup(func() { conn.Close() })
 
 	return conn
 }

@@ -55,7 +55,7 @@ func listenSamePort(t *testing.T, addrs ...string) []net.Listener {
 		}
 
 		for _, lis := range listeners {
-			lis.Close() //nolint:errcheck
+			lis.Close()
 		}
 	}
 

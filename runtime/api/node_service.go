@@ -8,8 +8,6 @@ import (
 	"sync"
 	"time"
 
-	"github.com/nodepki/nodepki/pkg/role"
-
 	"github.com/cosi-project/runtime/pkg/safe"
 	"github.com/cosi-project/runtime/pkg/state"
 	"go.uber.org/zap"
@@ -21,6 +19,7 @@ import (
 	"github.com/nodepki/nodepki/pkg/clientconfig"
 	"github.com/nodepki/nodepki/pkg/kubernetes"
 	"github.com/nodepki/nodepki/pkg/machineconfig"
+	"github.com/nodepki/nodepki/pkg/role"
 	"github.com/nodepki/nodepki/pkg/version"
 	"github.com/nodepki/nodepki/resources/pki"
 )

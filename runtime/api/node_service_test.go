@@ -6,8 +6,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/nodepki/nodepki/pkg/role"
-
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 	"google.golang.org/grpc/codes"
@@ -17,6 +15,7 @@ import (
 	"github.com/nodepki/nodepki/pkg/certs"
 	"github.com/nodepki/nodepki/pkg/clientconfig"
 	"github.com/nodepki/nodepki/pkg/machineconfig"
+	"github.com/nodepki/nodepki/pkg/role"
 	"github.com/nodepki/nodepki/pkg/version"
 )
 
@@ -70,19 +69,27 @@ func TestApplyConfiguration(t *testing.T) {
 		req  *node.ApplyConfigurationRequest
 		want string
 	}{
-		{"document without token", &node.ApplyConfigurationRequest{Data: patchedConfig(t, p.worker, `[{"op": "remove", "path": "/machine/token"}]`)},
-			"machine.token"},
+		{
+			"document without token", &node.ApplyConfigurationRequest{Data: patchedConfig(t, p.worker, `[{"op": "remove", "path": "/machine/token"}]`)},
+			"machine.token",
+		},
 		{"document that is not YAML", &node.ApplyConfigurationRequest{Data: []byte("machine: [")}, "cannot be parsed"},
-		{"patch breaking a CA", &node.ApplyConfigurationRequest{Patches: [][]byte{[]byte("machine:\n  ca:\n    crt: " + notACert + "\n")}},
-			"machine.ca.crt"},
+		{
+			"patch breaking a CA", &node.ApplyConfigurationRequest{Patches: [][]byte{[]byte("machine:\n  ca:\n    crt: " + notACert + "\n")}},
+			"machine.ca.crt",
+		},
 		{"patch adding a CA key on a worker", &node.ApplyConfigurationRequest{Patches: [][]byte{
 			[]byte("machine:\n  ca:\n    key: " + base64.StdEncoding.EncodeToString(p.osCA.KeyPEM) + "\n"),
 		}}, "machine.ca.key"},
-		{"JSON patch on a missing path", &node.ApplyConfigurationRequest{Patches: [][]byte{[]byte(`[{"op": "replace", "path": "/machine/nope/x", "value": 1}]`)}},
-			"patches cannot be applied"},
+		{
+			"JSON patch on a missing path", &node.ApplyConfigurationRequest{Patches: [][]byte{[]byte(`[{"op": "replace", "path": "/machine/nope/x", "value": 1}]`)}},
+			"patches cannot be applied",
+		},
 		{"machine type change", &node.ApplyConfigurationRequest{Data: p.controlPlane}, "machine.type cannot change on a running node"},
-		{"machine type change that breaks validation too", &node.ApplyConfigurationRequest{Patches: [][]byte{[]byte("machine:\n  type: controlplane\n")}},
-			"machine.type cannot change on a running node (\"worker\" -> \"controlplane\")"},
+		{
+			"machine type change that breaks validation too", &node.ApplyConfigurationRequest{Patches: [][]byte{[]byte("machine:\n  type: controlplane\n")}},
+			"machine.type cannot change on a running node (\"worker\" -> \"controlplane\")",
+		},
 		{"both data and patches", &node.ApplyConfigurationRequest{Data: p.worker, Patches: [][]byte{[]byte("machine: {}")}}, "not both"},
 		{"nothing", &node.ApplyConfigurationRequest{}, "nothing to apply"},
 	}

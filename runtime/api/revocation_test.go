@@ -126,7 +126,7 @@ func TestRevokedCredential(t *testing.T) {
 
 	eventually(t, func() error {
 		if _, err := nodeClient(conn).Version(callCtx(t), &node.VersionRequest{}); err != nil {
-			return fmt.Errorf("%w: %v", errNotYet, err)
+			return fmt.Errorf("%w: %w", errNotYet, err)
 		}
 
 		return nil

@@ -167,7 +167,7 @@ func (s *Server) WaitReady(ctx context.Context) error {
 // serves once.
 func (s *Server) Serve(ctx context.Context, lis net.Listener) error {
 	if !s.served.CompareAndSwap(false, true) {
-		lis.Close() //nolint:errcheck
+		lis.Close()
 
 		return errors.New("api: the server is already serving")
 	}
@@ -199,18 +199,18 @@ func (s *Server) Serve(ctx context.Context, lis net.Listener) error {
 		grpc.WithDefaultCallOptions(grpc.ForceCodecV2(proxy.Codec())),
 	)
 	if err != nil {
-		lis.Close() //nolint:errcheck
+		lis.Close()
 
 		return fmt.Errorf("error connecting to the internal API server: %w", err)
 	}
 
 	s.localConn = localConn
 
-	defer localConn.Close() //nolint:errcheck
+	defer localConn.Close()
 	defer s.forwarder.close()
 
 	if err = s.WaitReady(ctx); err != nil {
-		lis.Close() //nolint:errcheck
+		lis.Close()
 
 		if ctx.Err() != nil {
 			return nil
@@ -249,7 +249,7 @@ func (s *Server) Serve(ctx context.Context, lis net.Listener) error {
 	}
 
 	stopGracefully(public)
-	<-serveErr
+	<-serveErr //nolint:errcheck // Serve's error after a stop only says it was stopped
 
 	s.logger.Info("node API stopped")
 

@@ -8,8 +8,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/nodepki/nodepki/pkg/role"
-
 	"github.com/cosi-project/runtime/api/v1alpha1"
 	"github.com/cosi-project/runtime/pkg/resource"
 	"github.com/cosi-project/runtime/pkg/resource/meta"
@@ -25,6 +23,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	"github.com/nodepki/nodepki/api/node"
+	"github.com/nodepki/nodepki/pkg/role"
 	"github.com/nodepki/nodepki/resources/config"
 	"github.com/nodepki/nodepki/resources/pki"
 )
@@ -165,10 +164,14 @@ func TestAccessPolicy(t *testing.T) {
 		ptr  resource.Pointer
 		want string
 	}{
-		{"unregistered type", resource.NewMetadata(pki.NamespaceName, "Widgets.pki.nodepki.dev", "x", resource.VersionUndefined),
-			`resource type "Widgets.pki.nodepki.dev" is not supported`},
-		{"unregistered namespace", resource.NewMetadata("secrets", pki.CertificateStatusesType, "x", resource.VersionUndefined),
-			`namespace "secrets" is not supported`},
+		{
+			"unregistered type", resource.NewMetadata(pki.NamespaceName, "Widgets.pki.nodepki.dev", "x", resource.VersionUndefined),
+			`resource type "Widgets.pki.nodepki.dev" is not supported`,
+		},
+		{
+			"unregistered namespace", resource.NewMetadata("secrets", pki.CertificateStatusesType, "x", resource.VersionUndefined),
+			`namespace "secrets" is not supported`,
+		},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			_, err := st.Get(callCtx(t), tc.ptr)
@@ -198,17 +201,32 @@ func TestClientCertificateIsVerified(t *testing.T) {
 		want string
 	}{
 		{"valid", true, clientCertSpec{roles: []string{role.Reader}}, ""},
-		{"server auth only", true, clientCertSpec{roles: []string{role.Admin}, eku: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth}},
-			`certificate "O=os:admin" is missing the client auth extended key usage`},
-		{"server and client auth", true, clientCertSpec{roles: []string{role.Admin}, eku: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth, x509.ExtKeyUsageClientAuth}},
-			"missing the client auth extended key usage"},
-		{"no extended key usage", true, clientCertSpec{roles: []string{role.Admin}, eku: []x509.ExtKeyUsage{}},
-			"missing the client auth extended key usage"},
+		{
+			"server auth only", true,
+			clientCertSpec{roles: []string{role.Admin}, eku: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth}},
+			`certificate "O=os:admin" is missing the client auth extended key usage`,
+		},
+		{
+			"server and client auth", true,
+			clientCertSpec{roles: []string{role.Admin}, eku: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth, x509.ExtKeyUsageClientAuth}},
+			"missing the client auth extended key usage",
+		},
+		{
+			"no extended key usage", true,
+			clientCertSpec{roles: []string{role.Admin}, eku: []x509.ExtKeyUsage{}},
+			"missing the client auth extended key usage",
+		},
 		{"unknown CA", false, clientCertSpec{roles: []string{role.Admin}}, "x509: certificate signed by unknown authority"},
-		{"expired", true, clientCertSpec{roles: []string{role.Admin}, issuedAt: time.Now().Add(-48 * time.Hour), lifetime: 24 * time.Hour},
-			"x509: certificate has expired or is not yet valid"},
-		{"not yet valid", true, clientCertSpec{roles: []string{role.Admin}, issuedAt: time.Now().Add(48 * time.Hour)},
-			"x509: certificate has expired or is not yet valid"},
+		{
+			"expired", true,
+			clientCertSpec{roles: []string{role.Admin}, issuedAt: time.Now().Add(-48 * time.Hour), lifetime: 24 * time.Hour},
+			"x509: certificate has expired or is not yet valid",
+		},
+		{
+			"not yet valid", true,
+			clientCertSpec{roles: []string{role.Admin}, issuedAt: time.Now().Add(48 * time.Hour)},
+			"x509: certificate has expired or is not yet valid",
+		},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			ca := p.osCA

@@ -183,7 +183,7 @@ func (load benchLoad) dial(ctx context.Context) (*benchClientSet, error) {
 			return nil, err
 		}
 
-		context.AfterFunc(ctx, func() { conn.Close() }) //nolint:errcheck
+		context.AfterFunc(ctx, func() { conn.Close() })
 
 		set.clients = append(set.clients, trustdapi.NewTrustdServiceClient(conn))
 	}
@@ -248,10 +248,10 @@ func startLoadProcess(b *testing.B, load benchLoad) *loadProcess {
 	stdout, err := cmd.StdoutPipe()
 	require.NoError(b, err)
 	require.NoError(b, cmd.Start())
-	stdinReader.Close() //nolint:errcheck
+	stdinReader.Close()
 
 	b.Cleanup(func() {
-		stdinWriter.Close() //nolint:errcheck
+		stdinWriter.Close()
 		require.NoError(b, cmd.Wait(), "the client process exits cleanly")
 	})
 

@@ -5,13 +5,13 @@ import (
 	"testing"
 	"time"
 
-	"github.com/nodepki/nodepki/pkg/client"
-
 	"github.com/cosi-project/runtime/pkg/state"
 	"github.com/cosi-project/runtime/pkg/state/impl/inmem"
 	"github.com/cosi-project/runtime/pkg/state/impl/namespaced"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
+
+	"github.com/nodepki/nodepki/pkg/client"
 )
 
 func TestEndpointAddress(t *testing.T) {

@@ -125,6 +125,8 @@ func checkSignature(csr *x509.CertificateRequest) error {
 	switch csr.SignatureAlgorithm {
 	case x509.SHA1WithRSA, x509.ECDSAWithSHA1, x509.DSAWithSHA1, x509.MD5WithRSA, x509.MD2WithRSA:
 		return fmt.Errorf("csr: signature algorithm %s is not accepted: sign with SHA-256 or better", csr.SignatureAlgorithm)
+	default:
+		// SHA-256 and better: CheckSignature below decides.
 	}
 
 	if err := csr.CheckSignature(); err != nil {

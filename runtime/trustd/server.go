@@ -250,7 +250,7 @@ func (s *Server) Serve(ctx context.Context, lis net.Listener) error {
 	select {
 	case <-ctx.Done():
 		stopGracefully(server)
-		<-serveErr
+		<-serveErr //nolint:errcheck // Serve's error after a stop only says it was stopped
 
 		return nil
 	case err := <-serveErr:
@@ -259,7 +259,7 @@ func (s *Server) Serve(ctx context.Context, lis net.Listener) error {
 		return fmt.Errorf("trustd: error serving on %s: %w", lis.Addr(), err)
 	case err := <-watchErr:
 		server.Stop()
-		<-serveErr
+		<-serveErr //nolint:errcheck // Serve's error after a stop only says it was stopped
 
 		return fmt.Errorf("trustd: %w", err)
 	}

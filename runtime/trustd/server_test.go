@@ -238,7 +238,7 @@ func rawCertificate(t *testing.T, addr string, rootsPEM []byte, token string, cs
 	})))
 	require.NoError(t, err)
 
-	t.Cleanup(func() { conn.Close() }) //nolint:errcheck
+	t.Cleanup(func() { conn.Close() })
 
 	ctx, cancel := context.WithTimeout(t.Context(), 10*time.Second)
 	defer cancel()
@@ -380,9 +380,9 @@ func handshakeSerial(ctx context.Context, t assert.TestingT, addr string, cp *co
 		return ""
 	}
 
-	defer conn.Close() //nolint:errcheck
+	defer conn.Close()
 
-	tlsConn := conn.(*tls.Conn) //nolint:forcetypeassert
+	tlsConn := conn.(*tls.Conn)
 	state := tlsConn.ConnectionState()
 
 	assert.Equal(t, uint16(tls.VersionTLS13), state.Version)

@@ -56,7 +56,7 @@ func TestRevokeTalosconfig(t *testing.T) {
 		require.NoError(t, err)
 		require.NoError(t, cmd.Start())
 
-		t.Cleanup(func() { cmd.Process.Kill() }) //nolint:errcheck
+		t.Cleanup(func() { cmd.Process.Kill() }) //nolint:errcheck // the process may have exited already
 
 		firstLine := make(chan struct{})
 
@@ -66,7 +66,7 @@ func TestRevokeTalosconfig(t *testing.T) {
 				close(firstLine)
 			}
 
-			io.Copy(io.Discard, stdout) //nolint:errcheck
+			io.Copy(io.Discard, stdout) //nolint:errcheck // drains the pipe; its end is the process's end
 			w.ended <- cmd.Wait()
 		}()
 
@@ -103,13 +103,14 @@ func TestRevokeTalosconfig(t *testing.T) {
 	// watch must be over within 2 s of that.
 	for _, w := range watches {
 		select {
-		case <-w.ended:
+		case err := <-w.ended:
+			t.Logf("get -w on %s exited: %v", w.node, err)
 			assert.Contains(t, w.stderr.String(), "revoked", "the watch on %s says why it ended", w.node)
 			t.Logf("watch on %s ended %s after revoke returned: %s", w.node, time.Since(revoked).Round(time.Millisecond), strings.TrimSpace(w.stderr.String()))
 		case <-time.After(time.Until(revoked.Add(2 * time.Second))):
 			var logData []byte
 			if n, err := c.Node(w.node); err == nil {
-				logData, _ = os.ReadFile(n.Log) //nolint:errcheck // only shown on failure
+				logData, _ = os.ReadFile(n.Log) // only shown on failure
 			}
 
 			t.Errorf("the watch on %s is still open 2 s after revoke returned: %s\n%s", w.node, w.stderr.String(), logData)
