@@ -13,7 +13,7 @@ build:
 ETCD_TOOLS := $(BIN)/etcd $(BIN)/etcdctl $(BIN)/etcdutl
 ETCD_PINS := tools/etcd/go.mod tools/etcd/go.sum
 
-tools: $(ETCD_TOOLS) $(KUBERNETES_TOOLS)
+tools: $(ETCD_TOOLS) tools-kubernetes
 
 $(BIN)/etcd: $(ETCD_PINS)
 	cd tools/etcd && $(GO) build -o $(CURDIR)/$@ go.etcd.io/etcd/server/v3
