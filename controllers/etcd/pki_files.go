@@ -5,10 +5,7 @@ import (
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
-	"errors"
 	"fmt"
-	"os"
-	"path/filepath"
 	"slices"
 	"strings"
 
@@ -110,9 +107,9 @@ func writePKIFiles(ctx context.Context, r controller.Reader, logger *zap.Logger,
 		*digests[pair.id] = digest([]byte(c.Certificate + c.Key))
 	}
 
-	changed, err := writeChanged(dir, files)
+	changed, err := atomicfile.WriteChanged(dir, files)
 	if err != nil {
-		return err
+		return fmt.Errorf("error writing etcd PKI files: %w", err)
 	}
 
 	if len(changed) > 0 {
@@ -157,57 +154,6 @@ func trustBundle(pool *pki.AcceptedCASpec) ([]byte, []string, error) {
 	}
 
 	return bundle.Bytes(), fingerprints, nil
-}
-
-// writeChanged writes the files whose content differs from what dir holds, all or none, and
-// returns their names.
-func writeChanged(dir string, files map[string][]byte) ([]string, error) {
-	if err := os.MkdirAll(dir, 0o700); err != nil {
-		return nil, fmt.Errorf("error creating %s: %w", dir, err)
-	}
-
-	// MkdirAll leaves an existing directory as it is; this one holds private keys.
-	if err := os.Chmod(dir, 0o700); err != nil { //nolint:gosec // a directory needs its x bit; 0700 is owner-only
-		return nil, fmt.Errorf("error setting permissions of %s: %w", dir, err)
-	}
-
-	var (
-		names    []string
-		paths    []string
-		contents [][]byte
-	)
-
-	for name, data := range files {
-		path := filepath.Join(dir, name)
-
-		current, err := os.ReadFile(path)
-		if err != nil && !errors.Is(err, os.ErrNotExist) {
-			return nil, fmt.Errorf("error reading %s: %w", path, err)
-		}
-
-		if err == nil && bytes.Equal(current, data) {
-			continue
-		}
-
-		names = append(names, name)
-	}
-
-	slices.Sort(names)
-
-	for _, name := range names {
-		paths = append(paths, filepath.Join(dir, name))
-		contents = append(contents, files[name])
-	}
-
-	if len(paths) == 0 {
-		return nil, nil
-	}
-
-	if err := atomicfile.WriteFiles(paths, contents); err != nil {
-		return nil, fmt.Errorf("error writing etcd PKI files: %w", err)
-	}
-
-	return names, nil
 }
 
 func digest(data []byte) string {

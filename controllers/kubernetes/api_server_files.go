@@ -1,15 +1,11 @@
 package kubernetes
 
 import (
-	"bytes"
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
-	"errors"
 	"fmt"
 	"maps"
-	"os"
-	"path/filepath"
 	"slices"
 
 	"github.com/cosi-project/runtime/pkg/controller"
@@ -130,9 +126,9 @@ func writeAPIServerFiles(ctx context.Context, r controller.Reader, logger *zap.L
 		return waiting("kube-apiserver files inconsistent: %v", err)
 	}
 
-	changed, err := writeChanged(dir, files)
+	changed, err := atomicfile.WriteChanged(dir, files)
 	if err != nil {
-		return err
+		return fmt.Errorf("error writing kube-apiserver files: %w", err)
 	}
 
 	spec := kubernetes.APIServerFilesSpec{
@@ -155,57 +151,6 @@ func writeAPIServerFiles(ctx context.Context, r controller.Reader, logger *zap.L
 	*out.TypedSpec() = spec
 
 	return nil
-}
-
-// writeChanged writes the files whose content differs from what dir holds, all or none, and
-// returns their names.
-func writeChanged(dir string, files map[string][]byte) ([]string, error) {
-	if err := os.MkdirAll(dir, 0o700); err != nil {
-		return nil, fmt.Errorf("error creating %s: %w", dir, err)
-	}
-
-	// MkdirAll leaves an existing directory as it is; this one holds private keys.
-	if err := os.Chmod(dir, 0o700); err != nil { //nolint:gosec // a directory: 0700 is owner-only, and it must be searchable
-		return nil, fmt.Errorf("error setting permissions of %s: %w", dir, err)
-	}
-
-	var (
-		names    []string
-		paths    []string
-		contents [][]byte
-	)
-
-	for name, data := range files {
-		path := filepath.Join(dir, name)
-
-		current, err := os.ReadFile(path)
-		if err != nil && !errors.Is(err, os.ErrNotExist) {
-			return nil, fmt.Errorf("error reading %s: %w", path, err)
-		}
-
-		if err == nil && bytes.Equal(current, data) {
-			continue
-		}
-
-		names = append(names, name)
-	}
-
-	if len(names) == 0 {
-		return nil, nil
-	}
-
-	slices.Sort(names)
-
-	for _, name := range names {
-		paths = append(paths, filepath.Join(dir, name))
-		contents = append(contents, files[name])
-	}
-
-	if err := atomicfile.WriteFiles(paths, contents); err != nil {
-		return nil, fmt.Errorf("error writing kube-apiserver files: %w", err)
-	}
-
-	return names, nil
 }
 
 func digest(data []byte) string {
