@@ -6,15 +6,12 @@ import (
 	"encoding/pem"
 	"time"
 
-	"github.com/cosi-project/runtime/pkg/safe"
-	"github.com/cosi-project/runtime/pkg/state"
 	"go.uber.org/zap"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
 	"github.com/nodepki/nodepki/api/node"
 	"github.com/nodepki/nodepki/pkg/certs"
-	"github.com/nodepki/nodepki/pkg/machineconfig"
 	"github.com/nodepki/nodepki/resources/pki"
 )
 
@@ -96,28 +93,9 @@ func (n *nodeService) issuingOSCA(ctx context.Context) (*certs.CA, error) {
 		return nil, err
 	}
 
-	if machineType := machineTypeOf(cfg); machineType != machineconfig.TypeControlPlane && machineType != machineconfig.TypeInit {
-		return nil, status.Errorf(codes.FailedPrecondition,
-			"client certificates are signed by control-plane nodes only: this node is %q; use a control plane as the endpoint", machineType)
+	if !cfg.IsControlPlane() {
+		return nil, workerRefusal(cfg, "client certificates")
 	}
 
-	root, err := safe.StateGetByID[*pki.RootSecret](ctx, n.server.opts.State, pki.RootOS)
-
-	switch {
-	case state.IsNotFoundError(err):
-		return nil, status.Error(codes.FailedPrecondition, "the OS root is not loaded yet: retry shortly")
-	case err != nil:
-		return nil, status.Errorf(codes.Internal, "error reading the OS root: %v", err)
-	}
-
-	if root.TypedSpec().IssuingKey == "" {
-		return nil, status.Error(codes.FailedPrecondition, "this node holds no OS CA key (machine.ca.key)")
-	}
-
-	ca, err := certs.LoadCA([]byte(root.TypedSpec().IssuingCert), []byte(root.TypedSpec().IssuingKey))
-	if err != nil {
-		return nil, status.Errorf(codes.FailedPrecondition, "the OS CA is unusable: %v", err)
-	}
-
-	return ca, nil
+	return n.issuingCA(ctx, pki.RootOS, "OS", "machine.ca")
 }

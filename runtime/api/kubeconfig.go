@@ -83,22 +83,9 @@ func kubeconfigTTL(seconds int64, cfg *machineconfig.Config) (time.Duration, err
 
 // kubernetesCA reads the issuing Kubernetes CA and the accepted Kubernetes CA bundle.
 func (n *nodeService) kubernetesCA(ctx context.Context) (*certs.CA, []byte, error) {
-	root, err := safe.StateGetByID[*pki.RootSecret](ctx, n.server.opts.State, pki.RootKubernetes)
-
-	switch {
-	case state.IsNotFoundError(err):
-		return nil, nil, status.Error(codes.FailedPrecondition, "the Kubernetes root is not loaded yet: retry shortly")
-	case err != nil:
-		return nil, nil, status.Errorf(codes.Internal, "error reading the Kubernetes root: %v", err)
-	}
-
-	if root.TypedSpec().IssuingKey == "" {
-		return nil, nil, status.Error(codes.FailedPrecondition, "this node holds no Kubernetes CA key (cluster.ca.key)")
-	}
-
-	ca, err := certs.LoadCA([]byte(root.TypedSpec().IssuingCert), []byte(root.TypedSpec().IssuingKey))
+	ca, err := n.issuingCA(ctx, pki.RootKubernetes, "Kubernetes", "cluster.ca")
 	if err != nil {
-		return nil, nil, status.Errorf(codes.FailedPrecondition, "the Kubernetes CA (cluster.ca) is unusable: %v", err)
+		return nil, nil, err
 	}
 
 	accepted, err := safe.StateGetByID[*pki.AcceptedCA](ctx, n.server.opts.State, pki.RootKubernetes)

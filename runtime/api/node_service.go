@@ -8,8 +8,6 @@ import (
 	"sync"
 	"time"
 
-	"github.com/cosi-project/runtime/pkg/safe"
-	"github.com/cosi-project/runtime/pkg/state"
 	"go.uber.org/zap"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
@@ -196,22 +194,9 @@ func (n *nodeService) GenerateClientConfiguration(ctx context.Context, req *node
 		return nil, workerRefusal(cfg, "client configurations")
 	}
 
-	root, err := safe.StateGetByID[*pki.RootSecret](ctx, n.server.opts.State, pki.RootOS)
-
-	switch {
-	case state.IsNotFoundError(err):
-		return nil, status.Error(codes.FailedPrecondition, "the OS root is not loaded yet: retry shortly")
-	case err != nil:
-		return nil, status.Errorf(codes.Internal, "error reading the OS root: %v", err)
-	}
-
-	if root.TypedSpec().IssuingKey == "" {
-		return nil, status.Error(codes.FailedPrecondition, "this node holds no OS CA key (machine.ca.key)")
-	}
-
-	ca, err := certs.LoadCA([]byte(root.TypedSpec().IssuingCert), []byte(root.TypedSpec().IssuingKey))
+	ca, err := n.issuingCA(ctx, pki.RootOS, "OS", "machine.ca")
 	if err != nil {
-		return nil, status.Errorf(codes.FailedPrecondition, "the OS CA is unusable: %v", err)
+		return nil, err
 	}
 
 	crt, key, err := ca.Issue(certs.ClientProfile(roles, ttl), time.Now())
