@@ -60,30 +60,12 @@ bench: build tools
 	$(GO) test -run '^$$' -bench . -benchtime 2s -timeout 20m ./pkg/... ./controllers/... ./runtime/...
 	$(GO) test -run '^$$' -bench . -benchtime 10x -timeout 20m ./test/...
 
-# Go native fuzzing, one target at a time (go test -fuzz takes one): FUZZTIME each. Crashers are
-# written to the package's testdata/fuzz and replayed by `make test` from then on. Minimizing a
-# new input is capped at 10 s (default 60 s) so that short runs spend their time fuzzing.
+# Go native fuzzing of every fuzz target in the module, FUZZTIME each (see scripts/fuzz.sh).
+# Crashers are written to the package's testdata/fuzz and replayed by `make test` from then on.
 FUZZTIME ?= 60s
-FUZZ_TARGETS := \
-	./pkg/machineconfig:FuzzParse \
-	./pkg/machineconfig:FuzzPatch \
-	./pkg/bundle:FuzzParse \
-	./pkg/clientconfig:FuzzParse \
-	./pkg/certs:FuzzPEM \
-	./runtime/trustd:FuzzCSRPolicy \
-	./runtime/api:FuzzLabelledBackendAppendInfo \
-	./pkg/kubeconfig:FuzzMerge \
-	./pkg/kubernetes:FuzzAPIServerSANs \
-	./runtime/api:FuzzParseRenewalCSR \
-	./cmd/nodepkid:FuzzCheckMetricsAddress \
-	./pkg/revocation:FuzzEntry
 
 fuzz:
-	@set -e; for t in $(FUZZ_TARGETS); do \
-		pkg=$${t%%:*}; name=$${t##*:}; \
-		echo "fuzz $$pkg $$name for $(FUZZTIME)"; \
-		$(GO) test -run '^$$' -fuzz "^$$name\$$" -fuzztime $(FUZZTIME) -fuzzminimizetime 10s $$pkg; \
-	done
+	GO=$(GO) FUZZTIME=$(FUZZTIME) scripts/fuzz.sh
 
 PROTOC_GEN_GO := google.golang.org/protobuf/cmd/protoc-gen-go@v1.36.11
 PROTOC_GEN_GO_GRPC := google.golang.org/grpc/cmd/protoc-gen-go-grpc@v1.5.1
