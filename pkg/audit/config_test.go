@@ -166,8 +166,10 @@ func TestConfigEventsOfARotationAndARevocation(t *testing.T) {
 			data, err := json.Marshal(events)
 			require.NoError(t, err)
 
-			for _, secret := range []string{"-----BEGIN", "oldtoken", "newtoken", string(oldKey), base64.StdEncoding.EncodeToString(oldKey)[:40],
-				base64.StdEncoding.EncodeToString(newKey)[:40], base64.StdEncoding.EncodeToString(oldCA)[:40]} {
+			for _, secret := range []string{
+				"-----BEGIN", "oldtoken", "newtoken", string(oldKey), base64.StdEncoding.EncodeToString(oldKey)[:40],
+				base64.StdEncoding.EncodeToString(newKey)[:40], base64.StdEncoding.EncodeToString(oldCA)[:40],
+			} {
 				assert.NotContains(t, string(data), secret)
 			}
 		})

@@ -241,13 +241,21 @@ func (l *Log) rotateLocked() error {
 
 // Close flushes the pending refusal counts and closes the file. Followers' streams end.
 func (l *Log) Close() error {
-	l.FlushRefusals(time.Time{})
+	l.mu.Lock()
+	closed := l.closed
+	l.mu.Unlock()
+
+	if closed {
+		return nil
+	}
+
+	flushErr := l.FlushRefusals(time.Time{})
 
 	l.mu.Lock()
 	defer l.mu.Unlock()
 
 	if l.closed {
-		return nil
+		return flushErr
 	}
 
 	l.closed = true
@@ -257,7 +265,7 @@ func (l *Log) Close() error {
 		close(f.lines)
 	}
 
-	return l.file.Close()
+	return errors.Join(flushErr, l.file.Close())
 }
 
 func syncDir(dir string) error {

@@ -26,8 +26,8 @@ import (
 	"google.golang.org/grpc/credentials"
 
 	"github.com/nodepki/nodepki/api/node"
-	"github.com/nodepki/nodepki/pkg/bundle"
 	"github.com/nodepki/nodepki/pkg/audit"
+	"github.com/nodepki/nodepki/pkg/bundle"
 	"github.com/nodepki/nodepki/pkg/certs"
 	"github.com/nodepki/nodepki/pkg/machineconfig/generate"
 	"github.com/nodepki/nodepki/pkg/role"

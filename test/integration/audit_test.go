@@ -229,8 +229,10 @@ func assertNoSecrets(t *testing.T, c *cluster.Cluster, creds ...*certsOfContext)
 	doc := cfg.Document()
 	require.NotEmpty(t, doc.Machine.Token)
 
-	forbidden := []string{"-----BEGIN", "PRIVATE KEY", doc.Machine.Token,
-		base64.StdEncoding.EncodeToString(doc.Machine.CA.Key)[:40], secretLine(doc.Machine.CA.Key)}
+	forbidden := []string{
+		"-----BEGIN", "PRIVATE KEY", doc.Machine.Token,
+		base64.StdEncoding.EncodeToString(doc.Machine.CA.Key)[:40], secretLine(doc.Machine.CA.Key),
+	}
 
 	for _, s := range []string{doc.Cluster.Token, doc.Cluster.Secret} {
 		if s != "" {
