@@ -1,7 +1,11 @@
 package api
 
 import (
+	"crypto"
+	"crypto/tls"
 	"crypto/x509"
+	"crypto/x509/pkix"
+	"encoding/json"
 	"errors"
 	"io"
 	"testing"
@@ -11,9 +15,11 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
+	"k8s.io/client-go/tools/clientcmd"
 
 	"github.com/nodepki/nodepki/api/node"
 	"github.com/nodepki/nodepki/pkg/audit"
+	"github.com/nodepki/nodepki/pkg/certs"
 	"github.com/nodepki/nodepki/pkg/revocation"
 	"github.com/nodepki/nodepki/pkg/role"
 )
@@ -163,4 +169,89 @@ func impersonatorSubject(t *testing.T, n *testNode) string {
 	require.NoError(t, err)
 
 	return leaf.Subject.String()
+}
+
+// TestAuditIssuedCredentials: client configurations, renewals and kubeconfigs are recorded with
+// the caller and the issued certificate's subject, serial, fingerprints and lifetime, and without
+// any PEM.
+func TestAuditIssuedCredentials(t *testing.T) {
+	t.Parallel()
+
+	p := getPKI(t)
+	log := openAudit(t, "127.0.130.4")
+	cp := startNode(t, p, nodeSpec{addr: "127.0.130.4", controlPlane: true, audit: log})
+	admin := nodeClient(cp.dialAs(t, p, role.Admin))
+
+	issued, err := admin.GenerateClientConfiguration(callCtx(t), &node.GenerateClientConfigurationRequest{Roles: []string{role.Reader}, CrtTtlSeconds: 3600})
+	require.NoError(t, err)
+
+	readerCert, err := tls.X509KeyPair(issued.GetCrt(), issued.GetKey())
+	require.NoError(t, err)
+
+	key, ok := readerCert.PrivateKey.(crypto.Signer)
+	require.True(t, ok)
+
+	renewed, err := nodeClient(dial(t, cp.endpoint, readerCert, p.osCA)).RenewClientCertificate(callCtx(t),
+		&node.RenewClientCertificateRequest{Csr: renewalCSR(t, key, pkix.Name{}), CrtTtlSeconds: 7200})
+	require.NoError(t, err)
+
+	kubeconfig, err := admin.Kubeconfig(callCtx(t), &node.KubeconfigRequest{CrtTtlSeconds: 600})
+	require.NoError(t, err)
+
+	events := readAudit(t, admin, "")
+	types := make([]string, 0, len(events))
+
+	for _, e := range events {
+		types = append(types, e.Type)
+	}
+
+	require.Equal(t, []string{audit.TypeClientIssued, audit.TypeClientRenewed, audit.TypeKubeconfigIssued}, types)
+
+	for i, tc := range []struct {
+		crtPEM   []byte
+		issuer   []byte
+		roles    []string
+		lifetime string
+	}{
+		{issued.GetCrt(), p.osCA.CrtPEM, []string{role.Admin}, "1h0m0s"},
+		{renewed.GetCrt(), p.osCA.CrtPEM, []string{role.Reader}, "2h0m0s"},
+		{kubeconfigCertificate(t, kubeconfig.GetKubeconfig()), p.k8sCA.CrtPEM, []string{role.Admin}, "10m0s"},
+	} {
+		crt, err := certs.ParseCertificate(tc.crtPEM)
+		require.NoError(t, err)
+
+		issuer, err := certs.ParseCertificate(tc.issuer)
+		require.NoError(t, err)
+
+		e := events[i]
+		assert.Equal(t, tc.roles, e.Caller.Roles, e.Type)
+		assert.Equal(t, &audit.Certificate{
+			Subject:     crt.Subject.String(),
+			CommonName:  crt.Subject.CommonName,
+			Roles:       crt.Subject.Organization,
+			Serial:      revocation.FormatSerial(crt.SerialNumber),
+			Fingerprint: certs.Fingerprint(crt),
+			Issuer:      certs.Fingerprint(issuer),
+			NotAfter:    crt.NotAfter.UTC(),
+			Lifetime:    tc.lifetime,
+		}, e.Certificate, e.Type)
+	}
+
+	data, err := json.Marshal(events)
+	require.NoError(t, err)
+	assert.NotContains(t, string(data), "-----BEGIN")
+}
+
+func kubeconfigCertificate(t *testing.T, kubeconfig []byte) []byte {
+	t.Helper()
+
+	cfg, err := clientcmd.Load(kubeconfig)
+	require.NoError(t, err)
+	require.Len(t, cfg.AuthInfos, 1)
+
+	for _, user := range cfg.AuthInfos {
+		return user.ClientCertificateData
+	}
+
+	return nil
 }
