@@ -26,6 +26,7 @@ import (
 	"github.com/nodepki/nodepki/pkg/machineconfig"
 	"github.com/nodepki/nodepki/pkg/revocation"
 	"github.com/nodepki/nodepki/pkg/role"
+	"github.com/nodepki/nodepki/pkg/rotate"
 )
 
 // auditEvents reads the audit log of nodes with `nodepkictl audit -o json`, keyed by node.
@@ -211,7 +212,46 @@ func TestAuditLog(t *testing.T) {
 	assert.Contains(t, out, "trustd.signed")
 	assert.Contains(t, out, "requester="+worker)
 
-	assertNoSecrets(t, c, admin, reader)
+	// A rotation: each step is a patch the nodes record with the root change it made.
+	planPath := filepath.Join(dir, "plan.yaml")
+	out, err = runCLI(t, c, "rotate-ca", "--kubernetes", "--dry-run=false", "--plan", planPath)
+	require.NoError(t, err, out)
+
+	plan, err := rotate.LoadPlan(planPath)
+	require.NoError(t, err)
+
+	events = auditEvents(t, c, controlPlane, worker)
+
+	for _, node := range []string{controlPlane, worker} {
+		var steps []string
+
+		for _, e := range ofType(events[node], audit.TypeRotationStep) {
+			assertAdminCaller(t, e, admin)
+
+			for _, r := range e.Roots {
+				require.Equal(t, audit.RootKubernetes, r.Root, node)
+				steps = append(steps, r.Step)
+
+				switch r.Step {
+				case audit.StepIssuingChanged:
+					assert.Equal(t, plan.Roots.Kubernetes.Old.Fingerprint, r.From, node)
+					assert.Equal(t, plan.Roots.Kubernetes.New.Fingerprint, r.To, node)
+				default:
+					// The new CA is accepted first; when it issues, the old one is accepted instead.
+					assert.Subset(t, []string{plan.Roots.Kubernetes.Old.Fingerprint, plan.Roots.Kubernetes.New.Fingerprint}, r.Fingerprints, node)
+				}
+			}
+		}
+
+		t.Logf("%s: rotation steps %v", node, steps)
+		require.NotEmpty(t, steps, node)
+		assert.Equal(t, audit.StepAcceptedAdded, steps[0], "%s: the new CA is trusted first", node)
+		assert.Equal(t, []string{plan.Roots.Kubernetes.New.Fingerprint}, ofType(events[node], audit.TypeRotationStep)[0].Roots[0].Fingerprints, node)
+		assert.Contains(t, steps, audit.StepIssuingChanged, node)
+		assert.Equal(t, audit.StepAcceptedRemoved, steps[len(steps)-1], "%s: the old CA goes last", node)
+	}
+
+	assertNoSecrets(t, c, admin, reader, &certsOfContext{secrets: []string{secretLine(plan.Roots.Kubernetes.New.Key)}})
 
 	killedWhilePatching(t, c, worker)
 }
