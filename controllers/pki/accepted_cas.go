@@ -43,7 +43,30 @@ func NewAcceptedCAsController() *AcceptedCAsController {
 
 // acceptedCAs maps the machine config to the trust pool of every root it defines; empty pools are left out.
 func acceptedCAs(doc *machineconfig.Document) (map[resource.ID]pki.AcceptedCASpec, error) {
-	out := map[resource.ID]pki.AcceptedCASpec{}
+	pools, err := trustPools(doc)
+	if err != nil {
+		return nil, err
+	}
+
+	out := make(map[resource.ID]pki.AcceptedCASpec, len(pools))
+	for id, p := range pools {
+		out[id] = p.spec
+	}
+
+	return out, nil
+}
+
+// trustPool is one root's AcceptedCA with its CA certificates as parsed from the config, in the
+// order of spec.Certificates (none for the service-account root, whose pool holds keys).
+type trustPool struct {
+	spec pki.AcceptedCASpec
+	cas  []*stdx509.Certificate
+}
+
+// trustPools maps the machine config to the trust pool of every root it defines, with the parsed
+// CAs; empty pools are left out.
+func trustPools(doc *machineconfig.Document) (map[resource.ID]trustPool, error) {
+	out := map[resource.ID]trustPool{}
 
 	if doc == nil {
 		return out, nil
@@ -78,13 +101,13 @@ func acceptedCAs(doc *machineconfig.Document) (map[resource.ID]pki.AcceptedCASpe
 	}
 
 	for _, root := range roots {
-		spec, err := certificatePool(root.field, root.accepted, root.issuingField, root.issuing)
+		p, err := certificatePool(root.field, root.accepted, root.issuingField, root.issuing)
 		if err != nil {
 			return nil, err
 		}
 
-		if len(spec.Certificates) > 0 {
-			out[root.id] = spec
+		if len(p.spec.Certificates) > 0 {
+			out[root.id] = p
 		}
 	}
 
@@ -94,7 +117,7 @@ func acceptedCAs(doc *machineconfig.Document) (map[resource.ID]pki.AcceptedCASpe
 	}
 
 	if len(spec.PublicKeys) > 0 {
-		out[pki.RootServiceAccount] = spec
+		out[pki.RootServiceAccount] = trustPool{spec: spec}
 	}
 
 	return out, nil
@@ -103,27 +126,38 @@ func acceptedCAs(doc *machineconfig.Document) (map[resource.ID]pki.AcceptedCASpe
 // pool collects PEM entries in order, skipping fingerprints already present; the issuing entry is
 // added last and moves an earlier copy of itself to the end.
 type pool struct {
-	entries      []string
-	fingerprints []string
+	entries []pemEntry
 }
 
-func (p *pool) add(entry, fingerprint string) {
-	if !slices.Contains(p.fingerprints, fingerprint) {
+func (p *pool) add(entry pemEntry) {
+	if !slices.ContainsFunc(p.entries, entry.sameKey) {
 		p.entries = append(p.entries, entry)
-		p.fingerprints = append(p.fingerprints, fingerprint)
 	}
 }
 
-func (p *pool) addLast(entry, fingerprint string) {
-	if i := slices.Index(p.fingerprints, fingerprint); i >= 0 {
-		p.entries = slices.Delete(p.entries, i, i+1)
-		p.fingerprints = slices.Delete(p.fingerprints, i, i+1)
-	}
-
-	p.add(entry, fingerprint)
+func (p *pool) addLast(entry pemEntry) {
+	p.entries = slices.DeleteFunc(p.entries, entry.sameKey)
+	p.add(entry)
 }
 
-func certificatePool(field string, accepted []*machineconfig.Certificate, issuingField string, issuing *machineconfig.CertificateAndKey) (pki.AcceptedCASpec, error) {
+// spec is the AcceptedCA of the pool: its entries as certificates or as public keys.
+func (p *pool) spec(issuingFingerprint string, publicKeys bool) pki.AcceptedCASpec {
+	spec := pki.AcceptedCASpec{IssuingFingerprint: issuingFingerprint}
+
+	for _, e := range p.entries {
+		if publicKeys {
+			spec.PublicKeys = append(spec.PublicKeys, e.pem)
+		} else {
+			spec.Certificates = append(spec.Certificates, e.pem)
+		}
+
+		spec.Fingerprints = append(spec.Fingerprints, e.fingerprint)
+	}
+
+	return withShortFingerprints(spec)
+}
+
+func certificatePool(field string, accepted []*machineconfig.Certificate, issuingField string, issuing *machineconfig.CertificateAndKey) (trustPool, error) {
 	var p pool
 
 	for i, entry := range accepted {
@@ -133,11 +167,11 @@ func certificatePool(field string, accepted []*machineconfig.Certificate, issuin
 
 		crts, err := parseCertificates(entry.Crt)
 		if err != nil {
-			return pki.AcceptedCASpec{}, fmt.Errorf("%s[%d].crt: %w", field, i, err)
+			return trustPool{}, fmt.Errorf("%s[%d].crt: %w", field, i, err)
 		}
 
 		for _, crt := range crts {
-			p.add(crt.pem, crt.fingerprint)
+			p.add(crt)
 		}
 	}
 
@@ -146,14 +180,19 @@ func certificatePool(field string, accepted []*machineconfig.Certificate, issuin
 	if issuing != nil && len(issuing.Crt) > 0 {
 		crts, err := parseCertificate(issuing.Crt)
 		if err != nil {
-			return pki.AcceptedCASpec{}, fmt.Errorf("%s.crt: %w", issuingField, err)
+			return trustPool{}, fmt.Errorf("%s.crt: %w", issuingField, err)
 		}
 
 		issuingFingerprint = crts[0].fingerprint
-		p.addLast(crts[0].pem, issuingFingerprint)
+		p.addLast(crts[0])
 	}
 
-	return withShortFingerprints(pki.AcceptedCASpec{Certificates: p.entries, Fingerprints: p.fingerprints, IssuingFingerprint: issuingFingerprint}), nil
+	out := trustPool{spec: p.spec(issuingFingerprint, false)}
+	for _, e := range p.entries {
+		out.cas = append(out.cas, e.crt)
+	}
+
+	return out, nil
 }
 
 func publicKeyPool(accepted []*machineconfig.Key, signing *machineconfig.Key) (pki.AcceptedCASpec, error) {
@@ -169,7 +208,7 @@ func publicKeyPool(accepted []*machineconfig.Key, signing *machineconfig.Key) (p
 			return pki.AcceptedCASpec{}, fmt.Errorf("cluster.acceptedServiceAccountKeys[%d].key: %w", i, err)
 		}
 
-		p.add(keys[0].pem, keys[0].fingerprint)
+		p.add(keys[0])
 	}
 
 	var issuingFingerprint string
@@ -181,10 +220,10 @@ func publicKeyPool(accepted []*machineconfig.Key, signing *machineconfig.Key) (p
 		}
 
 		issuingFingerprint = keys[0].fingerprint
-		p.addLast(keys[0].pem, issuingFingerprint)
+		p.addLast(keys[0])
 	}
 
-	return withShortFingerprints(pki.AcceptedCASpec{PublicKeys: p.entries, Fingerprints: p.fingerprints, IssuingFingerprint: issuingFingerprint}), nil
+	return p.spec(issuingFingerprint, true), nil
 }
 
 // withShortFingerprints fills in the short fingerprints of a pool from its fingerprints.
@@ -199,9 +238,16 @@ func withShortFingerprints(spec pki.AcceptedCASpec) pki.AcceptedCASpec {
 	return spec
 }
 
-// pemEntry is one canonical PEM block and its SPKI fingerprint.
+// pemEntry is one canonical PEM block and its SPKI fingerprint; crt is the certificate it encodes
+// (nil for a public key).
 type pemEntry struct {
 	pem, fingerprint string
+	crt              *stdx509.Certificate
+}
+
+// sameKey reports whether two entries have the same SPKI fingerprint: a pool holds each key once.
+func (e pemEntry) sameKey(other pemEntry) bool {
+	return e.fingerprint == other.fingerprint
 }
 
 func parseCertificates(data []byte) ([]pemEntry, error) {
@@ -212,7 +258,7 @@ func parseCertificates(data []byte) ([]pemEntry, error) {
 
 	out := make([]pemEntry, 0, len(crts))
 	for _, crt := range crts {
-		out = append(out, pemEntry{pem: certificatePEM(crt), fingerprint: certs.Fingerprint(crt)})
+		out = append(out, pemEntry{pem: certificatePEM(crt), fingerprint: certs.Fingerprint(crt), crt: crt})
 	}
 
 	return out, nil
@@ -224,7 +270,7 @@ func parseCertificate(data []byte) ([]pemEntry, error) {
 		return nil, err
 	}
 
-	return []pemEntry{{pem: certificatePEM(crt), fingerprint: certs.Fingerprint(crt)}}, nil
+	return []pemEntry{{pem: certificatePEM(crt), fingerprint: certs.Fingerprint(crt), crt: crt}}, nil
 }
 
 // parsePublicKey normalises a PEM public or private key to its PKIX PEM public key, so that both

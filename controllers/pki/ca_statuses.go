@@ -6,36 +6,40 @@ import (
 
 	"github.com/cosi-project/runtime/pkg/controller"
 	"github.com/cosi-project/runtime/pkg/resource"
-	"github.com/cosi-project/runtime/pkg/safe"
 	"go.uber.org/zap"
 
-	"github.com/nodepki/nodepki/pkg/certs"
+	"github.com/nodepki/nodepki/controllers/configview"
 	"github.com/nodepki/nodepki/resources/pki"
 )
 
-// CAStatusesController reports every CA certificate of every root's trust pool (AcceptedCAs) as a
-// pki.CAStatus: subject, validity, fingerprint and whether the root issues with it.
+// CAStatusesController reports every CA certificate of every root's trust pool as a pki.CAStatus:
+// subject, validity, fingerprint and whether the root issues with it.
 //
-// It is a DerivedController because one AcceptedCA holds several CAs, and cosi's transform
-// controllers map one input to one output.
+// It derives the pools from the machine config as AcceptedCAsController does (trustPools), rather
+// than reading the AcceptedCAs: a config change then costs one pass with one parse of each CA,
+// instead of a pass, re-parsing every pool, for each AcceptedCA written. It is a DerivedController
+// because one pool holds several CAs, and cosi's transform controllers map one input to one output.
 type CAStatusesController = DerivedController[pki.CAStatusSpec, pki.CAStatusExtension]
 
 // NewCAStatusesController creates a CAStatusesController.
 func NewCAStatusesController() *CAStatusesController {
 	return newDerivedController[pki.CAStatusSpec, pki.CAStatusExtension]("pki.CAStatusesController",
-		[]controller.Input{{Namespace: pki.NamespaceName, Type: pki.AcceptedCAsType, Kind: controller.InputWeak}},
+		[]controller.Input{configview.Input()},
 		func(ctx context.Context, r controller.Reader, _ *zap.Logger) (map[resource.ID]pki.CAStatusSpec, bool, error) {
-			pools, err := safe.ReaderListAll[*pki.AcceptedCA](ctx, r)
+			doc, err := configview.Read(ctx, r)
 			if err != nil {
-				return nil, false, fmt.Errorf("error listing accepted CAs: %w", err)
+				return nil, false, err
+			}
+
+			pools, err := trustPools(doc)
+			if err != nil {
+				return nil, false, fmt.Errorf("error building accepted CAs: %w", err)
 			}
 
 			out := map[resource.ID]pki.CAStatusSpec{}
 
-			for pool := range pools.All() {
-				if err = caStatuses(pool.Metadata().ID(), pool.TypedSpec(), out); err != nil {
-					return nil, false, err
-				}
+			for root, pool := range pools {
+				caStatuses(root, pool, out)
 			}
 
 			return out, true, nil
@@ -43,18 +47,12 @@ func NewCAStatusesController() *CAStatusesController {
 }
 
 // caStatuses adds the status of every CA certificate of one root's pool to out.
-func caStatuses(root resource.ID, pool *pki.AcceptedCASpec, out map[resource.ID]pki.CAStatusSpec) error {
-	for _, data := range pool.Certificates {
-		crt, err := certs.ParseCertificate([]byte(data))
-		if err != nil {
-			// AcceptedCAs only holds certificates that parsed when the pool was built.
-			return fmt.Errorf("error parsing a CA of root %q: %w", root, err)
-		}
-
-		fingerprint := certs.Fingerprint(crt)
+func caStatuses(root resource.ID, pool trustPool, out map[resource.ID]pki.CAStatusSpec) {
+	for i, crt := range pool.cas {
+		fingerprint := pool.spec.Fingerprints[i]
 
 		role := pki.CARoleAccepted
-		if fingerprint == pool.IssuingFingerprint {
+		if fingerprint == pool.spec.IssuingFingerprint {
 			role = pki.CARoleIssuing
 		}
 
@@ -68,6 +66,4 @@ func caStatuses(root resource.ID, pool *pki.AcceptedCASpec, out map[resource.ID]
 			Role:             role,
 		}
 	}
-
-	return nil
 }
