@@ -41,6 +41,8 @@ func NewCertificateStatusesController(clock func() time.Time) *CertificateStatus
 		clock = time.Now
 	}
 
+	pools := &poolCAs{}
+
 	return qtransform.NewQController(
 		qtransform.Settings[*pki.NodeCertificate, *pki.CertificateStatus]{
 			Name: "pki.CertificateStatusesController",
@@ -60,7 +62,7 @@ func NewCertificateStatusesController(clock func() time.Time) *CertificateStatus
 
 				var next time.Time
 
-				*out.TypedSpec(), next = certificateStatus(crt.TypedSpec(), pool, now)
+				*out.TypedSpec(), next = certificateStatus(crt.TypedSpec(), pools.get(crt.TypedSpec().Root, pool), now)
 
 				if next.IsZero() {
 					return nil
@@ -109,8 +111,9 @@ func certificatesOfRoot(ctx context.Context, _ *zap.Logger, r controller.QRuntim
 	return out, nil
 }
 
-// certificateStatus computes the status of one certificate at now and when it next changes state.
-func certificateStatus(crt *pki.NodeCertificateSpec, pool *pki.AcceptedCA, now time.Time) (pki.CertificateStatusSpec, time.Time) {
+// certificateStatus computes the status of one certificate at now and when it next changes state;
+// cas are the CAs of its root's trust pool.
+func certificateStatus(crt *pki.NodeCertificateSpec, cas []*stdx509.Certificate, now time.Time) (pki.CertificateStatusSpec, time.Time) {
 	status := pki.CertificateStatusSpec{Root: crt.Root, LastError: crt.LastError, State: pki.StatePending}
 
 	if crt.Certificate == "" {
@@ -122,13 +125,6 @@ func certificateStatus(crt *pki.NodeCertificateSpec, pool *pki.AcceptedCA, now t
 		status.LastError = joinErrors(crt.LastError, fmt.Sprintf("certificate: %v", err))
 
 		return status, time.Time{}
-	}
-
-	var cas []*stdx509.Certificate
-
-	if pool != nil {
-		// AcceptedCAs only holds certificates that parsed when the pool was built.
-		cas, _ = certs.ParseCertificates([]byte(strings.Join(pool.TypedSpec().Certificates, "")))
 	}
 
 	v := verify(leaf, cas, now)
