@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"maps"
+	"reflect"
 	"slices"
 
 	"github.com/cosi-project/runtime/pkg/controller"
@@ -93,8 +94,19 @@ func (ctrl *DerivedController[S, E]) Run(ctx context.Context, r controller.Runti
 }
 
 func (ctrl *DerivedController[S, E]) write(ctx context.Context, r controller.Runtime, specs map[resource.ID]S) error {
+	existing, err := safe.ReaderListAll[*typed.Resource[S, E]](ctx, r)
+	if err != nil {
+		return fmt.Errorf("error listing %s: %w", ctrl.definition().Type, err)
+	}
+
 	for _, id := range slices.Sorted(maps.Keys(specs)) {
-		err := safe.WriterModify(ctx, r, ctrl.newResource(id), func(res *typed.Resource[S, E]) error {
+		if res, ok := existing.Find(func(res *typed.Resource[S, E]) bool { return res.Metadata().ID() == id }); ok && ctrl.unchanged(res, specs[id]) {
+			// Modify would read it again only to find nothing to write; summary controllers run a
+			// pass for every input written and mostly derive what they already hold.
+			continue
+		}
+
+		err = safe.WriterModify(ctx, r, ctrl.newResource(id), func(res *typed.Resource[S, E]) error {
 			*res.TypedSpec() = specs[id]
 
 			return nil
@@ -108,11 +120,6 @@ func (ctrl *DerivedController[S, E]) write(ctx context.Context, r controller.Run
 		default:
 			return fmt.Errorf("error writing %s %q: %w", ctrl.definition().Type, id, err)
 		}
-	}
-
-	existing, err := safe.ReaderListAll[*typed.Resource[S, E]](ctx, r)
-	if err != nil {
-		return fmt.Errorf("error listing %s: %w", ctrl.definition().Type, err)
 	}
 
 	for res := range existing.All() {
@@ -143,4 +150,12 @@ func (ctrl *DerivedController[S, E]) write(ctx context.Context, r controller.Run
 	}
 
 	return nil
+}
+
+// unchanged reports whether an existing output already holds spec, as this controller's and
+// running: the comparison Modify makes, without reading the resource again.
+func (ctrl *DerivedController[S, E]) unchanged(res *typed.Resource[S, E], spec S) bool {
+	md := res.Metadata()
+
+	return md.Owner() == ctrl.name && md.Phase() == resource.PhaseRunning && reflect.DeepEqual(*res.TypedSpec(), spec)
 }
