@@ -50,23 +50,16 @@ func acceptedCAs(doc *machineconfig.Document) (map[resource.ID]pki.AcceptedCASpe
 
 	out := make(map[resource.ID]pki.AcceptedCASpec, len(pools))
 	for id, p := range pools {
-		out[id] = p.spec
+		out[id] = p.spec()
 	}
 
 	return out, nil
 }
 
-// trustPool is one root's AcceptedCA with its CA certificates as parsed from the config, in the
-// order of spec.Certificates (none for the service-account root, whose pool holds keys).
-type trustPool struct {
-	spec pki.AcceptedCASpec
-	cas  []*stdx509.Certificate
-}
-
-// trustPools maps the machine config to the trust pool of every root it defines, with the parsed
-// CAs; empty pools are left out.
-func trustPools(doc *machineconfig.Document) (map[resource.ID]trustPool, error) {
-	out := map[resource.ID]trustPool{}
+// trustPools maps the machine config to the trust pool of every root it defines; empty pools are
+// left out.
+func trustPools(doc *machineconfig.Document) (map[resource.ID]*trustPool, error) {
+	out := map[resource.ID]*trustPool{}
 
 	if doc == nil {
 		return out, nil
@@ -106,49 +99,54 @@ func trustPools(doc *machineconfig.Document) (map[resource.ID]trustPool, error) 
 			return nil, err
 		}
 
-		if len(p.spec.Certificates) > 0 {
+		if len(p.entries) > 0 {
 			out[root.id] = p
 		}
 	}
 
-	spec, err := publicKeyPool(cluster.AcceptedServiceAccountKeys, cluster.ServiceAccount)
+	p, err := publicKeyPool(cluster.AcceptedServiceAccountKeys, cluster.ServiceAccount)
 	if err != nil {
 		return nil, err
 	}
 
-	if len(spec.PublicKeys) > 0 {
-		out[pki.RootServiceAccount] = trustPool{spec: spec}
+	if len(p.entries) > 0 {
+		out[pki.RootServiceAccount] = p
 	}
 
 	return out, nil
 }
 
-// pool collects PEM entries in order, skipping fingerprints already present; the issuing entry is
-// added last and moves an earlier copy of itself to the end.
-type pool struct {
-	entries []pemEntry
+// trustPool is one root's pool as the config defines it: its entries in order, each key once (by
+// SPKI fingerprint), the issuing one last. Its AcceptedCA is spec(); CAStatusesController reads
+// the parsed certificates of the entries instead, and so never encodes them.
+type trustPool struct {
+	entries            []pemEntry
+	issuingFingerprint string
 }
 
-func (p *pool) add(entry pemEntry) {
+func (p *trustPool) add(entry pemEntry) {
 	if !slices.ContainsFunc(p.entries, entry.sameKey) {
 		p.entries = append(p.entries, entry)
 	}
 }
 
-func (p *pool) addLast(entry pemEntry) {
+// addLast adds the issuing entry, moving an earlier copy of it to the end.
+func (p *trustPool) addLast(entry pemEntry) {
 	p.entries = slices.DeleteFunc(p.entries, entry.sameKey)
 	p.add(entry)
+	p.issuingFingerprint = entry.fingerprint
 }
 
-// spec is the AcceptedCA of the pool: its entries as certificates or as public keys.
-func (p *pool) spec(issuingFingerprint string, publicKeys bool) pki.AcceptedCASpec {
-	spec := pki.AcceptedCASpec{IssuingFingerprint: issuingFingerprint}
+// spec is the AcceptedCA of the pool: canonical PEM certificates, or public keys for the
+// service-account root.
+func (p *trustPool) spec() pki.AcceptedCASpec {
+	spec := pki.AcceptedCASpec{IssuingFingerprint: p.issuingFingerprint}
 
 	for _, e := range p.entries {
-		if publicKeys {
-			spec.PublicKeys = append(spec.PublicKeys, e.pem)
+		if e.crt != nil {
+			spec.Certificates = append(spec.Certificates, certificatePEM(e.crt))
 		} else {
-			spec.Certificates = append(spec.Certificates, e.pem)
+			spec.PublicKeys = append(spec.PublicKeys, e.publicKeyPEM)
 		}
 
 		spec.Fingerprints = append(spec.Fingerprints, e.fingerprint)
@@ -157,73 +155,62 @@ func (p *pool) spec(issuingFingerprint string, publicKeys bool) pki.AcceptedCASp
 	return withShortFingerprints(spec)
 }
 
-func certificatePool(field string, accepted []*machineconfig.Certificate, issuingField string, issuing *machineconfig.CertificateAndKey) (trustPool, error) {
-	var p pool
+func certificatePool(field string, accepted []*machineconfig.Certificate, issuingField string, issuing *machineconfig.CertificateAndKey) (*trustPool, error) {
+	p := &trustPool{}
 
 	for i, entry := range accepted {
 		if entry == nil {
 			continue
 		}
 
-		crts, err := parseCertificates(entry.Crt)
+		crts, err := certs.ParseCertificates(entry.Crt)
 		if err != nil {
-			return trustPool{}, fmt.Errorf("%s[%d].crt: %w", field, i, err)
+			return nil, fmt.Errorf("%s[%d].crt: %w", field, i, err)
 		}
 
 		for _, crt := range crts {
-			p.add(crt)
+			p.add(certificateEntry(crt))
 		}
 	}
-
-	var issuingFingerprint string
 
 	if issuing != nil && len(issuing.Crt) > 0 {
-		crts, err := parseCertificate(issuing.Crt)
+		crt, err := certs.ParseCertificate(issuing.Crt)
 		if err != nil {
-			return trustPool{}, fmt.Errorf("%s.crt: %w", issuingField, err)
+			return nil, fmt.Errorf("%s.crt: %w", issuingField, err)
 		}
 
-		issuingFingerprint = crts[0].fingerprint
-		p.addLast(crts[0])
+		p.addLast(certificateEntry(crt))
 	}
 
-	out := trustPool{spec: p.spec(issuingFingerprint, false)}
-	for _, e := range p.entries {
-		out.cas = append(out.cas, e.crt)
-	}
-
-	return out, nil
+	return p, nil
 }
 
-func publicKeyPool(accepted []*machineconfig.Key, signing *machineconfig.Key) (pki.AcceptedCASpec, error) {
-	var p pool
+func publicKeyPool(accepted []*machineconfig.Key, signing *machineconfig.Key) (*trustPool, error) {
+	p := &trustPool{}
 
 	for i, entry := range accepted {
 		if entry == nil {
 			continue
 		}
 
-		keys, err := parsePublicKey(entry.Key)
+		key, err := parsePublicKey(entry.Key)
 		if err != nil {
-			return pki.AcceptedCASpec{}, fmt.Errorf("cluster.acceptedServiceAccountKeys[%d].key: %w", i, err)
+			return nil, fmt.Errorf("cluster.acceptedServiceAccountKeys[%d].key: %w", i, err)
 		}
 
-		p.add(keys[0])
+		p.add(key)
 	}
-
-	var issuingFingerprint string
 
 	if signing != nil && len(signing.Key) > 0 {
-		keys, err := parsePublicKey(signing.Key)
+		key, err := parsePublicKey(signing.Key)
 		if err != nil {
-			return pki.AcceptedCASpec{}, fmt.Errorf("cluster.serviceAccount.key: %w", err)
+			return nil, fmt.Errorf("cluster.serviceAccount.key: %w", err)
 		}
 
-		issuingFingerprint = keys[0].fingerprint
-		p.addLast(keys[0])
+		p.addLast(key)
 	}
 
-	return p.spec(issuingFingerprint, true), nil
+	return p, nil
 }
 
 // withShortFingerprints fills in the short fingerprints of a pool from its fingerprints.
@@ -238,11 +225,12 @@ func withShortFingerprints(spec pki.AcceptedCASpec) pki.AcceptedCASpec {
 	return spec
 }
 
-// pemEntry is one canonical PEM block and its SPKI fingerprint; crt is the certificate it encodes
-// (nil for a public key).
+// pemEntry is one entry of a pool and its SPKI fingerprint: a CA certificate, or the PKIX PEM of
+// a public key.
 type pemEntry struct {
-	pem, fingerprint string
-	crt              *stdx509.Certificate
+	fingerprint  string
+	crt          *stdx509.Certificate
+	publicKeyPEM string
 }
 
 // sameKey reports whether two entries have the same SPKI fingerprint: a pool holds each key once.
@@ -250,43 +238,24 @@ func (e pemEntry) sameKey(other pemEntry) bool {
 	return e.fingerprint == other.fingerprint
 }
 
-func parseCertificates(data []byte) ([]pemEntry, error) {
-	crts, err := certs.ParseCertificates(data)
-	if err != nil {
-		return nil, err
-	}
-
-	out := make([]pemEntry, 0, len(crts))
-	for _, crt := range crts {
-		out = append(out, pemEntry{pem: certificatePEM(crt), fingerprint: certs.Fingerprint(crt), crt: crt})
-	}
-
-	return out, nil
-}
-
-func parseCertificate(data []byte) ([]pemEntry, error) {
-	crt, err := certs.ParseCertificate(data)
-	if err != nil {
-		return nil, err
-	}
-
-	return []pemEntry{{pem: certificatePEM(crt), fingerprint: certs.Fingerprint(crt), crt: crt}}, nil
+func certificateEntry(crt *stdx509.Certificate) pemEntry {
+	return pemEntry{fingerprint: certs.Fingerprint(crt), crt: crt}
 }
 
 // parsePublicKey normalises a PEM public or private key to its PKIX PEM public key, so that both
 // forms of the same key compare equal.
-func parsePublicKey(data []byte) ([]pemEntry, error) {
+func parsePublicKey(data []byte) (pemEntry, error) {
 	pub, err := certs.ParsePublicKey(data)
 	if err != nil {
-		return nil, err
+		return pemEntry{}, err
 	}
 
 	der, err := stdx509.MarshalPKIXPublicKey(pub)
 	if err != nil {
-		return nil, fmt.Errorf("error encoding public key: %w", err)
+		return pemEntry{}, fmt.Errorf("error encoding public key: %w", err)
 	}
 
-	return []pemEntry{{pem: string(pem.EncodeToMemory(&pem.Block{Type: "PUBLIC KEY", Bytes: der})), fingerprint: certs.SPKIFingerprint(der)}}, nil
+	return pemEntry{fingerprint: certs.SPKIFingerprint(der), publicKeyPEM: string(pem.EncodeToMemory(&pem.Block{Type: "PUBLIC KEY", Bytes: der}))}, nil
 }
 
 // certificatePEM re-encodes a certificate, dropping whatever surrounded it in the config

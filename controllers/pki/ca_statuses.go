@@ -47,12 +47,16 @@ func NewCAStatusesController() *CAStatusesController {
 }
 
 // caStatuses adds the status of every CA certificate of one root's pool to out.
-func caStatuses(root resource.ID, pool trustPool, out map[resource.ID]pki.CAStatusSpec) {
-	for i, crt := range pool.cas {
-		fingerprint := pool.spec.Fingerprints[i]
+// The service-account root's pool holds public keys, which have no status.
+func caStatuses(root resource.ID, pool *trustPool, out map[resource.ID]pki.CAStatusSpec) {
+	for _, e := range pool.entries {
+		crt, fingerprint := e.crt, e.fingerprint
+		if crt == nil {
+			continue
+		}
 
 		role := pki.CARoleAccepted
-		if fingerprint == pool.spec.IssuingFingerprint {
+		if fingerprint == pool.issuingFingerprint {
 			role = pki.CARoleIssuing
 		}
 
