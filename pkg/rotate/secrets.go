@@ -18,11 +18,20 @@ var bundleField = map[Root]string{
 	RootEtcd:           "certs.etcd",
 	RootAggregator:     "certs.k8saggregator",
 	RootServiceAccount: "certs.k8sserviceaccount",
+	RootJoinToken:      "trustdinfo.token",
 }
 
 // bundleRoot returns the secrets.yaml entry of a root as Material (Fingerprint set), or false
 // when the bundle has none.
 func bundleRoot(b *bundle.Bundle, root Root) (Material, bool, error) {
+	if root == RootJoinToken {
+		if b.TrustdInfo == nil || b.TrustdInfo.Token == "" {
+			return Material{}, false, nil
+		}
+
+		return Material{Token: b.TrustdInfo.Token, Fingerprint: tokenFingerprint(b.TrustdInfo.Token)}, true, nil
+	}
+
 	if b.Certs == nil {
 		return Material{}, false, nil
 	}
@@ -64,6 +73,12 @@ func bundleRoot(b *bundle.Bundle, root Root) (Material, bool, error) {
 }
 
 func setBundleRoot(b *bundle.Bundle, root Root, m Material) {
+	if root == RootJoinToken {
+		b.TrustdInfo = &bundle.TrustdInfo{Token: m.Token}
+
+		return
+	}
+
 	if b.Certs == nil {
 		b.Certs = &bundle.Certs{}
 	}
@@ -106,7 +121,7 @@ func checkSecrets(path string, plan *Plan) error {
 
 		if m.Fingerprint != rp.Old.Fingerprint && m.Fingerprint != rp.New.Fingerprint {
 			return fmt.Errorf("--with-secrets %s: %s is %s %s, but the cluster's is %s: pass the cluster's secrets.yaml",
-				path, bundleField[root], root.what(), shortFingerprint(m.Fingerprint), shortFingerprint(rp.Old.Fingerprint))
+				path, bundleField[root], root.what(), root.shown(m.Fingerprint), root.shown(rp.Old.Fingerprint))
 		}
 	}
 

@@ -392,7 +392,7 @@ func (r *rotation) dryRun() error {
 	ordered := append(r.controlPlanes(), r.workers()...)
 
 	for _, s := range steps {
-		r.out.step(s.target.stepName(), "patches that would be applied (dry run; private keys shown as ******)")
+		r.out.step(s.target.stepName(), "patches that would be applied (dry run; private keys and join tokens shown as ******)")
 
 		for _, n := range ordered {
 			patches := s.patches[index[n]]
@@ -443,6 +443,10 @@ func (r *rotation) checkAccepted(ctx context.Context, n *node) (string, error) {
 	}
 
 	for _, root := range n.roots {
+		if root == RootJoinToken {
+			continue // no AcceptedCAs: checkJoinToken asks trustd
+		}
+
 		rp := r.plan.Roots.Get(root)
 
 		spec, ok := accepted[root]
@@ -457,7 +461,14 @@ func (r *rotation) checkAccepted(ctx context.Context, n *node) (string, error) {
 		}
 	}
 
-	return r.checkEtcd(ctx, n, etcdAccepted)
+	detail, err := r.checkEtcd(ctx, n, etcdAccepted)
+	if err != nil {
+		return "", err
+	}
+
+	more, err := r.checkJoinToken(ctx, n, PhaseAccepted)
+
+	return joinDetails(detail, more, err)
 }
 
 // checkIssued: every root of the node issues with the new material and every leaf of those roots
@@ -469,6 +480,11 @@ func (r *rotation) checkIssued(ctx context.Context, n *node) (string, error) {
 	}
 
 	more, err := r.checkEtcd(ctx, n, etcdSwitched)
+	if detail, err = joinDetails(detail, more, err); err != nil {
+		return "", err
+	}
+
+	more, err = r.checkJoinToken(ctx, n, PhaseSwitched)
 
 	return joinDetails(detail, more, err)
 }
@@ -482,6 +498,11 @@ func (r *rotation) checkRetired(ctx context.Context, n *node) (string, error) {
 	}
 
 	more, err := r.checkEtcd(ctx, n, etcdRetired)
+	if detail, err = joinDetails(detail, more, err); err != nil {
+		return "", err
+	}
+
+	more, err = r.checkJoinToken(ctx, n, PhaseRetired)
 	if detail, err = joinDetails(detail, more, err); err != nil || !r.rotatesOS() {
 		return detail, err
 	}
@@ -519,6 +540,10 @@ func (r *rotation) checkLeaves(ctx context.Context, n *node, retired bool) (stri
 	var leaves []string
 
 	for _, root := range n.roots {
+		if root == RootJoinToken {
+			continue // issues no leaf: checkJoinToken
+		}
+
 		rp := r.plan.Roots.Get(root)
 
 		spec, ok := accepted[root]
