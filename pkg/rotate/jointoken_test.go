@@ -2,6 +2,7 @@ package rotate
 
 import (
 	"context"
+	"fmt"
 	"os"
 	"path/filepath"
 	"regexp"
@@ -330,22 +331,26 @@ func TestRunJoinTokenResumesAfterCrash(t *testing.T) {
 
 	for crashAt := 1; crashAt <= patches; crashAt++ {
 		for _, landed := range []bool{false, true} {
-			tc := newTestCluster(t, 2, 2)
-			tc.fake.crashAt, tc.fake.landBeforeCrash = crashAt, landed
+			t.Run(fmt.Sprintf("patch %d landed %v", crashAt, landed), func(t *testing.T) {
+				t.Parallel()
 
-			r := newRun(t, tc, RootJoinToken)
+				tc := newTestCluster(t, 2, 2)
+				tc.fake.crashAt, tc.fake.landBeforeCrash = crashAt, landed
 
-			out, err := r.exec(t)
-			require.ErrorIs(t, err, errCrash, out)
+				r := newRun(t, tc, RootJoinToken)
 
-			planned := r.loadPlan(t).Roots.JoinToken.New.Token
+				out, err := r.exec(t)
+				require.ErrorIs(t, err, errCrash, out)
 
-			out, err = r.exec(t)
-			require.NoError(t, err, "crash at patch %d (landed %v):\n%s", crashAt, landed, out)
+				planned := r.loadPlan(t).Roots.JoinToken.New.Token
 
-			plan := r.loadPlan(t)
-			assert.Equal(t, planned, plan.Roots.JoinToken.New.Token, "a second token was generated")
-			assertConverged(t, r, plan)
+				out, err = r.exec(t)
+				require.NoError(t, err, out)
+
+				plan := r.loadPlan(t)
+				assert.Equal(t, planned, plan.Roots.JoinToken.New.Token, "a second token was generated")
+				assertConverged(t, r, plan)
+			})
 		}
 	}
 }

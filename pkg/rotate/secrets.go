@@ -24,21 +24,19 @@ var bundleField = map[Root]string{
 // bundleRoot returns the secrets.yaml entry of a root as Material (Fingerprint set), or false
 // when the bundle has none.
 func bundleRoot(b *bundle.Bundle, root Root) (Material, bool, error) {
-	if root == RootJoinToken {
-		if b.TrustdInfo == nil || b.TrustdInfo.Token == "" {
-			return Material{}, false, nil
-		}
-
-		return Material{Token: b.TrustdInfo.Token, Fingerprint: tokenFingerprint(b.TrustdInfo.Token)}, true, nil
-	}
-
-	if b.Certs == nil {
+	if b.Certs == nil && root != RootJoinToken {
 		return Material{}, false, nil
 	}
 
 	var pair *machineconfig.CertificateAndKey
 
 	switch root {
+	case RootJoinToken:
+		if b.TrustdInfo == nil || b.TrustdInfo.Token == "" {
+			return Material{}, false, nil
+		}
+
+		return Material{Token: b.TrustdInfo.Token, Fingerprint: tokenFingerprint(b.TrustdInfo.Token)}, true, nil
 	case RootOS:
 		pair = b.Certs.OS
 	case RootKubernetes:
@@ -73,12 +71,6 @@ func bundleRoot(b *bundle.Bundle, root Root) (Material, bool, error) {
 }
 
 func setBundleRoot(b *bundle.Bundle, root Root, m Material) {
-	if root == RootJoinToken {
-		b.TrustdInfo = &bundle.TrustdInfo{Token: m.Token}
-
-		return
-	}
-
 	if b.Certs == nil {
 		b.Certs = &bundle.Certs{}
 	}
@@ -86,6 +78,8 @@ func setBundleRoot(b *bundle.Bundle, root Root, m Material) {
 	pair := &machineconfig.CertificateAndKey{Crt: m.Crt, Key: m.Key}
 
 	switch root {
+	case RootJoinToken:
+		b.TrustdInfo = &bundle.TrustdInfo{Token: m.Token}
 	case RootOS:
 		b.Certs.OS = pair
 	case RootKubernetes:

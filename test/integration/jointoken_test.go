@@ -86,8 +86,10 @@ func TestRotateJoinTokenUnderRenewal(t *testing.T) {
 	mon := startRenewalMonitor(t, c)
 	mon.waitRenewedSince(t, mon.renewalCounts())
 
-	args := []string{"-e", c.ControlPlanes()[0], "-n", strings.Join(c.Addresses(), ","),
-		"rotate-ca", "--join-token", "--dry-run=false", "--with-secrets", secrets}
+	args := []string{
+		"-e", c.ControlPlanes()[0], "-n", strings.Join(c.Addresses(), ","),
+		"rotate-ca", "--join-token", "--dry-run=false", "--with-secrets", secrets,
+	}
 
 	var planned string
 
