@@ -30,7 +30,7 @@ import (
 // the old one to accept.
 //
 // Tokens are secrets that are short enough to guess against a digest when picked by hand: no
-// output shows a token or anything derived from it (see Root.shown).
+// output shows a token or anything derived from it.
 
 // RootJoinToken is the trustd join token. It is not a pki root ID: nodes report no AcceptedCAs
 // for it, and each step is verified against the control planes' trustd instead.
@@ -147,16 +147,6 @@ func generateToken() (Material, error) {
 	}
 
 	return Material{Token: token, Fingerprint: tokenFingerprint(token)}, nil
-}
-
-// shown is how progress and errors name a root's material: the first hex digits of its
-// fingerprint, and nothing at all for the join token.
-func (r Root) shown(fingerprint string) string {
-	if r == RootJoinToken {
-		return "(not shown)"
-	}
-
-	return shortFingerprint(fingerprint)
 }
 
 // change describes a root's rotation for the plan summary.

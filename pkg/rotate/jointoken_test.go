@@ -145,6 +145,7 @@ func TestTokenPatchKeepsOtherTokens(t *testing.T) {
 		changed := applyPatchText(t, cfg, `{"machine": {"acceptedTokens": ["yyyyyy.yyyyyyyyyyyyyyyy"]}}`)
 		_, err = applyLocally(changed, []*Patch{p})
 		require.Error(t, err, "step %s", target.stepName())
+		assert.Empty(t, tokenShape.FindAllString(err.Error(), -1), "the refusal quotes a token: %v", err)
 
 		cfg, err = applyLocally(cfg, []*Patch{p})
 		require.NoError(t, err)
@@ -388,5 +389,27 @@ func TestRunJoinTokenTrustdUnreachable(t *testing.T) {
 	out, err := r.exec(t)
 	require.Error(t, err, out)
 	assert.Contains(t, out, "trustd cannot be asked from here to accept the node's own machine.token")
+	assert.Zero(t, tc.fake.applies)
+}
+
+// TestRunJoinTokenRefusesOtherSecrets: a secrets.yaml of another cluster is refused in preflight,
+// naming the field and quoting no token.
+func TestRunJoinTokenRefusesOtherSecrets(t *testing.T) {
+	t.Parallel()
+
+	tc := newTestCluster(t, 1, 1)
+	r := newRun(t, tc, RootJoinToken)
+
+	other, err := bundle.Generate()
+	require.NoError(t, err)
+
+	other.Certs = tc.bundle.Certs
+	r.opts.SecretsPath = filepath.Join(r.dir, "secrets.yaml")
+	require.NoError(t, other.WriteFile(r.opts.SecretsPath, true))
+
+	out, err := r.exec(t)
+	require.Error(t, err, out)
+	assert.Contains(t, out, "trustdinfo.token is neither the cluster's join token nor the plan's new one")
+	assert.Empty(t, tokenShape.FindAllString(out+err.Error(), -1), "a token in the output")
 	assert.Zero(t, tc.fake.applies)
 }

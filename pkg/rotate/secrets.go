@@ -113,9 +113,14 @@ func checkSecrets(path string, plan *Plan) error {
 			return fmt.Errorf("--with-secrets %s: %s is missing: pass the cluster's secrets.yaml", path, bundleField[root])
 		}
 
-		if m.Fingerprint != rp.Old.Fingerprint && m.Fingerprint != rp.New.Fingerprint {
+		switch {
+		case m.Fingerprint == rp.Old.Fingerprint || m.Fingerprint == rp.New.Fingerprint:
+		case root == RootJoinToken:
+			return fmt.Errorf("--with-secrets %s: %s is neither the cluster's join token nor the plan's new one: pass the cluster's secrets.yaml",
+				path, bundleField[root])
+		default:
 			return fmt.Errorf("--with-secrets %s: %s is %s %s, but the cluster's is %s: pass the cluster's secrets.yaml",
-				path, bundleField[root], root.what(), root.shown(m.Fingerprint), root.shown(rp.Old.Fingerprint))
+				path, bundleField[root], root.what(), shortFingerprint(m.Fingerprint), shortFingerprint(rp.Old.Fingerprint))
 		}
 	}
 
