@@ -149,6 +149,41 @@ func generateToken() (Material, error) {
 	return Material{Token: token, Fingerprint: tokenFingerprint(token)}, nil
 }
 
+// tokenStepText and tokenVerifyText are what the steps do and check for the join token.
+var (
+	tokenStepText = map[Phase]string{
+		PhaseAccepted: "add the new join token to the control planes' machine.acceptedTokens (workers run no trustd)",
+		PhaseSwitched: "the new join token becomes machine.token, control planes first, then workers; trustd still accepts the old one",
+		PhaseRetired:  "remove the old join token from machine.acceptedTokens",
+	}
+	tokenVerifyText = map[Phase]string{
+		PhaseAccepted: "each control plane's trustd accepts the new join token",
+		PhaseSwitched: "each node holds the new join token, trustd accepts both, workers' node API certificates in use",
+		PhaseRetired:  "each control plane's trustd accepts the new join token and refuses the old one",
+	}
+)
+
+// stepText is what a step does: the CA wording, or the join token's when it is rotated alone.
+func (r *rotation) stepText(target Phase, generic string) string {
+	if slices.Equal(r.plan.Roots.List(), []Root{RootJoinToken}) {
+		return tokenStepText[target]
+	}
+
+	return generic
+}
+
+// verifyText is what a step checks, the join token's checks included.
+func (r *rotation) verifyText(target Phase, generic string) string {
+	switch {
+	case r.plan.Roots.JoinToken == nil:
+		return generic
+	case slices.Equal(r.plan.Roots.List(), []Root{RootJoinToken}):
+		return tokenVerifyText[target]
+	default:
+		return generic + "; " + tokenVerifyText[target]
+	}
+}
+
 // change describes a root's rotation for the plan summary.
 func (rp *RootPlan) change(root Root) string {
 	if root == RootJoinToken {

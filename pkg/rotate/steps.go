@@ -24,7 +24,7 @@ import (
 // them (for os: a client certificate of the new CA, on each node's own address). Then the
 // talosconfig becomes the transitional one.
 func (r *rotation) accept(ctx context.Context) error {
-	r.out.step(StepAccept, "add the new roots to the accepted ones (control planes first)")
+	r.out.step(StepAccept, r.stepText(PhaseAccepted, "add the new roots to the accepted ones (control planes first)"))
 
 	if err := r.applyPhase(ctx, PhaseAccepted); err != nil {
 		return err
@@ -35,7 +35,7 @@ func (r *rotation) accept(ctx context.Context) error {
 		what += " and a client certificate of the new OS CA (each node dialed directly)"
 	}
 
-	r.out.printf("  verify: %s\n", what)
+	r.out.printf("  verify: %s\n", r.verifyText(PhaseAccepted, what))
 
 	if err := r.waitNodes(ctx, r.nodes, r.checkAccepted); err != nil {
 		return fmt.Errorf("%s: %w", StepAccept, err)
@@ -81,7 +81,8 @@ func (r *rotation) accept(ctx context.Context) error {
 // certificate from a control plane's trustd. For os, the final credentials are then verified on
 // every node, and the talosconfig becomes the final one.
 func (r *rotation) switchCA(ctx context.Context) error {
-	r.out.step(StepSwitch, "the new roots issue, the old ones stay accepted (control planes first; workers get the certificate only)")
+	r.out.step(StepSwitch, r.stepText(PhaseSwitched,
+		"the new roots issue, the old ones stay accepted (control planes first; workers get the certificate only)"))
 
 	for _, group := range [][]*node{r.controlPlanes(), r.workers()} {
 		if len(group) == 0 {
@@ -92,7 +93,7 @@ func (r *rotation) switchCA(ctx context.Context) error {
 			return err
 		}
 
-		r.out.printf("  wait: %s' leaves issued by the new roots and trusted\n", groupName(group))
+		r.out.printf("  wait: %s\n", r.verifyText(PhaseSwitched, groupName(group)+"' leaves issued by the new roots and trusted"))
 
 		if err := r.waitNodes(ctx, group, r.checkIssued); err != nil {
 			return fmt.Errorf("%s: %w", StepSwitch, err)
@@ -129,7 +130,7 @@ func groupName(group []*node) string {
 // retire removes the old roots and verifies that they are gone (for os: a client certificate of
 // the old CA is refused by every node).
 func (r *rotation) retire(ctx context.Context) error {
-	r.out.step(StepRetire, "remove the old roots (control planes first)")
+	r.out.step(StepRetire, r.stepText(PhaseRetired, "remove the old roots (control planes first)"))
 
 	if err := r.applyPhase(ctx, PhaseRetired); err != nil {
 		return err
@@ -140,7 +141,7 @@ func (r *rotation) retire(ctx context.Context) error {
 		what += ", a client certificate of the old OS CA is refused"
 	}
 
-	r.out.printf("  verify: %s\n", what)
+	r.out.printf("  verify: %s\n", r.verifyText(PhaseRetired, what))
 
 	if err := r.waitNodes(ctx, r.nodes, r.checkRetired); err != nil {
 		return fmt.Errorf("%s: %w", StepRetire, err)
