@@ -42,9 +42,9 @@ var tokenShape = regexp.MustCompile(`[a-z0-9]{6}\.[a-z0-9]{16}`)
 
 // TestRotateJoinTokenUnderRenewal rotates the join token while the workers renew their node API
 // certificate every few seconds (api lifetime 10 s), killing rotate-ca with SIGKILL as each of
-// its steps starts and rerunning it: no worker ever serves an invalid certificate or fails a
-// renewal, the rotation completes with the one token of the plan, every worker renews with the
-// new token afterwards, every control plane's trustd refuses a real CSR with the old token and
+// its steps starts and letting every worker renew before rerunning it: no worker ever serves an
+// invalid certificate or fails a renewal, the rotation completes with the one token of the plan,
+// every worker renews with the new token afterwards, every control plane's trustd refuses a real CSR with the old token and
 // signs one with the new, and secrets.yaml holds the new token.
 func TestRotateJoinTokenUnderRenewal(t *testing.T) {
 	t.Parallel()
@@ -84,7 +84,7 @@ func TestRotateJoinTokenUnderRenewal(t *testing.T) {
 	}
 
 	mon := startRenewalMonitor(t, c)
-	mon.waitRenewedSince(t, mon.renewalCounts())
+	mon.waitRenewedSince(t, mon.certificateCounts()) // each worker's first certificate seen
 
 	args := []string{
 		"-e", c.ControlPlanes()[0], "-n", strings.Join(c.Addresses(), ","),
@@ -94,6 +94,10 @@ func TestRotateJoinTokenUnderRenewal(t *testing.T) {
 	var planned string
 
 	for _, step := range rotate.Steps[1:] {
+		// Every worker renews in the state the previous run left: old token only, new token
+		// accepted, new token held, old token refused.
+		mon.waitRenewedSince(t, mon.certificateCounts())
+
 		out := runUntilStep(t, c, step, args...)
 		t.Logf("killed at %q:\n%s", step, out)
 		assert.Empty(t, tokenShape.FindAllString(out, -1), "a token in the output")
@@ -127,11 +131,11 @@ func TestRotateJoinTokenUnderRenewal(t *testing.T) {
 	newToken := plan.Roots.JoinToken.New.Token
 
 	// Every worker renews once more, now that only the new token is accepted.
-	mon.waitRenewedSince(t, mon.renewalCounts())
+	mon.waitRenewedSince(t, mon.certificateCounts())
 	mon.stop()
 
 	assert.Empty(t, mon.failures(), "a worker's node API certificate was not valid, or a renewal failed")
-	t.Logf("worker renewals seen during the test: %v", mon.renewalCounts())
+	t.Logf("node API certificates seen per worker (the first and its renewals): %v", mon.certificateCounts())
 
 	for _, n := range c.Nodes {
 		raw, err := safe.StateGetByID[*pki.CertificateStatus](client.WithNode(t.Context(), n.Address), cl.COSI(), pki.CertAPI)
@@ -346,24 +350,25 @@ func (m *renewalMonitor) check(ctx context.Context, cl *client.Client, worker st
 	m.mu.Unlock()
 }
 
-func (m *renewalMonitor) renewalCounts() map[string]int {
+// certificateCounts is the number of different node API certificates seen on each worker.
+func (m *renewalMonitor) certificateCounts() map[string]int {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 
 	out := map[string]int{}
 	for w, serials := range m.serials {
-		out[w] = len(serials) - 1
+		out[w] = len(serials)
 	}
 
 	return out
 }
 
-// waitRenewedSince waits until every worker was seen to renew since the counts were taken.
+// waitRenewedSince waits until every worker was seen with a new certificate since the counts were taken.
 func (m *renewalMonitor) waitRenewedSince(t *testing.T, counts map[string]int) {
 	t.Helper()
 
 	require.Eventually(t, func() bool {
-		now := m.renewalCounts()
+		now := m.certificateCounts()
 
 		for w, n := range counts {
 			if now[w] <= n {
@@ -372,7 +377,7 @@ func (m *renewalMonitor) waitRenewedSince(t *testing.T, counts map[string]int) {
 		}
 
 		return true
-	}, time.Minute, 100*time.Millisecond, "renewals seen: %v; problems: %v", m.renewalCounts(), m.failures())
+	}, time.Minute, 100*time.Millisecond, "certificates seen: %v; problems: %v", m.certificateCounts(), m.failures())
 }
 
 func (m *renewalMonitor) failures() []string {
