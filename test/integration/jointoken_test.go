@@ -26,6 +26,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	nodeapi "github.com/nodepki/nodepki/api/node"
+	"github.com/nodepki/nodepki/pkg/audit"
 	"github.com/nodepki/nodepki/pkg/bundle"
 	"github.com/nodepki/nodepki/pkg/certs"
 	"github.com/nodepki/nodepki/pkg/client"
@@ -44,8 +45,9 @@ var tokenShape = regexp.MustCompile(`[a-z0-9]{6}\.[a-z0-9]{16}`)
 // certificate every few seconds (api lifetime 10 s), killing rotate-ca with SIGKILL as each of
 // its steps starts and letting every worker renew before rerunning it: no worker ever serves an
 // invalid certificate or fails a renewal, the rotation completes with the one token of the plan,
-// every worker renews with the new token afterwards, every control plane's trustd refuses a real CSR with the old token and
-// signs one with the new, and secrets.yaml holds the new token.
+// every worker renews with the new token afterwards, every control plane's trustd refuses a real
+// CSR with the old token and signs one with the new, no node logs a token, and secrets.yaml holds
+// the new token.
 func TestRotateJoinTokenUnderRenewal(t *testing.T) {
 	t.Parallel()
 
@@ -157,6 +159,16 @@ func TestRotateJoinTokenUnderRenewal(t *testing.T) {
 		crt, err := requestWithToken(t, cp, original.Certs.OS, newToken, source)
 		require.NoError(t, err, "%s with the new token", cp)
 		assert.Equal(t, []string{source.String()}, ipStrings(crt.IPAddresses))
+	}
+
+	// No node wrote either token to its log or its audit log.
+	for _, n := range c.Nodes {
+		for _, path := range []string{n.Log, filepath.Join(n.StateDir, audit.FileName)} {
+			data, err := os.ReadFile(path)
+			require.NoError(t, err, n.Address)
+			assert.NotContains(t, string(data), oldToken, path)
+			assert.NotContains(t, string(data), newToken, path)
+		}
 	}
 
 	after, err := os.ReadFile(c.Talosconfig)
