@@ -63,6 +63,10 @@ type Options struct {
 	// MemberStaleAfter is the age past which a discovered member is left out (default
 	// DefaultMemberStaleAfter).
 	MemberStaleAfter time.Duration
+	// KubeconfigPath, when rotating the Kubernetes CA, is a kubeconfig whose entries of this
+	// cluster are kept usable: transitional credentials after the accept step, final ones at the
+	// end; other entries are left alone. A missing file is created.
+	KubeconfigPath string
 	// EtcdClientDir, when rotating etcd, receives ca.crt, client.crt and client.key for an outside
 	// etcd client: transitional credentials after the accept step, final ones after the switch.
 	EtcdClientDir string
@@ -124,6 +128,12 @@ func (o *Options) setDefaults() error {
 		return errors.New("no talosconfig context")
 	}
 
+	if o.KubeconfigPath != "" {
+		if err := checkKubeconfigFile(o.KubeconfigPath); err != nil {
+			return err
+		}
+	}
+
 	if o.Out == nil {
 		o.Out = io.Discard
 	}
@@ -174,6 +184,8 @@ type rotation struct {
 	planChanged bool
 	// memberTypes are the machine types of the members the endpoints record, for a new plan.
 	memberTypes map[string]string
+	// kube is what preflight found of the kube-apiservers, nil when the rotation does not touch them.
+	kube *kubeState
 }
 
 // node is one node of the rotation.

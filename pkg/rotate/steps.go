@@ -46,6 +46,10 @@ func (r *rotation) accept(ctx context.Context) error {
 		return err
 	}
 
+	if err := r.writeTransitionalKubeconfig(ctx); err != nil {
+		return err
+	}
+
 	if !r.rotatesOS() {
 		return nil
 	}
@@ -149,15 +153,19 @@ func (r *rotation) retire(ctx context.Context) error {
 	return nil
 }
 
-// output writes the final talosconfig (already written at the switch), secrets.yaml and marks
-// the plan complete.
-func (r *rotation) output(_ context.Context) error {
-	r.out.step(StepOutput, "talosconfig, secrets.yaml, plan")
+// output writes the final talosconfig (already written at the switch), the final kubeconfig,
+// secrets.yaml and marks the plan complete.
+func (r *rotation) output(ctx context.Context) error {
+	r.out.step(StepOutput, "talosconfig, kubeconfig, secrets.yaml, plan")
 
 	if r.rotatesOS() {
 		if _, err := r.writeTalosconfig(*r.creds.final, "final (trusts the new OS CA only)"); err != nil {
 			return err
 		}
+	}
+
+	if err := r.finishKubeconfig(ctx); err != nil {
+		return err
 	}
 
 	if r.opts.SecretsPath != "" {
@@ -418,6 +426,8 @@ func (r *rotation) dryRun() error {
 		r.out.printf("  secrets %s would get the new roots at the end (with a backup)\n", r.opts.SecretsPath)
 	}
 
+	r.dryRunKubeconfig()
+
 	r.out.printf("dry run: nothing was changed; rerun with --dry-run=false to rotate\n")
 
 	return nil
@@ -457,7 +467,9 @@ func (r *rotation) checkAccepted(ctx context.Context, n *node) (string, error) {
 		}
 	}
 
-	return r.checkEtcd(ctx, n, etcdAccepted)
+	detail, err := r.checkEtcd(ctx, n, etcdAccepted)
+
+	return r.withKube(ctx, n, PhaseAccepted, detail, err)
 }
 
 // checkIssued: every root of the node issues with the new material and every leaf of those roots
@@ -469,8 +481,11 @@ func (r *rotation) checkIssued(ctx context.Context, n *node) (string, error) {
 	}
 
 	more, err := r.checkEtcd(ctx, n, etcdSwitched)
+	if detail, err = joinDetails(detail, more, err); err != nil {
+		return "", err
+	}
 
-	return joinDetails(detail, more, err)
+	return r.withKube(ctx, n, PhaseSwitched, detail, nil)
 }
 
 // checkRetired: checkIssued, the old material is no longer accepted, and for os the final
@@ -482,7 +497,11 @@ func (r *rotation) checkRetired(ctx context.Context, n *node) (string, error) {
 	}
 
 	more, err := r.checkEtcd(ctx, n, etcdRetired)
-	if detail, err = joinDetails(detail, more, err); err != nil || !r.rotatesOS() {
+	if detail, err = joinDetails(detail, more, err); err != nil {
+		return "", err
+	}
+
+	if detail, err = r.withKube(ctx, n, PhaseRetired, detail, nil); err != nil || !r.rotatesOS() {
 		return detail, err
 	}
 
