@@ -120,14 +120,16 @@ func (r *rotation) kubePreflight(ctx context.Context) (problems []string, err er
 			continue
 		}
 
-		r.kube.servers[n.name] = true
-
 		if err = r.kubeHealthy(ctx, n, st); err != nil {
-			problems = append(problems, fmt.Sprintf("%s: kube-apiserver is unhealthy: %v", n.name, err))
+			problems = append(problems, fmt.Sprintf("%s: kube-apiserver is unhealthy: %v (with --force, the rotation is not verified through it)", n.name, err))
+
+			continue
 		}
+
+		r.kube.servers[n.name] = true
 	}
 
-	if len(r.kube.servers) == 0 {
+	if len(r.kube.servers) == 0 && len(problems) == 0 {
 		r.out.printf("  no control plane runs kube-apiserver: the Kubernetes side is verified through the nodes' resources only\n")
 	}
 
