@@ -16,17 +16,17 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/nodepki/nodepki/controllers/configview"
+	"github.com/nodepki/nodepki/pkg/kubernetes"
 	"github.com/nodepki/nodepki/pkg/machineconfig"
 	"github.com/nodepki/nodepki/resources/network"
 	"github.com/nodepki/nodepki/resources/pki"
 )
 
-// kubernetesServiceIP is the first address of Kubernetes' default service CIDR (10.96.0.0/12): the
-// in-cluster address of the API server.
-const kubernetesServiceIP = "10.96.0.1"
-
 // CertSANsController produces the SANs of the node's server certificates: pki.CertSAN "api" on
 // every node, "kubernetes" and "etcd" on control planes. The node's hostname is added to every set.
+// The "kubernetes" set is the kube-apiserver's, from the cluster section of the config
+// (kubernetes.APIServerSANs); a cluster section it cannot be computed from fails the pass with the
+// field named, and every SAN set stays as it was.
 type CertSANsController = DerivedController[pki.CertSANSpec, pki.CertSANExtension]
 
 // NewCertSANsController creates a CertSANsController for a node named hostname ("" adds none).
@@ -44,7 +44,12 @@ func NewCertSANsController(hostname string) *CertSANsController {
 				return nil, false, err
 			}
 
-			return certSANs(doc, addresses, hostname), true, nil
+			specs, err := certSANs(doc, addresses, hostname)
+			if err != nil {
+				return nil, false, err
+			}
+
+			return specs, true, nil
 		})
 }
 
@@ -82,11 +87,11 @@ func readNodeAddresses(ctx context.Context, r controller.Reader) (addresses []ne
 }
 
 // certSANs maps the config, node addresses and hostname to the SAN sets of the node.
-func certSANs(doc *machineconfig.Document, nodeAddresses []netip.Addr, hostname string) map[resource.ID]pki.CertSANSpec {
+func certSANs(doc *machineconfig.Document, nodeAddresses []netip.Addr, hostname string) (map[resource.ID]pki.CertSANSpec, error) {
 	out := map[resource.ID]pki.CertSANSpec{}
 
 	if doc == nil || doc.Machine == nil {
-		return out
+		return out, nil
 	}
 
 	var api sanSet
@@ -97,19 +102,21 @@ func certSANs(doc *machineconfig.Document, nodeAddresses []netip.Addr, hostname 
 	out[pki.SANsAPI] = api.spec()
 
 	if !doc.Machine.IsControlPlane() {
-		return out
+		return out, nil
 	}
 
-	var kubernetes sanSet
-
-	if doc.Cluster != nil && doc.Cluster.ControlPlane != nil {
-		kubernetes.add(endpointHost(doc.Cluster.ControlPlane.Endpoint))
+	addresses := make([]string, len(nodeAddresses))
+	for i, addr := range nodeAddresses {
+		addresses[i] = addr.String()
 	}
 
-	kubernetes.add("kubernetes", "kubernetes.default", "kubernetes.default.svc", "kubernetes.default.svc.cluster.local", "localhost", hostname)
-	kubernetes.addAddrs(nodeAddresses)
-	kubernetes.add("127.0.0.1", kubernetesServiceIP)
-	out[pki.SANsKubernetes] = kubernetes.spec()
+	apiServer, err := kubernetes.APIServerSANs(doc.Cluster, addresses, hostname)
+	if err != nil {
+		return nil, fmt.Errorf("error computing the kube-apiserver certificate SANs: %w", err)
+	}
+
+	// Already sorted and deduplicated, and never empty (localhost and the loopback addresses).
+	out[pki.SANsKubernetes] = pki.CertSANSpec{IPs: apiServer.IPs, DNSNames: apiServer.DNSNames}
 
 	var etcd sanSet
 
@@ -117,7 +124,7 @@ func certSANs(doc *machineconfig.Document, nodeAddresses []netip.Addr, hostname 
 	etcd.add("127.0.0.1", "::1", hostname, "localhost")
 	out[pki.SANsEtcd] = etcd.spec()
 
-	return out
+	return out, nil
 }
 
 // endpointHost is the host part of the control plane endpoint URL, or "" if it has none.

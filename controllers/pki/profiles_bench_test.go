@@ -31,7 +31,10 @@ func BenchmarkIssueLeaves(b *testing.B) {
 	pools, err := acceptedCAs(doc)
 	require.NoError(b, err)
 
-	requests, ready, err := certificateRequests(doc, nodeIdentity{hostname: "node-1", addresses: addresses, sans: certSANs(doc, addresses, "node-1")}, nil)
+	sans, err := certSANs(doc, addresses, "node-1")
+	require.NoError(b, err)
+
+	requests, ready, err := certificateRequests(doc, nodeIdentity{hostname: "node-1", addresses: addresses, sans: sans}, nil)
 	require.NoError(b, err)
 	require.True(b, ready)
 	require.Len(b, requests, 9)
