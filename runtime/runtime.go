@@ -87,6 +87,9 @@ type Options struct {
 	// EtcdBinary, on a control plane, runs an etcd member on the first of Addresses (needs StateDir);
 	// "" only writes the etcd PKI files.
 	EtcdBinary string
+	// KubeAPIServerBinary, on a control plane, runs kube-apiserver on the first of Addresses against
+	// the node's etcd member (needs EtcdBinary); "" only writes kube-apiserver's files.
+	KubeAPIServerBinary string
 }
 
 // TrustdOptions configure trustd, the certificate-signing service of control planes.
@@ -216,7 +219,14 @@ func (rt *Runtime) setup(logger *zap.Logger, hostname string, opts Options) erro
 	}
 
 	if opts.StateDir != "" {
-		if err = rt.RegisterController(ctrlkubernetes.NewAPIServerFilesController(KubernetesPKIDir(opts.StateDir))); err != nil {
+		// kube-apiserver's command line names these files: absolute, they are the same whatever
+		// the working directory of the nodepkid that adopts it.
+		kubeDir, absErr := filepath.Abs(KubernetesPKIDir(opts.StateDir))
+		if absErr != nil {
+			return fmt.Errorf("error resolving the state directory: %w", absErr)
+		}
+
+		if err = rt.RegisterController(ctrlkubernetes.NewAPIServerFilesController(kubeDir)); err != nil {
 			return err
 		}
 
@@ -242,6 +252,16 @@ func (rt *Runtime) setup(logger *zap.Logger, hostname string, opts Options) erro
 		}); err != nil {
 			return err
 		}
+
+		if opts.KubeAPIServerBinary != "" {
+			if err = rt.RegisterController(&ctrlkubernetes.APIServerStatusController{
+				Binary: opts.KubeAPIServerBinary, StateDir: stateDir, Address: opts.Addresses[0],
+			}); err != nil {
+				return err
+			}
+		}
+	} else if opts.KubeAPIServerBinary != "" {
+		return errors.New("running kube-apiserver needs Options.EtcdBinary: it uses the node's own etcd member")
 	}
 
 	return nil

@@ -52,6 +52,8 @@ func newClusterCreateCmd() *cobra.Command {
 		first      string
 		withEtcd   bool
 		etcdBinary string
+		withKube   bool
+		kubeBinary string
 	)
 
 	cmd := &cobra.Command{
@@ -69,10 +71,19 @@ left behind.
 With --etcd every control plane also runs a real etcd member on its address (:2379, :2380) with
 the etcd certificates nodepki issues; the first control plane bootstraps the etcd cluster and the
 others join it. The etcd binary is --etcd-binary, else etcd next to nodepkictl, else etcd on $PATH
-(make tools builds it into bin/).`,
+(make tools builds it into bin/).
+
+With --kubernetes (which implies --etcd) every control plane also runs kube-apiserver on its address
+(:6443) against its own etcd member, on the Kubernetes certificates nodepki issues. create waits
+until every kube-apiserver is ready and writes an admin kubeconfig (CN admin, O system:masters) to
+<state>/kubeconfig, next to the talosconfig. The kube-apiserver binary is --kube-apiserver-binary,
+else kube-apiserver next to nodepkictl, else on $PATH (make tools-kubernetes builds it into bin/; the
+first build takes several minutes). Each kube-apiserver logs to nodes/<name>/kube-apiserver.log.`,
 		Example: `  nodepkictl cluster create --workers 2
   nodepkictl cluster create --name demo --controlplanes 1 --workers 2 --state ./_out/cluster
   nodepkictl cluster create --controlplanes 3 --workers 1 --etcd
+  nodepkictl cluster create --controlplanes 3 --workers 1 --kubernetes --state ./_out/cluster
+  kubectl --kubeconfig ./_out/cluster/kubeconfig get --raw /readyz
 
   # a cluster of your own bundle: its talosconfigs, configs and secrets.yaml work against it
   nodepkictl gen secrets -o secrets.yaml
@@ -98,12 +109,25 @@ others join it. The etcd binary is --etcd-binary, else etcd next to nodepkictl, 
 				}
 			}
 
+			if kubeBinary != "" && !withKube {
+				return errors.New("--kube-apiserver-binary needs --kubernetes")
+			}
+
+			// kube-apiserver runs on each control plane's own etcd member.
+			withEtcd = withEtcd || withKube
+
 			if etcdBinary != "" && !withEtcd {
 				return errors.New("--etcd-binary needs --etcd")
 			}
 
 			if withEtcd {
 				if opts.EtcdBinary, err = findBinary(etcdBinary, "etcd", "--etcd-binary", "make tools"); err != nil {
+					return err
+				}
+			}
+
+			if withKube {
+				if opts.KubeAPIServerBinary, err = findBinary(kubeBinary, "kube-apiserver", "--kube-apiserver-binary", "make tools-kubernetes"); err != nil {
 					return err
 				}
 			}
@@ -123,6 +147,14 @@ talosconfig: %s
   nodepkictl cluster destroy --state %s
 `, c.Name, opts.ControlPlanes, opts.Workers, c.Talosconfig, c.Talosconfig, c.Talosconfig, c.Dir, c.Dir)
 
+			if c.Kubeconfig != "" {
+				fmt.Fprintf(cmd.OutOrStdout(), `
+kubeconfig: %s
+  kubectl --kubeconfig %s get --raw /readyz
+  kubectl --kubeconfig %s auth whoami
+`, c.Kubeconfig, c.Kubeconfig, c.Kubeconfig)
+			}
+
 			return nil
 		},
 	}
@@ -136,6 +168,9 @@ talosconfig: %s
 	flags.StringVar(&daemon, "daemon", "", "path of the nodepkid binary (default: next to nodepkictl, then $PATH)")
 	flags.BoolVar(&withEtcd, "etcd", false, "run a real etcd member on every control plane")
 	flags.StringVar(&etcdBinary, "etcd-binary", "", "path of the etcd binary, with --etcd (default: next to nodepkictl, then $PATH)")
+	flags.BoolVar(&withKube, "kubernetes", false, "run kube-apiserver on every control plane (implies --etcd) and write <state>/kubeconfig")
+	flags.StringVar(&kubeBinary, "kube-apiserver-binary", "",
+		"path of the kube-apiserver binary, with --kubernetes (default: next to nodepkictl, then $PATH)")
 
 	return cmd
 }
@@ -154,7 +189,13 @@ func newClusterShowCmd() *cobra.Command {
 			}
 
 			w := tabwriter.NewWriter(cmd.OutOrStdout(), 0, 0, 3, ' ', 0)
-			fmt.Fprintf(w, "cluster %s (%s)\ntalosconfig %s\n\nNAME\tADDRESS\tTYPE\tPID\tRUNNING\tLOG\n", c.Name, c.Dir, c.Talosconfig)
+			fmt.Fprintf(w, "cluster %s (%s)\ntalosconfig %s\n", c.Name, c.Dir, c.Talosconfig)
+
+			if c.Kubeconfig != "" {
+				fmt.Fprintf(w, "kubeconfig %s\n", c.Kubeconfig)
+			}
+
+			fmt.Fprintf(w, "\nNAME\tADDRESS\tTYPE\tPID\tRUNNING\tLOG\n")
 
 			for _, n := range c.Nodes {
 				fmt.Fprintf(w, "%s\t%s\t%s\t%d\t%t\t%s\n", n.Name, n.Address, n.Type, n.PID, n.Running(), n.Log)

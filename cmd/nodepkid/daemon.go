@@ -36,6 +36,7 @@ type daemonOptions struct {
 	hostAddresses   bool
 	logLevel        string
 	etcdBinary      string
+	kubeAPIServer   string
 	metricsAddress  string
 }
 
@@ -91,6 +92,11 @@ func run(ctx context.Context, opts daemonOptions) error {
 		}
 	}
 
+	kubeAPIServer, err := kubeAPIServerBinary(opts)
+	if err != nil {
+		return err
+	}
+
 	// The counters exist before the servers and the runtime that feed them.
 	counters := metrics.NewCounters()
 
@@ -107,7 +113,8 @@ func run(ctx context.Context, opts daemonOptions) error {
 			SourceAddress: address,
 			ControlPlanes: opts.controlPlanes,
 		},
-		EtcdBinary: etcdBinary,
+		EtcdBinary:          etcdBinary,
+		KubeAPIServerBinary: kubeAPIServer,
 	})
 	if err != nil {
 		return err
@@ -200,6 +207,27 @@ func run(ctx context.Context, opts daemonOptions) error {
 	}
 
 	return err
+}
+
+// kubeAPIServerBinary is --kube-apiserver-binary made absolute. kube-apiserver uses the node's own
+// etcd member, so it needs --etcd-binary; like etcd's, a missing or broken binary is reported in
+// the kube-apiserver status and the log.
+func kubeAPIServerBinary(opts daemonOptions) (string, error) {
+	if opts.kubeAPIServer == "" {
+		return "", nil
+	}
+
+	if opts.etcdBinary == "" {
+		return "", errors.New("--kube-apiserver-binary needs --etcd-binary: kube-apiserver runs against the node's own etcd member, " +
+			"which nodepkid runs with --etcd-binary PATH")
+	}
+
+	path, err := filepath.Abs(opts.kubeAPIServer)
+	if err != nil {
+		return "", fmt.Errorf("--kube-apiserver-binary %q: %w", opts.kubeAPIServer, err)
+	}
+
+	return path, nil
 }
 
 // nodeHostname is --hostname, checked as a host name, or the machine's host name.

@@ -45,7 +45,16 @@ Control planes write the etcd PKI files under --state-dir/secrets/etcd. With --e
 plane also runs an etcd member (client https://ADDRESS:2379, peer https://ADDRESS:2380, data in
 --state-dir/etcd): one control plane bootstraps the cluster on "nodepkictl bootstrap", the others
 join it. etcd runs in its own process group and survives a crash of nodepkid, which adopts it again
-when it restarts; a clean shutdown of nodepkid stops it.`,
+when it restarts; a clean shutdown of nodepkid stops it.
+
+With --kube-apiserver-binary (which needs --etcd-binary) a control plane also runs kube-apiserver on
+https://ADDRESS:6443 against its own etcd member, with RBAC, the files nodepki writes under
+--state-dir/secrets/kubernetes and cluster.controlPlane.endpoint as the service-account issuer. It
+logs to --state-dir/kube-apiserver.log, is restarted with backoff when it exits, and, like etcd,
+survives a crash of nodepkid and stops with it. kube-apiserver reloads most of its files by itself;
+when the service-account keys or the etcd CA bundle change, nodepkid restarts it, one control plane
+at a time under the cluster-wide lock etcd members restart under. "nodepkictl get apiserverstatuses"
+shows its state.`,
 		Example:       `  nodepkid --config controlplane.yaml --state-dir /var/lib/nodepki --address 127.0.0.2`,
 		Args:          cobra.NoArgs,
 		SilenceUsage:  true,
@@ -73,6 +82,8 @@ when it restarts; a clean shutdown of nodepkid stops it.`,
 	flags.StringVar(&opts.logLevel, "log-level", "info", "log level: debug, info, warn, error")
 	flags.StringVar(&opts.etcdBinary, "etcd-binary", "",
 		"etcd executable to run a member with on a control plane (default: only write the etcd PKI files)")
+	flags.StringVar(&opts.kubeAPIServer, "kube-apiserver-binary", "",
+		"kube-apiserver executable to run on a control plane against its etcd member (needs --etcd-binary; default: only write kube-apiserver's files)")
 	flags.StringVar(&opts.metricsAddress, "metrics-address", "",
 		"ADDR:PORT to serve Prometheus metrics on at /metrics over plain HTTP (default: off)")
 

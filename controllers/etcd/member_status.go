@@ -18,11 +18,11 @@ import (
 	"github.com/cosi-project/runtime/pkg/safe"
 	"github.com/cosi-project/runtime/pkg/state"
 	clientv3 "go.etcd.io/etcd/client/v3"
-	"go.etcd.io/etcd/client/v3/concurrency"
 	"go.uber.org/zap"
 
 	"github.com/nodepki/nodepki/controllers/configview"
 	etcdpkg "github.com/nodepki/nodepki/pkg/etcd"
+	"github.com/nodepki/nodepki/pkg/process"
 	"github.com/nodepki/nodepki/pkg/machineconfig"
 	"github.com/nodepki/nodepki/resources/cluster"
 	"github.com/nodepki/nodepki/resources/etcd"
@@ -35,11 +35,9 @@ const (
 	DefaultMaxBackoff    = 30 * time.Second
 	// DefaultComeBackTimeout bounds the wait for a restarted member to be healthy and caught up.
 	DefaultComeBackTimeout = time.Minute
-	// RestartLockKey is the etcd key prefix of the cluster-wide restart lock.
-	RestartLockKey = "/nodepki/etcd-restart-lock"
+	// RestartLockKey is the etcd key prefix of the cluster-wide restart lock (pkg/etcd).
+	RestartLockKey = etcdpkg.RestartLockKey
 
-	// lockSessionTTL is how long the restart lock outlives a supervisor that died holding it.
-	lockSessionTTL = 5
 	// lockWait bounds one attempt to take the restart lock; the next probe tries again.
 	lockWait = 5 * time.Second
 	// stopGrace is how long etcd gets to stop on SIGTERM before SIGKILL, when nodepkid stops.
@@ -81,7 +79,7 @@ type MemberStatusController struct {
 	ProbeInterval, MinBackoff, MaxBackoff, ComeBackTimeout time.Duration
 
 	// proc is the running member; it outlives a restart of Run.
-	proc     *etcdpkg.Process
+	proc     *process.Process
 	adopted  bool
 	restarts int
 	backoff  time.Duration
@@ -223,7 +221,7 @@ func (ctrl *MemberStatusController) shutdown(logger *zap.Logger) {
 func (ctrl *MemberStatusController) exited(logger *zap.Logger) {
 	err := ctrl.proc.Err()
 	ctrl.proc = nil
-	ctrl.lastErr = fmt.Sprintf("etcd exited: %v: %s (see %s)", err, etcdpkg.LastLogLine(ctrl.config().LogFile), ctrl.config().LogFile)
+	ctrl.lastErr = fmt.Sprintf("etcd exited: %v: %s (see %s)", err, process.LastLogLine(ctrl.config().LogFile), ctrl.config().LogFile)
 	ctrl.retryAt = time.Now().Add(ctrl.nextBackoff())
 
 	logger.Error("etcd exited", zap.Error(err), zap.String("last_log", ctrl.lastErr), zap.Time("retry_at", ctrl.retryAt))
@@ -276,7 +274,7 @@ func (ctrl *MemberStatusController) reconcile(ctx context.Context, r controller.
 		ctrl.backoff = 0
 	}
 
-	if status.Healthy && files.TypedSpec().TrustBundleDigest != ctrl.proc.TrustBundleDigest {
+	if status.Healthy && files.TypedSpec().TrustBundleDigest != ctrl.proc.Tag {
 		ctrl.rollingRestart(ctx, r, logger, files.TypedSpec(), &status)
 	}
 
@@ -289,7 +287,7 @@ func (ctrl *MemberStatusController) withProcess(status etcd.MemberStatusSpec) et
 	if ctrl.proc != nil {
 		status.Running = true
 		status.PID = ctrl.proc.PID
-		status.TrustBundleDigest = ctrl.proc.TrustBundleDigest
+		status.TrustBundleDigest = ctrl.proc.Tag
 	}
 
 	if status.LastError == "" && !status.Healthy {
@@ -623,34 +621,16 @@ func (ctrl *MemberStatusController) rollingRestart(
 
 	defer client.Close()
 
-	session, err := concurrency.NewSession(client, concurrency.WithTTL(lockSessionTTL), concurrency.WithContext(ctx))
+	lock, err := etcdpkg.LockRestart(ctx, client, lockWait)
 	if err != nil {
-		status.LastError = fmt.Sprintf("trust bundle changed, restart pending: error opening a lock session: %v", err)
-
-		return
-	}
-
-	defer session.Close()
-
-	mutex := concurrency.NewMutex(session, RestartLockKey)
-
-	lockCtx, cancel := context.WithTimeout(ctx, lockWait)
-	err = mutex.Lock(lockCtx)
-
-	cancel()
-
-	if err != nil {
-		status.LastError = "trust bundle changed, restart pending: another member holds the restart lock"
+		status.LastError = fmt.Sprintf("trust bundle changed, restart pending: %v", err)
 
 		return
 	}
 
 	defer func() {
-		unlockCtx, unlockCancel := context.WithTimeout(context.WithoutCancel(ctx), lockWait)
-		defer unlockCancel()
-
-		if unlockErr := mutex.Unlock(unlockCtx); unlockErr != nil {
-			logger.Warn("error releasing the etcd restart lock (it expires with its session)", zap.Error(unlockErr))
+		if unlockErr := lock.Unlock(ctx, lockWait); unlockErr != nil {
+			logger.Warn("error releasing the restart lock (it expires with its session)", zap.Error(unlockErr))
 		}
 	}()
 
@@ -662,7 +642,7 @@ func (ctrl *MemberStatusController) rollingRestart(
 	}
 
 	logger.Info("restarting etcd to load the new trust bundle",
-		zap.String("from", ctrl.proc.TrustBundleDigest), zap.String("to", files.TrustBundleDigest))
+		zap.String("from", ctrl.proc.Tag), zap.String("to", files.TrustBundleDigest))
 
 	// The restart is visible while it lasts: it holds the lock, and the other members wait.
 	restarting := ctrl.withProcess(*status)

@@ -138,6 +138,7 @@ func writeAPIServerFiles(ctx context.Context, r controller.Reader, logger *zap.L
 		EtcdCAFingerprints:               slices.Clone(pools[pki.RootEtcd].Fingerprints),
 		ServiceAccountKeyFingerprints:    slices.Clone(pools[pki.RootServiceAccount].Fingerprints),
 		ServiceAccountSigningFingerprint: pools[pki.RootServiceAccount].IssuingFingerprint,
+		StartupDigest:                    kubepki.StartupDigest(files),
 	}
 
 	for _, name := range slices.Sorted(maps.Keys(files)) {

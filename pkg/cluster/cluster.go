@@ -45,7 +45,11 @@ type Cluster struct {
 	Talosconfig string `yaml:"talosconfig"`
 	// EtcdBinary, if set, is run by every control plane (nodepkid --etcd-binary).
 	EtcdBinary string `yaml:"etcdBinary,omitempty"`
-	Nodes      []Node `yaml:"nodes"`
+	// KubeAPIServerBinary, if set, is run by every control plane (nodepkid --kube-apiserver-binary);
+	// Kubeconfig is then the admin kubeconfig.
+	KubeAPIServerBinary string `yaml:"kubeAPIServerBinary,omitempty"`
+	Kubeconfig          string `yaml:"kubeconfig,omitempty"`
+	Nodes               []Node `yaml:"nodes"`
 }
 
 const descriptorName = "cluster.yaml"

@@ -46,10 +46,14 @@ type Options struct {
 	Bundle *bundle.Bundle
 	// Progress receives one line per step.
 	Progress io.Writer
-	// ReadyTimeout bounds the wait for every node's API certificate, and then for etcd (default 60 s).
+	// ReadyTimeout bounds the wait for every node's API certificate, then for etcd and for
+	// kube-apiserver (default 60 s, 3 min with kube-apiserver).
 	ReadyTimeout time.Duration
 	// EtcdBinary makes every control plane run an etcd member, bootstrapped on the first one.
 	EtcdBinary string
+	// KubeAPIServerBinary makes every control plane run kube-apiserver on its etcd member (needs
+	// EtcdBinary); Create then waits for every kube-apiserver and writes the admin kubeconfig.
+	KubeAPIServerBinary string
 }
 
 // hostnameLabel is a cluster name that leaves room in a 63-character DNS label for the node suffix.
@@ -91,6 +95,11 @@ func (o *Options) setDefaults() error {
 
 	if o.ReadyTimeout == 0 {
 		o.ReadyTimeout = 60 * time.Second
+
+		// Three kube-apiservers starting at once on a small machine take most of a minute.
+		if o.KubeAPIServerBinary != "" {
+			o.ReadyTimeout = 3 * time.Minute
+		}
 	}
 
 	if _, err := os.Stat(o.Daemon); err != nil {
@@ -100,6 +109,16 @@ func (o *Options) setDefaults() error {
 	if o.EtcdBinary != "" {
 		if _, err := os.Stat(o.EtcdBinary); err != nil {
 			return fmt.Errorf("etcd binary %q: %w (build it with `make tools`)", o.EtcdBinary, err)
+		}
+	}
+
+	if o.KubeAPIServerBinary != "" {
+		if o.EtcdBinary == "" {
+			return errors.New("kube-apiserver needs etcd: every control plane's kube-apiserver uses its own etcd member (give an etcd binary too)")
+		}
+
+		if _, err := os.Stat(o.KubeAPIServerBinary); err != nil {
+			return fmt.Errorf("kube-apiserver binary %q: %w (build it with `make tools-kubernetes`)", o.KubeAPIServerBinary, err)
 		}
 	}
 
@@ -152,6 +171,11 @@ func Create(ctx context.Context, opts Options) (*Cluster, error) {
 		TrustdPort:  opts.TrustdPort,
 		Talosconfig: filepath.Join(dir, "talosconfig"),
 		EtcdBinary:  opts.EtcdBinary,
+	}
+
+	if opts.KubeAPIServerBinary != "" {
+		c.KubeAPIServerBinary = opts.KubeAPIServerBinary
+		c.Kubeconfig = filepath.Join(dir, KubeconfigName)
 	}
 
 	if err = c.start(ctx, opts, addresses); err != nil {
@@ -223,6 +247,12 @@ func (c *Cluster) start(ctx context.Context, opts Options, addresses []netip.Add
 			logs := filepath.Join(c.Dir, "nodes", "*", "etcd.log")
 
 			return &notReadyError{err: fmt.Errorf("etcd: %w (etcd logs: %s)", err, logs), timeout: opts.ReadyTimeout, dir: c.Dir}
+		}
+	}
+
+	if c.KubeAPIServerBinary != "" {
+		if err = c.startKubernetes(waitCtx, opts.Progress); err != nil {
+			return &notReadyError{err: err, timeout: opts.ReadyTimeout, dir: c.Dir}
 		}
 	}
 
@@ -300,7 +330,7 @@ func newEntries(dir string) ([]string, error) {
 
 	var out []string
 
-	for _, name := range []string{descriptorName, "talosconfig", "nodes", "secrets.yaml"} {
+	for _, name := range []string{descriptorName, "talosconfig", KubeconfigName, "nodes", "secrets.yaml"} {
 		path := filepath.Join(dir, name)
 
 		_, err := os.Stat(path)
@@ -432,6 +462,10 @@ func (c *Cluster) startNode(n *Node) error {
 
 	if c.EtcdBinary != "" && n.Type != machineconfig.TypeWorker {
 		args = append(args, "--etcd-binary", c.EtcdBinary)
+	}
+
+	if c.KubeAPIServerBinary != "" && n.Type != machineconfig.TypeWorker {
+		args = append(args, "--kube-apiserver-binary", c.KubeAPIServerBinary)
 	}
 
 	cmd := exec.Command(c.Daemon, args...)

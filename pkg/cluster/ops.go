@@ -16,7 +16,12 @@ func (c *Cluster) Destroy() error {
 			errs = append(errs, err)
 		}
 
-		// An etcd whose nodepkid was killed keeps running; nodepkid stops it only on a clean exit.
+		// An etcd or kube-apiserver whose nodepkid was killed keeps running; nodepkid stops them
+		// only on a clean exit.
+		if err := c.Nodes[i].stopAPIServer(); err != nil {
+			errs = append(errs, err)
+		}
+
 		if err := c.Nodes[i].stopEtcd(); err != nil {
 			errs = append(errs, err)
 		}

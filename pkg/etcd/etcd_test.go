@@ -69,47 +69,6 @@ func TestInitialCluster(t *testing.T) {
 		InitialCluster(map[string][]string{"b": {"https://10.0.0.2:2380", "https://10.0.0.3:2380"}, "a": {"https://10.0.0.1:2380"}}))
 }
 
-func TestParsePIDFile(t *testing.T) {
-	t.Parallel()
-
-	for _, tc := range []struct {
-		data   string
-		pid    int
-		digest string
-		ok     bool
-	}{
-		{"1234\nabcd\n", 1234, "abcd", true},
-		{"1234\n", 1234, "", true},
-		{" 99 \n", 99, "", true},
-		{"", 0, "", false},
-		{"1\n", 0, "", false},
-		{"-5\n", 0, "", false},
-		{"etcd\n", 0, "", false},
-	} {
-		pid, digest, ok := parsePIDFile([]byte(tc.data))
-		assert.Equal(t, tc.ok, ok, "%q", tc.data)
-		assert.Equal(t, tc.pid, pid, "%q", tc.data)
-		assert.Equal(t, tc.digest, digest, "%q", tc.data)
-	}
-}
-
-func FuzzParsePIDFile(f *testing.F) {
-	f.Add([]byte("1234\nabcd\n"))
-	f.Add([]byte(""))
-	f.Add([]byte("\n\n\n"))
-
-	f.Fuzz(func(t *testing.T, data []byte) {
-		pid, digest, ok := parsePIDFile(data)
-		if ok && pid <= 1 {
-			t.Fatalf("accepted pid %d", pid)
-		}
-
-		if !ok && (pid != 0 || digest != "") {
-			t.Fatalf("refused but returned %d %q", pid, digest)
-		}
-	})
-}
-
 func TestAdoptStalePIDFile(t *testing.T) {
 	t.Parallel()
 
@@ -127,27 +86,4 @@ func TestAdoptStalePIDFile(t *testing.T) {
 	proc, err = Adopt(cfg)
 	require.NoError(t, err)
 	assert.Nil(t, proc, "no pidfile, nothing to adopt")
-}
-
-func TestLastLogLine(t *testing.T) {
-	t.Parallel()
-
-	dir := t.TempDir()
-
-	for _, tc := range []struct {
-		log, want string
-	}{
-		{
-			`{"level":"info","msg":"ok"}` + "\n" + `{"level":"fatal","msg":"discovery failed","error":"listen tcp: bind: address already in use"}` + "\n",
-			"discovery failed: listen tcp: bind: address already in use",
-		},
-		{"plain text\nlast line\n", "last line"},
-		{"", ""},
-	} {
-		path := filepath.Join(dir, "etcd.log")
-		require.NoError(t, os.WriteFile(path, []byte(tc.log), 0o600))
-		assert.Equal(t, tc.want, LastLogLine(path))
-	}
-
-	assert.Empty(t, LastLogLine(filepath.Join(dir, "missing.log")))
 }

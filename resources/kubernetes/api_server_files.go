@@ -33,6 +33,9 @@ type APIServerFilesSpec struct {
 	// keys; ServiceAccountSigningFingerprint is the signing key's.
 	ServiceAccountKeyFingerprints    []string `yaml:"serviceAccountKeyFingerprints" protobuf:"6"`
 	ServiceAccountSigningFingerprint string   `yaml:"serviceAccountSigningFingerprint" protobuf:"7"`
+	// StartupDigest is a digest of the files kube-apiserver reads only when it starts
+	// (pkg/kubernetes StartupFiles): when it changes, a running kube-apiserver must be restarted.
+	StartupDigest string `yaml:"startupDigest" protobuf:"8"`
 }
 
 // FileDigest is one file and the digest of its contents.

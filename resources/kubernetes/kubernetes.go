@@ -1,5 +1,5 @@
 // Package kubernetes holds the resources of the "kubernetes" namespace: what a control plane
-// wrote for its Kubernetes control-plane components.
+// wrote for its Kubernetes control-plane components, and the state of the kube-apiserver it runs.
 package kubernetes
 
 import "github.com/cosi-project/runtime/pkg/resource"
@@ -7,5 +7,10 @@ import "github.com/cosi-project/runtime/pkg/resource"
 // NamespaceName is the namespace of Kubernetes resources.
 const NamespaceName resource.Namespace = "kubernetes"
 
-// APIServerFilesID is the ID of the APIServerFiles resource.
-const APIServerFilesID = resource.ID("kube-apiserver")
+// Singleton IDs.
+const (
+	// APIServerFilesID is the ID of the APIServerFiles resource.
+	APIServerFilesID = resource.ID("kube-apiserver")
+	// APIServerStatusID is the ID of the APIServerStatus of the kube-apiserver this node runs.
+	APIServerStatusID = resource.ID("kube-apiserver")
+)
