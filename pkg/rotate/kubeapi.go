@@ -13,15 +13,20 @@ import (
 	"strings"
 	"time"
 
+	"github.com/cosi-project/runtime/pkg/safe"
+	"github.com/cosi-project/runtime/pkg/state"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 	authenticationv1 "k8s.io/api/authentication/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/client-go/kubernetes"
+	kubeclient "k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
 
 	nodeapi "github.com/nodepki/nodepki/api/node"
 	"github.com/nodepki/nodepki/pkg/client"
 	kubepki "github.com/nodepki/nodepki/pkg/kubernetes"
+	"github.com/nodepki/nodepki/resources/kubernetes"
 )
 
 // kubeCallTimeout bounds one call to a kube-apiserver.
@@ -68,7 +73,7 @@ func (a *NodeAPI) KubeWhoAmI(ctx context.Context, node string, creds KubeCredent
 
 	defer httpClient.CloseIdleConnections()
 
-	clientset, err := kubernetes.NewForConfigAndClient(&rest.Config{Host: kubeURL(node), Timeout: kubeCallTimeout}, httpClient)
+	clientset, err := kubeclient.NewForConfigAndClient(&rest.Config{Host: kubeURL(node), Timeout: kubeCallTimeout}, httpClient)
 	if err != nil {
 		return "", fmt.Errorf("kube-apiserver client: %w", err)
 	}
@@ -197,3 +202,48 @@ func (p proxyHeaders) RoundTrip(req *http.Request) (*http.Response, error) {
 
 	return p.next.RoundTrip(req)
 }
+
+// KubeAPIServer implements KubernetesCluster: the node's APIServerStatus, current when the
+// process was started on the startup files (APIServerFiles.StartupDigest) the node has now.
+func (a *NodeAPI) KubeAPIServer(ctx context.Context, node string) (*KubeAPIServer, error) {
+	var out *KubeAPIServer
+
+	err := a.do(func(c *client.Client) error {
+		callCtx := client.WithNode(ctx, node)
+
+		st, err := safe.StateGetByID[*kubernetes.APIServerStatus](callCtx, c.COSI(), kubernetes.APIServerStatusID)
+		if state.IsNotFoundError(err) || status.Code(err) == codes.PermissionDenied {
+			// No kube-apiserver, or a node of a version without them.
+			return nil
+		}
+
+		if err != nil {
+			return err
+		}
+
+		files, err := safe.StateGetByID[*kubernetes.APIServerFiles](callCtx, c.COSI(), kubernetes.APIServerFilesID)
+		if err != nil {
+			return fmt.Errorf("reading the kube-apiserver files: %w", err)
+		}
+
+		spec := st.TypedSpec()
+
+		detail := fmt.Sprintf("%s, pid %d, %d restarts", spec.State, spec.PID, spec.Restarts)
+		if spec.LastError != "" {
+			detail += ": " + spec.LastError
+		}
+
+		out = &KubeAPIServer{
+			Running: spec.Running,
+			Current: spec.Running && spec.StartupDigest == files.TypedSpec().StartupDigest,
+			Detail:  detail,
+		}
+
+		return nil
+	})
+
+	return out, err
+}
+
+// NodeAPI verifies rotations through the kube-apiservers of the control planes.
+var _ KubernetesCluster = (*NodeAPI)(nil)
