@@ -255,11 +255,13 @@ type apiLoad struct {
 	ok, failed []atomic.Int64
 	mu         sync.Mutex
 	errs       []string
+	// kubeconfigs are the different kubeconfig contents the calls used.
+	kubeconfigs map[string]bool
 }
 
 func startAPILoad(kubeconfig string, cps []string) *apiLoad {
 	ctx, cancel := context.WithCancel(context.Background())
-	l := &apiLoad{cancel: cancel, ok: make([]atomic.Int64, len(cps)), failed: make([]atomic.Int64, len(cps))}
+	l := &apiLoad{cancel: cancel, ok: make([]atomic.Int64, len(cps)), failed: make([]atomic.Int64, len(cps)), kubeconfigs: map[string]bool{}}
 
 	for i, cp := range cps {
 		l.wg.Go(func() {
@@ -269,6 +271,10 @@ func startAPILoad(kubeconfig string, cps []string) *apiLoad {
 					if err != nil {
 						return err
 					}
+
+					l.mu.Lock()
+					l.kubeconfigs[string(c.ca)+string(c.crt)] = true
+					l.mu.Unlock()
 
 					if err = c.readyz(ctx, cp); err != nil {
 						return err
@@ -295,6 +301,26 @@ func startAPILoad(kubeconfig string, cps []string) *apiLoad {
 	}
 
 	return l
+}
+
+// waitCalls waits until the load made n more calls on every apiserver, passed or failed.
+func (l *apiLoad) waitCalls(t testing.TB, n int64) {
+	t.Helper()
+
+	base := make([]int64, len(l.ok))
+	for i := range l.ok {
+		base[i] = l.ok[i].Load() + l.failed[i].Load()
+	}
+
+	require.Eventually(t, func() bool {
+		for i := range l.ok {
+			if l.ok[i].Load()+l.failed[i].Load() < base[i]+n {
+				return false
+			}
+		}
+
+		return true
+	}, time.Minute, 50*time.Millisecond)
 }
 
 func (l *apiLoad) stop() {

@@ -106,11 +106,15 @@ func TestKubernetesRotation(t *testing.T) {
 		before := apiServerStatuses(t, c)
 		load := startAPILoad(kubeconfig, cps)
 
+		// The load runs before and after the rotation as well: a few calls on each apiserver.
+		load.waitCalls(t, 5)
+
 		start := time.Now()
 		out, err := runCLI(t, c, "-e", cps[0], "rotate-ca", "--kubernetes", "--dry-run=false",
 			"--kubeconfig", kubeconfig, "--plan", filepath.Join(dir, "plan-kubernetes.yaml"))
 		elapsed := time.Since(start)
 
+		load.waitCalls(t, 5)
 		load.stop()
 		require.NoError(t, err, out)
 		t.Logf("rotation took %s:\n%s", elapsed.Round(time.Millisecond), out)
@@ -121,6 +125,8 @@ func TestKubernetesRotation(t *testing.T) {
 			assert.Positive(t, load.ok[i].Load(), cp)
 		}
 
+		t.Logf("the load used %d different kubeconfig credentials", len(load.kubeconfigs))
+		assert.GreaterOrEqual(t, len(load.kubeconfigs), 2, "the load followed the kubeconfig rotate-ca kept")
 		assert.Equal(t, 3, strings.Count(out, "old CA admin refused"), "rotate-ca checked every kube-apiserver refuses the old CA")
 		assert.NotEqual(t, oldKubeconfig, readFile(t, kubeconfig), "the kubeconfig was kept in step")
 
