@@ -310,7 +310,7 @@ func (r *rotation) checkKube(ctx context.Context, n *node, phase Phase) (string,
 		return "", fmt.Errorf("kube-apiserver: %w", err)
 	}
 
-	details := []string{"kube-apiserver ready, " + admin.Name + " admin accepted"}
+	details := []string{fmt.Sprintf("kube-apiserver ready (%s), %s admin accepted", st.Detail, admin.Name)}
 
 	for _, check := range []func(context.Context, *node, Phase, KubeCredentials) (string, error){
 		r.checkKubeOldCA, r.checkAggregator, r.checkServiceAccount,
