@@ -80,8 +80,10 @@ var kubeRoots = []Root{RootKubernetes, RootEtcd, RootAggregator, RootServiceAcco
 // kubeState is what a rotation knows of the cluster's kube-apiservers.
 type kubeState struct {
 	kc KubernetesCluster
-	// servers are the control planes that run kube-apiserver.
-	servers map[string]bool
+	// servers are the healthy kube-apiservers found in preflight, with an admin kubeconfig of the
+	// control plane they run on, for checks when the Kubernetes CA is not rotated (read-only
+	// once preflight is done: the checks of the nodes run concurrently).
+	servers map[string]KubeCredentials
 	// clusterName and server are those of the admin kubeconfig of the cluster.
 	clusterName, server string
 	lifetime            time.Duration
@@ -106,7 +108,7 @@ func (r *rotation) kubePreflight(ctx context.Context) (problems []string, err er
 		return nil, nil
 	}
 
-	r.kube = &kubeState{kc: kc, servers: map[string]bool{}}
+	r.kube = &kubeState{kc: kc, servers: map[string]KubeCredentials{}}
 
 	for _, n := range r.controlPlanes() {
 		st, err := kc.KubeAPIServer(ctx, n.name)
@@ -120,13 +122,14 @@ func (r *rotation) kubePreflight(ctx context.Context) (problems []string, err er
 			continue
 		}
 
-		if err = r.kubeHealthy(ctx, n, st); err != nil {
+		admin, err := r.kubeHealthy(ctx, n, st)
+		if err != nil {
 			problems = append(problems, fmt.Sprintf("%s: kube-apiserver is unhealthy: %v (with --force, the rotation is not verified through it)", n.name, err))
 
 			continue
 		}
 
-		r.kube.servers[n.name] = true
+		r.kube.servers[n.name] = admin
 	}
 
 	if len(r.kube.servers) == 0 && len(problems) == 0 {
@@ -145,21 +148,26 @@ func (r *rotation) kubePreflight(ctx context.Context) (problems []string, err er
 }
 
 // kubeHealthy: the kube-apiserver runs with its current files and answers /readyz and a
-// SelfSubjectReview with an admin kubeconfig the node issues.
-func (r *rotation) kubeHealthy(ctx context.Context, n *node, st *KubeAPIServer) error {
+// SelfSubjectReview with an admin kubeconfig the node issues, which it returns.
+func (r *rotation) kubeHealthy(ctx context.Context, n *node, st *KubeAPIServer) (KubeCredentials, error) {
 	switch {
 	case !st.Running:
-		return fmt.Errorf("not running (%s)", st.Detail)
+		return KubeCredentials{}, fmt.Errorf("not running (%s)", st.Detail)
 	case !st.Current:
-		return fmt.Errorf("a restart for changed files is pending (%s)", st.Detail)
+		return KubeCredentials{}, fmt.Errorf("a restart for changed files is pending (%s)", st.Detail)
 	}
 
-	creds, err := r.nodeAdmin(ctx, n.name)
+	data, err := r.kube.kc.Kubeconfig(ctx, n.name, checkClientLifetime)
 	if err != nil {
-		return err
+		return KubeCredentials{}, fmt.Errorf("asking for an admin kubeconfig: %w", err)
 	}
 
-	return kubeAnswers(ctx, r.kube.kc, n.name, creds)
+	creds, _, _, err := kubeconfigCredentials("node-issued", data)
+	if err != nil {
+		return KubeCredentials{}, err
+	}
+
+	return creds, kubeAnswers(ctx, r.kube.kc, n.name, creds)
 }
 
 // kubeAnswers: /readyz answers ok and a SelfSubjectReview names the admin.
@@ -178,19 +186,6 @@ func kubeAnswers(ctx context.Context, kc KubernetesCluster, name string, creds K
 	}
 
 	return nil
-}
-
-// nodeAdmin is an admin kubeconfig issued by the node now (its issuing Kubernetes CA, trusting
-// its accepted ones), as credentials.
-func (r *rotation) nodeAdmin(ctx context.Context, name string) (KubeCredentials, error) {
-	data, err := r.kube.kc.Kubeconfig(ctx, name, checkClientLifetime)
-	if err != nil {
-		return KubeCredentials{}, fmt.Errorf("asking for an admin kubeconfig: %w", err)
-	}
-
-	creds, _, _, err := kubeconfigCredentials("node-issued", data)
-
-	return creds, err
 }
 
 // learnKubeconfig reads the cluster name, endpoint and admin certificate lifetime of the
@@ -284,7 +279,12 @@ func kubeconfigCredentials(name string, data []byte) (creds KubeCredentials, clu
 //   - service-account: the published verification keys hold the new key, and the old one until
 //     it is retired.
 func (r *rotation) checkKube(ctx context.Context, n *node, phase Phase) (string, error) {
-	if r.kube == nil || !r.kube.servers[n.name] {
+	if r.kube == nil {
+		return "", nil
+	}
+
+	nodeAdmin, ok := r.kube.servers[n.name]
+	if !ok {
 		return "", nil
 	}
 
@@ -301,10 +301,7 @@ func (r *rotation) checkKube(ctx context.Context, n *node, phase Phase) (string,
 		return "", fmt.Errorf("kube-apiserver not restarted with the new files yet (%s)", st.Detail)
 	}
 
-	admin, err := r.kubeAdmin(ctx, n, phase)
-	if err != nil {
-		return "", err
-	}
+	admin := r.kubeAdmin(nodeAdmin, phase)
 
 	if err = kubeAnswers(ctx, kc, n.name, admin); err != nil {
 		return "", fmt.Errorf("kube-apiserver: %w", err)
@@ -340,15 +337,16 @@ func (r *rotation) withKube(ctx context.Context, n *node, phase Phase, detail st
 }
 
 // kubeAdmin is the admin credentials a step is checked with: those of the new Kubernetes CA when
-// it is rotated, else one the node issues.
-func (r *rotation) kubeAdmin(ctx context.Context, n *node, phase Phase) (KubeCredentials, error) {
+// it is rotated, else the kubeconfig the node issued in preflight (the Kubernetes CA does not
+// change during the run then).
+func (r *rotation) kubeAdmin(nodeAdmin KubeCredentials, phase Phase) KubeCredentials {
 	switch {
 	case r.kube.transitional == nil:
-		return r.nodeAdmin(ctx, n.name)
+		return nodeAdmin
 	case phase == PhaseAccepted:
-		return *r.kube.transitional, nil
+		return *r.kube.transitional
 	default:
-		return *r.kube.final, nil
+		return *r.kube.final
 	}
 }
 
