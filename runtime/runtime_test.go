@@ -174,11 +174,13 @@ func TestRuntimeLifetimes(t *testing.T) {
 func TestRuntimeEveryTypeHasOneOwner(t *testing.T) {
 	t.Parallel()
 
-	// With a state directory and an etcd binary, so that the controllers that write files and
-	// supervise etcd are registered too (nothing runs: the runtime is not started).
+	// With a state directory, an etcd and a kube-apiserver binary, so that the controllers that
+	// write files and supervise etcd and kube-apiserver are registered too (nothing runs: the
+	// runtime is not started).
 	rt, err := runtime.New(runtime.Options{
 		Hostname: "node-1", StateDir: filepath.Join(t.TempDir(), "state"),
 		Addresses: []netip.Addr{netip.MustParseAddr("127.0.50.9")}, EtcdBinary: "/nonexistent/etcd",
+		KubeAPIServerBinary: "/nonexistent/kube-apiserver",
 	})
 	require.NoError(t, err)
 

@@ -22,8 +22,8 @@ import (
 
 	"github.com/nodepki/nodepki/controllers/configview"
 	etcdpkg "github.com/nodepki/nodepki/pkg/etcd"
-	"github.com/nodepki/nodepki/pkg/process"
 	"github.com/nodepki/nodepki/pkg/machineconfig"
+	"github.com/nodepki/nodepki/pkg/process"
 	"github.com/nodepki/nodepki/resources/cluster"
 	"github.com/nodepki/nodepki/resources/etcd"
 )
