@@ -22,7 +22,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/cosi-project/runtime/pkg/safe"
 	"github.com/stretchr/testify/require"
 	authenticationv1 "k8s.io/api/authentication/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
@@ -32,7 +31,6 @@ import (
 	"k8s.io/client-go/tools/clientcmd"
 
 	"github.com/nodepki/nodepki/pkg/cluster"
-	kuberesources "github.com/nodepki/nodepki/resources/kubernetes"
 )
 
 const (
@@ -43,8 +41,9 @@ const (
 	probeInterval = 100 * time.Millisecond
 )
 
-// startKubeCluster creates a local cluster whose control planes run etcd and kube-apiserver
-// (cluster create --kubernetes); it is destroyed when the test ends.
+// startKubeCluster creates a local cluster whose control planes run etcd and kube-apiserver with
+// pkg/cluster.Create, as `nodepkictl cluster create --kubernetes` does (it also serves benchmarks,
+// unlike createKubeCluster); it is destroyed when the test ends.
 func startKubeCluster(t testing.TB, first string, controlPlanes, workers int) *cluster.Cluster {
 	t.Helper()
 
@@ -84,14 +83,6 @@ func startKubeCluster(t testing.TB, first string, controlPlanes, workers int) *c
 	require.NoError(t, err)
 
 	return c
-}
-
-func tail(data []byte, n int) []byte {
-	if len(data) > n {
-		return data[len(data)-n:]
-	}
-
-	return data
 }
 
 type testWriter struct{ t testing.TB }
@@ -498,30 +489,6 @@ func runCLI(t testing.TB, c *cluster.Cluster, args ...string) (string, error) {
 	out, err := exec.Command(nodepkictl, append([]string{"--talosconfig", c.Talosconfig}, args...)...).CombinedOutput()
 
 	return string(out), err
-}
-
-// apiServerStatuses reads every control plane's APIServerStatus.
-func apiServerStatuses(t testing.TB, c *cluster.Cluster) map[string]kuberesources.APIServerStatusSpec {
-	t.Helper()
-
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
-
-	cl, err := c.Connect(ctx)
-	require.NoError(t, err)
-
-	defer cl.Close()
-
-	out := map[string]kuberesources.APIServerStatusSpec{}
-
-	for _, cp := range c.ControlPlanes() {
-		st, err := safe.StateGetByID[*kuberesources.APIServerStatus](cl.WithNode(ctx, cp), cl.COSI(), kuberesources.APIServerStatusID)
-		require.NoError(t, err, cp)
-
-		out[cp] = *st.TypedSpec()
-	}
-
-	return out
 }
 
 // isUnauthorized reports whether a kube-apiserver refused the credentials (401).

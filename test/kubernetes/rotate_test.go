@@ -60,6 +60,12 @@ func TestKubernetesRotation(t *testing.T) {
 				"get", "namespaces", "-o", "name").CombinedOutput()
 			require.NoError(t, err, "%s: %s", cp, out)
 			assert.Contains(t, string(out), "namespace/kube-system", cp)
+
+			// The kubeconfig cluster create wrote works too.
+			out, err = exec.CommandContext(t.Context(), kubectl, "--kubeconfig", c.Kubeconfig, "--server", apiURL(cp),
+				"get", "--raw", "/readyz").CombinedOutput()
+			require.NoError(t, err, "%s: %s", cp, out)
+			assert.Equal(t, "ok", string(out), cp)
 		}
 	})
 
