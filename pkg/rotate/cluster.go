@@ -76,6 +76,8 @@ type NodeAPIOptions struct {
 	Endpoints []string
 	// Port is the node API port direct probes dial (default client.DefaultPort).
 	Port int
+	// KubePort is the kube-apiserver port of the control planes (default 6443).
+	KubePort int
 	// Logger receives client warnings; nil discards them.
 	Logger *zap.Logger
 }

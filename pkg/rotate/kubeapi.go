@@ -73,7 +73,7 @@ func (a *NodeAPI) KubeWhoAmI(ctx context.Context, node string, creds KubeCredent
 
 	defer httpClient.CloseIdleConnections()
 
-	clientset, err := kubeclient.NewForConfigAndClient(&rest.Config{Host: kubeURL(node), Timeout: kubeCallTimeout}, httpClient)
+	clientset, err := kubeclient.NewForConfigAndClient(&rest.Config{Host: a.kubeURL(node), Timeout: kubeCallTimeout}, httpClient)
 	if err != nil {
 		return "", fmt.Errorf("kube-apiserver client: %w", err)
 	}
@@ -127,7 +127,7 @@ func (a *NodeAPI) kubeGet(ctx context.Context, node string, creds KubeCredential
 	ctx, cancel := context.WithTimeout(ctx, kubeCallTimeout)
 	defer cancel()
 
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, kubeURL(node)+path, nil)
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, a.kubeURL(node)+path, nil)
 	if err != nil {
 		return nil, err
 	}
@@ -155,12 +155,17 @@ func (a *NodeAPI) kubeGet(ctx context.Context, node string, creds KubeCredential
 }
 
 // kubeURL is the node's own kube-apiserver.
-func kubeURL(node string) string {
+func (a *NodeAPI) kubeURL(node string) string {
 	if parsed, err := client.ParseEndpoint(node); err == nil {
 		node = parsed.Host
 	}
 
-	return "https://" + net.JoinHostPort(node, strconv.Itoa(kubepki.APIServerPort))
+	port := a.opts.KubePort
+	if port == 0 {
+		port = kubepki.APIServerPort
+	}
+
+	return "https://" + net.JoinHostPort(node, strconv.Itoa(port))
 }
 
 // kubeHTTPClient is an HTTP client with the credentials that opens a new connection for each
