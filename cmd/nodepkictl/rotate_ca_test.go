@@ -44,6 +44,7 @@ func TestRotateCARefusesBadInvocations(t *testing.T) {
 		args []string
 		want string
 	}{
+		{"--kubeconfig without --kubernetes", []string{"--talosconfig", withNodes, "rotate-ca", "--etcd", "--kubeconfig", notKubeconfig}, "add --kubernetes, or drop --kubeconfig"},
 		{"--kubeconfig not a kubeconfig", []string{"--talosconfig", withNodes, "rotate-ca", "--kubernetes", "--kubeconfig", notKubeconfig}, "is not a kubeconfig rotate-ca can keep in step"},
 		{"every root flag false", []string{"--talosconfig", withNodes, "rotate-ca", "--os=false", "--kubernetes=false"}, "every root flag is false"},
 		{"missing talosconfig", []string{"--talosconfig", filepath.Join(dir, "nope"), "rotate-ca"}, "does not exist"},

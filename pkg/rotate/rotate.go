@@ -129,6 +129,11 @@ func (o *Options) setDefaults() error {
 	}
 
 	if o.KubeconfigPath != "" {
+		if !slices.Contains(o.Roots, RootKubernetes) {
+			return fmt.Errorf("--kubeconfig keeps a kubeconfig usable through a Kubernetes CA rotation, and %s does not rotate it: add --kubernetes, or drop --kubeconfig",
+				rootNames(o.Roots))
+		}
+
 		if err := checkKubeconfigFile(o.KubeconfigPath); err != nil {
 			return err
 		}
