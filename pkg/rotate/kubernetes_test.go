@@ -265,6 +265,32 @@ func TestRunVerifiesThroughKubeAPIServers(t *testing.T) {
 	}
 }
 
+// TestRunCreatesKubeconfig: a --kubeconfig that does not exist is created (0600) and ends final.
+func TestRunCreatesKubeconfig(t *testing.T) {
+	t.Parallel()
+
+	cluster := newTestCluster(t, 1, 0)
+	kube := newFakeKube(cluster, 1)
+	r := newRun(t, cluster, RootKubernetes)
+	r.opts.KubeconfigPath = filepath.Join(r.dir, "new-kubeconfig")
+
+	out, err := r.execWith(t, kube)
+	require.NoError(t, err, out)
+	assert.NotContains(t, out, "nodepkictl --talosconfig", "with --kubeconfig, no command to run")
+
+	info, err := os.Stat(r.opts.KubeconfigPath)
+	require.NoError(t, err)
+	assert.Equal(t, os.FileMode(0o600), info.Mode().Perm())
+
+	creds, err := kubeconfigCreds(r.opts.KubeconfigPath, "admin@test")
+	require.NoError(t, err)
+	assert.Equal(t, []byte(r.loadPlan(t).Roots.Kubernetes.New.Crt), creds.CA)
+
+	user, err := kube.KubeWhoAmI(t.Context(), "10.0.0.1", creds)
+	require.NoError(t, err)
+	assert.Equal(t, "admin", user)
+}
+
 // TestRunKeepsKubeconfigWorkingAtEveryMoment: after every patch of any node, the kubeconfig that
 // rotate-ca keeps works on every kube-apiserver; at the end it trusts the new CA only, an admin
 // kubeconfig of the old CA is refused everywhere, and the file's other cluster is untouched.
