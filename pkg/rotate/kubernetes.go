@@ -325,6 +325,40 @@ func (r *rotation) checkKube(ctx context.Context, n *node, phase Phase) (string,
 	return strings.Join(details, ", "), nil
 }
 
+// rollsKubeAPIServers reports whether the group's patches must go one control plane at a time:
+// an etcd rotation restarts a control plane's etcd member and then its kube-apiserver (which reads
+// the etcd CA bundle only at start, and uses that member only), and a kube-apiserver whose etcd
+// member just restarted can report not ready a moment after the member is back. Patched one
+// control plane at a time, and each verified before the next, both restarts of a step happen on
+// one control plane: one kube-apiserver is not ready at a time.
+func (r *rotation) rollsKubeAPIServers(group []*node) bool {
+	return r.plan.Roots.Etcd != nil && r.kube != nil && len(r.kube.servers) > 1 && group[0].controlPlane
+}
+
+// applyOneByOne patches the control planes one at a time, each verified for the step (its etcd
+// member and kube-apiserver restarted and ready) before the next is patched.
+func (r *rotation) applyOneByOne(ctx context.Context, group []*node, target Phase) error {
+	check := map[Phase]func(context.Context, *node) (string, error){
+		PhaseAccepted: r.checkAccepted, PhaseSwitched: r.checkIssued, PhaseRetired: r.checkRetired,
+	}[target]
+
+	r.out.printf("  one control plane at a time, each verified before the next: its etcd member and kube-apiserver restart\n")
+
+	for _, n := range group {
+		one := []*node{n}
+
+		if err := r.applyGroup(ctx, one, target); err != nil {
+			return err
+		}
+
+		if err := r.waitNodes(ctx, one, check); err != nil {
+			return fmt.Errorf("%s: %w", target.stepName(), err)
+		}
+	}
+
+	return nil
+}
+
 // withKube adds the check of the node's kube-apiserver to the detail of a passed check.
 func (r *rotation) withKube(ctx context.Context, n *node, phase Phase, detail string, err error) (string, error) {
 	if err != nil {

@@ -27,14 +27,16 @@ import (
 // the real one does: the serving certificate (the node's kube-apiserver leaf) must be trusted by
 // the client's CA bundle; a client certificate must chain to the node's accepted Kubernetes CAs,
 // a front-proxy one (CN front-proxy-client) to its accepted aggregator CAs. The service-account
-// keys it publishes are those it read at its last start: when the node's keys change, the next
-// status read finds it stale once and restarts it, as the supervisor does.
+// keys it publishes are those it read at its last start: when the node's keys or etcd CAs (the
+// files it reads only at start) change, the next status read finds it stale once and restarts
+// it, as the supervisor does.
 type fakeKube struct {
 	*fakeCluster
 
 	servers   map[string]bool
 	unhealthy map[string]bool
-	// loaded is, per node, the service-account keys (PEM) its kube-apiserver read at start.
+	// loaded is, per node, what its kube-apiserver read at start: the service-account keys, then
+	// the etcd CAs (PEM).
 	loaded   map[string][][]byte
 	restarts map[string]int
 }
@@ -44,7 +46,7 @@ func newFakeKube(tc *testCluster, controlPlanes int) *fakeKube {
 
 	for _, name := range tc.nodes[:controlPlanes] {
 		k.servers[name] = true
-		k.loaded[name] = k.serviceAccountKeys(tc.fake.nodes[name])
+		k.loaded[name] = k.startupFiles(tc.fake.nodes[name])
 	}
 
 	return k
@@ -66,6 +68,30 @@ func (k *fakeKube) serviceAccountKeys(n *fakeNode) [][]byte {
 	return append(out, rc.issuingKey)
 }
 
+// startupFiles are the service-account keys and the accepted etcd CAs of a node.
+func (k *fakeKube) startupFiles(n *fakeNode) [][]byte {
+	out := k.serviceAccountKeys(n)
+
+	for _, c := range k.accepted(n)[RootEtcd].Certificates {
+		out = append(out, []byte(c))
+	}
+
+	return out
+}
+
+// stale lists the control planes whose kube-apiserver has a restart pending.
+func (k *fakeKube) stale() []string {
+	var out []string
+
+	for name := range k.servers {
+		if !slicesEqual(k.startupFiles(k.nodes[name]), k.loaded[name]) {
+			out = append(out, name)
+		}
+	}
+
+	return out
+}
+
 func (k *fakeKube) KubeAPIServer(_ context.Context, node string) (*KubeAPIServer, error) {
 	k.mu.Lock()
 	defer k.mu.Unlock()
@@ -78,7 +104,7 @@ func (k *fakeKube) KubeAPIServer(_ context.Context, node string) (*KubeAPIServer
 		return &KubeAPIServer{Running: false, Detail: "failed: exit status 1"}, nil
 	}
 
-	if keys := k.serviceAccountKeys(k.nodes[node]); !slicesEqual(keys, k.loaded[node]) {
+	if keys := k.startupFiles(k.nodes[node]); !slicesEqual(keys, k.loaded[node]) {
 		k.loaded[node] = keys
 		k.restarts[node]++
 
@@ -191,7 +217,11 @@ func (k *fakeKube) KubeServiceAccountKeyIDs(_ context.Context, node string, cred
 
 	var ids []string
 
-	for _, key := range k.loaded[node] {
+	for _, key := range k.serviceAccountKeys(k.nodes[node]) {
+		if !slices.ContainsFunc(k.loaded[node], func(l []byte) bool { return bytes.Equal(l, key) }) {
+			continue
+		}
+
 		id, err := ServiceAccountKeyID(key)
 		if err != nil {
 			return nil, err
@@ -289,6 +319,31 @@ func TestRunCreatesKubeconfig(t *testing.T) {
 	user, err := kube.KubeWhoAmI(t.Context(), "10.0.0.1", creds)
 	require.NoError(t, err)
 	assert.Equal(t, "admin", user)
+}
+
+// TestRunRestartsOneKubeAPIServerAtATimeForEtcd: in an etcd rotation, every patch finds at most
+// one control plane whose kube-apiserver has a restart pending (the one patched), since each is
+// verified restarted before the next is patched.
+func TestRunRestartsOneKubeAPIServerAtATimeForEtcd(t *testing.T) {
+	t.Parallel()
+
+	cluster := newTestCluster(t, 3, 1)
+	kube := newFakeKube(cluster, 3)
+	r := newRun(t, cluster, RootEtcd)
+
+	most := 0
+
+	kube.afterApply = func() { most = max(most, len(kube.stale())) }
+
+	out, err := r.execWith(t, kube)
+	require.NoError(t, err, out)
+	assertConverged(t, r, r.loadPlan(t))
+	assert.Equal(t, 1, most, "kube-apiservers with a restart pending at once")
+	assert.Equal(t, 3, strings.Count(out, "one control plane at a time"), out)
+
+	for _, cp := range cluster.nodes[:3] {
+		assert.Equal(t, 3, kube.restarts[cp], "%s: restarted for each change of the etcd CAs", cp)
+	}
 }
 
 // TestRunKeepsKubeconfigWorkingAtEveryMoment: after every patch of any node, the kubeconfig that

@@ -251,6 +251,10 @@ func (r *rotation) applyPhase(ctx context.Context, target Phase) error {
 // applyGroup patches each node of the group that is not yet at the phase. The patch is computed
 // from the node's config as read just before, so a node that is already there gets none.
 func (r *rotation) applyGroup(ctx context.Context, group []*node, target Phase) error {
+	if len(group) > 1 && r.rollsKubeAPIServers(group) {
+		return r.applyOneByOne(ctx, group, target)
+	}
+
 	err := r.eachNode(ctx, group, func(ctx context.Context, n *node) (string, error) {
 		return retryUnavailable(ctx, func() (string, error) {
 			raw, err := r.cl.MachineConfig(ctx, n.name)
