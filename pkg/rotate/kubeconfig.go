@@ -52,7 +52,7 @@ func (r *rotation) finishKubeconfig(ctx context.Context) error {
 		return nil
 	}
 
-	data, err := r.kube.kc.Kubeconfig(ctx, cp.name, 0)
+	data, err := r.kubeconfig(ctx, cp.name, 0)
 	if err != nil {
 		return fmt.Errorf("%s: asking for the final admin kubeconfig: %w", cp.name, err)
 	}

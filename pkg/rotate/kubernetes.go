@@ -111,7 +111,17 @@ func (r *rotation) kubePreflight(ctx context.Context) (problems []string, err er
 	r.kube = &kubeState{kc: kc, servers: map[string]KubeCredentials{}}
 
 	for _, n := range r.controlPlanes() {
-		st, err := kc.KubeAPIServer(ctx, n.name)
+		var st *KubeAPIServer
+
+		// A node whose node API certificate or trust was just changed (a rerun after an
+		// interrupted os rotation) may drop a connection: that is retried, as patches are.
+		_, err := retryUnavailable(ctx, func() (string, error) {
+			var err error
+
+			st, err = kc.KubeAPIServer(ctx, n.name)
+
+			return "", err
+		})
 		if err != nil {
 			problems = append(problems, fmt.Sprintf("%s: cannot read the kube-apiserver status: %v", n.name, err))
 
@@ -157,7 +167,7 @@ func (r *rotation) kubeHealthy(ctx context.Context, n *node, st *KubeAPIServer) 
 		return KubeCredentials{}, fmt.Errorf("a restart for changed files is pending (%s)", st.Detail)
 	}
 
-	data, err := r.kube.kc.Kubeconfig(ctx, n.name, checkClientLifetime)
+	data, err := r.kubeconfig(ctx, n.name, checkClientLifetime)
 	if err != nil {
 		return KubeCredentials{}, fmt.Errorf("asking for an admin kubeconfig: %w", err)
 	}
@@ -188,12 +198,27 @@ func kubeAnswers(ctx context.Context, kc KubernetesCluster, name string, creds K
 	return nil
 }
 
+// kubeconfig asks the node for an admin kubeconfig, retrying while it is briefly unavailable.
+func (r *rotation) kubeconfig(ctx context.Context, node string, ttl time.Duration) ([]byte, error) {
+	var data []byte
+
+	_, err := retryUnavailable(ctx, func() (string, error) {
+		var err error
+
+		data, err = r.kube.kc.Kubeconfig(ctx, node, ttl)
+
+		return "", err
+	})
+
+	return data, err
+}
+
 // learnKubeconfig reads the cluster name, endpoint and admin certificate lifetime of the
 // cluster's admin kubeconfig, for the transitional kubeconfig.
 func (r *rotation) learnKubeconfig(ctx context.Context) error {
 	cp := r.controlPlanes()[0]
 
-	data, err := r.kube.kc.Kubeconfig(ctx, cp.name, 0)
+	data, err := r.kubeconfig(ctx, cp.name, 0)
 	if err != nil {
 		return fmt.Errorf("%s: asking for an admin kubeconfig: %w", cp.name, err)
 	}

@@ -16,6 +16,8 @@ import (
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 	"k8s.io/client-go/tools/clientcmd"
 
 	"github.com/nodepki/nodepki/pkg/certs"
@@ -39,10 +41,12 @@ type fakeKube struct {
 	// the etcd CAs (PEM).
 	loaded   map[string][][]byte
 	restarts map[string]int
+	// drops are how many status reads of a node fail as a dropped connection.
+	drops map[string]int
 }
 
 func newFakeKube(tc *testCluster, controlPlanes int) *fakeKube {
-	k := &fakeKube{fakeCluster: tc.fake, servers: map[string]bool{}, unhealthy: map[string]bool{}, loaded: map[string][][]byte{}, restarts: map[string]int{}}
+	k := &fakeKube{fakeCluster: tc.fake, servers: map[string]bool{}, unhealthy: map[string]bool{}, loaded: map[string][][]byte{}, restarts: map[string]int{}, drops: map[string]int{}}
 
 	for _, name := range tc.nodes[:controlPlanes] {
 		k.servers[name] = true
@@ -95,6 +99,12 @@ func (k *fakeKube) stale() []string {
 func (k *fakeKube) KubeAPIServer(_ context.Context, node string) (*KubeAPIServer, error) {
 	k.mu.Lock()
 	defer k.mu.Unlock()
+
+	if k.drops[node] > 0 {
+		k.drops[node]--
+
+		return nil, status.Error(codes.Unavailable, "error reading from server: EOF")
+	}
 
 	if !k.servers[node] {
 		return nil, nil //nolint:nilnil // the node runs no kube-apiserver
@@ -476,6 +486,20 @@ func TestPreflightRefusesUnhealthyKubeAPIServer(t *testing.T) {
 	out, err = r.execWith(t, kube)
 	require.NoError(t, err, out)
 	assert.Equal(t, 6, strings.Count(out, "kube-apiserver ready"), "verified through the two healthy kube-apiservers:\n%s", out)
+}
+
+// TestPreflightRetriesADroppedConnection: a node that drops the connection of a status read (as
+// after an interrupted os rotation) is asked again, not reported.
+func TestPreflightRetriesADroppedConnection(t *testing.T) {
+	t.Parallel()
+
+	cluster := newTestCluster(t, 1, 0)
+	kube := newFakeKube(cluster, 1)
+	kube.drops["10.0.0.1"] = 2
+
+	out, err := newRun(t, cluster, RootKubernetes).execWith(t, kube)
+	require.NoError(t, err, out)
+	assert.NotContains(t, out, "PROBLEM")
 }
 
 // TestRunWithoutKubeAPIServers: a cluster whose control planes run no kube-apiserver is rotated
