@@ -39,6 +39,7 @@ import (
 	ctrlkubernetes "github.com/nodepki/nodepki/controllers/kubernetes"
 	"github.com/nodepki/nodepki/controllers/network"
 	"github.com/nodepki/nodepki/controllers/pki"
+	"github.com/nodepki/nodepki/pkg/audit"
 	"github.com/nodepki/nodepki/resources"
 	"github.com/nodepki/nodepki/resources/cluster"
 	"github.com/nodepki/nodepki/resources/config"
@@ -110,6 +111,8 @@ type TrustdOptions struct {
 	ControlPlanes []string
 	// Interceptor, if set, wraps every trustd request first (trustd.Options.Interceptor: metrics).
 	Interceptor grpc.UnaryServerInterceptor
+	// Audit, if set, receives trustd's signings and refusals (trustd.Options.Audit).
+	Audit *audit.Log
 }
 
 // Runtime is the nodepki subsystem of one node.
@@ -398,6 +401,7 @@ func (rt *Runtime) serveTrustd(ctx context.Context) error {
 		Logger:        rt.logger.With(zap.String("component", "trustd")),
 		ControlPlanes: rt.trustd.ControlPlanes,
 		Interceptor:   rt.trustd.Interceptor,
+		Audit:         rt.trustd.Audit,
 	})
 	if err != nil {
 		return errors.Join(err, listener.Close())

@@ -935,6 +935,116 @@ func (x *KubeconfigResponse) GetNode() string {
 	return ""
 }
 
+type AuditRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// since_seconds keeps the events of the last since_seconds seconds by the node's clock; 0 keeps
+	// all.
+	SinceSeconds int64 `protobuf:"varint,1,opt,name=since_seconds,json=sinceSeconds,proto3" json:"since_seconds,omitempty"`
+	// follow keeps the stream open and sends each new event as it is written.
+	Follow        bool `protobuf:"varint,2,opt,name=follow,proto3" json:"follow,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *AuditRequest) Reset() {
+	*x = AuditRequest{}
+	mi := &file_node_node_proto_msgTypes[17]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *AuditRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*AuditRequest) ProtoMessage() {}
+
+func (x *AuditRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_node_node_proto_msgTypes[17]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use AuditRequest.ProtoReflect.Descriptor instead.
+func (*AuditRequest) Descriptor() ([]byte, []int) {
+	return file_node_node_proto_rawDescGZIP(), []int{17}
+}
+
+func (x *AuditRequest) GetSinceSeconds() int64 {
+	if x != nil {
+		return x.SinceSeconds
+	}
+	return 0
+}
+
+func (x *AuditRequest) GetFollow() bool {
+	if x != nil {
+		return x.Follow
+	}
+	return false
+}
+
+type AuditLine struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// line is one event: the JSON line as stored, without its newline.
+	Line []byte `protobuf:"bytes,1,opt,name=line,proto3" json:"line,omitempty"`
+	// warning, set instead of line, says which stored line was skipped and why (a last line torn
+	// by a crash is one).
+	Warning       string `protobuf:"bytes,2,opt,name=warning,proto3" json:"warning,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *AuditLine) Reset() {
+	*x = AuditLine{}
+	mi := &file_node_node_proto_msgTypes[18]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *AuditLine) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*AuditLine) ProtoMessage() {}
+
+func (x *AuditLine) ProtoReflect() protoreflect.Message {
+	mi := &file_node_node_proto_msgTypes[18]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use AuditLine.ProtoReflect.Descriptor instead.
+func (*AuditLine) Descriptor() ([]byte, []int) {
+	return file_node_node_proto_rawDescGZIP(), []int{18}
+}
+
+func (x *AuditLine) GetLine() []byte {
+	if x != nil {
+		return x.Line
+	}
+	return nil
+}
+
+func (x *AuditLine) GetWarning() string {
+	if x != nil {
+		return x.Warning
+	}
+	return ""
+}
+
 var File_node_node_proto protoreflect.FileDescriptor
 
 const file_node_node_proto_rawDesc = "" +
@@ -995,14 +1105,21 @@ const file_node_node_proto_rawDesc = "" +
 	"\n" +
 	"kubeconfig\x18\x01 \x01(\fR\n" +
 	"kubeconfig\x12\x12\n" +
-	"\x04node\x18\x02 \x01(\tR\x04node2\xa7\x04\n" +
+	"\x04node\x18\x02 \x01(\tR\x04node\"K\n" +
+	"\fAuditRequest\x12#\n" +
+	"\rsince_seconds\x18\x01 \x01(\x03R\fsinceSeconds\x12\x16\n" +
+	"\x06follow\x18\x02 \x01(\bR\x06follow\"9\n" +
+	"\tAuditLine\x12\x12\n" +
+	"\x04line\x18\x01 \x01(\fR\x04line\x12\x18\n" +
+	"\awarning\x18\x02 \x01(\tR\awarning2\xed\x04\n" +
 	"\vNodeService\x12L\n" +
 	"\aVersion\x12\x1f.nodepki.node.v1.VersionRequest\x1a .nodepki.node.v1.VersionResponse\x12m\n" +
 	"\x12ApplyConfiguration\x12*.nodepki.node.v1.ApplyConfigurationRequest\x1a+.nodepki.node.v1.ApplyConfigurationResponse\x12\x88\x01\n" +
 	"\x1bGenerateClientConfiguration\x123.nodepki.node.v1.GenerateClientConfigurationRequest\x1a4.nodepki.node.v1.GenerateClientConfigurationResponse\x12y\n" +
 	"\x16RenewClientCertificate\x12..nodepki.node.v1.RenewClientCertificateRequest\x1a/.nodepki.node.v1.RenewClientCertificateResponse\x12U\n" +
 	"\n" +
-	"Kubeconfig\x12\".nodepki.node.v1.KubeconfigRequest\x1a#.nodepki.node.v1.KubeconfigResponse2\xa0\x02\n" +
+	"Kubeconfig\x12\".nodepki.node.v1.KubeconfigRequest\x1a#.nodepki.node.v1.KubeconfigResponse\x12D\n" +
+	"\x05Audit\x12\x1d.nodepki.node.v1.AuditRequest\x1a\x1a.nodepki.node.v1.AuditLine0\x012\xa0\x02\n" +
 	"\vEtcdService\x12Z\n" +
 	"\tBootstrap\x12%.nodepki.node.v1.EtcdBootstrapRequest\x1a&.nodepki.node.v1.EtcdBootstrapResponse\x12]\n" +
 	"\n" +
@@ -1021,7 +1138,7 @@ func file_node_node_proto_rawDescGZIP() []byte {
 	return file_node_node_proto_rawDescData
 }
 
-var file_node_node_proto_msgTypes = make([]protoimpl.MessageInfo, 17)
+var file_node_node_proto_msgTypes = make([]protoimpl.MessageInfo, 19)
 var file_node_node_proto_goTypes = []any{
 	(*VersionRequest)(nil),                      // 0: nodepki.node.v1.VersionRequest
 	(*VersionResponse)(nil),                     // 1: nodepki.node.v1.VersionResponse
@@ -1040,6 +1157,8 @@ var file_node_node_proto_goTypes = []any{
 	(*RenewClientCertificateResponse)(nil),      // 14: nodepki.node.v1.RenewClientCertificateResponse
 	(*KubeconfigRequest)(nil),                   // 15: nodepki.node.v1.KubeconfigRequest
 	(*KubeconfigResponse)(nil),                  // 16: nodepki.node.v1.KubeconfigResponse
+	(*AuditRequest)(nil),                        // 17: nodepki.node.v1.AuditRequest
+	(*AuditLine)(nil),                           // 18: nodepki.node.v1.AuditLine
 }
 var file_node_node_proto_depIdxs = []int32{
 	9,  // 0: nodepki.node.v1.EtcdMemberListResponse.members:type_name -> nodepki.node.v1.EtcdMember
@@ -1048,19 +1167,21 @@ var file_node_node_proto_depIdxs = []int32{
 	4,  // 3: nodepki.node.v1.NodeService.GenerateClientConfiguration:input_type -> nodepki.node.v1.GenerateClientConfigurationRequest
 	13, // 4: nodepki.node.v1.NodeService.RenewClientCertificate:input_type -> nodepki.node.v1.RenewClientCertificateRequest
 	15, // 5: nodepki.node.v1.NodeService.Kubeconfig:input_type -> nodepki.node.v1.KubeconfigRequest
-	6,  // 6: nodepki.node.v1.EtcdService.Bootstrap:input_type -> nodepki.node.v1.EtcdBootstrapRequest
-	8,  // 7: nodepki.node.v1.EtcdService.MemberList:input_type -> nodepki.node.v1.EtcdMemberListRequest
-	11, // 8: nodepki.node.v1.EtcdService.Snapshot:input_type -> nodepki.node.v1.EtcdSnapshotRequest
-	1,  // 9: nodepki.node.v1.NodeService.Version:output_type -> nodepki.node.v1.VersionResponse
-	3,  // 10: nodepki.node.v1.NodeService.ApplyConfiguration:output_type -> nodepki.node.v1.ApplyConfigurationResponse
-	5,  // 11: nodepki.node.v1.NodeService.GenerateClientConfiguration:output_type -> nodepki.node.v1.GenerateClientConfigurationResponse
-	14, // 12: nodepki.node.v1.NodeService.RenewClientCertificate:output_type -> nodepki.node.v1.RenewClientCertificateResponse
-	16, // 13: nodepki.node.v1.NodeService.Kubeconfig:output_type -> nodepki.node.v1.KubeconfigResponse
-	7,  // 14: nodepki.node.v1.EtcdService.Bootstrap:output_type -> nodepki.node.v1.EtcdBootstrapResponse
-	10, // 15: nodepki.node.v1.EtcdService.MemberList:output_type -> nodepki.node.v1.EtcdMemberListResponse
-	12, // 16: nodepki.node.v1.EtcdService.Snapshot:output_type -> nodepki.node.v1.EtcdSnapshotChunk
-	9,  // [9:17] is the sub-list for method output_type
-	1,  // [1:9] is the sub-list for method input_type
+	17, // 6: nodepki.node.v1.NodeService.Audit:input_type -> nodepki.node.v1.AuditRequest
+	6,  // 7: nodepki.node.v1.EtcdService.Bootstrap:input_type -> nodepki.node.v1.EtcdBootstrapRequest
+	8,  // 8: nodepki.node.v1.EtcdService.MemberList:input_type -> nodepki.node.v1.EtcdMemberListRequest
+	11, // 9: nodepki.node.v1.EtcdService.Snapshot:input_type -> nodepki.node.v1.EtcdSnapshotRequest
+	1,  // 10: nodepki.node.v1.NodeService.Version:output_type -> nodepki.node.v1.VersionResponse
+	3,  // 11: nodepki.node.v1.NodeService.ApplyConfiguration:output_type -> nodepki.node.v1.ApplyConfigurationResponse
+	5,  // 12: nodepki.node.v1.NodeService.GenerateClientConfiguration:output_type -> nodepki.node.v1.GenerateClientConfigurationResponse
+	14, // 13: nodepki.node.v1.NodeService.RenewClientCertificate:output_type -> nodepki.node.v1.RenewClientCertificateResponse
+	16, // 14: nodepki.node.v1.NodeService.Kubeconfig:output_type -> nodepki.node.v1.KubeconfigResponse
+	18, // 15: nodepki.node.v1.NodeService.Audit:output_type -> nodepki.node.v1.AuditLine
+	7,  // 16: nodepki.node.v1.EtcdService.Bootstrap:output_type -> nodepki.node.v1.EtcdBootstrapResponse
+	10, // 17: nodepki.node.v1.EtcdService.MemberList:output_type -> nodepki.node.v1.EtcdMemberListResponse
+	12, // 18: nodepki.node.v1.EtcdService.Snapshot:output_type -> nodepki.node.v1.EtcdSnapshotChunk
+	10, // [10:19] is the sub-list for method output_type
+	1,  // [1:10] is the sub-list for method input_type
 	1,  // [1:1] is the sub-list for extension type_name
 	1,  // [1:1] is the sub-list for extension extendee
 	0,  // [0:1] is the sub-list for field type_name
@@ -1077,7 +1198,7 @@ func file_node_node_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_node_node_proto_rawDesc), len(file_node_node_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   17,
+			NumMessages:   19,
 			NumExtensions: 0,
 			NumServices:   2,
 		},

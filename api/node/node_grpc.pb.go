@@ -27,6 +27,7 @@ const (
 	NodeService_GenerateClientConfiguration_FullMethodName = "/nodepki.node.v1.NodeService/GenerateClientConfiguration"
 	NodeService_RenewClientCertificate_FullMethodName      = "/nodepki.node.v1.NodeService/RenewClientCertificate"
 	NodeService_Kubeconfig_FullMethodName                  = "/nodepki.node.v1.NodeService/Kubeconfig"
+	NodeService_Audit_FullMethodName                       = "/nodepki.node.v1.NodeService/Audit"
 )
 
 // NodeServiceClient is the client API for NodeService service.
@@ -45,6 +46,9 @@ type NodeServiceClient interface {
 	// Kubeconfig signs an admin client certificate (CN admin, O system:masters) with the Kubernetes
 	// CA and returns a kubeconfig for cluster.controlPlane.endpoint. Control plane, os:admin.
 	Kubeconfig(ctx context.Context, in *KubeconfigRequest, opts ...grpc.CallOption) (*KubeconfigResponse, error)
+	// Audit streams the node's audit log (<state-dir>/audit.log and its rotated files), oldest
+	// event first, then, with follow, each event as it is written. os:admin.
+	Audit(ctx context.Context, in *AuditRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[AuditLine], error)
 }
 
 type nodeServiceClient struct {
@@ -105,6 +109,25 @@ func (c *nodeServiceClient) Kubeconfig(ctx context.Context, in *KubeconfigReques
 	return out, nil
 }
 
+func (c *nodeServiceClient) Audit(ctx context.Context, in *AuditRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[AuditLine], error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	stream, err := c.cc.NewStream(ctx, &NodeService_ServiceDesc.Streams[0], NodeService_Audit_FullMethodName, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	x := &grpc.GenericClientStream[AuditRequest, AuditLine]{ClientStream: stream}
+	if err := x.ClientStream.SendMsg(in); err != nil {
+		return nil, err
+	}
+	if err := x.ClientStream.CloseSend(); err != nil {
+		return nil, err
+	}
+	return x, nil
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type NodeService_AuditClient = grpc.ServerStreamingClient[AuditLine]
+
 // NodeServiceServer is the server API for NodeService service.
 // All implementations must embed UnimplementedNodeServiceServer
 // for forward compatibility.
@@ -121,6 +144,9 @@ type NodeServiceServer interface {
 	// Kubeconfig signs an admin client certificate (CN admin, O system:masters) with the Kubernetes
 	// CA and returns a kubeconfig for cluster.controlPlane.endpoint. Control plane, os:admin.
 	Kubeconfig(context.Context, *KubeconfigRequest) (*KubeconfigResponse, error)
+	// Audit streams the node's audit log (<state-dir>/audit.log and its rotated files), oldest
+	// event first, then, with follow, each event as it is written. os:admin.
+	Audit(*AuditRequest, grpc.ServerStreamingServer[AuditLine]) error
 	mustEmbedUnimplementedNodeServiceServer()
 }
 
@@ -145,6 +171,9 @@ func (UnimplementedNodeServiceServer) RenewClientCertificate(context.Context, *R
 }
 func (UnimplementedNodeServiceServer) Kubeconfig(context.Context, *KubeconfigRequest) (*KubeconfigResponse, error) {
 	return nil, status.Errorf(codes.Unimplemented, "method Kubeconfig not implemented")
+}
+func (UnimplementedNodeServiceServer) Audit(*AuditRequest, grpc.ServerStreamingServer[AuditLine]) error {
+	return status.Errorf(codes.Unimplemented, "method Audit not implemented")
 }
 func (UnimplementedNodeServiceServer) mustEmbedUnimplementedNodeServiceServer() {}
 func (UnimplementedNodeServiceServer) testEmbeddedByValue()                     {}
@@ -257,6 +286,17 @@ func _NodeService_Kubeconfig_Handler(srv interface{}, ctx context.Context, dec f
 	return interceptor(ctx, in, info, handler)
 }
 
+func _NodeService_Audit_Handler(srv interface{}, stream grpc.ServerStream) error {
+	m := new(AuditRequest)
+	if err := stream.RecvMsg(m); err != nil {
+		return err
+	}
+	return srv.(NodeServiceServer).Audit(m, &grpc.GenericServerStream[AuditRequest, AuditLine]{ServerStream: stream})
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type NodeService_AuditServer = grpc.ServerStreamingServer[AuditLine]
+
 // NodeService_ServiceDesc is the grpc.ServiceDesc for NodeService service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -285,7 +325,13 @@ var NodeService_ServiceDesc = grpc.ServiceDesc{
 			Handler:    _NodeService_Kubeconfig_Handler,
 		},
 	},
-	Streams:  []grpc.StreamDesc{},
+	Streams: []grpc.StreamDesc{
+		{
+			StreamName:    "Audit",
+			Handler:       _NodeService_Audit_Handler,
+			ServerStreams: true,
+		},
+	},
 	Metadata: "node/node.proto",
 }
 

@@ -139,6 +139,16 @@ func (s *session) Close() {
 	s.client.Close() // nothing to do about a failed close of a client connection
 }
 
+// onlyTarget is the node of a command that asks exactly one; what names the command in the error,
+// so that `-n a,b` is refused before anything is asked.
+func (s *session) onlyTarget(what string) (target, error) {
+	if len(s.targets) != 1 {
+		return target{}, fmt.Errorf("%s asks a single node, got %d nodes: pass one control-plane node with --nodes", what, len(s.targets))
+	}
+
+	return s.targets[0], nil
+}
+
 // forEachTarget calls fn for each target in turn with a context addressed to it; per-node errors
 // are collected so one unreachable node does not hide the others' answers.
 func (s *session) forEachTarget(ctx context.Context, fn func(ctx context.Context, t target) error) error {

@@ -90,11 +90,10 @@ func runConfigNew(cmd *cobra.Command, path string, roles []string, crtTTL time.D
 
 	defer s.Close()
 
-	if len(s.targets) != 1 {
-		return fmt.Errorf("config new asks a single node, got %d nodes: pass one control-plane node with --nodes", len(s.targets))
+	t, err := s.onlyTarget("config new")
+	if err != nil {
+		return err
 	}
-
-	t := s.targets[0]
 
 	resp, err := s.client.Node().GenerateClientConfiguration(client.WithNode(ctx, t.node), &nodeapi.GenerateClientConfigurationRequest{
 		Roles:         roles,

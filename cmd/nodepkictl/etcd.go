@@ -45,8 +45,8 @@ Run it once per cluster, against exactly one node (-n), as with talosctl bootstr
 
 			defer s.Close()
 
-			if len(s.targets) != 1 {
-				return fmt.Errorf("bootstrap runs on exactly one control plane: name it with -n (got %d nodes)", len(s.targets))
+			if _, err = s.onlyTarget("etcd bootstrap"); err != nil {
+				return err
 			}
 
 			return s.forEachTarget(ctx, func(ctx context.Context, t target) error {
@@ -121,8 +121,8 @@ os:etcd:backup may; os:reader may not. Check it with "etcdutl snapshot status FI
 
 			defer s.Close()
 
-			if len(s.targets) != 1 {
-				return fmt.Errorf("a snapshot comes from exactly one control plane: name it with -n (got %d nodes)", len(s.targets))
+			if _, err = s.onlyTarget("etcd snapshot"); err != nil {
+				return err
 			}
 
 			return s.forEachTarget(ctx, func(ctx context.Context, t target) error {

@@ -119,11 +119,10 @@ func runKubeconfig(cmd *cobra.Command, path string, opts kubeconfigOptions) erro
 
 	defer s.Close()
 
-	if len(s.targets) != 1 {
-		return fmt.Errorf("kubeconfig asks a single node, got %d nodes: pass one control-plane node with --nodes", len(s.targets))
+	t, err := s.onlyTarget("kubeconfig")
+	if err != nil {
+		return err
 	}
-
-	t := s.targets[0]
 
 	resp, err := s.client.Node().Kubeconfig(client.WithNode(ctx, t.node), &nodeapi.KubeconfigRequest{CrtTtlSeconds: int64(opts.crtTTL / time.Second)})
 	if err != nil {

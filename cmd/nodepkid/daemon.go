@@ -17,6 +17,7 @@ import (
 	"go.uber.org/zap/zapcore"
 	"golang.org/x/sync/errgroup"
 
+	"github.com/nodepki/nodepki/pkg/audit"
 	"github.com/nodepki/nodepki/pkg/certs"
 	"github.com/nodepki/nodepki/pkg/machineconfig"
 	"github.com/nodepki/nodepki/pkg/metrics"
@@ -100,6 +101,13 @@ func run(ctx context.Context, opts daemonOptions) error {
 	// The counters exist before the servers and the runtime that feed them.
 	counters := metrics.NewCounters()
 
+	auditLog, err := openAuditLog(opts.stateDir, address, logger)
+	if err != nil {
+		return err
+	}
+
+	defer auditLog.Close()
+
 	rt, err := runtime.New(runtime.Options{
 		StateDir:      opts.stateDir,
 		Logger:        logger,
@@ -112,6 +120,7 @@ func run(ctx context.Context, opts daemonOptions) error {
 			Endpoints:     opts.trustdEndpoints,
 			SourceAddress: address,
 			ControlPlanes: opts.controlPlanes,
+			Audit:         auditLog,
 		},
 		EtcdBinary:          etcdBinary,
 		KubeAPIServerBinary: kubeAPIServer,
@@ -151,6 +160,7 @@ func run(ctx context.Context, opts daemonOptions) error {
 		Logger:            logger.With(zap.String("component", "api")),
 		APIPort:           opts.apiPort,
 		ControlPlanes:     opts.controlPlanes,
+		Audit:             auditLog,
 	})
 	if err != nil {
 		return err
@@ -180,6 +190,7 @@ func run(ctx context.Context, opts daemonOptions) error {
 	group.Go(observeCertificates)
 
 	group.Go(func() error { return rt.Run(ctx) })
+	group.Go(func() error { return auditLog.Run(ctx) })
 	group.Go(func() error { return apiServer.Serve(ctx, apiListener) })
 
 	if err = serveMetrics(ctx, group, nodeMetrics, opts.metricsAddress, logger); err != nil {
@@ -228,6 +239,16 @@ func kubeAPIServerBinary(opts daemonOptions) (string, error) {
 	}
 
 	return path, nil
+}
+
+// openAuditLog opens <state-dir>/audit.log, creating the state directory (0700) as the runtime
+// does; it runs after the --config checks, so a refused first boot still leaves nothing behind.
+func openAuditLog(stateDir string, address netip.Addr, logger *zap.Logger) (*audit.Log, error) {
+	if err := os.MkdirAll(stateDir, 0o700); err != nil {
+		return nil, fmt.Errorf("error creating --state-dir: %w", err)
+	}
+
+	return audit.Open(audit.Options{Dir: stateDir, Node: address.String(), Logger: logger.With(zap.String("component", "audit"))})
 }
 
 // nodeHostname is --hostname, checked as a host name, or the machine's host name.

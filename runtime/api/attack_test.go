@@ -341,7 +341,9 @@ func TestAttackStreamsEndWithTheirCredentials(t *testing.T) {
 
 	for _, target := range []string{"", "127.0.90.41"} {
 		t.Run("expired certificate via "+target, func(t *testing.T) {
-			conn := dial(t, a.endpoint, issueClientCert(t, p.osCA, clientCertSpec{roles: []string{role.Reader}, lifetime: 3 * time.Second}), p.osCA)
+			// Long enough for the dial and the opening of the watch on a loaded 2-core machine
+			// with -race (3 s was not, once); the stream must then end by itself when it expires.
+			conn := dial(t, a.endpoint, issueClientCert(t, p.osCA, clientCertSpec{roles: []string{role.Reader}, lifetime: 6 * time.Second}), p.osCA)
 			watchEnds(t, conn, target, func() {})
 		})
 	}

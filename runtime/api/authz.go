@@ -29,6 +29,7 @@ var methodRoles = map[string][]string{
 	node.NodeService_GenerateClientConfiguration_FullMethodName: {role.Admin},
 	node.NodeService_RenewClientCertificate_FullMethodName:      role.All,
 	node.NodeService_Kubeconfig_FullMethodName:                  {role.Admin},
+	node.NodeService_Audit_FullMethodName:                       {role.Admin},
 
 	machine.MachineService_Version_FullMethodName:                     role.All,
 	machine.MachineService_GenerateClientConfiguration_FullMethodName: {role.Admin},
@@ -62,10 +63,27 @@ func authorize(ctx context.Context, fullMethod string) (context.Context, error) 
 	roles, _ := parseRoles(md.Get(RoleMetadataKey))
 
 	if !hasAnyRole(roles, methodRoles[fullMethod]) {
-		return nil, errNotAuthorized
+		return nil, notAuthorized(fullMethod, roles)
 	}
 
 	return withRoles(ctx, roles), nil
+}
+
+// notAuthorized names the roles a method needs and those the caller has.
+func notAuthorized(fullMethod string, roles []string) error {
+	method := strings.TrimPrefix(fullMethod, "/")
+
+	allowed := methodRoles[fullMethod]
+	if len(allowed) == 0 {
+		return status.Errorf(codes.PermissionDenied, "not authorized: %s is open to no role", method)
+	}
+
+	has := "none"
+	if len(roles) > 0 {
+		has = strings.Join(roles, ", ")
+	}
+
+	return status.Errorf(codes.PermissionDenied, "not authorized: %s needs role %s; the caller's roles: %s", method, strings.Join(allowed, " or "), has)
 }
 
 func unaryAuthorizer(ctx context.Context, req any, info *grpc.UnaryServerInfo, handler grpc.UnaryHandler) (any, error) {

@@ -11,6 +11,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	"github.com/nodepki/nodepki/api/node"
+	"github.com/nodepki/nodepki/pkg/audit"
 	"github.com/nodepki/nodepki/pkg/certs"
 	"github.com/nodepki/nodepki/resources/pki"
 )
@@ -59,6 +60,7 @@ func (n *nodeService) RenewClientCertificate(ctx context.Context, req *node.Rene
 		return nil, status.Errorf(codes.InvalidArgument, "csr: %v", err)
 	}
 
+	n.server.auditIssued(ctx, audit.TypeClientRenewed, crt, ca.Crt, ttl)
 	n.server.logger.Info("client certificate renewed", zap.Strings("roles", roles), zap.Duration("ttl", ttl))
 
 	return &node.RenewClientCertificateResponse{Crt: crt, Ca: ca.CrtPEM}, nil

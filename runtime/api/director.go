@@ -31,6 +31,7 @@ func (s *Server) direct(ctx context.Context, fullMethod string) (proxy.Mode, []p
 	roles, err := authenticate(ctx, v)
 	if err != nil {
 		s.guard.refused(ctx, logger, err, v.err != nil)
+		s.auditRefused(peerAddress(ctx), fullMethod, err)
 
 		return proxy.One2One, nil, err
 	}
@@ -97,7 +98,7 @@ func (s *Server) backendFor(c *caller, target string) (proxy.Backend, error) {
 
 	c.logger.Debug("forwarding call", zap.String("node", target), zap.Strings("roles", c.roles))
 
-	return s.forwarder.backend(target, c.roles, func(ctx context.Context) context.Context { return s.boundToCredential(ctx, c.verdict) }), nil
+	return s.forwarder.backend(target, c.roles, c.verdict, func(ctx context.Context) context.Context { return s.boundToCredential(ctx, c.verdict) }), nil
 }
 
 // targetNode returns the canonical node a call is addressed to, or "" when it is for this node.
@@ -163,14 +164,15 @@ func validNodeName(s string) bool {
 func (s *Server) localBackend(roles []string, v *verdict) proxy.Backend {
 	return &proxy.SingleBackend{
 		GetConn: func(ctx context.Context) (context.Context, *grpc.ClientConn, error) {
-			return outgoingContext(s.boundToCredential(ctx, v), roles), s.localConn, nil
+			return outgoingContext(s.boundToCredential(ctx, v), roles, v), s.localConn, nil
 		},
 	}
 }
 
 // outgoingContext forwards the caller's metadata without the routing keys and with the roles
-// replaced by the verified ones, so a caller can never assert roles of its own.
-func outgoingContext(ctx context.Context, roles []string) context.Context {
+// (and the caller, see setCallerMetadata) replaced by the verified ones, so a caller can never
+// assert roles of its own.
+func outgoingContext(ctx context.Context, roles []string, v *verdict) context.Context {
 	md, _ := metadata.FromIncomingContext(ctx)
 	md = md.Copy()
 
@@ -179,6 +181,7 @@ func outgoingContext(ctx context.Context, roles []string) context.Context {
 	}
 
 	md.Set(RoleMetadataKey, roles...)
+	setCallerMetadata(ctx, md, v)
 
 	return metadata.NewOutgoingContext(ctx, md)
 }
@@ -221,7 +224,7 @@ func newForwarder(logger *zap.Logger, m *material, port int) *forwarder {
 	}
 }
 
-func (f *forwarder) backend(target string, roles []string, bound func(context.Context) context.Context) proxy.Backend {
+func (f *forwarder) backend(target string, roles []string, v *verdict, bound func(context.Context) context.Context) proxy.Backend {
 	return &proxy.SingleBackend{
 		GetConn: func(ctx context.Context) (context.Context, *grpc.ClientConn, error) {
 			rc, err := f.acquire(target)
@@ -232,7 +235,7 @@ func (f *forwarder) backend(target string, roles []string, bound func(context.Co
 			// ctx is canceled when the proxied call ends, which is when the connection is free.
 			context.AfterFunc(ctx, func() { f.release(rc) })
 
-			return outgoingContext(bound(ctx), roles), rc.conn, nil
+			return outgoingContext(bound(ctx), roles, v), rc.conn, nil
 		},
 	}
 }

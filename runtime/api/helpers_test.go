@@ -26,6 +26,7 @@ import (
 	"google.golang.org/grpc/credentials"
 
 	"github.com/nodepki/nodepki/api/node"
+	"github.com/nodepki/nodepki/pkg/audit"
 	"github.com/nodepki/nodepki/pkg/bundle"
 	"github.com/nodepki/nodepki/pkg/certs"
 	"github.com/nodepki/nodepki/pkg/machineconfig/generate"
@@ -163,6 +164,8 @@ type nodeSpec struct {
 	logger *zap.Logger
 	// controlPlanes is Options.ControlPlanes.
 	controlPlanes []string
+	// audit is Options.Audit.
+	audit *audit.Log
 }
 
 func startNode(t *testing.T, p *testPKI, spec nodeSpec) *testNode {
@@ -244,6 +247,7 @@ func startNode(t *testing.T, p *testPKI, spec nodeSpec) *testNode {
 		Logger:        logger,
 		APIPort:       port,
 		ControlPlanes: spec.controlPlanes,
+		Audit:         spec.audit,
 	})
 	require.NoError(t, err)
 

@@ -62,6 +62,7 @@ func (n *nodeService) Kubeconfig(ctx context.Context, req *node.KubeconfigReques
 		return nil, status.Errorf(codes.FailedPrecondition, "%v", err)
 	}
 
+	n.server.auditKubeconfig(ctx, data, ca.Crt, ttl)
 	n.server.logger.Info("admin kubeconfig issued", zap.String("context", spec.ContextName()), zap.Duration("ttl", ttl),
 		zap.Strings("caller_roles", rolesFromContext(ctx)))
 

@@ -13,6 +13,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	"github.com/nodepki/nodepki/api/node"
+	"github.com/nodepki/nodepki/pkg/audit"
 	"github.com/nodepki/nodepki/pkg/certs"
 	"github.com/nodepki/nodepki/pkg/clientconfig"
 	"github.com/nodepki/nodepki/pkg/kubernetes"
@@ -111,6 +112,7 @@ func (n *nodeService) ApplyConfiguration(ctx context.Context, req *node.ApplyCon
 		return nil, status.Errorf(codes.Internal, "error saving the machine config: %v", err)
 	}
 
+	n.server.auditConfigChange(ctx, req, current, next)
 	n.server.logger.Info("machine config applied", zap.Int("patches", len(req.GetPatches())), zap.Strings("roles", rolesFromContext(ctx)))
 
 	return resp, nil
@@ -209,6 +211,7 @@ func (n *nodeService) GenerateClientConfiguration(ctx context.Context, req *node
 		return nil, status.Errorf(codes.Internal, "error encoding the client configuration: %v", err)
 	}
 
+	n.server.auditIssued(ctx, audit.TypeClientIssued, crt, ca.Crt, ttl)
 	n.server.logger.Info("client certificate issued", zap.Strings("cert_roles", roles), zap.Duration("ttl", ttl),
 		zap.Strings("caller_roles", rolesFromContext(ctx)))
 

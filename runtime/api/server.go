@@ -37,6 +37,7 @@ import (
 
 	"github.com/nodepki/nodepki/api/machine"
 	"github.com/nodepki/nodepki/api/node"
+	"github.com/nodepki/nodepki/pkg/audit"
 	"github.com/nodepki/nodepki/pkg/machineconfig"
 )
 
@@ -100,6 +101,9 @@ type Options struct {
 	// authorization.
 	StreamInterceptor grpc.StreamServerInterceptor
 	UnaryInterceptor  grpc.UnaryServerInterceptor
+	// Audit, if set, receives the node's security events (config changes, credentials issued,
+	// refused calls) and serves NodeService.Audit.
+	Audit *audit.Log
 }
 
 // Server is the node API server.
@@ -269,14 +273,14 @@ func (s *Server) tlsConfig() *tls.Config {
 }
 
 func (s *Server) newInternalServer() *grpc.Server {
-	unary := []grpc.UnaryServerInterceptor{unaryRequestSize, unaryAuthorizer}
+	unary := []grpc.UnaryServerInterceptor{unaryRequestSize, s.auditUnaryRefusals, unaryAuthorizer}
 	if s.opts.UnaryInterceptor != nil {
 		unary = append(unary, s.opts.UnaryInterceptor)
 	}
 
 	srv := grpc.NewServer(
 		grpc.ChainUnaryInterceptor(unary...),
-		grpc.ChainStreamInterceptor(streamAuthorizer),
+		grpc.ChainStreamInterceptor(s.auditStreamRefusals, streamAuthorizer),
 		grpc.MaxRecvMsgSize(maxRequestBytes),
 	)
 

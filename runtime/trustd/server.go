@@ -26,6 +26,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	trustdapi "github.com/nodepki/nodepki/api/trustd"
+	"github.com/nodepki/nodepki/pkg/audit"
 	"github.com/nodepki/nodepki/pkg/certs"
 	"github.com/nodepki/nodepki/resources/pki"
 )
@@ -64,6 +65,8 @@ type Options struct {
 	ControlPlanes []string
 	// Interceptor, if set, wraps every request first, before rate limiting (metrics count them).
 	Interceptor grpc.UnaryServerInterceptor
+	// Audit, if set, receives each certificate signed and each request refused.
+	Audit *audit.Log
 }
 
 // Server is the trustd gRPC server. Create it with New and run it with Serve.
@@ -88,6 +91,7 @@ type Server struct {
 	members       memberOptions
 	controlPlanes []string
 	interceptor   grpc.UnaryServerInterceptor
+	audit         *audit.Log
 }
 
 type caPEM struct{ crt, key string }
@@ -182,6 +186,7 @@ func New(opts Options) (*Server, error) {
 	return &Server{
 		controlPlanes: slices.Clone(opts.ControlPlanes),
 		interceptor:   opts.Interceptor,
+		audit:         opts.Audit,
 		members:       members,
 		state:         opts.State,
 		logger:        logger,
@@ -294,6 +299,8 @@ func stopGracefully(server *grpc.Server) {
 // rateLimit runs before authentication so that token guessing is limited too.
 func (s *Server) rateLimit(ctx context.Context, req any, _ *grpc.UnaryServerInfo, handler grpc.UnaryHandler) (any, error) {
 	if !s.limiter.allow(peerHost(ctx), time.Now()) {
+		s.auditRefused(ctx, "rate limited")
+
 		return nil, status.Error(codes.ResourceExhausted, "too many requests from this address: retry later")
 	}
 
@@ -311,6 +318,7 @@ func (s *Server) authenticate(ctx context.Context, root *pki.RootSecretSpec) err
 
 	if !tokenAccepted(presented, root.Tokens) {
 		s.logger.Warn("trustd request refused: invalid join token", zap.String("peer", peerHost(ctx)))
+		s.auditRefused(ctx, "invalid join token")
 
 		return status.Error(codes.Unauthenticated, "invalid join token")
 	}
@@ -399,6 +407,7 @@ func (s *Server) sign(ctx context.Context, csrPEM []byte) (*trustdapi.Certificat
 
 	if err = owners.checkProfile(profile); err != nil {
 		s.logger.Warn("trustd request refused: names the requester does not own", zap.String("peer", requester.String()), zap.Error(err))
+		s.auditRefused(ctx, err.Error())
 
 		return nil, status.Error(codes.PermissionDenied, err.Error())
 	}
@@ -434,6 +443,7 @@ func (s *Server) sign(ctx context.Context, csrPEM []byte) (*trustdapi.Certificat
 		zap.Time("not_after", signedAt.Add(profile.Lifetime)),
 	)
 
+	s.auditSigned(ctx, profile, serial, ca.Crt.PublicKey, csr.PublicKey, signedAt)
 	s.recordMember(ctx, requester, profile)
 
 	return &trustdapi.CertificateResponse{Ca: caBundle, Crt: crtPEM}, nil

@@ -1,13 +1,13 @@
 package docs_test
 
 import (
-	"flag"
 	"fmt"
 	"os"
 	"os/exec"
-	"path/filepath"
 	"strings"
 	"testing"
+
+	"github.com/nodepki/nodepki/test/testbin"
 )
 
 var (
@@ -18,55 +18,24 @@ var (
 )
 
 func TestMain(m *testing.M) {
-	flag.Parse()
+	testbin.Main(m, "docs", func(b testbin.Binaries) error {
+		binDir = b.Dir
 
-	os.Exit(runMain(m))
-}
+		names := []string{"GOCACHE", "GOMODCACHE", "GOPATH", "GOPROXY", "GOFLAGS", "GOTOOLCHAIN"}
 
-func runMain(m *testing.M) int {
-	if testing.Short() {
-		fmt.Println("docs: skipped in -short mode (they run local clusters)")
-
-		return 0
-	}
-
-	dir, err := os.MkdirTemp("", "nodepki-docs-*")
-	if err != nil {
-		fmt.Fprintln(os.Stderr, "docs:", err)
-
-		return 1
-	}
-
-	defer os.RemoveAll(dir)
-
-	build := exec.Command("go", "build", "-o", dir+string(filepath.Separator),
-		"github.com/nodepki/nodepki/cmd/nodepkid", "github.com/nodepki/nodepki/cmd/nodepkictl")
-	build.Stdout, build.Stderr = os.Stdout, os.Stderr
-
-	if err = build.Run(); err != nil {
-		fmt.Fprintln(os.Stderr, "docs: building the binaries:", err)
-
-		return 1
-	}
-
-	binDir = dir
-
-	names := []string{"GOCACHE", "GOMODCACHE", "GOPATH", "GOPROXY", "GOFLAGS", "GOTOOLCHAIN"}
-
-	out, err := exec.Command("go", append([]string{"env"}, names...)...).Output()
-	if err != nil {
-		fmt.Fprintln(os.Stderr, "docs: go env:", err)
-
-		return 1
-	}
-
-	for i, value := range strings.Split(strings.TrimSuffix(string(out), "\n"), "\n") {
-		if i < len(names) {
-			goEnv[names[i]] = value
+		out, err := exec.Command("go", append([]string{"env"}, names...)...).Output()
+		if err != nil {
+			return fmt.Errorf("go env: %w", err)
 		}
-	}
 
-	goEnv["TMPDIR"] = os.Getenv("TMPDIR")
+		for i, value := range strings.Split(strings.TrimSuffix(string(out), "\n"), "\n") {
+			if i < len(names) {
+				goEnv[names[i]] = value
+			}
+		}
 
-	return m.Run()
+		goEnv["TMPDIR"] = os.Getenv("TMPDIR")
+
+		return nil
+	})
 }

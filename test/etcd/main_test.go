@@ -2,10 +2,7 @@ package etcd
 
 import (
 	"context"
-	"flag"
-	"fmt"
 	"net/netip"
-	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
@@ -16,6 +13,7 @@ import (
 
 	"github.com/nodepki/nodepki/pkg/cluster"
 	"github.com/nodepki/nodepki/pkg/etcd/etcdtest"
+	"github.com/nodepki/nodepki/test/testbin"
 )
 
 // The binaries under test, built by TestMain; the etcd binaries come from etcdtest.Require.
@@ -25,41 +23,11 @@ var (
 )
 
 func TestMain(m *testing.M) {
-	flag.Parse()
+	testbin.Main(m, "etcd", func(b testbin.Binaries) error {
+		nodepkid, nodepkictl = b.Nodepkid, b.Nodepkictl
 
-	os.Exit(runMain(m))
-}
-
-func runMain(m *testing.M) int {
-	if testing.Short() {
-		fmt.Println("etcd: skipped in -short mode (they run real processes)")
-
-		return 0
-	}
-
-	dir, err := os.MkdirTemp("", "nodepki-etcd-*")
-	if err != nil {
-		fmt.Fprintln(os.Stderr, "etcd:", err)
-
-		return 1
-	}
-
-	defer os.RemoveAll(dir)
-
-	build := exec.Command("go", "build", "-o", dir+string(filepath.Separator),
-		"github.com/nodepki/nodepki/cmd/nodepkid", "github.com/nodepki/nodepki/cmd/nodepkictl")
-	build.Stdout, build.Stderr = os.Stdout, os.Stderr
-
-	if err = build.Run(); err != nil {
-		fmt.Fprintln(os.Stderr, "etcd: building the binaries:", err)
-
-		return 1
-	}
-
-	nodepkid = filepath.Join(dir, "nodepkid")
-	nodepkictl = filepath.Join(dir, "nodepkictl")
-
-	return m.Run()
+		return nil
+	})
 }
 
 // startCluster creates a local cluster whose control planes run etcd; it is destroyed when the test ends.

@@ -3,10 +3,7 @@ package integration
 import (
 	"bytes"
 	"context"
-	"flag"
-	"fmt"
 	"net/netip"
-	"os"
 	"os/exec"
 	"path/filepath"
 	"sync"
@@ -18,6 +15,7 @@ import (
 	"github.com/nodepki/nodepki/pkg/client"
 	"github.com/nodepki/nodepki/pkg/clientconfig"
 	"github.com/nodepki/nodepki/pkg/cluster"
+	"github.com/nodepki/nodepki/test/testbin"
 )
 
 // The binaries under test, built by TestMain.
@@ -27,41 +25,11 @@ var (
 )
 
 func TestMain(m *testing.M) {
-	flag.Parse()
+	testbin.Main(m, "integration", func(b testbin.Binaries) error {
+		nodepkid, nodepkictl = b.Nodepkid, b.Nodepkictl
 
-	os.Exit(runMain(m))
-}
-
-func runMain(m *testing.M) int {
-	if testing.Short() {
-		fmt.Println("integration: skipped in -short mode (they run real processes)")
-
-		return 0
-	}
-
-	dir, err := os.MkdirTemp("", "nodepki-integration-*")
-	if err != nil {
-		fmt.Fprintln(os.Stderr, "integration:", err)
-
-		return 1
-	}
-
-	defer os.RemoveAll(dir)
-
-	build := exec.Command("go", "build", "-o", dir+string(filepath.Separator),
-		"github.com/nodepki/nodepki/cmd/nodepkid", "github.com/nodepki/nodepki/cmd/nodepkictl")
-	build.Stdout, build.Stderr = os.Stdout, os.Stderr
-
-	if err = build.Run(); err != nil {
-		fmt.Fprintln(os.Stderr, "integration: building the binaries:", err)
-
-		return 1
-	}
-
-	nodepkid = filepath.Join(dir, "nodepkid")
-	nodepkictl = filepath.Join(dir, "nodepkictl")
-
-	return m.Run()
+		return nil
+	})
 }
 
 // startCluster creates a local cluster of real nodepkid processes on addresses from first; it is

@@ -3,13 +3,14 @@
 package kubernetes_test
 
 import (
-	"flag"
 	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
+
+	"github.com/nodepki/nodepki/test/testbin"
 )
 
 // The binaries under test: nodepkid and nodepkictl built by TestMain; kube-apiserver, kubectl and
@@ -22,41 +23,12 @@ var (
 )
 
 func TestMain(m *testing.M) {
-	flag.Parse()
+	testbin.Main(m, "kubernetes", func(b testbin.Binaries) error {
+		nodepkid, nodepkictl = b.Nodepkid, b.Nodepkictl
+		kubeAPIServer, kubectl, etcd, missing = findTools()
 
-	os.Exit(runMain(m))
-}
-
-func runMain(m *testing.M) int {
-	if testing.Short() {
-		fmt.Println("kubernetes: skipped in -short mode (they run real processes)")
-
-		return 0
-	}
-
-	dir, err := os.MkdirTemp("", "nodepki-kubernetes-*")
-	if err != nil {
-		fmt.Fprintln(os.Stderr, "kubernetes:", err)
-
-		return 1
-	}
-
-	defer os.RemoveAll(dir)
-
-	build := exec.Command("go", "build", "-o", dir+string(filepath.Separator),
-		"github.com/nodepki/nodepki/cmd/nodepkid", "github.com/nodepki/nodepki/cmd/nodepkictl")
-	build.Stdout, build.Stderr = os.Stdout, os.Stderr
-
-	if err = build.Run(); err != nil {
-		fmt.Fprintln(os.Stderr, "kubernetes: building the binaries:", err)
-
-		return 1
-	}
-
-	nodepkid, nodepkictl = filepath.Join(dir, "nodepkid"), filepath.Join(dir, "nodepkictl")
-	kubeAPIServer, kubectl, etcd, missing = findTools()
-
-	return m.Run()
+		return nil
+	})
 }
 
 // findTools locates the third-party binaries in the repository's bin/; NODEPKI_KUBERNETES_BIN and

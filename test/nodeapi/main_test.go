@@ -5,7 +5,6 @@ package nodeapi_test
 
 import (
 	"context"
-	"fmt"
 	"net/netip"
 	"os"
 	"os/exec"
@@ -17,36 +16,17 @@ import (
 
 	"github.com/nodepki/nodepki/pkg/bundle"
 	"github.com/nodepki/nodepki/pkg/cluster"
+	"github.com/nodepki/nodepki/test/testbin"
 )
 
 var binDir string
 
 func TestMain(m *testing.M) {
-	os.Exit(run(m))
-}
+	testbin.Main(m, "nodeapi", func(b testbin.Binaries) error {
+		binDir = b.Dir
 
-func run(m *testing.M) int {
-	dir, err := os.MkdirTemp("", "nodepki-bin-")
-	if err != nil {
-		fmt.Fprintln(os.Stderr, err)
-
-		return 1
-	}
-
-	defer os.RemoveAll(dir)
-
-	build := exec.Command("go", "build", "-o", dir+"/", "github.com/nodepki/nodepki/cmd/nodepkid", "github.com/nodepki/nodepki/cmd/nodepkictl")
-	build.Stdout, build.Stderr = os.Stderr, os.Stderr
-
-	if err = build.Run(); err != nil {
-		fmt.Fprintln(os.Stderr, "building the binaries:", err)
-
-		return 1
-	}
-
-	binDir = dir
-
-	return m.Run()
+		return nil
+	})
 }
 
 // startCluster creates a local cluster of real processes whose first node is firstAddress; it is
