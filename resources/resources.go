@@ -26,7 +26,7 @@ func Namespaces() map[string]string {
 		pki.NamespaceName:        "Roots, trust pools, leaf certificates and their status.",
 		cluster.NamespaceName:    "Nodes of the cluster known to this control plane.",
 		etcd.NamespaceName:       "The etcd member of a control plane: its PKI files and its status.",
-		kubernetes.NamespaceName: "The Kubernetes control plane of a control plane: the files of its kube-apiserver and its status.",
+		kubernetes.NamespaceName: "The Kubernetes control plane of a control plane: the files of its kube-apiserver, its status, the component kubeconfigs.",
 	}
 }
 
@@ -50,6 +50,7 @@ func Definitions() []meta.ResourceWithRD {
 		&etcd.Bootstrap{},
 		&kubernetes.APIServerFiles{},
 		&kubernetes.APIServerStatus{},
+		&kubernetes.KubeconfigFiles{},
 	}
 }
 

@@ -233,6 +233,15 @@ func (rt *Runtime) setup(logger *zap.Logger, hostname string, opts Options) erro
 			return err
 		}
 
+		// The component kubeconfigs point at the node's own kube-apiserver, on its first address.
+		if len(opts.Addresses) > 0 {
+			if err = rt.RegisterController(&ctrlkubernetes.KubeconfigFilesController{
+				Dir: kubeDir, Address: opts.Addresses[0], Clock: opts.Clock,
+			}); err != nil {
+				return err
+			}
+		}
+
 		if err = rt.RegisterController(ctrletcd.NewPKIFilesController(EtcdPKIDir(opts.StateDir))); err != nil {
 			return err
 		}

@@ -11,8 +11,9 @@ if [ -f "$state/cluster.yaml" ]; then
   "$ctl" cluster destroy --state "$state"
 fi
 
-echo "==> creating a local cluster: 1 control plane (127.0.0.2, running etcd) and 2 workers (127.0.0.3, 127.0.0.4)"
-"$ctl" cluster create --name demo --controlplanes 1 --workers 2 --etcd --etcd-binary "$bin/etcd" --state "$state"
+echo "==> creating a local cluster: 1 control plane (127.0.0.2, running etcd and kube-apiserver) and 2 workers (127.0.0.3, 127.0.0.4)"
+"$ctl" cluster create --name demo --controlplanes 1 --workers 2 --kubernetes \
+  --etcd-binary "$bin/etcd" --kube-apiserver-binary "$bin/kube-apiserver" --state "$state"
 
 echo
 echo "==> certificate statuses of every node (through the control plane's API)"
@@ -26,6 +27,15 @@ echo
 echo "==> the etcd member on the control plane, on nodepki's etcd certificates"
 "$ctl" --talosconfig "$state/talosconfig" -n 127.0.0.2 etcd members
 
+echo
+echo "==> kube-apiserver on the control plane, on nodepki's Kubernetes certificates, with the admin kubeconfig $state/kubeconfig"
+"$ctl" --talosconfig "$state/talosconfig" -n 127.0.0.2 get apiserverstatuses
+echo "\$ kubectl --kubeconfig $state/kubeconfig get --raw /readyz"
+"$bin/kubectl" --kubeconfig "$state/kubeconfig" get --raw /readyz
+echo
+echo "\$ kubectl --kubeconfig $state/kubeconfig auth whoami"
+"$bin/kubectl" --kubeconfig "$state/kubeconfig" auth whoami
+
 cat <<MSG
 
 The cluster keeps running. Try:
@@ -36,5 +46,7 @@ The cluster keeps running. Try:
   $ctl --talosconfig $state/talosconfig rotate-ca --os
   $ctl --talosconfig $state/talosconfig rotate-ca --etcd --dry-run=false
   $ctl --talosconfig $state/talosconfig -n 127.0.0.2 etcd snapshot db.snapshot
+  $bin/kubectl --kubeconfig $state/kubeconfig get namespaces
+  $ctl --talosconfig $state/talosconfig -n 127.0.0.2 kubeconfig ./admin.kubeconfig --merge=false
   $ctl cluster destroy --state $state
 MSG

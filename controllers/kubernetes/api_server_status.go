@@ -220,7 +220,7 @@ func (ctrl *APIServerStatusController) shutdown(logger *zap.Logger) {
 func (ctrl *APIServerStatusController) exited(logger *zap.Logger) {
 	err := ctrl.proc.Err()
 	ctrl.proc = nil
-	ctrl.lastErr = fmt.Sprintf("kube-apiserver exited: %v: %s (see %s)", err, process.LastLogLine(ctrl.logFile()), ctrl.logFile())
+	ctrl.lastErr = fmt.Sprintf("kube-apiserver on %s exited: %v: %s (see %s)", ctrl.Address, err, process.LastLogLine(ctrl.logFile()), ctrl.logFile())
 	ctrl.retryAt = time.Now().Add(ctrl.nextBackoff())
 
 	logger.Error("kube-apiserver exited", zap.Error(err), zap.String("last_log", ctrl.lastErr), zap.Time("retry_at", ctrl.retryAt))

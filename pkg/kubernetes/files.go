@@ -93,7 +93,7 @@ func (p APIServerPKI) Files() (map[string][]byte, error) {
 			errs = append(errs, fmt.Errorf("%s: no %s", name, what))
 		}
 
-		files[name] = joinPEM(pems)
+		files[name] = PEMBundle(pems)
 
 		return parsed
 	}
@@ -127,7 +127,7 @@ func (p APIServerPKI) Files() (map[string][]byte, error) {
 	}
 
 	files[ServiceAccountKeyFile] = []byte(p.ServiceAccountKey)
-	files[ServiceAccountPublicKeysFile] = joinPEM(p.ServiceAccountPublicKeys)
+	files[ServiceAccountPublicKeysFile] = PEMBundle(p.ServiceAccountPublicKeys)
 
 	if len(errs) > 0 {
 		return nil, errors.Join(errs...)
@@ -193,8 +193,8 @@ func checkServiceAccount(signingKey string, publicKeys []string) error {
 	return nil
 }
 
-// joinPEM concatenates PEM texts, each ending in exactly one newline.
-func joinPEM(pems []string) []byte {
+// PEMBundle concatenates PEM texts, each ending in exactly one newline: a CA bundle file or CA data.
+func PEMBundle(pems []string) []byte {
 	var b strings.Builder
 
 	for _, text := range pems {

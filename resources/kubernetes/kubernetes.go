@@ -13,4 +13,6 @@ const (
 	APIServerFilesID = resource.ID("kube-apiserver")
 	// APIServerStatusID is the ID of the APIServerStatus of the kube-apiserver this node runs.
 	APIServerStatusID = resource.ID("kube-apiserver")
+	// KubeconfigFilesID is the ID of the KubeconfigFiles resource.
+	KubeconfigFilesID = resource.ID("control-plane")
 )
