@@ -323,7 +323,7 @@ func (s *restartableAPIServer) start(t *testing.T) {
 
 	defer logFile.Close()
 
-	s.cmd = exec.Command(kubeAPIServer, s.args...) //nolint:gosec // the test's own binary and arguments
+	s.cmd = exec.Command(kubeAPIServer, s.args...)
 	s.cmd.Stdout, s.cmd.Stderr = logFile, logFile
 	require.NoError(t, s.cmd.Start())
 

@@ -484,12 +484,3 @@ func opensslServed(ctx context.Context, cp, caFile string) (sans, verify string,
 
 	return string(out), string(served), nil
 }
-
-func readFile(t testing.TB, path string) []byte {
-	t.Helper()
-
-	data, err := os.ReadFile(path)
-	require.NoError(t, err)
-
-	return data
-}
