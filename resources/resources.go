@@ -22,6 +22,7 @@ import (
 func Namespaces() map[string]string {
 	return map[string]string{
 		config.NamespaceName:     "Machine configuration.",
+		config.ViewNamespaceName: "The decoded machine configuration controllers read (in memory, derived from config).",
 		network.NamespaceName:    "Node addresses.",
 		pki.NamespaceName:        "Roots, trust pools, leaf certificates and their status.",
 		cluster.NamespaceName:    "Nodes of the cluster known to this control plane.",
@@ -34,6 +35,7 @@ func Namespaces() map[string]string {
 func Definitions() []meta.ResourceWithRD {
 	return []meta.ResourceWithRD{
 		&config.MachineConfig{},
+		&config.MachineConfigView{},
 		&network.NodeAddresses{},
 		&pki.RootSecret{},
 		&pki.AcceptedCA{},

@@ -190,6 +190,7 @@ func (rt *Runtime) setup(logger *zap.Logger, hostname string, opts Options) erro
 	}
 
 	for _, ctrl := range []controller.Controller{
+		configview.NewMachineConfigViewController(),
 		&network.NodeAddressesController{Addresses: opts.Addresses, HostAddresses: opts.HostAddresses},
 		&ctrlcluster.SelfMemberController{Hostname: hostname, Clock: opts.Clock},
 		pki.NewRootSecretsController(),

@@ -1,5 +1,6 @@
-// Package configview owns how controllers read the active machine config: one input declaration
-// and one decoder of the v1alpha1 document.
+// Package configview owns how controllers read the active machine config: one decoder of the
+// v1alpha1 document, the controller that decodes each config change once into a
+// config.MachineConfigView, and the input declaration and reader of that view.
 package configview
 
 import (
@@ -22,34 +23,30 @@ import (
 // documentVersion is the version of the machine config document nodepki reads.
 const documentVersion = "v1alpha1"
 
-// Input is the input every controller that reads the active machine config declares.
+// Input is the input every controller that reads the active machine config declares: its view,
+// which MachineConfigViewController must run to produce.
 func Input() controller.Input {
 	return controller.Input{
-		Namespace: config.NamespaceName,
-		Type:      config.MachineConfigType,
+		Namespace: config.ViewNamespaceName,
+		Type:      config.MachineConfigViewType,
 		ID:        optional.Some(config.ActiveID),
 		Kind:      controller.InputWeak,
 	}
 }
 
-// Read returns the typed view of the active machine config, or nil if there is none. The config
-// was validated before it was written, so decoding is enough.
+// Read returns the typed view of the active machine config, or nil if there is none. The document
+// is the reader's own copy.
 func Read(ctx context.Context, r controller.Reader) (*machineconfig.Document, error) {
-	mc, err := safe.ReaderGetByID[*config.MachineConfig](ctx, r, config.ActiveID)
+	view, err := safe.ReaderGetByID[*config.MachineConfigView](ctx, r, config.ActiveID)
 	if err != nil {
 		if state.IsNotFoundError(err) {
 			return nil, nil
 		}
 
-		return nil, fmt.Errorf("error reading machine config: %w", err)
+		return nil, fmt.Errorf("error reading the machine config view: %w", err)
 	}
 
-	doc, err := Decode(mc.TypedSpec().Raw)
-	if err != nil {
-		return nil, fmt.Errorf("error decoding machine config version %s: %w", mc.Metadata().Version(), err)
-	}
-
-	return doc, nil
+	return view.TypedSpec().Document, nil
 }
 
 // Decode decodes the v1alpha1 document (the one without a kind) of a machine config file.

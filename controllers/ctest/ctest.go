@@ -19,6 +19,7 @@ import (
 	"go.uber.org/zap/zaptest"
 	"go.yaml.in/yaml/v4"
 
+	"github.com/nodepki/nodepki/controllers/configview"
 	"github.com/nodepki/nodepki/pkg/machineconfig"
 	"github.com/nodepki/nodepki/resources"
 	"github.com/nodepki/nodepki/resources/config"
@@ -39,7 +40,8 @@ type Named interface {
 	Name() string
 }
 
-// Run starts the controllers on a fresh in-memory state with every resource type registered; the
+// Run starts the controllers on a fresh in-memory state with every resource type registered,
+// together with configview's MachineConfigViewController, which every config reader needs; the
 // runtime stops when the test ends, and a runtime error fails the test.
 func Run(t testing.TB, ctrls ...Named) *Env {
 	t.Helper()
@@ -58,7 +60,7 @@ func Run(t testing.TB, ctrls ...Named) *Env {
 	rt, err := runtime.NewRuntime(st, zaptest.NewLogger(t))
 	require.NoError(t, err)
 
-	for _, ctrl := range ctrls {
+	for _, ctrl := range append([]Named{configview.NewMachineConfigViewController()}, ctrls...) {
 		switch ctrl := ctrl.(type) {
 		case controller.Controller:
 			require.NoError(t, rt.RegisterController(ctrl))

@@ -88,7 +88,7 @@ func TestAPIServerStatusMissingBinary(t *testing.T) {
 // line of its log, and started again with backoff.
 func TestAPIServerStatusExitAtStart(t *testing.T) {
 	binary := filepath.Join(t.TempDir(), "kube-apiserver")
-	require.NoError(t, os.WriteFile(binary, []byte("#!/bin/sh\necho 'E1129 run.go:72] \"command failed\" err=\"unknown flag\"' >&2\nexit 1\n"), 0o700)) //nolint:gosec // an executable script
+	require.NoError(t, os.WriteFile(binary, []byte("#!/bin/sh\necho 'E1129 run.go:72] \"command failed\" err=\"unknown flag\"' >&2\nexit 1\n"), 0o700))
 
 	env, stateDir := runAPIServerStatus(t, binary)
 	env.SetMachineConfig(t, ctest.ControlPlane(ctest.NewSecrets(t)))

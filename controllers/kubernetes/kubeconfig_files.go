@@ -197,7 +197,7 @@ func (ctrl *KubeconfigFilesController) reconcile(ctx context.Context, r controll
 func (ctrl *KubeconfigFilesController) kubeconfig(name string, spec kubeconfig.Spec, ca *certs.CA, now time.Time, logger *zap.Logger) ([]byte, kubernetes.KubeconfigFile, error) {
 	data, readErr := os.ReadFile(filepath.Join(ctrl.Dir, name))
 
-	var why error = readErr
+	why := readErr
 
 	if readErr == nil {
 		crt, renewAt, err := kubepki.KubeconfigRenewal(data, spec, ca.Crt)

@@ -27,6 +27,12 @@ import (
 // Trusted is crypto/x509 verification of the certificate against its root's current trust pool
 // (AcceptedCAs), for the extended key usages the certificate is for. States change with time, so
 // each status is requeued for its next transition, read from the injected clock.
+//
+// A change of a root's pool is mapped here only for the certificates a worker obtains from trustd.
+// A locally issued certificate follows the pool through its own NodeCertificate: the
+// NodeCertificatesController writes the new pool into it as its CABundle (reissued, kept or
+// failed), and that write brings the status here. In a rotation step each certificate is thus
+// verified once, as reissued, rather than also as it was just before.
 type CertificateStatusesController = qtransform.QController[*pki.NodeCertificate, *pki.CertificateStatus]
 
 // NewCertificateStatusesController creates a CertificateStatusesController; clock overrides time.Now.
@@ -64,24 +70,40 @@ func NewCertificateStatusesController(clock func() time.Time) *CertificateStatus
 			},
 		},
 		qtransform.WithExtraMappedInput[*pki.AcceptedCA](certificatesOfRoot),
+		// Read by certificatesOfRoot for the issuer of each certificate; a change of a request is
+		// followed by a change of its certificate, which maps here.
+		qtransform.WithExtraMappedInput[*pki.CertificateRequest](qtransform.MapperNone()),
 		// Verifying is CPU-bound, and a rotation step changes every certificate of a root at once.
 		qtransform.WithConcurrency(nodeCertificatesConcurrency),
 	)
 }
 
-// certificatesOfRoot maps a root's AcceptedCA to the certificates of that root.
+// certificatesOfRoot maps a root's AcceptedCA to the certificates of that root obtained from
+// trustd; locally issued ones are brought here by their own NodeCertificate (see the controller).
 func certificatesOfRoot(ctx context.Context, _ *zap.Logger, r controller.QRuntime, root controller.ReducedResourceMetadata) ([]resource.Pointer, error) {
 	certificates, err := safe.ReaderListAll[*pki.NodeCertificate](ctx, r)
 	if err != nil {
 		return nil, fmt.Errorf("error listing node certificates: %w", err)
 	}
 
+	requests, err := safe.ReaderListAll[*pki.CertificateRequest](ctx, r)
+	if err != nil {
+		return nil, fmt.Errorf("error listing certificate requests: %w", err)
+	}
+
 	var out []resource.Pointer
 
 	for crt := range certificates.All() {
-		if crt.TypedSpec().Root == root.ID() {
-			out = append(out, crt.Metadata())
+		if crt.TypedSpec().Root != root.ID() {
+			continue
 		}
+
+		request, ok := requests.Find(func(req *pki.CertificateRequest) bool { return req.Metadata().ID() == crt.Metadata().ID() })
+		if ok && request.TypedSpec().Issuer == pki.IssuerLocal {
+			continue
+		}
+
+		out = append(out, crt.Metadata())
 	}
 
 	return out, nil

@@ -325,3 +325,58 @@ func TestCertificateTrustNeedsTheUsage(t *testing.T) {
 		a.Equal(ca.Fingerprint(t), res.TypedSpec().IssuerFingerprint, "the signer is still named")
 	})
 }
+
+// TestCertificateStatusesFollowThePoolWithoutReissue: a pool change reaches the status of a locally
+// issued certificate through its NodeCertificate, also when the certificate is not reissued and
+// its issuance error stays the same (no issuing key): the new pool is written into it as its bundle.
+func TestCertificateStatusesFollowThePoolWithoutReissue(t *testing.T) {
+	t.Parallel()
+
+	s := ctest.NewSecrets(t)
+	other := ctest.NewCA(t, certs.RootEtcd)
+	env := runGraph(t)
+
+	env.SetMachineConfig(t, ctest.ControlPlane(s))
+	rtestutils.AssertResource(env.Ctx, t, env.State, pki.CertEtcdServer, func(res *pki.CertificateStatus, a *assert.Assertions) {
+		a.Equal(pki.StateValid, res.TypedSpec().State)
+		a.True(res.TypedSpec().Trusted)
+	})
+
+	serial := func(t *testing.T) string {
+		t.Helper()
+
+		crt, err := safe.StateGetByID[*pki.NodeCertificate](env.Ctx, env.State, pki.CertEtcdServer)
+		require.NoError(t, err)
+
+		return parseCertificate(t, crt.TypedSpec().Certificate).SerialNumber.Text(16)
+	}
+	issued := serial(t)
+
+	// The etcd CA without its key: the certificate is kept and cannot be renewed.
+	doc := ctest.ControlPlane(s)
+	doc.Cluster.Etcd.CA = s.Etcd.CertOnly()
+	env.SetMachineConfig(t, doc)
+
+	var lastError string
+
+	rtestutils.AssertResource(env.Ctx, t, env.State, pki.CertEtcdServer, func(res *pki.CertificateStatus, a *assert.Assertions) {
+		a.Equal(pki.StateRenewalFailing, res.TypedSpec().State)
+		a.True(res.TypedSpec().Trusted)
+		a.NotEmpty(res.TypedSpec().LastError)
+
+		lastError = res.TypedSpec().LastError
+	})
+
+	// Another CA, also without its key, replaces it in the pool: same error, same certificate,
+	// which the pool no longer trusts.
+	doc.Cluster.Etcd.CA = other.CertOnly()
+	env.SetMachineConfig(t, doc)
+
+	rtestutils.AssertResource(env.Ctx, t, env.State, pki.CertEtcdServer, func(res *pki.CertificateStatus, a *assert.Assertions) {
+		a.Equal(pki.StateUntrusted, res.TypedSpec().State)
+		a.False(res.TypedSpec().Trusted)
+		a.Equal(lastError, res.TypedSpec().LastError)
+		a.Equal(issued, res.TypedSpec().Serial)
+	})
+	require.Equal(t, issued, serial(t))
+}

@@ -36,6 +36,12 @@ const nodeCertificatesConcurrency = 4
 // each reconcile requeues the certificate for its RenewAt, read from the injected clock. A locally
 // issued certificate waits until the root's trust pool has the issuing CA, so that its bundle
 // always trusts its issuer. A failure keeps the previous certificate, with LastError set.
+//
+// Every reconcile of a locally issued certificate that does not wait writes the root's current
+// trust pool as its CABundle (empty without a pool), whether the certificate is reissued, kept or
+// failed: a change of the pool always reaches the NodeCertificate. CertificateStatusesController
+// relies on it to verify such a certificate once per change, not for the pool and again for the
+// reissue.
 type NodeCertificatesController = qtransform.QController[*pki.CertificateRequest, *pki.NodeCertificate]
 
 // NodeCertificatesOptions configure a NodeCertificatesController.
@@ -126,6 +132,8 @@ func (ctrl *nodeCertificates) transform(ctx context.Context, r controller.Reader
 			return err
 		}
 
+		spec.CABundle = poolBundle(pool)
+
 		if spec.LastError != "" {
 			logger.Warn("error issuing the certificate", zap.String("error", spec.LastError), zap.Duration("retry_in", localRetryInterval))
 
@@ -185,19 +193,15 @@ func (ctrl *nodeCertificates) issueLocal(
 	}
 
 	digest := requestDigest(request, fingerprint)
-	bundle := strings.Join(pool.TypedSpec().Certificates, "")
 
 	if !due(spec, digest, now) {
 		ctrl.unwritten.forget(id)
-
-		spec.CABundle = bundle
 
 		return nil
 	}
 
 	if issued, ok := ctrl.unwritten.get(id, digest, now); ok {
 		*spec = issued
-		spec.CABundle = bundle
 
 		return nil
 	}
@@ -227,7 +231,6 @@ func (ctrl *nodeCertificates) issueLocal(
 		Root:              request.Root,
 		Certificate:       string(issued.CrtPEM),
 		Key:               string(issued.KeyPEM),
-		CABundle:          bundle,
 		IssuerFingerprint: fingerprint,
 		Request:           digest,
 		RenewAt:           pki.NewTime(renewalTime(issued.Crt)),
@@ -243,6 +246,15 @@ func (ctrl *nodeCertificates) issueLocal(
 	)
 
 	return nil
+}
+
+// poolBundle is the CA bundle of a root's trust pool; empty without one.
+func poolBundle(pool *pki.AcceptedCA) string {
+	if pool == nil {
+		return ""
+	}
+
+	return strings.Join(pool.TypedSpec().Certificates, "")
 }
 
 // due reports whether the certificate must be (re)issued for the request digest at now.

@@ -69,6 +69,27 @@ func TestClusterCreateKubernetes(t *testing.T) {
 		}
 	})
 
+	t.Run("the component kubeconfigs authenticate on their control plane's kube-apiserver", func(t *testing.T) {
+		for _, n := range c.Nodes[:len(controlPlanes)] {
+			for file, want := range map[string]string{
+				kubepki.ControllerManagerKubeconfigFile: `system:kube-controller-manager ["system:kube-controller-manager","system:authenticated"]`,
+				kubepki.SchedulerKubeconfigFile:         `system:kube-scheduler ["system:kube-scheduler","system:authenticated"]`,
+				kubepki.AdminKubeconfigFile:             `talos:admin ["system:masters","system:authenticated"]`,
+			} {
+				path := filepath.Join(n.StateDir, "secrets", "kubernetes", file)
+
+				server, err := exec.CommandContext(t.Context(), kubectl, "--kubeconfig", path, "config", "view", "-o", "jsonpath={.clusters[0].cluster.server}").CombinedOutput()
+				require.NoError(t, err, "%s", server)
+				assert.Equal(t, "https://"+n.Address+":6443", string(server), path)
+
+				out, err := exec.CommandContext(t.Context(), kubectl, "--kubeconfig", path, "auth", "whoami",
+					"-o", "jsonpath={.status.userInfo.username} {.status.userInfo.groups}").CombinedOutput()
+				require.NoError(t, err, "%s: %s", path, out)
+				assert.Equal(t, want, string(out), path)
+			}
+		}
+	})
+
 	t.Run("a changed service-account key restarts the kube-apiservers one at a time", func(t *testing.T) {
 		before := apiServerStatuses(t, c)
 
