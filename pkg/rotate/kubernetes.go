@@ -379,7 +379,52 @@ func (r *rotation) applyOneByOne(ctx context.Context, group []*node, target Phas
 		if err := r.waitNodes(ctx, one, check); err != nil {
 			return fmt.Errorf("%s: %w", target.stepName(), err)
 		}
+
+		if err := r.waitKubeSettled(ctx, target); err != nil {
+			return fmt.Errorf("%s: %w", target.stepName(), err)
+		}
 	}
+
+	return nil
+}
+
+// waitKubeSettled waits until every kube-apiserver answered /readyz ok on every poll for
+// KubeSettle, or WaitTimeout runs out.
+func (r *rotation) waitKubeSettled(ctx context.Context, target Phase) error {
+	var since time.Time
+
+	_, err := poll(ctx, r.opts.WaitTimeout, func() (string, error) {
+		for name, nodeAdmin := range r.kube.servers {
+			creds := nodeAdmin
+
+			// Once every node accepts the new Kubernetes CA, the transitional credentials work
+			// on every kube-apiserver, switched or not; before, the ones of the old CA do.
+			if r.kube.transitional != nil && target != PhaseAccepted {
+				creds = *r.kube.transitional
+			}
+
+			if err := r.kube.kc.KubeReady(ctx, name, creds); err != nil {
+				since = time.Time{}
+
+				return "", fmt.Errorf("kube-apiserver on %s: %w", name, err)
+			}
+		}
+
+		if since.IsZero() {
+			since = r.opts.Now()
+		}
+
+		if settled := r.opts.Now().Sub(since); settled < r.opts.KubeSettle {
+			return "", fmt.Errorf("every kube-apiserver ready for %s of %s", settled.Round(time.Millisecond), r.opts.KubeSettle)
+		}
+
+		return "", nil
+	})
+	if err != nil {
+		return fmt.Errorf("waiting for every kube-apiserver to stay ready: %w", err)
+	}
+
+	r.out.printf("  every kube-apiserver ready for %s\n", r.opts.KubeSettle)
 
 	return nil
 }

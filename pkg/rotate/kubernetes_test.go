@@ -43,10 +43,17 @@ type fakeKube struct {
 	restarts map[string]int
 	// drops are how many status reads of a node fail as a dropped connection.
 	drops map[string]int
+	// flaps are how many /readyz calls of a node fail after each restart of its kube-apiserver
+	// (its etcd client reconnecting), once it answered ready a first time.
+	flaps, flapping map[string]int
+	readyOnce       map[string]bool
 }
 
 func newFakeKube(tc *testCluster, controlPlanes int) *fakeKube {
-	k := &fakeKube{fakeCluster: tc.fake, servers: map[string]bool{}, unhealthy: map[string]bool{}, loaded: map[string][][]byte{}, restarts: map[string]int{}, drops: map[string]int{}}
+	k := &fakeKube{
+		fakeCluster: tc.fake, servers: map[string]bool{}, unhealthy: map[string]bool{}, loaded: map[string][][]byte{},
+		restarts: map[string]int{}, drops: map[string]int{}, flaps: map[string]int{}, flapping: map[string]int{}, readyOnce: map[string]bool{},
+	}
 
 	for _, name := range tc.nodes[:controlPlanes] {
 		k.servers[name] = true
@@ -117,6 +124,8 @@ func (k *fakeKube) KubeAPIServer(_ context.Context, node string) (*KubeAPIServer
 	if keys := k.startupFiles(k.nodes[node]); !slicesEqual(keys, k.loaded[node]) {
 		k.loaded[node] = keys
 		k.restarts[node]++
+		k.flapping[node] = k.flaps[node]
+		k.readyOnce[node] = false
 
 		return &KubeAPIServer{Running: true, Current: false, Detail: "restarting"}, nil
 	}
@@ -173,9 +182,19 @@ func (k *fakeKube) KubeReady(_ context.Context, node string, creds KubeCredentia
 	k.mu.Lock()
 	defer k.mu.Unlock()
 
-	_, err := k.serve(node, creds)
+	if _, err := k.serve(node, creds); err != nil {
+		return err
+	}
 
-	return err
+	if k.readyOnce[node] && k.flapping[node] > 0 {
+		k.flapping[node]--
+
+		return errors.New("/readyz: 500 Internal Server Error: [-]etcd failed: reason withheld")
+	}
+
+	k.readyOnce[node] = true
+
+	return nil
 }
 
 func (k *fakeKube) KubeWhoAmI(_ context.Context, node string, creds KubeCredentials) (string, error) {
@@ -340,15 +359,28 @@ func TestRunRestartsOneKubeAPIServerAtATimeForEtcd(t *testing.T) {
 	cluster := newTestCluster(t, 3, 1)
 	kube := newFakeKube(cluster, 3)
 	r := newRun(t, cluster, RootEtcd)
+	r.opts.KubeSettle = 50 * time.Millisecond
 
-	most := 0
+	for _, cp := range cluster.nodes[:3] {
+		kube.flaps[cp] = 3
+	}
 
-	kube.afterApply = func() { most = max(most, len(kube.stale())) }
+	most, flappingAtPatch := 0, 0
+
+	kube.afterApply = func() {
+		most = max(most, len(kube.stale()))
+
+		for _, n := range kube.flapping {
+			flappingAtPatch += n
+		}
+	}
 
 	out, err := r.execWith(t, kube)
 	require.NoError(t, err, out)
 	assertConverged(t, r, r.loadPlan(t))
 	assert.Equal(t, 1, most, "kube-apiservers with a restart pending at once")
+	assert.Zero(t, flappingAtPatch, "a control plane was patched while a kube-apiserver still flapped after its restart")
+	assert.Equal(t, 9, strings.Count(out, "every kube-apiserver ready for 50ms"), out)
 	assert.Equal(t, 3, strings.Count(out, "one control plane at a time"), out)
 
 	for _, cp := range cluster.nodes[:3] {

@@ -42,6 +42,12 @@ const (
 	DefaultWaitTimeout  = 3 * time.Minute
 	DefaultClientGrace  = 250 * time.Millisecond
 	DefaultConcurrency  = 16
+	// DefaultKubeSettle is how long every kube-apiserver must answer /readyz without a failure
+	// before the next control plane of an etcd rotation is patched. kube-apiserver probes etcd at
+	// most once a second and answers the last result in between, and its etcd client reconnects
+	// to a restarted member with a backoff: it can report its etcd unready seconds after the
+	// member is back, having answered ready first.
+	DefaultKubeSettle = 3 * time.Second
 	// applyRetryTimeout bounds the retries of a patch on a node that is briefly unavailable.
 	applyRetryTimeout  = 10 * time.Second
 	applyRetryInterval = 100 * time.Millisecond
@@ -97,6 +103,8 @@ type Options struct {
 	ClientGrace time.Duration
 	// Concurrency bounds the nodes handled at once.
 	Concurrency int
+	// KubeSettle is DefaultKubeSettle unless set.
+	KubeSettle time.Duration
 	// Now overrides time.Now.
 	Now func() time.Time
 }
@@ -157,6 +165,10 @@ func (o *Options) setDefaults() error {
 
 	if o.Concurrency <= 0 {
 		o.Concurrency = DefaultConcurrency
+	}
+
+	if o.KubeSettle <= 0 {
+		o.KubeSettle = DefaultKubeSettle
 	}
 
 	if o.Now == nil {
