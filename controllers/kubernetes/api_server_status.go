@@ -322,8 +322,9 @@ func (ctrl *APIServerStatusController) probe(ctx context.Context, files *kuberne
 	err := kubepki.Ready(ctx, ctrl.url(), filepath.Join(files.Dir, kubepki.ClientCAFile), probeTimeout)
 	if err != nil {
 		status.State = kubernetes.StateStarting
-		status.LastError = fmt.Sprintf("kube-apiserver on %s not ready (started %s ago): %v", ctrl.Address,
-			time.Since(ctrl.startedAt).Round(time.Second), err)
+		// No elapsed time in the message: the status changes when the state does, not every probe.
+		status.LastError = fmt.Sprintf("kube-apiserver on %s not ready (started %s): %v", ctrl.Address,
+			ctrl.startedAt.UTC().Format(time.RFC3339), err)
 
 		return
 	}

@@ -24,11 +24,16 @@ var (
 // removed or its certificate expired would stream for as long as the client likes. The check of
 // the chain is verifyClientCertificate, the same as for new calls.
 func (s *Server) boundToCredential(ctx context.Context, v *verdict) context.Context {
-	ctx, cancelDeadline := context.WithDeadlineCause(ctx, v.notAfter, errCredentialExpired)
 	ctx, cancel := context.WithCancelCause(ctx)
 
+	// A timer, not a context deadline: a deadline travels with the backend call as grpc-timeout,
+	// the backend's own context then ends at the same moment, and a watch that returns at its
+	// context's end (cosi's does) could reach the client as a clean end of stream instead of the
+	// credential's expiry. A cancellation is seen by the proxy first and reported by reportEnded.
+	expiry := time.AfterFunc(time.Until(v.notAfter), func() { cancel(errCredentialExpired) })
+
 	go func() {
-		defer cancelDeadline()
+		defer expiry.Stop()
 		defer cancel(nil)
 
 		version := v.poolVersion
