@@ -32,6 +32,7 @@ var rootFlags = []rootFlag{
 	{rotate.RootEtcd, "rotate the etcd CA: cluster.etcd.ca, cluster.etcd.acceptedCAs"},
 	{rotate.RootAggregator, "rotate the aggregator (front-proxy) CA: cluster.aggregatorCA, cluster.acceptedAggregatorCAs"},
 	{rotate.RootServiceAccount, "rotate the service-account signing key: cluster.serviceAccount, cluster.acceptedServiceAccountKeys"},
+	{rotate.RootJoinToken, "rotate the trustd join token: machine.token, machine.acceptedTokens (alone, it rotates no CA)"},
 }
 
 func newRotateCACmd() *cobra.Command {
@@ -50,8 +51,8 @@ func newRotateCACmd() *cobra.Command {
 	)
 
 	cmd := &cobra.Command{
-		Use:   "rotate-ca [--dry-run=false] [--os] [--kubernetes] [--etcd] [--aggregator] [--service-account]",
-		Short: "Rotate CAs (and the service-account key) across every node of the cluster",
+		Use:   "rotate-ca [--dry-run=false] [--os] [--kubernetes] [--etcd] [--aggregator] [--service-account] [--join-token]",
+		Short: "Rotate CAs (and the service-account key and join token) across every node of the cluster",
 		Long: `Replace one or more roots of trust on every node, without downtime:
 
   preflight  every node reachable (through the endpoints and on its own address), clocks within
@@ -64,11 +65,20 @@ func newRotateCACmd() *cobra.Command {
   retire     the old CA is removed, and every node is checked to refuse it
   output     talosconfig, --kubeconfig, --with-secrets secrets.yaml, plan marked complete
 
-Without a root flag, --os and --kubernetes are rotated (as talosctl does). --os is the node API
+Without a root flag, --os and --kubernetes are rotated (as talosctl does); any root flag selects
+only what it names. --os is the node API
 (Talos API) CA: the talosconfig is then updated in place, atomically, at the moments it must change:
 transitional (trusting the old and new CA, with a client certificate of the new CA) once every node
 accepts the new CA, final (new CA only) once every node serves a certificate of the new CA. A client
 that reads the talosconfig before each call never sees a failed call.
+
+--join-token rotates the trustd join token (machine.token), which workers present to obtain their
+node API certificate, in the same steps: accept adds the new token to machine.acceptedTokens of
+every control plane (a nodepki extension) and checks that each one's trustd (port 50001) accepts
+it; switch makes it machine.token on the control planes, then on the workers (live, no restart;
+the old token stays accepted meanwhile); retire removes the old token and checks that every trustd
+refuses it. Workers keep their certificates throughout and renew with the new token. Tokens are
+never printed: patches show them as ******. --with-secrets updates trustdinfo.token.
 
 The nodes are --nodes when given. Otherwise they are discovered through the control plane: each
 endpoint lists the cluster members it knows (itself, and every worker its trustd signed a node API
@@ -107,6 +117,9 @@ and .key (see docs/rotation.md).
   # rotate the Kubernetes CA, keeping this cluster's context of ~/.kube/config usable throughout
   nodepkictl rotate-ca --kubernetes --kubeconfig ~/.kube/config --dry-run=false
 
+  # rotate the join token only (a leaked machine.token), keeping secrets.yaml in step
+  nodepkictl rotate-ca --join-token --with-secrets secrets.yaml --dry-run=false
+
   # see which nodes discovery finds (what rotate-ca rotates without --nodes)
   nodepkictl get members
 
@@ -115,20 +128,9 @@ and .key (see docs/rotation.md).
       --service-account --plan /secure/rotate-plan.yaml --dry-run=false`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			var selected []rotate.Root
-
-			for i, rf := range rootFlags {
-				if roots[i] {
-					selected = append(selected, rf.root)
-				}
-			}
-
-			if len(selected) == 0 {
-				if slices.ContainsFunc(rootFlags, func(rf rootFlag) bool { return cmd.Flags().Changed(string(rf.root)) }) {
-					return errors.New("every root flag is false: choose at least one of --os, --kubernetes, --etcd, --aggregator, --service-account")
-				}
-
-				selected = rotate.DefaultRoots
+			selected, err := selectRoots(cmd, roots)
+			if err != nil {
+				return err
 			}
 
 			return runRotateCA(cmd, rotateCAInput{
@@ -161,6 +163,28 @@ and .key (see docs/rotation.md).
 		"with --kubernetes: kubeconfig whose entries of this cluster are kept usable (transitional, then final); other entries are left alone")
 
 	return cmd
+}
+
+// selectRoots returns the roots of the root flags (chosen, in rootFlags order): those set, else the
+// default roots when no root flag was given at all. --join-token alone thus rotates the token only.
+func selectRoots(cmd *cobra.Command, chosen []bool) ([]rotate.Root, error) {
+	var selected []rotate.Root
+
+	for i, rf := range rootFlags {
+		if chosen[i] {
+			selected = append(selected, rf.root)
+		}
+	}
+
+	if len(selected) > 0 {
+		return selected, nil
+	}
+
+	if slices.ContainsFunc(rootFlags, func(rf rootFlag) bool { return cmd.Flags().Changed(string(rf.root)) }) {
+		return nil, errors.New("every root flag is false: choose at least one of --os, --kubernetes, --etcd, --aggregator, --service-account, --join-token")
+	}
+
+	return rotate.DefaultRoots, nil
 }
 
 type rotateCAInput struct {

@@ -132,3 +132,37 @@ func TestRotateCAInterrupted(t *testing.T) {
 		})
 	}
 }
+
+func TestRotateCASelectsRoots(t *testing.T) {
+	t.Parallel()
+
+	tests := []struct {
+		args []string
+		want []rotate.Root
+	}{
+		{nil, rotate.DefaultRoots},
+		{[]string{"--join-token"}, []rotate.Root{rotate.RootJoinToken}},
+		{[]string{"--join-token", "--os"}, []rotate.Root{rotate.RootOS, rotate.RootJoinToken}},
+		{[]string{"--etcd", "--join-token=false"}, []rotate.Root{rotate.RootEtcd}},
+	}
+
+	for _, tc := range tests {
+		cmd := newRotateCACmd()
+		require.NoError(t, cmd.ParseFlags(tc.args))
+
+		chosen := make([]bool, len(rootFlags))
+		for i, rf := range rootFlags {
+			chosen[i], _ = cmd.Flags().GetBool(string(rf.root))
+		}
+
+		got, err := selectRoots(cmd, chosen)
+		require.NoError(t, err, tc.args)
+		assert.Equal(t, tc.want, got, "%v", tc.args)
+	}
+
+	cmd := newRotateCACmd()
+	require.NoError(t, cmd.ParseFlags([]string{"--join-token=false"}))
+
+	_, err := selectRoots(cmd, make([]bool, len(rootFlags)))
+	require.ErrorContains(t, err, "every root flag is false")
+}

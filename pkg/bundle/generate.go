@@ -1,7 +1,6 @@
 package bundle
 
 import (
-	"bufio"
 	"crypto/ecdsa"
 	"crypto/ed25519"
 	"crypto/rand"
@@ -51,8 +50,8 @@ func FromKubernetesPKI(dir, bootstrapToken string) (*Bundle, error) {
 		return nil, fmt.Errorf("kubernetes PKI directory %q is not a directory", dir)
 	}
 
-	if bootstrapToken != "" && !validToken(bootstrapToken) {
-		return nil, fmt.Errorf("kubernetes bootstrap token: %s", tokenFormatHint)
+	if bootstrapToken != "" && !machineconfig.ValidToken(bootstrapToken) {
+		return nil, fmt.Errorf("kubernetes bootstrap token: %s", machineconfig.TokenFormatHint)
 	}
 
 	b := &Bundle{
@@ -225,7 +224,7 @@ func fillToken(token *string, what string) error {
 		return nil
 	}
 
-	generated, err := newToken(rand.Reader)
+	generated, err := machineconfig.NewToken(rand.Reader)
 	if err != nil {
 		return fmt.Errorf("error generating %s: %w", what, err)
 	}
@@ -242,65 +241,6 @@ func randomBase64(size int, enc *base64.Encoding) (string, error) {
 	}
 
 	return enc.EncodeToString(buf), nil
-}
-
-const (
-	tokenAlphabet  = "0123456789abcdefghijklmnopqrstuvwxyz"
-	tokenIDLen     = 6
-	tokenSecretLen = 16
-	// tokenByteLimit is the largest multiple of len(tokenAlphabet) that fits a byte; bytes at or
-	// above it are discarded so that byte % 36 picks every character with the same probability.
-	tokenByteLimit = 256 / len(tokenAlphabet) * len(tokenAlphabet)
-)
-
-//nolint:gosec // G101: an error message describing the token format, not a credential
-const tokenFormatHint = `not a valid token: want 6 and 16 characters of [a-z0-9] joined by a dot, like "abcdef.0123456789abcdef"`
-
-// newToken returns a Kubernetes bootstrap-token-shaped string ([a-z0-9]{6}.[a-z0-9]{16}), the
-// format Talos uses for both the bootstrap token and the trustd token.
-func newToken(random io.Reader) (string, error) {
-	r := bufio.NewReader(random)
-	out := make([]byte, 0, tokenIDLen+1+tokenSecretLen)
-
-	for len(out) < cap(out) {
-		if len(out) == tokenIDLen {
-			out = append(out, '.')
-
-			continue
-		}
-
-		c, err := r.ReadByte()
-		if err != nil {
-			return "", err
-		}
-
-		if int(c) >= tokenByteLimit {
-			continue
-		}
-
-		out = append(out, tokenAlphabet[int(c)%len(tokenAlphabet)])
-	}
-
-	return string(out), nil
-}
-
-func validToken(token string) bool {
-	if len(token) != tokenIDLen+1+tokenSecretLen || token[tokenIDLen] != '.' {
-		return false
-	}
-
-	for i := range len(token) {
-		if i == tokenIDLen {
-			continue
-		}
-
-		c := token[i]
-		if (c < 'a' || c > 'z') && (c < '0' || c > '9') {
-			return false
-		}
-	}
-
-	return true
 }
 
 // serviceAccountKeyProblem says what is wrong with a service-account signing key, or "".

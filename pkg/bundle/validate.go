@@ -144,8 +144,8 @@ func checkToken(ps *problems, field, token string) {
 	switch {
 	case token == "":
 		ps.add(field, msgRequired)
-	case !validToken(token):
-		ps.add(field, tokenFormatHint)
+	case !machineconfig.ValidToken(token):
+		ps.add(field, "%s", machineconfig.TokenFormatHint)
 	}
 }
 

@@ -78,6 +78,8 @@ type NodeAPIOptions struct {
 	Port int
 	// KubePort is the kube-apiserver port of the control planes (default 6443).
 	KubePort int
+	// TrustdPort is the trustd port join-token probes dial (default trustd.DefaultPort).
+	TrustdPort int
 	// Logger receives client warnings; nil discards them.
 	Logger *zap.Logger
 }

@@ -56,6 +56,8 @@ type fakeCluster struct {
 	membersCalls int
 	// sent is every patch sent to each node, applied or not.
 	sent map[string][][]byte
+	// trustdProbes counts the TrustdProbe calls.
+	trustdProbes int
 }
 
 var errCrash = errors.New("simulated crash")
@@ -194,6 +196,10 @@ func (f *fakeCluster) accepted(n *fakeNode) map[Root]pki.AcceptedCASpec {
 	out := map[Root]pki.AcceptedCASpec{}
 
 	for _, root := range AllRoots {
+		if root == RootJoinToken {
+			continue // not a CA: nodes report no AcceptedCAs for it
+		}
+
 		rc, err := readRoot(n.cfg.Document(), root)
 		if err != nil || (!rc.present && len(rc.accepted) == 0) {
 			continue
@@ -472,4 +478,35 @@ func (f *fakeCluster) configOf(name string) *machineconfig.Config {
 	defer f.mu.Unlock()
 
 	return f.nodes[name].cfg
+}
+
+// TrustdProbe simulates trustd on a control plane: its certificate (the trustd leaf) must be
+// trusted by rootsPEM, and the token must be the node's machine.token or in machine.acceptedTokens.
+func (f *fakeCluster) TrustdProbe(_ context.Context, node string, rootsPEM []byte, token string) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+
+	f.trustdProbes++
+
+	n, err := f.node(node)
+	if err != nil {
+		return err
+	}
+
+	leaf, ok := n.leaves["trustd"]
+	if !ok {
+		return status.Errorf(codes.Unavailable, "%s runs no trustd", node)
+	}
+
+	cas, err := certs.ParseCertificates(rootsPEM)
+	if err != nil || !slices.ContainsFunc(cas, func(c *x509.Certificate) bool { return certs.Fingerprint(c) == leaf.issuer }) {
+		return status.Errorf(codes.Unavailable, "x509: %s: trustd certificate signed by unknown authority", node)
+	}
+
+	machine := n.cfg.Document().Machine
+	if token == "" || (token != machine.Token && !slices.Contains(machine.AcceptedTokens, token)) {
+		return status.Error(codes.Unauthenticated, "invalid join token")
+	}
+
+	return nil
 }

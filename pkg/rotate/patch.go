@@ -31,6 +31,10 @@ type Patch struct {
 // issues (with the new key where the node held the old key), old CA in the accepted list, new CA
 // not (it issues); retired = new CA issues, neither CA in the accepted list.
 func patchFor(root Root, rc rootConfig, rp *RootPlan, target Phase) (*Patch, error) {
+	if root == RootJoinToken {
+		return tokenPatch(rc, rp, target)
+	}
+
 	phase, err := derivePhase(root, rc, rp.Old.Fingerprint, rp.New.Fingerprint)
 	if err != nil {
 		return nil, err

@@ -85,7 +85,7 @@ func newPatchFixture(t *testing.T) *patchFixture {
 		rc, err := readRoot(cp.Document(), root)
 		require.NoError(t, err)
 
-		current[root] = Material{Crt: rc.issuingCrt, Key: rc.issuingKey, Fingerprint: rc.issuingFingerprint}
+		current[root] = Material{Crt: rc.issuingCrt, Key: rc.issuingKey, Token: rc.issuingToken, Fingerprint: rc.issuingFingerprint}
 	}
 
 	_, err = plan.fill(current, []string{adminRole}, time.Now())

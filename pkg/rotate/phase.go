@@ -49,6 +49,10 @@ func (p Phase) stepName() string {
 
 // derivePhase places a node's root between the plan's old and new CA (fingerprints).
 func derivePhase(root Root, rc rootConfig, oldFingerprint, newFingerprint string) (Phase, error) {
+	if root == RootJoinToken {
+		return deriveTokenPhase(rc, oldFingerprint, newFingerprint)
+	}
+
 	switch rc.issuingFingerprint {
 	case newFingerprint:
 		if rc.accepts(oldFingerprint) {
@@ -72,6 +76,10 @@ func derivePhase(root Root, rc rootConfig, oldFingerprint, newFingerprint string
 
 // what names the kind of issuing material, for messages.
 func (r Root) what() string {
+	if r == RootJoinToken {
+		return "token"
+	}
+
 	if fieldsOf[r].keyOnly {
 		return "key"
 	}

@@ -48,6 +48,7 @@ type PlanRoots struct {
 	Etcd           *RootPlan `yaml:"etcd,omitempty"`
 	Aggregator     *RootPlan `yaml:"aggregator,omitempty"`
 	ServiceAccount *RootPlan `yaml:"service-account,omitempty"`
+	JoinToken      *RootPlan `yaml:"join-token,omitempty"`
 }
 
 // RootPlan is the old and the new material of one root.
@@ -59,10 +60,11 @@ type RootPlan struct {
 	New Material `yaml:"new"`
 }
 
-// Material is a CA (certificate and key) or, for service-account, a signing key.
+// Material is a CA (certificate and key), for service-account a signing key, for join-token a token.
 type Material struct {
-	Crt machineconfig.PEM `yaml:"crt,omitempty"`
-	Key machineconfig.PEM `yaml:"key,omitempty"`
+	Crt   machineconfig.PEM `yaml:"crt,omitempty"`
+	Key   machineconfig.PEM `yaml:"key,omitempty"`
+	Token string            `yaml:"token,omitempty"`
 	// Fingerprint is the hex SHA-256 of the certificate's (or key's) public key, as AcceptedCAs
 	// and CertificateStatuses report it.
 	Fingerprint string `yaml:"fingerprint,omitempty"`
@@ -87,6 +89,8 @@ func (r *PlanRoots) Get(root Root) *RootPlan {
 		return r.Aggregator
 	case RootServiceAccount:
 		return r.ServiceAccount
+	case RootJoinToken:
+		return r.JoinToken
 	default:
 		return nil
 	}
@@ -104,6 +108,8 @@ func (r *PlanRoots) set(root Root, rp *RootPlan) {
 		r.Aggregator = rp
 	case RootServiceAccount:
 		r.ServiceAccount = rp
+	case RootJoinToken:
+		r.JoinToken = rp
 	}
 }
 
@@ -164,7 +170,7 @@ func (p *Plan) check(now time.Time) error {
 
 	roots := p.Roots.List()
 	if len(roots) == 0 {
-		return errors.New("roots: no root to rotate: set at least one of roots.os, roots.kubernetes, roots.etcd, roots.aggregator, roots.service-account")
+		return errors.New("roots: no root to rotate: set at least one of roots.os, roots.kubernetes, roots.etcd, roots.aggregator, roots.service-account, roots.join-token")
 	}
 
 	var errs []error
@@ -199,6 +205,10 @@ func (p *Plan) check(now time.Time) error {
 
 // checkNewMaterial checks a new CA (or key) and returns its fingerprint.
 func checkNewMaterial(root Root, m Material, now time.Time) (string, error) {
+	if root == RootJoinToken {
+		return checkNewToken(m)
+	}
+
 	var fingerprint string
 
 	if fieldsOf[root].keyOnly {
@@ -244,6 +254,10 @@ func checkNewMaterial(root Root, m Material, now time.Time) (string, error) {
 
 // checkOldMaterial checks the recorded old CA, if any, and fills in its fingerprint.
 func checkOldMaterial(root Root, m *Material) error {
+	if root == RootJoinToken {
+		return checkOldToken(m)
+	}
+
 	if len(m.Crt) == 0 && len(m.Key) == 0 {
 		if m.Fingerprint != "" {
 			return errors.New("fingerprint is set without crt or key: remove old, it is filled in from the cluster")
@@ -361,6 +375,10 @@ func newPlan(roots []Root, now time.Time) (*Plan, error) {
 
 // generateMaterial makes a new CA (or service-account key) with the root's profile.
 func generateMaterial(root Root) (Material, error) {
+	if root == RootJoinToken {
+		return generateToken()
+	}
+
 	if fieldsOf[root].keyOnly {
 		key, err := certs.NewServiceAccountKey()
 		if err != nil {

@@ -116,6 +116,7 @@ func (r *rotation) inspect(ctx context.Context, name string) *inspection {
 	in.notes = append(in.notes, version.MachineType)
 	r.checkClock(in, version)
 	r.checkCertificates(ctx, in)
+	r.inspectTrustd(ctx, in)
 
 	if err = r.probeAny(ctx, name, r.creds.operational()); err != nil {
 		in.fatal = append(in.fatal, fmt.Sprintf("cannot be reached directly (rotate-ca verifies each node on its own address): %v", err))
@@ -285,7 +286,7 @@ func (r *rotation) completePlan(roles []string) error {
 		}
 
 		if rc.present {
-			current[root] = Material{Crt: rc.issuingCrt, Key: rc.issuingKey, Fingerprint: rc.issuingFingerprint}
+			current[root] = Material{Crt: rc.issuingCrt, Key: rc.issuingKey, Token: rc.issuingToken, Fingerprint: rc.issuingFingerprint}
 		}
 	}
 
@@ -323,7 +324,7 @@ func (r *rotation) derive(n *node, root Root) error {
 	}
 
 	n.roots = append(n.roots, root)
-	n.phases[root] = phase
+	n.phases[root] = comparablePhase(root, rc, phase)
 
 	return nil
 }
@@ -375,8 +376,12 @@ func (r *rotation) checkConsistency() []string {
 
 			for _, key := range slices.Sorted(maps.Keys(extras)) {
 				list := key
-				if list == "" {
+
+				switch {
+				case list == "":
 					list = "none"
+				case root == RootJoinToken:
+					list = fmt.Sprintf("%d other token(s)", strings.Count(key, ",")+1)
 				}
 
 				parts = append(parts, fmt.Sprintf("[%s] on %s", list, strings.Join(extras[key], ", ")))

@@ -12,7 +12,8 @@ import (
 	"github.com/nodepki/nodepki/resources/pki"
 )
 
-// Root names a root of trust rotate-ca rotates; the values are the pki root IDs.
+// Root names a root of trust rotate-ca rotates; the values are the pki root IDs, except for
+// RootJoinToken (jointoken.go).
 type Root string
 
 // The roots, in the order rotate-ca handles and prints them.
@@ -25,7 +26,7 @@ const (
 )
 
 // AllRoots lists every root rotate-ca can rotate, in order.
-var AllRoots = []Root{RootOS, RootKubernetes, RootEtcd, RootAggregator, RootServiceAccount}
+var AllRoots = []Root{RootOS, RootKubernetes, RootEtcd, RootAggregator, RootServiceAccount, RootJoinToken}
 
 // DefaultRoots are rotated when no root is chosen, as talosctl rotate-ca does (Talos API and
 // Kubernetes CAs).
@@ -78,6 +79,7 @@ var fieldsOf = map[Root]rootFields{
 	RootEtcd:           {section: []string{"cluster", "etcd"}, issuing: "ca", accepted: "acceptedCAs"},
 	RootAggregator:     {section: []string{"cluster"}, issuing: "aggregatorCA", accepted: "acceptedAggregatorCAs"},
 	RootServiceAccount: {section: []string{"cluster"}, issuing: "serviceAccount", accepted: "acceptedServiceAccountKeys", keyOnly: true},
+	RootJoinToken:      {section: []string{"machine"}, issuing: "token", accepted: "acceptedTokens"},
 }
 
 // issuingPath is the config path of the root's issuing field, for messages.
@@ -103,9 +105,14 @@ type rootConfig struct {
 	// on nodes that do not issue).
 	issuingCrt []byte
 	issuingKey []byte
-	// issuingFingerprint is the SPKI fingerprint of the issuing CA (or signing key).
+	// issuingFingerprint is the SPKI fingerprint of the issuing CA (or signing key), or the
+	// tokenFingerprint of the join token.
 	issuingFingerprint string
 	accepted           []acceptedEntry
+	// issuingToken is machine.token (join-token root only).
+	issuingToken string
+	// noTrustd is set on a worker for the join-token root: it accepts no token.
+	noTrustd bool
 }
 
 // acceptedEntry is one element of an accepted list: its PEM exactly as in the config (a patch
@@ -150,6 +157,8 @@ func readRoot(doc *machineconfig.Document, root Root) (rootConfig, error) {
 		issuing, accepted = cluster.AggregatorCA, cluster.AcceptedAggregatorCAs
 	case RootServiceAccount:
 		return readKeyRoot(cluster.ServiceAccount, cluster.AcceptedServiceAccountKeys)
+	case RootJoinToken:
+		return readTokenRoot(machine), nil
 	default:
 		return rootConfig{}, fmt.Errorf("unknown root %q", root)
 	}

@@ -185,6 +185,10 @@ func Run(ctx context.Context, cl Cluster, opts Options) error {
 		return err
 	}
 
+	if err := checkTrustdCluster(cl, opts.Roots); err != nil {
+		return err
+	}
+
 	r := &rotation{cl: cl, opts: opts, out: &printer{w: opts.Out}}
 
 	return r.run(ctx)
@@ -345,8 +349,7 @@ func (r *rotation) writePlan() error {
 
 	for _, root := range r.plan.Roots.List() {
 		rp := r.plan.Roots.Get(root)
-		r.out.printf("  %s: %s %s -> %s (%s)\n", root, root.what(), shortFingerprint(rp.Old.Fingerprint),
-			shortFingerprint(rp.New.Fingerprint), r.phaseSummary(root))
+		r.out.printf("  %s: %s (%s)\n", root, rp.change(root), r.phaseSummary(root))
 	}
 
 	switch {

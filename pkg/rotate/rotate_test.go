@@ -105,6 +105,13 @@ func assertConverged(t *testing.T, r *run, plan *Plan) {
 			require.NoError(t, err)
 			assert.Equal(t, PhaseRetired, phase, "%s %s", name, root)
 			assert.Empty(t, rc.accepted, "%s %s: accepted list should be empty again", name, root)
+
+			if root == RootJoinToken {
+				assert.Equal(t, rp.New.Token, rc.issuingToken, "%s: the new join token", name)
+
+				continue
+			}
+
 			assert.Equal(t, []string{rp.New.Fingerprint}, accepted[root].Fingerprints, "%s %s", name, root)
 
 			if len(rc.issuingKey) > 0 {

@@ -18,18 +18,25 @@ var bundleField = map[Root]string{
 	RootEtcd:           "certs.etcd",
 	RootAggregator:     "certs.k8saggregator",
 	RootServiceAccount: "certs.k8sserviceaccount",
+	RootJoinToken:      "trustdinfo.token",
 }
 
 // bundleRoot returns the secrets.yaml entry of a root as Material (Fingerprint set), or false
 // when the bundle has none.
 func bundleRoot(b *bundle.Bundle, root Root) (Material, bool, error) {
-	if b.Certs == nil {
+	if b.Certs == nil && root != RootJoinToken {
 		return Material{}, false, nil
 	}
 
 	var pair *machineconfig.CertificateAndKey
 
 	switch root {
+	case RootJoinToken:
+		if b.TrustdInfo == nil || b.TrustdInfo.Token == "" {
+			return Material{}, false, nil
+		}
+
+		return Material{Token: b.TrustdInfo.Token, Fingerprint: tokenFingerprint(b.TrustdInfo.Token)}, true, nil
 	case RootOS:
 		pair = b.Certs.OS
 	case RootKubernetes:
@@ -71,6 +78,8 @@ func setBundleRoot(b *bundle.Bundle, root Root, m Material) {
 	pair := &machineconfig.CertificateAndKey{Crt: m.Crt, Key: m.Key}
 
 	switch root {
+	case RootJoinToken:
+		b.TrustdInfo = &bundle.TrustdInfo{Token: m.Token}
 	case RootOS:
 		b.Certs.OS = pair
 	case RootKubernetes:
@@ -104,7 +113,12 @@ func checkSecrets(path string, plan *Plan) error {
 			return fmt.Errorf("--with-secrets %s: %s is missing: pass the cluster's secrets.yaml", path, bundleField[root])
 		}
 
-		if m.Fingerprint != rp.Old.Fingerprint && m.Fingerprint != rp.New.Fingerprint {
+		switch {
+		case m.Fingerprint == rp.Old.Fingerprint || m.Fingerprint == rp.New.Fingerprint:
+		case root == RootJoinToken:
+			return fmt.Errorf("--with-secrets %s: %s is neither the cluster's join token nor the plan's new one: pass the cluster's secrets.yaml",
+				path, bundleField[root])
+		default:
 			return fmt.Errorf("--with-secrets %s: %s is %s %s, but the cluster's is %s: pass the cluster's secrets.yaml",
 				path, bundleField[root], root.what(), shortFingerprint(m.Fingerprint), shortFingerprint(rp.Old.Fingerprint))
 		}

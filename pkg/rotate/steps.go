@@ -24,7 +24,7 @@ import (
 // them (for os: a client certificate of the new CA, on each node's own address). Then the
 // talosconfig becomes the transitional one.
 func (r *rotation) accept(ctx context.Context) error {
-	r.out.step(StepAccept, "add the new roots to the accepted ones (control planes first)")
+	r.out.step(StepAccept, r.stepText(PhaseAccepted, "add the new roots to the accepted ones (control planes first)"))
 
 	if err := r.applyPhase(ctx, PhaseAccepted); err != nil {
 		return err
@@ -35,7 +35,7 @@ func (r *rotation) accept(ctx context.Context) error {
 		what += " and a client certificate of the new OS CA (each node dialed directly)"
 	}
 
-	r.out.printf("  verify: %s\n", what)
+	r.out.printf("  verify: %s\n", r.verifyText(PhaseAccepted, what))
 
 	if err := r.waitNodes(ctx, r.nodes, r.checkAccepted); err != nil {
 		return fmt.Errorf("%s: %w", StepAccept, err)
@@ -85,7 +85,8 @@ func (r *rotation) accept(ctx context.Context) error {
 // certificate from a control plane's trustd. For os, the final credentials are then verified on
 // every node, and the talosconfig becomes the final one.
 func (r *rotation) switchCA(ctx context.Context) error {
-	r.out.step(StepSwitch, "the new roots issue, the old ones stay accepted (control planes first; workers get the certificate only)")
+	r.out.step(StepSwitch, r.stepText(PhaseSwitched,
+		"the new roots issue, the old ones stay accepted (control planes first; workers get the certificate only)"))
 
 	for _, group := range [][]*node{r.controlPlanes(), r.workers()} {
 		if len(group) == 0 {
@@ -96,7 +97,7 @@ func (r *rotation) switchCA(ctx context.Context) error {
 			return err
 		}
 
-		r.out.printf("  wait: %s' leaves issued by the new roots and trusted\n", groupName(group))
+		r.out.printf("  wait: %s\n", r.verifyText(PhaseSwitched, groupName(group)+"' leaves issued by the new roots and trusted"))
 
 		if err := r.waitNodes(ctx, group, r.checkIssued); err != nil {
 			return fmt.Errorf("%s: %w", StepSwitch, err)
@@ -133,7 +134,7 @@ func groupName(group []*node) string {
 // retire removes the old roots and verifies that they are gone (for os: a client certificate of
 // the old CA is refused by every node).
 func (r *rotation) retire(ctx context.Context) error {
-	r.out.step(StepRetire, "remove the old roots (control planes first)")
+	r.out.step(StepRetire, r.stepText(PhaseRetired, "remove the old roots (control planes first)"))
 
 	if err := r.applyPhase(ctx, PhaseRetired); err != nil {
 		return err
@@ -144,7 +145,7 @@ func (r *rotation) retire(ctx context.Context) error {
 		what += ", a client certificate of the old OS CA is refused"
 	}
 
-	r.out.printf("  verify: %s\n", what)
+	r.out.printf("  verify: %s\n", r.verifyText(PhaseRetired, what))
 
 	if err := r.waitNodes(ctx, r.nodes, r.checkRetired); err != nil {
 		return fmt.Errorf("%s: %w", StepRetire, err)
@@ -404,7 +405,7 @@ func (r *rotation) dryRun() error {
 	ordered := append(r.controlPlanes(), r.workers()...)
 
 	for _, s := range steps {
-		r.out.step(s.target.stepName(), "patches that would be applied (dry run; private keys shown as ******)")
+		r.out.step(s.target.stepName(), "patches that would be applied (dry run; private keys and join tokens shown as ******)")
 
 		for _, n := range ordered {
 			patches := s.patches[index[n]]
@@ -457,6 +458,10 @@ func (r *rotation) checkAccepted(ctx context.Context, n *node) (string, error) {
 	}
 
 	for _, root := range n.roots {
+		if root == RootJoinToken {
+			continue // no AcceptedCAs: checkJoinToken asks trustd
+		}
+
 		rp := r.plan.Roots.Get(root)
 
 		spec, ok := accepted[root]
@@ -472,8 +477,16 @@ func (r *rotation) checkAccepted(ctx context.Context, n *node) (string, error) {
 	}
 
 	detail, err := r.checkEtcd(ctx, n, etcdAccepted)
+	if err != nil {
+		return "", err
+	}
 
-	return r.withKube(ctx, n, PhaseAccepted, detail, err)
+	more, err := r.checkJoinToken(ctx, n, PhaseAccepted)
+	if detail, err = joinDetails(detail, more, err); err != nil {
+		return "", err
+	}
+
+	return r.withKube(ctx, n, PhaseAccepted, detail, nil)
 }
 
 // checkIssued: every root of the node issues with the new material and every leaf of those roots
@@ -485,6 +498,11 @@ func (r *rotation) checkIssued(ctx context.Context, n *node) (string, error) {
 	}
 
 	more, err := r.checkEtcd(ctx, n, etcdSwitched)
+	if detail, err = joinDetails(detail, more, err); err != nil {
+		return "", err
+	}
+
+	more, err = r.checkJoinToken(ctx, n, PhaseSwitched)
 	if detail, err = joinDetails(detail, more, err); err != nil {
 		return "", err
 	}
@@ -501,6 +519,11 @@ func (r *rotation) checkRetired(ctx context.Context, n *node) (string, error) {
 	}
 
 	more, err := r.checkEtcd(ctx, n, etcdRetired)
+	if detail, err = joinDetails(detail, more, err); err != nil {
+		return "", err
+	}
+
+	more, err = r.checkJoinToken(ctx, n, PhaseRetired)
 	if detail, err = joinDetails(detail, more, err); err != nil {
 		return "", err
 	}
@@ -542,6 +565,10 @@ func (r *rotation) checkLeaves(ctx context.Context, n *node, retired bool) (stri
 	var leaves []string
 
 	for _, root := range n.roots {
+		if root == RootJoinToken {
+			continue // issues no leaf: checkJoinToken
+		}
+
 		rp := r.plan.Roots.Get(root)
 
 		spec, ok := accepted[root]

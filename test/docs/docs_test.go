@@ -182,6 +182,19 @@ func TestRotation(t *testing.T) {
 			assertMode(t, dir, 0o600, "kubernetes-plan.yaml")
 			assert.NotNil(t, loadPlan(t, filepath.Join(dir, "kubernetes-plan.yaml")).Completed)
 		}},
+		check{"--plan join-token-plan.yaml", func(t *testing.T, dir, out string) {
+			assert.Contains(t, out, "rotation complete: join-token")
+			assertMode(t, dir, 0o600, "join-token-plan.yaml", "secrets.yaml")
+
+			plan := loadPlan(t, filepath.Join(dir, "join-token-plan.yaml"))
+			require.NotNil(t, plan.Completed)
+			assert.NotContains(t, out, plan.Roots.JoinToken.Old.Token)
+			assert.NotContains(t, out, plan.Roots.JoinToken.New.Token)
+
+			b, err := bundle.Load(filepath.Join(dir, "secrets.yaml"))
+			require.NoError(t, err)
+			assert.Equal(t, plan.Roots.JoinToken.New.Token, b.TrustdInfo.Token, "secrets.yaml kept in step")
+		}},
 		check{"umask 077", func(t *testing.T, dir, out string) {
 			assertMode(t, dir, 0o600, "new-secrets.yaml")
 			manualFP = osFingerprint(t, filepath.Join(dir, "new-secrets.yaml"))
