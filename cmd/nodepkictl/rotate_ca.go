@@ -37,16 +37,17 @@ var rootFlags = []rootFlag{
 
 func newRotateCACmd() *cobra.Command {
 	var (
-		dryRun      bool
-		force       bool
-		planPath    string
-		secrets     string
-		output      string
-		maxSkew     time.Duration
-		waitTimeout time.Duration
-		clientGrace time.Duration
-		etcdClient  string
-		roots       = make([]bool, len(rootFlags))
+		dryRun         bool
+		force          bool
+		planPath       string
+		secrets        string
+		output         string
+		maxSkew        time.Duration
+		waitTimeout    time.Duration
+		clientGrace    time.Duration
+		etcdClient     string
+		kubeconfigPath string
+		roots          = make([]bool, len(rootFlags))
 	)
 
 	cmd := &cobra.Command{
@@ -62,7 +63,7 @@ func newRotateCACmd() *cobra.Command {
   switch     the new CA becomes the issuing one (the old stays accepted; workers get the
              certificate only), until every node's leaves are issued by it and trusted
   retire     the old CA is removed, and every node is checked to refuse it
-  output     talosconfig, --with-secrets secrets.yaml, plan marked complete
+  output     talosconfig, --kubeconfig, --with-secrets secrets.yaml, plan marked complete
 
 Without a root flag, --os and --kubernetes are rotated (as talosctl does); any root flag selects
 only what it names. --os is the node API
@@ -87,6 +88,16 @@ endpoint must answer. If no member is found (nodes of an older version record no
 the talosconfig context are used. Calls go through the endpoints; each node is also dialed on its
 own address (port 50000) to verify it.
 
+When a control plane runs kube-apiserver (nodepkid --kube-apiserver-binary), every step of a
+rotation of the Kubernetes, aggregator, service-account or etcd root is also verified through each
+kube-apiserver: /readyz and a SelfSubjectReview with admin credentials (of the new Kubernetes CA when
+it is rotated), a requestheader request with a front-proxy-client certificate of the new aggregator
+CA, the service-account keys it publishes (/openid/v1/jwks); once retired, certificates of the old
+CAs are refused. A rotation is refused while any kube-apiserver is unhealthy, unless --force.
+--kubeconfig FILE keeps that kubeconfig's entries of this cluster usable throughout (transitional:
+both Kubernetes CAs trusted, admin certificate of the new CA; final at the end); without it,
+rotate-ca ends by printing the "nodepkictl kubeconfig" command that fetches a new admin kubeconfig.
+
 Every step is derived from the nodes' configs, so an interrupted rotation is resumed by running the
 same command again: the plan file is loaded (no second CA is ever generated) and only the nodes that
 are behind get a patch; after Ctrl-C, rerun the same command. A complete plan is never reused:
@@ -102,6 +113,9 @@ and .key (see docs/rotation.md).
   # rotate the etcd CA only, updating secrets.yaml (a backup is kept); with etcd running on the
   # control planes each trust change restarts the members one at a time (see docs/etcd.md)
   nodepkictl rotate-ca --etcd --with-secrets secrets.yaml --etcd-client-dir ./etcd-client --dry-run=false
+
+  # rotate the Kubernetes CA, keeping this cluster's context of ~/.kube/config usable throughout
+  nodepkictl rotate-ca --kubernetes --kubeconfig ~/.kube/config --dry-run=false
 
   # rotate the join token only (a leaked machine.token), keeping secrets.yaml in step
   nodepkictl rotate-ca --join-token --with-secrets secrets.yaml --dry-run=false
@@ -122,6 +136,7 @@ and .key (see docs/rotation.md).
 			return runRotateCA(cmd, rotateCAInput{
 				roots: selected, dryRun: dryRun, force: force, plan: planPath, secrets: secrets, output: output,
 				maxSkew: maxSkew, waitTimeout: waitTimeout, clientGrace: clientGrace, etcdClientDir: etcdClient,
+				kubeconfig: kubeconfigPath,
 			})
 		},
 	}
@@ -136,13 +151,16 @@ and .key (see docs/rotation.md).
 	flags.StringVar(&planPath, "plan", "", "rotation plan file (default: "+rotate.DefaultPlanName+" beside the talosconfig)")
 	flags.StringVar(&secrets, "with-secrets", "", "secrets.yaml to update with the new roots at the end (a timestamped backup is kept)")
 	flags.StringVarP(&output, "output", "o", "", "talosconfig to keep up to date (default: the talosconfig in use, updated in place)")
-	flags.BoolVar(&force, "force", false, "rotate despite preflight problems (clock skew, expired certificates, inconsistent configs)")
+	flags.BoolVar(&force, "force", false,
+		"rotate despite preflight problems (clock skew, expired certificates, inconsistent configs, an unhealthy kube-apiserver)")
 	flags.DurationVar(&maxSkew, "max-clock-skew", rotate.DefaultMaxClockSkew, "largest accepted difference between a node's clock and this machine's")
 	flags.DurationVar(&waitTimeout, "wait-timeout", rotate.DefaultWaitTimeout, "how long to wait for the nodes to converge at each step")
 	flags.DurationVar(&clientGrace, "client-grace", rotate.DefaultClientGrace,
 		"pause between writing the transitional talosconfig and switching the issuing CA, for clients to pick it up")
 	flags.StringVar(&etcdClient, "etcd-client-dir", "",
 		"with --etcd: directory whose ca.crt, client.crt and client.key are kept usable for an outside etcd client (transitional, then final)")
+	flags.StringVar(&kubeconfigPath, "kubeconfig", "",
+		"with --kubernetes: kubeconfig whose entries of this cluster are kept usable (transitional, then final); other entries are left alone")
 
 	return cmd
 }
@@ -173,7 +191,7 @@ type rotateCAInput struct {
 	roots                             []rotate.Root
 	dryRun, force                     bool
 	plan, secrets, output             string
-	etcdClientDir                     string
+	etcdClientDir, kubeconfig         string
 	maxSkew, waitTimeout, clientGrace time.Duration
 }
 
@@ -227,6 +245,7 @@ func runRotateCA(cmd *cobra.Command, in rotateCAInput) error {
 		WaitTimeout:     in.waitTimeout,
 		ClientGrace:     in.clientGrace,
 		EtcdClientDir:   in.etcdClientDir,
+		KubeconfigPath:  in.kubeconfig,
 	})
 	if err != nil && ctx.Err() != nil {
 		return interrupted(in.dryRun, planPath)

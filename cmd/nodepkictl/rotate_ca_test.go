@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"os"
 	"path/filepath"
 	"testing"
 
@@ -35,11 +36,16 @@ func TestRotateCARefusesBadInvocations(t *testing.T) {
 	withoutEndpoints := filepath.Join(dir, "without-endpoints")
 	require.NoError(t, clientconfig.New("prod", nil, []byte("ca"), []byte("crt"), []byte("key")).Save(withoutEndpoints))
 
+	notKubeconfig := filepath.Join(dir, "not-a-kubeconfig")
+	require.NoError(t, os.WriteFile(notKubeconfig, []byte("clusters: [unclosed"), 0o600))
+
 	tests := []struct {
 		name string
 		args []string
 		want string
 	}{
+		{"--kubeconfig without --kubernetes", []string{"--talosconfig", withNodes, "rotate-ca", "--etcd", "--kubeconfig", notKubeconfig}, "add --kubernetes, or drop --kubeconfig"},
+		{"--kubeconfig not a kubeconfig", []string{"--talosconfig", withNodes, "rotate-ca", "--kubernetes", "--kubeconfig", notKubeconfig}, "is not a kubeconfig rotate-ca can keep in step"},
 		{"every root flag false", []string{"--talosconfig", withNodes, "rotate-ca", "--os=false", "--kubernetes=false"}, "every root flag is false"},
 		{"missing talosconfig", []string{"--talosconfig", filepath.Join(dir, "nope"), "rotate-ca"}, "does not exist"},
 		{"no endpoints", []string{"--talosconfig", withoutEndpoints, "-n", "10.5.0.2", "rotate-ca"}, "has no endpoints"},

@@ -76,6 +76,8 @@ type NodeAPIOptions struct {
 	Endpoints []string
 	// Port is the node API port direct probes dial (default client.DefaultPort).
 	Port int
+	// KubePort is the kube-apiserver port of the control planes (default 6443).
+	KubePort int
 	// TrustdPort is the trustd port join-token probes dial (default trustd.DefaultPort).
 	TrustdPort int
 	// Logger receives client warnings; nil discards them.

@@ -59,6 +59,15 @@ func (r *rotation) preflight(ctx context.Context) error {
 		clusterFatal, clusterProblems = r.checkCluster(inspections)
 	}
 
+	if len(clusterFatal) == 0 && r.plan != nil {
+		kubeProblems, err := r.kubePreflight(ctx)
+		if err != nil {
+			clusterFatal = append(clusterFatal, err.Error())
+		}
+
+		clusterProblems = append(clusterProblems, kubeProblems...)
+	}
+
 	fatal, problems := r.report(inspections, clusterFatal, clusterProblems)
 
 	if fatal > 0 {

@@ -42,6 +42,12 @@ const (
 	DefaultWaitTimeout  = 3 * time.Minute
 	DefaultClientGrace  = 250 * time.Millisecond
 	DefaultConcurrency  = 16
+	// DefaultKubeSettle is how long every kube-apiserver must answer /readyz without a failure
+	// before the next control plane of an etcd rotation is patched. kube-apiserver probes etcd at
+	// most once a second and answers the last result in between, and its etcd client reconnects
+	// to a restarted member with a backoff: it can report its etcd unready seconds after the
+	// member is back, having answered ready first.
+	DefaultKubeSettle = 3 * time.Second
 	// applyRetryTimeout bounds the retries of a patch on a node that is briefly unavailable.
 	applyRetryTimeout  = 10 * time.Second
 	applyRetryInterval = 100 * time.Millisecond
@@ -63,6 +69,10 @@ type Options struct {
 	// MemberStaleAfter is the age past which a discovered member is left out (default
 	// DefaultMemberStaleAfter).
 	MemberStaleAfter time.Duration
+	// KubeconfigPath, when rotating the Kubernetes CA, is a kubeconfig whose entries of this
+	// cluster are kept usable: transitional credentials after the accept step, final ones at the
+	// end; other entries are left alone. A missing file is created.
+	KubeconfigPath string
 	// EtcdClientDir, when rotating etcd, receives ca.crt, client.crt and client.key for an outside
 	// etcd client: transitional credentials after the accept step, final ones after the switch.
 	EtcdClientDir string
@@ -93,6 +103,8 @@ type Options struct {
 	ClientGrace time.Duration
 	// Concurrency bounds the nodes handled at once.
 	Concurrency int
+	// KubeSettle is DefaultKubeSettle unless set.
+	KubeSettle time.Duration
 	// Now overrides time.Now.
 	Now func() time.Time
 }
@@ -124,6 +136,17 @@ func (o *Options) setDefaults() error {
 		return errors.New("no talosconfig context")
 	}
 
+	if o.KubeconfigPath != "" {
+		if !slices.Contains(o.Roots, RootKubernetes) {
+			return fmt.Errorf("--kubeconfig keeps a kubeconfig usable through a Kubernetes CA rotation, and %s does not rotate it: add --kubernetes, or drop --kubeconfig",
+				rootNames(o.Roots))
+		}
+
+		if err := checkKubeconfigFile(o.KubeconfigPath); err != nil {
+			return err
+		}
+	}
+
 	if o.Out == nil {
 		o.Out = io.Discard
 	}
@@ -142,6 +165,10 @@ func (o *Options) setDefaults() error {
 
 	if o.Concurrency <= 0 {
 		o.Concurrency = DefaultConcurrency
+	}
+
+	if o.KubeSettle <= 0 {
+		o.KubeSettle = DefaultKubeSettle
 	}
 
 	if o.Now == nil {
@@ -178,6 +205,8 @@ type rotation struct {
 	planChanged bool
 	// memberTypes are the machine types of the members the endpoints record, for a new plan.
 	memberTypes map[string]string
+	// kube is what preflight found of the kube-apiservers, nil when the rotation does not touch them.
+	kube *kubeState
 }
 
 // node is one node of the rotation.

@@ -46,6 +46,10 @@ func (r *rotation) accept(ctx context.Context) error {
 		return err
 	}
 
+	if err := r.writeTransitionalKubeconfig(ctx); err != nil {
+		return err
+	}
+
 	if !r.rotatesOS() {
 		return nil
 	}
@@ -150,15 +154,19 @@ func (r *rotation) retire(ctx context.Context) error {
 	return nil
 }
 
-// output writes the final talosconfig (already written at the switch), secrets.yaml and marks
-// the plan complete.
-func (r *rotation) output(_ context.Context) error {
-	r.out.step(StepOutput, "talosconfig, secrets.yaml, plan")
+// output writes the final talosconfig (already written at the switch), the final kubeconfig,
+// secrets.yaml and marks the plan complete.
+func (r *rotation) output(ctx context.Context) error {
+	r.out.step(StepOutput, "talosconfig, kubeconfig, secrets.yaml, plan")
 
 	if r.rotatesOS() {
 		if _, err := r.writeTalosconfig(*r.creds.final, "final (trusts the new OS CA only)"); err != nil {
 			return err
 		}
+	}
+
+	if err := r.finishKubeconfig(ctx); err != nil {
+		return err
 	}
 
 	if r.opts.SecretsPath != "" {
@@ -244,6 +252,10 @@ func (r *rotation) applyPhase(ctx context.Context, target Phase) error {
 // applyGroup patches each node of the group that is not yet at the phase. The patch is computed
 // from the node's config as read just before, so a node that is already there gets none.
 func (r *rotation) applyGroup(ctx context.Context, group []*node, target Phase) error {
+	if len(group) > 1 && r.rollsKubeAPIServers(group) {
+		return r.applyOneByOne(ctx, group, target)
+	}
+
 	err := r.eachNode(ctx, group, func(ctx context.Context, n *node) (string, error) {
 		return retryUnavailable(ctx, func() (string, error) {
 			raw, err := r.cl.MachineConfig(ctx, n.name)
@@ -419,6 +431,8 @@ func (r *rotation) dryRun() error {
 		r.out.printf("  secrets %s would get the new roots at the end (with a backup)\n", r.opts.SecretsPath)
 	}
 
+	r.dryRunKubeconfig()
+
 	r.out.printf("dry run: nothing was changed; rerun with --dry-run=false to rotate\n")
 
 	return nil
@@ -468,8 +482,11 @@ func (r *rotation) checkAccepted(ctx context.Context, n *node) (string, error) {
 	}
 
 	more, err := r.checkJoinToken(ctx, n, PhaseAccepted)
+	if detail, err = joinDetails(detail, more, err); err != nil {
+		return "", err
+	}
 
-	return joinDetails(detail, more, err)
+	return r.withKube(ctx, n, PhaseAccepted, detail, nil)
 }
 
 // checkIssued: every root of the node issues with the new material and every leaf of those roots
@@ -486,8 +503,11 @@ func (r *rotation) checkIssued(ctx context.Context, n *node) (string, error) {
 	}
 
 	more, err = r.checkJoinToken(ctx, n, PhaseSwitched)
+	if detail, err = joinDetails(detail, more, err); err != nil {
+		return "", err
+	}
 
-	return joinDetails(detail, more, err)
+	return r.withKube(ctx, n, PhaseSwitched, detail, nil)
 }
 
 // checkRetired: checkIssued, the old material is no longer accepted, and for os the final
@@ -504,7 +524,11 @@ func (r *rotation) checkRetired(ctx context.Context, n *node) (string, error) {
 	}
 
 	more, err = r.checkJoinToken(ctx, n, PhaseRetired)
-	if detail, err = joinDetails(detail, more, err); err != nil || !r.rotatesOS() {
+	if detail, err = joinDetails(detail, more, err); err != nil {
+		return "", err
+	}
+
+	if detail, err = r.withKube(ctx, n, PhaseRetired, detail, nil); err != nil || !r.rotatesOS() {
 		return detail, err
 	}
 
