@@ -78,16 +78,10 @@ type MemberStatusController struct {
 	// ProbeInterval, MinBackoff, MaxBackoff and ComeBackTimeout override the defaults.
 	ProbeInterval, MinBackoff, MaxBackoff, ComeBackTimeout time.Duration
 
-	// proc is the running member; it outlives a restart of Run.
-	proc     *process.Process
-	adopted  bool
-	restarts int
-	backoff  time.Duration
-	// retryAt is when a stopped member may be started again.
-	retryAt   time.Time
-	startedAt time.Time
-	lastErr   string
-	client    *memberClient
+	// sup is the running process and its restarts; it outlives a restart of Run.
+	sup     process.Supervision
+	adopted bool
+	client  *memberClient
 }
 
 // memberClient is an etcd client of the member's own admin credentials, rebuilt when the files change.
@@ -129,6 +123,9 @@ func (ctrl *MemberStatusController) config() etcdpkg.MemberConfig {
 
 // Run implements controller.Controller interface.
 func (ctrl *MemberStatusController) Run(ctx context.Context, r controller.Runtime, logger *zap.Logger) error {
+	ctrl.sup.Name, ctrl.sup.Address, ctrl.sup.LogFile = "etcd", ctrl.Address, ctrl.config().LogFile
+	ctrl.sup.MinBackoff, ctrl.sup.MaxBackoff = cmp.Or(ctrl.MinBackoff, DefaultMinBackoff), cmp.Or(ctrl.MaxBackoff, DefaultMaxBackoff)
+
 	probe := time.NewTicker(cmp.Or(ctrl.ProbeInterval, DefaultProbeInterval))
 	defer probe.Stop()
 
@@ -151,18 +148,15 @@ func (ctrl *MemberStatusController) Run(ctx context.Context, r controller.Runtim
 		}
 
 		if proc != nil {
-			ctrl.proc = proc
-			ctrl.startedAt = time.Now()
+			ctrl.sup.Proc = proc
+			ctrl.sup.StartedAt = time.Now()
 
 			logger.Info("adopted running etcd", zap.Int("pid", proc.PID))
 		}
 	}
 
 	for {
-		var exited <-chan struct{}
-		if ctrl.proc != nil {
-			exited = ctrl.proc.Exited()
-		}
+		exited := ctrl.sup.Running()
 
 		select {
 		case <-ctx.Done():
@@ -170,7 +164,7 @@ func (ctrl *MemberStatusController) Run(ctx context.Context, r controller.Runtim
 		case <-r.EventCh():
 		case <-probe.C:
 		case <-exited:
-			ctrl.exited(logger)
+			ctrl.sup.Exited(logger)
 		}
 
 		if !ctrl.controlPlane(ctx, r) {
@@ -207,35 +201,12 @@ func (ctrl *MemberStatusController) controlPlane(ctx context.Context, r controll
 
 // shutdown stops etcd with nodepkid (a crash leaves it running, to be adopted).
 func (ctrl *MemberStatusController) shutdown(logger *zap.Logger) {
-	if ctrl.proc == nil {
-		return
-	}
-
-	if err := ctrl.proc.Stop(context.Background(), stopGrace); err != nil {
-		logger.Warn("error stopping etcd", zap.Error(err))
-	}
-
-	ctrl.proc = nil
-}
-
-func (ctrl *MemberStatusController) exited(logger *zap.Logger) {
-	err := ctrl.proc.Err()
-	ctrl.proc = nil
-	ctrl.lastErr = fmt.Sprintf("etcd exited: %v: %s (see %s)", err, process.LastLogLine(ctrl.config().LogFile), ctrl.config().LogFile)
-	ctrl.retryAt = time.Now().Add(ctrl.nextBackoff())
-
-	logger.Error("etcd exited", zap.Error(err), zap.String("last_log", ctrl.lastErr), zap.Time("retry_at", ctrl.retryAt))
-}
-
-func (ctrl *MemberStatusController) nextBackoff() time.Duration {
-	ctrl.backoff = min(max(ctrl.backoff*2, cmp.Or(ctrl.MinBackoff, DefaultMinBackoff)), cmp.Or(ctrl.MaxBackoff, DefaultMaxBackoff))
-
-	return ctrl.backoff
+	ctrl.sup.Shutdown(logger, stopGrace)
 }
 
 // reconcile starts, probes or restarts the member and returns its status.
 func (ctrl *MemberStatusController) reconcile(ctx context.Context, r controller.Runtime, logger *zap.Logger) etcd.MemberStatusSpec {
-	status := etcd.MemberStatusSpec{Name: etcdpkg.MemberName(ctrl.Address), Restarts: ctrl.restarts}
+	status := etcd.MemberStatusSpec{Name: etcdpkg.MemberName(ctrl.Address), Restarts: ctrl.sup.Restarts}
 
 	files, err := safe.ReaderGetByID[*etcd.PKIFiles](ctx, r, etcd.PKIFilesID)
 	if err != nil {
@@ -257,7 +228,7 @@ func (ctrl *MemberStatusController) reconcile(ctx context.Context, r controller.
 		return ctrl.withProcess(status)
 	}
 
-	if ctrl.proc == nil {
+	if ctrl.sup.Proc == nil {
 		ctrl.start(ctx, r, logger, files.TypedSpec(), &status)
 
 		return ctrl.withProcess(status)
@@ -270,11 +241,11 @@ func (ctrl *MemberStatusController) reconcile(ctx context.Context, r controller.
 		ctrl.promote(ctx, r, logger, health.MemberID)
 	}
 
-	if status.Healthy && time.Since(ctrl.startedAt) > healthyResetsBackoff {
-		ctrl.backoff = 0
+	if status.Healthy {
+		ctrl.sup.ResetBackoffAfter(healthyResetsBackoff)
 	}
 
-	if status.Healthy && files.TypedSpec().TrustBundleDigest != ctrl.proc.Tag {
+	if status.Healthy && files.TypedSpec().TrustBundleDigest != ctrl.sup.Proc.Tag {
 		ctrl.rollingRestart(ctx, r, logger, files.TypedSpec(), &status)
 	}
 
@@ -282,16 +253,16 @@ func (ctrl *MemberStatusController) reconcile(ctx context.Context, r controller.
 }
 
 func (ctrl *MemberStatusController) withProcess(status etcd.MemberStatusSpec) etcd.MemberStatusSpec {
-	status.Restarts = ctrl.restarts
+	status.Restarts = ctrl.sup.Restarts
 
-	if ctrl.proc != nil {
+	if ctrl.sup.Proc != nil {
 		status.Running = true
-		status.PID = ctrl.proc.PID
-		status.TrustBundleDigest = ctrl.proc.Tag
+		status.PID = ctrl.sup.Proc.PID
+		status.TrustBundleDigest = ctrl.sup.Proc.Tag
 	}
 
 	if status.LastError == "" && !status.Healthy {
-		status.LastError = ctrl.lastErr
+		status.LastError = ctrl.sup.LastErr
 	}
 
 	return status
@@ -316,7 +287,7 @@ func (ctrl *MemberStatusController) fillHealth(status *etcd.MemberStatusSpec, he
 	case health.Healthy():
 		status.State = etcd.StateRunning
 		status.Healthy = true
-		ctrl.lastErr = ""
+		ctrl.sup.LastErr = ""
 	default:
 		status.LastError = "no leader"
 	}
@@ -327,8 +298,8 @@ func (ctrl *MemberStatusController) fillHealth(status *etcd.MemberStatusSpec, he
 func (ctrl *MemberStatusController) start(ctx context.Context, r controller.Runtime, logger *zap.Logger, files *etcd.PKIFilesSpec, status *etcd.MemberStatusSpec) {
 	status.State = etcd.StateFailed
 
-	if time.Now().Before(ctrl.retryAt) {
-		status.LastError = ctrl.lastErr
+	if time.Now().Before(ctrl.sup.RetryAt) {
+		status.LastError = ctrl.sup.LastErr
 
 		return
 	}
@@ -354,8 +325,7 @@ func (ctrl *MemberStatusController) start(ctx context.Context, r controller.Runt
 		if err != nil {
 			status.State = etcd.StateWaitingBootstrap
 			status.LastError = err.Error()
-			ctrl.lastErr = status.LastError
-			ctrl.retryAt = time.Now().Add(ctrl.nextBackoff())
+			ctrl.sup.Failed(logger, err)
 
 			return
 		}
@@ -371,12 +341,7 @@ func (ctrl *MemberStatusController) start(ctx context.Context, r controller.Runt
 		return
 	}
 
-	if ctrl.startedAt != (time.Time{}) {
-		ctrl.restarts++
-	}
-
-	ctrl.proc = proc
-	ctrl.startedAt = time.Now()
+	ctrl.sup.Started(proc)
 	status.State = etcd.StateStarting
 	status.LastError = ""
 
@@ -386,10 +351,7 @@ func (ctrl *MemberStatusController) start(ctx context.Context, r controller.Runt
 func (ctrl *MemberStatusController) fail(logger *zap.Logger, status *etcd.MemberStatusSpec, err error) {
 	status.State = etcd.StateFailed
 	status.LastError = err.Error()
-	ctrl.lastErr = status.LastError
-	ctrl.retryAt = time.Now().Add(ctrl.nextBackoff())
-
-	logger.Error("error starting etcd", zap.Error(err), zap.Time("retry_at", ctrl.retryAt))
+	ctrl.sup.Failed(logger, err)
 }
 
 func (ctrl *MemberStatusController) bootstrapRequested(ctx context.Context, r controller.Reader) bool {
@@ -642,7 +604,7 @@ func (ctrl *MemberStatusController) rollingRestart(
 	}
 
 	logger.Info("restarting etcd to load the new trust bundle",
-		zap.String("from", ctrl.proc.Tag), zap.String("to", files.TrustBundleDigest))
+		zap.String("from", ctrl.sup.Proc.Tag), zap.String("to", files.TrustBundleDigest))
 
 	// The restart is visible while it lasts: it holds the lock, and the other members wait.
 	restarting := ctrl.withProcess(*status)
@@ -666,7 +628,7 @@ func (ctrl *MemberStatusController) rollingRestart(
 	// etcd's graceful stop waits up to its request timeout (7 s) for client streams (watches,
 	// lease keepalives) to end. Once it leads nothing, killing it loses nothing: every write it
 	// acknowledged is in its fsynced WAL, and the leader has it too.
-	if err = ctrl.proc.Stop(ctx, restartStopGrace); err != nil {
+	if err = ctrl.sup.Proc.Stop(ctx, restartStopGrace); err != nil {
 		status.LastError = err.Error()
 
 		return
@@ -674,7 +636,7 @@ func (ctrl *MemberStatusController) rollingRestart(
 
 	logger.Info("etcd stopped for the restart", zap.Duration("took", time.Since(stopping)))
 
-	ctrl.proc = nil
+	ctrl.sup.Proc = nil
 
 	cfg := ctrl.config()
 	cfg.PKIDir = files.Dir
@@ -686,15 +648,13 @@ func (ctrl *MemberStatusController) rollingRestart(
 		return
 	}
 
-	ctrl.proc = proc
-	ctrl.restarts++
-	ctrl.startedAt = time.Now()
+	ctrl.sup.Started(proc)
 
 	if err = ctrl.waitCaughtUp(ctx, client, endpoints); err != nil {
-		ctrl.lastErr = fmt.Sprintf("etcd did not come back after a trust-bundle restart: %v", err)
+		ctrl.sup.LastErr = fmt.Sprintf("etcd did not come back after a trust-bundle restart: %v", err)
 		status.State = etcd.StateFailed
 		status.Healthy = false
-		status.LastError = ctrl.lastErr
+		status.LastError = ctrl.sup.LastErr
 
 		logger.Error("etcd did not come back after a trust-bundle restart", zap.Error(err))
 
@@ -800,8 +760,8 @@ func (ctrl *MemberStatusController) waitCaughtUp(ctx context.Context, client *cl
 		select {
 		case <-ctx.Done():
 			return fmt.Errorf("not healthy and caught up in time: %w", ctx.Err())
-		case <-ctrl.proc.Exited():
-			return fmt.Errorf("etcd exited: %w", ctrl.proc.Err())
+		case <-ctrl.sup.Proc.Exited():
+			return fmt.Errorf("etcd exited: %w", ctrl.sup.Proc.Err())
 		case <-tick.C:
 		}
 

@@ -71,15 +71,9 @@ type APIServerStatusController struct {
 	// ProbeInterval, MinBackoff, MaxBackoff and ComeBackTimeout override the defaults.
 	ProbeInterval, MinBackoff, MaxBackoff, ComeBackTimeout time.Duration
 
-	// proc is the running kube-apiserver; it outlives a restart of Run.
-	proc     *process.Process
-	adopted  bool
-	restarts int
-	backoff  time.Duration
-	// retryAt is when a stopped kube-apiserver may be started again.
-	retryAt   time.Time
-	startedAt time.Time
-	lastErr   string
+	// sup is the running process and its restarts; it outlives a restart of Run.
+	sup     process.Supervision
+	adopted bool
 }
 
 // Name implements controller.Controller interface.
@@ -116,6 +110,9 @@ func (ctrl *APIServerStatusController) url() string {
 
 // Run implements controller.Controller interface.
 func (ctrl *APIServerStatusController) Run(ctx context.Context, r controller.Runtime, logger *zap.Logger) error {
+	ctrl.sup.Name, ctrl.sup.Address, ctrl.sup.LogFile = "kube-apiserver", ctrl.Address, ctrl.logFile()
+	ctrl.sup.MinBackoff, ctrl.sup.MaxBackoff = cmp.Or(ctrl.MinBackoff, DefaultMinBackoff), cmp.Or(ctrl.MaxBackoff, DefaultMaxBackoff)
+
 	probe := time.NewTicker(cmp.Or(ctrl.ProbeInterval, DefaultProbeInterval))
 	defer probe.Stop()
 
@@ -128,10 +125,7 @@ func (ctrl *APIServerStatusController) Run(ctx context.Context, r controller.Run
 	}()
 
 	for {
-		var exited <-chan struct{}
-		if ctrl.proc != nil {
-			exited = ctrl.proc.Exited()
-		}
+		exited := ctrl.sup.Running()
 
 		select {
 		case <-ctx.Done():
@@ -139,7 +133,7 @@ func (ctrl *APIServerStatusController) Run(ctx context.Context, r controller.Run
 		case <-r.EventCh():
 		case <-probe.C:
 		case <-exited:
-			ctrl.exited(logger)
+			ctrl.sup.Exited(logger)
 		}
 
 		if !ctrl.controlPlane(ctx, r) {
@@ -197,8 +191,8 @@ func (ctrl *APIServerStatusController) adopt(logger *zap.Logger, cfg kubepki.API
 	}
 
 	if proc != nil {
-		ctrl.proc = proc
-		ctrl.startedAt = time.Now()
+		ctrl.sup.Proc = proc
+		ctrl.sup.StartedAt = time.Now()
 
 		logger.Info("adopted running kube-apiserver", zap.Int("pid", proc.PID))
 	}
@@ -206,30 +200,7 @@ func (ctrl *APIServerStatusController) adopt(logger *zap.Logger, cfg kubepki.API
 
 // shutdown stops kube-apiserver with nodepkid (a crash leaves it running, to be adopted).
 func (ctrl *APIServerStatusController) shutdown(logger *zap.Logger) {
-	if ctrl.proc == nil {
-		return
-	}
-
-	if err := ctrl.proc.Stop(context.Background(), stopGrace); err != nil {
-		logger.Warn("error stopping kube-apiserver", zap.Error(err))
-	}
-
-	ctrl.proc = nil
-}
-
-func (ctrl *APIServerStatusController) exited(logger *zap.Logger) {
-	err := ctrl.proc.Err()
-	ctrl.proc = nil
-	ctrl.lastErr = fmt.Sprintf("kube-apiserver on %s exited: %v: %s (see %s)", ctrl.Address, err, process.LastLogLine(ctrl.logFile()), ctrl.logFile())
-	ctrl.retryAt = time.Now().Add(ctrl.nextBackoff())
-
-	logger.Error("kube-apiserver exited", zap.Error(err), zap.String("last_log", ctrl.lastErr), zap.Time("retry_at", ctrl.retryAt))
-}
-
-func (ctrl *APIServerStatusController) nextBackoff() time.Duration {
-	ctrl.backoff = min(max(ctrl.backoff*2, cmp.Or(ctrl.MinBackoff, DefaultMinBackoff)), cmp.Or(ctrl.MaxBackoff, DefaultMaxBackoff))
-
-	return ctrl.backoff
+	ctrl.sup.Shutdown(logger, stopGrace)
 }
 
 // reconcile starts, probes or restarts kube-apiserver and returns its status.
@@ -256,7 +227,7 @@ func (ctrl *APIServerStatusController) reconcile(ctx context.Context, r controll
 
 	ctrl.adopt(logger, cfg)
 
-	if ctrl.proc == nil {
+	if ctrl.sup.Proc == nil {
 		ctrl.start(ctx, r, logger, cfg, files.TypedSpec(), &status)
 
 		return ctrl.withProcess(status)
@@ -264,7 +235,7 @@ func (ctrl *APIServerStatusController) reconcile(ctx context.Context, r controll
 
 	ctrl.probe(ctx, files.TypedSpec(), &status)
 
-	if files.TypedSpec().StartupDigest != ctrl.proc.Tag {
+	if files.TypedSpec().StartupDigest != ctrl.sup.Proc.Tag {
 		ctrl.rollingRestart(ctx, r, logger, cfg, files.TypedSpec(), &status)
 	}
 
@@ -302,16 +273,16 @@ func (ctrl *APIServerStatusController) config(ctx context.Context, r controller.
 }
 
 func (ctrl *APIServerStatusController) withProcess(status kubernetes.APIServerStatusSpec) kubernetes.APIServerStatusSpec {
-	status.Restarts = ctrl.restarts
+	status.Restarts = ctrl.sup.Restarts
 
-	if ctrl.proc != nil {
+	if ctrl.sup.Proc != nil {
 		status.Running = true
-		status.PID = ctrl.proc.PID
-		status.StartupDigest = ctrl.proc.Tag
+		status.PID = ctrl.sup.Proc.PID
+		status.StartupDigest = ctrl.sup.Proc.Tag
 	}
 
 	if status.LastError == "" && !status.Ready {
-		status.LastError = ctrl.lastErr
+		status.LastError = ctrl.sup.LastErr
 	}
 
 	return status
@@ -324,18 +295,16 @@ func (ctrl *APIServerStatusController) probe(ctx context.Context, files *kuberne
 		status.State = kubernetes.StateStarting
 		// No elapsed time in the message: the status changes when the state does, not every probe.
 		status.LastError = fmt.Sprintf("kube-apiserver on %s not ready (started %s): %v", ctrl.Address,
-			ctrl.startedAt.UTC().Format(time.RFC3339), err)
+			ctrl.sup.StartedAt.UTC().Format(time.RFC3339), err)
 
 		return
 	}
 
 	status.State = kubernetes.StateRunning
 	status.Ready = true
-	ctrl.lastErr = ""
+	ctrl.sup.LastErr = ""
 
-	if time.Since(ctrl.startedAt) > readyResetsBackoff {
-		ctrl.backoff = 0
-	}
+	ctrl.sup.ResetBackoffAfter(readyResetsBackoff)
 }
 
 // start starts kube-apiserver once the node's etcd member is healthy.
@@ -353,9 +322,9 @@ func (ctrl *APIServerStatusController) start(
 		return
 	}
 
-	if time.Now().Before(ctrl.retryAt) {
+	if time.Now().Before(ctrl.sup.RetryAt) {
 		status.State = kubernetes.StateFailed
-		status.LastError = ctrl.lastErr
+		status.LastError = ctrl.sup.LastErr
 
 		return
 	}
@@ -386,12 +355,7 @@ func (ctrl *APIServerStatusController) launch(logger *zap.Logger, cfg kubepki.AP
 		return fmt.Errorf("kube-apiserver on %s: %w", ctrl.Address, err)
 	}
 
-	if ctrl.startedAt != (time.Time{}) {
-		ctrl.restarts++
-	}
-
-	ctrl.proc = proc
-	ctrl.startedAt = time.Now()
+	ctrl.sup.Started(proc)
 
 	logger.Info("started kube-apiserver", zap.Int("pid", proc.PID), zap.String("url", ctrl.url()),
 		zap.String("startup_digest", files.StartupDigest), zap.String("log", ctrl.logFile()))
@@ -402,10 +366,7 @@ func (ctrl *APIServerStatusController) launch(logger *zap.Logger, cfg kubepki.AP
 func (ctrl *APIServerStatusController) fail(logger *zap.Logger, status *kubernetes.APIServerStatusSpec, err error) {
 	status.State = kubernetes.StateFailed
 	status.LastError = err.Error()
-	ctrl.lastErr = status.LastError
-	ctrl.retryAt = time.Now().Add(ctrl.nextBackoff())
-
-	logger.Error("error starting kube-apiserver", zap.Error(err), zap.Time("retry_at", ctrl.retryAt))
+	ctrl.sup.Failed(logger, err)
 }
 
 // rollingRestart restarts kube-apiserver to load changed startup files, under the cluster-wide
@@ -458,7 +419,7 @@ func (ctrl *APIServerStatusController) rollingRestart(
 	}
 
 	logger.Info("restarting kube-apiserver to load changed startup files",
-		zap.String("from", ctrl.proc.Tag), zap.String("to", files.StartupDigest))
+		zap.String("from", ctrl.sup.Proc.Tag), zap.String("to", files.StartupDigest))
 
 	// The restart is visible while it lasts.
 	restarting := ctrl.withProcess(*status)
@@ -474,13 +435,13 @@ func (ctrl *APIServerStatusController) rollingRestart(
 
 	stopping := time.Now()
 
-	if err = ctrl.proc.Stop(ctx, stopGrace); err != nil {
+	if err = ctrl.sup.Proc.Stop(ctx, stopGrace); err != nil {
 		status.LastError = err.Error()
 
 		return
 	}
 
-	ctrl.proc = nil
+	ctrl.sup.Proc = nil
 
 	if err = ctrl.launch(logger, cfg, files); err != nil {
 		ctrl.fail(logger, status, err)
@@ -489,10 +450,10 @@ func (ctrl *APIServerStatusController) rollingRestart(
 	}
 
 	if err = ctrl.waitReady(ctx, files); err != nil {
-		ctrl.lastErr = fmt.Sprintf("kube-apiserver on %s did not come back after a restart for changed startup files: %v", ctrl.Address, err)
+		ctrl.sup.LastErr = fmt.Sprintf("kube-apiserver on %s did not come back after a restart for changed startup files: %v", ctrl.Address, err)
 		status.State = kubernetes.StateFailed
 		status.Ready = false
-		status.LastError = ctrl.lastErr
+		status.LastError = ctrl.sup.LastErr
 
 		logger.Error("kube-apiserver did not come back after a restart", zap.Error(err))
 
@@ -503,7 +464,7 @@ func (ctrl *APIServerStatusController) rollingRestart(
 	status.Ready = true
 	status.LastError = ""
 
-	logger.Info("kube-apiserver restarted with the changed startup files", zap.Int("pid", ctrl.proc.PID), zap.Duration("unready", time.Since(stopping)))
+	logger.Info("kube-apiserver restarted with the changed startup files", zap.Int("pid", ctrl.sup.Proc.PID), zap.Duration("unready", time.Since(stopping)))
 }
 
 // etcdClient is a client of the etcd members with the node's etcd admin credentials.
@@ -590,8 +551,8 @@ func (ctrl *APIServerStatusController) waitReady(ctx context.Context, files *kub
 		select {
 		case <-ctx.Done():
 			return fmt.Errorf("not ready in time: %w (last: %w)", ctx.Err(), lastErr)
-		case <-ctrl.proc.Exited():
-			return fmt.Errorf("kube-apiserver exited: %w: %s", ctrl.proc.Err(), process.LastLogLine(ctrl.logFile()))
+		case <-ctrl.sup.Proc.Exited():
+			return fmt.Errorf("kube-apiserver exited: %w: %s", ctrl.sup.Proc.Err(), process.LastLogLine(ctrl.logFile()))
 		case <-tick.C:
 		}
 
