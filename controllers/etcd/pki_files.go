@@ -3,8 +3,6 @@ package etcd
 import (
 	"bytes"
 	"context"
-	"crypto/sha256"
-	"encoding/hex"
 	"fmt"
 	"slices"
 	"strings"
@@ -75,7 +73,7 @@ func writePKIFiles(ctx context.Context, r controller.Reader, logger *zap.Logger,
 	}
 
 	files := map[string][]byte{etcdpkg.CAFile: bundle}
-	spec := etcd.PKIFilesSpec{Dir: dir, TrustBundleDigest: digest(bundle), TrustedFingerprints: fingerprints}
+	spec := etcd.PKIFilesSpec{Dir: dir, TrustBundleDigest: atomicfile.Digest(bundle), TrustedFingerprints: fingerprints}
 	digests := map[resource.ID]*string{pki.CertEtcdServer: &spec.ServerDigest, pki.CertEtcdPeer: &spec.PeerDigest, pki.CertEtcdAdmin: &spec.AdminDigest}
 
 	for _, pair := range keyPairFiles {
@@ -104,7 +102,7 @@ func writePKIFiles(ctx context.Context, r controller.Reader, logger *zap.Logger,
 
 		files[pair.crt] = []byte(c.Certificate)
 		files[pair.key] = []byte(c.Key)
-		*digests[pair.id] = digest([]byte(c.Certificate + c.Key))
+		*digests[pair.id] = atomicfile.Digest([]byte(c.Certificate + c.Key))
 	}
 
 	changed, err := atomicfile.WriteChanged(dir, files)
@@ -154,10 +152,4 @@ func trustBundle(pool *pki.AcceptedCASpec) ([]byte, []string, error) {
 	}
 
 	return bundle.Bytes(), fingerprints, nil
-}
-
-func digest(data []byte) string {
-	sum := sha256.Sum256(data)
-
-	return hex.EncodeToString(sum[:])
 }

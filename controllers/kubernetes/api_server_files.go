@@ -2,8 +2,6 @@ package kubernetes
 
 import (
 	"context"
-	"crypto/sha256"
-	"encoding/hex"
 	"fmt"
 	"maps"
 	"slices"
@@ -142,7 +140,7 @@ func writeAPIServerFiles(ctx context.Context, r controller.Reader, logger *zap.L
 	}
 
 	for _, name := range slices.Sorted(maps.Keys(files)) {
-		spec.Files = append(spec.Files, kubernetes.FileDigest{Name: name, Digest: digest(files[name])})
+		spec.Files = append(spec.Files, kubernetes.FileDigest{Name: name, Digest: atomicfile.Digest(files[name])})
 	}
 
 	if len(changed) > 0 {
@@ -152,10 +150,4 @@ func writeAPIServerFiles(ctx context.Context, r controller.Reader, logger *zap.L
 	*out.TypedSpec() = spec
 
 	return nil
-}
-
-func digest(data []byte) string {
-	sum := sha256.Sum256(data)
-
-	return hex.EncodeToString(sum[:])
 }

@@ -3,8 +3,6 @@ package kubernetes
 import (
 	"cmp"
 	"context"
-	"crypto/sha256"
-	"encoding/hex"
 	"fmt"
 	"maps"
 	"net/netip"
@@ -225,11 +223,9 @@ func (ctrl *KubeconfigFilesController) kubeconfig(name string, spec kubeconfig.S
 }
 
 func kubeconfigEntry(name string, data []byte, subject string, notAfter, renewAt time.Time) kubernetes.KubeconfigFile {
-	sum := sha256.Sum256(data)
-
 	return kubernetes.KubeconfigFile{
 		Name:     name,
-		Digest:   hex.EncodeToString(sum[:]),
+		Digest:   atomicfile.Digest(data),
 		Subject:  subject,
 		NotAfter: notAfter.UTC().Format(time.RFC3339),
 		RenewAt:  renewAt.UTC().Format(time.RFC3339),

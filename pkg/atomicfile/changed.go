@@ -2,6 +2,8 @@ package atomicfile
 
 import (
 	"bytes"
+	"crypto/sha256"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"os"
@@ -56,4 +58,12 @@ func WriteChanged(dir string, files map[string][]byte) ([]string, error) {
 	}
 
 	return names, nil
+}
+
+// Digest is the hex SHA-256 of a file's content, as the resources that describe written files
+// record it (compare with `sha256sum FILE`).
+func Digest(data []byte) string {
+	sum := sha256.Sum256(data)
+
+	return hex.EncodeToString(sum[:])
 }

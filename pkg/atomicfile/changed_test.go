@@ -42,3 +42,8 @@ func TestWriteChanged(t *testing.T) {
 	require.NoError(t, err)
 	assert.Equal(t, os.FileMode(0o700), info.Mode().Perm(), "an existing directory is tightened")
 }
+
+func TestDigestIsSha256sum(t *testing.T) {
+	// printf abc | sha256sum
+	assert.Equal(t, "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad", atomicfile.Digest([]byte("abc")))
+}
