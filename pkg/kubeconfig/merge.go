@@ -42,18 +42,9 @@ type MergeResult struct {
 // With ForceContextName the context gets exactly that name; if a context of that name points at
 // another cluster, Merge refuses rather than overwrite it.
 func Merge(existing, issued []byte, opts MergeOptions) (*MergeResult, error) {
-	dst, err := clientcmd.Load(existing)
+	dst, src, err := load(existing, issued)
 	if err != nil {
-		return nil, fmt.Errorf("the existing kubeconfig cannot be read: %w", err)
-	}
-
-	src, err := clientcmd.Load(issued)
-	if err != nil {
-		return nil, fmt.Errorf("the issued kubeconfig cannot be read: %w", err)
-	}
-
-	if len(src.Contexts) != 1 || len(src.Clusters) != 1 || len(src.AuthInfos) != 1 {
-		return nil, errors.New("the issued kubeconfig must hold exactly one cluster, user and context")
+		return nil, err
 	}
 
 	contextName, srcContext := single(src.Contexts)
@@ -169,4 +160,22 @@ func single[T any](m map[string]T) (string, T) {
 	var zero T
 
 	return "", zero
+}
+
+// load reads an existing kubeconfig and an issued one, which holds exactly one cluster, user and
+// context.
+func load(existing, issued []byte) (dst, src *clientcmdapi.Config, err error) {
+	if dst, err = clientcmd.Load(existing); err != nil {
+		return nil, nil, fmt.Errorf("the existing kubeconfig cannot be read: %w", err)
+	}
+
+	if src, err = clientcmd.Load(issued); err != nil {
+		return nil, nil, fmt.Errorf("the issued kubeconfig cannot be read: %w", err)
+	}
+
+	if len(src.Contexts) != 1 || len(src.Clusters) != 1 || len(src.AuthInfos) != 1 {
+		return nil, nil, errors.New("the issued kubeconfig must hold exactly one cluster, user and context")
+	}
+
+	return dst, src, nil
 }

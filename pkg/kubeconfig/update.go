@@ -39,18 +39,9 @@ func Update(existing, issued []byte) (*UpdateResult, error) {
 		return addIssued(nil, issued)
 	}
 
-	dst, err := clientcmd.Load(existing)
+	dst, src, err := load(existing, issued)
 	if err != nil {
-		return nil, fmt.Errorf("the existing kubeconfig cannot be read: %w", err)
-	}
-
-	src, err := clientcmd.Load(issued)
-	if err != nil {
-		return nil, fmt.Errorf("the issued kubeconfig cannot be read: %w", err)
-	}
-
-	if len(src.Contexts) != 1 || len(src.Clusters) != 1 || len(src.AuthInfos) != 1 {
-		return nil, errors.New("the issued kubeconfig must hold exactly one cluster, user and context")
+		return nil, err
 	}
 
 	clusterName, srcCluster := single(src.Clusters)
