@@ -464,10 +464,14 @@ func BenchmarkConfigUpdateReissue(b *testing.B) {
 
 	b.ReportAllocs()
 
+	reportCPU := ctest.CPUPerOp(b)
+
 	for b.Loop() {
 		require.NoError(b, rt.SetMachineConfig(ctx, configs[i%2]))
 		w.wait(ctx, b, issuers[i%2])
 
 		i++
 	}
+
+	reportCPU()
 }

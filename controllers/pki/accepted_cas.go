@@ -24,6 +24,8 @@ type AcceptedCAsController = DerivedController[pki.AcceptedCASpec, pki.AcceptedC
 
 // NewAcceptedCAsController creates an AcceptedCAsController.
 func NewAcceptedCAsController() *AcceptedCAsController {
+	parser := &poolParser{}
+
 	return newDerivedController[pki.AcceptedCASpec, pki.AcceptedCAExtension]("pki.AcceptedCAsController",
 		[]controller.Input{configview.Input()},
 		func(ctx context.Context, r controller.Reader, _ *zap.Logger) (map[resource.ID]pki.AcceptedCASpec, bool, error) {
@@ -32,7 +34,7 @@ func NewAcceptedCAsController() *AcceptedCAsController {
 				return nil, false, err
 			}
 
-			pools, err := acceptedCAs(doc)
+			pools, err := acceptedCAs(doc, parser)
 			if err != nil {
 				return nil, false, fmt.Errorf("error building accepted CAs: %w", err)
 			}
@@ -42,8 +44,8 @@ func NewAcceptedCAsController() *AcceptedCAsController {
 }
 
 // acceptedCAs maps the machine config to the trust pool of every root it defines; empty pools are left out.
-func acceptedCAs(doc *machineconfig.Document) (map[resource.ID]pki.AcceptedCASpec, error) {
-	pools, err := trustPools(doc)
+func acceptedCAs(doc *machineconfig.Document, parser *poolParser) (map[resource.ID]pki.AcceptedCASpec, error) {
+	pools, err := trustPools(doc, parser)
 	if err != nil {
 		return nil, err
 	}
@@ -58,7 +60,9 @@ func acceptedCAs(doc *machineconfig.Document) (map[resource.ID]pki.AcceptedCASpe
 
 // trustPools maps the machine config to the trust pool of every root it defines; empty pools are
 // left out.
-func trustPools(doc *machineconfig.Document) (map[resource.ID]*trustPool, error) {
+func trustPools(doc *machineconfig.Document, parser *poolParser) (map[resource.ID]*trustPool, error) {
+	defer parser.endRound()
+
 	out := map[resource.ID]*trustPool{}
 
 	if doc == nil {
@@ -94,7 +98,7 @@ func trustPools(doc *machineconfig.Document) (map[resource.ID]*trustPool, error)
 	}
 
 	for _, root := range roots {
-		p, err := certificatePool(root.field, root.accepted, root.issuingField, root.issuing)
+		p, err := parser.certificatePool(root.field, root.accepted, root.issuingField, root.issuing)
 		if err != nil {
 			return nil, err
 		}
@@ -104,7 +108,7 @@ func trustPools(doc *machineconfig.Document) (map[resource.ID]*trustPool, error)
 		}
 	}
 
-	p, err := publicKeyPool(cluster.AcceptedServiceAccountKeys, cluster.ServiceAccount)
+	p, err := parser.publicKeyPool(cluster.AcceptedServiceAccountKeys, cluster.ServiceAccount)
 	if err != nil {
 		return nil, err
 	}
@@ -155,7 +159,22 @@ func (p *trustPool) spec() pki.AcceptedCASpec {
 	return withShortFingerprints(spec)
 }
 
-func certificatePool(field string, accepted []*machineconfig.Certificate, issuingField string, issuing *machineconfig.CertificateAndKey) (*trustPool, error) {
+// poolParser parses the CAs and keys of the config's trust pools for one controller, reusing what
+// it parsed for the previous config (see parseMemo), so that a config change parses only the CAs
+// and keys it adds.
+type poolParser struct {
+	accepted parseMemo[[]byte, []*stdx509.Certificate]
+	issuing  parseMemo[[]byte, *stdx509.Certificate]
+	keys     parseMemo[[]byte, pemEntry]
+}
+
+func (pp *poolParser) endRound() {
+	pp.accepted.endRound()
+	pp.issuing.endRound()
+	pp.keys.endRound()
+}
+
+func (pp *poolParser) certificatePool(field string, accepted []*machineconfig.Certificate, issuingField string, issuing *machineconfig.CertificateAndKey) (*trustPool, error) {
 	p := &trustPool{}
 
 	for i, entry := range accepted {
@@ -163,7 +182,7 @@ func certificatePool(field string, accepted []*machineconfig.Certificate, issuin
 			continue
 		}
 
-		crts, err := certs.ParseCertificates(entry.Crt)
+		crts, err := pp.accepted.parse(entry.Crt, certs.ParseCertificates)
 		if err != nil {
 			return nil, fmt.Errorf("%s[%d].crt: %w", field, i, err)
 		}
@@ -174,7 +193,7 @@ func certificatePool(field string, accepted []*machineconfig.Certificate, issuin
 	}
 
 	if issuing != nil && len(issuing.Crt) > 0 {
-		crt, err := certs.ParseCertificate(issuing.Crt)
+		crt, err := pp.issuing.parse(issuing.Crt, certs.ParseCertificate)
 		if err != nil {
 			return nil, fmt.Errorf("%s.crt: %w", issuingField, err)
 		}
@@ -185,7 +204,7 @@ func certificatePool(field string, accepted []*machineconfig.Certificate, issuin
 	return p, nil
 }
 
-func publicKeyPool(accepted []*machineconfig.Key, signing *machineconfig.Key) (*trustPool, error) {
+func (pp *poolParser) publicKeyPool(accepted []*machineconfig.Key, signing *machineconfig.Key) (*trustPool, error) {
 	p := &trustPool{}
 
 	for i, entry := range accepted {
@@ -193,7 +212,7 @@ func publicKeyPool(accepted []*machineconfig.Key, signing *machineconfig.Key) (*
 			continue
 		}
 
-		key, err := parsePublicKey(entry.Key)
+		key, err := pp.keys.parse(entry.Key, parsePublicKey)
 		if err != nil {
 			return nil, fmt.Errorf("cluster.acceptedServiceAccountKeys[%d].key: %w", i, err)
 		}
@@ -202,7 +221,7 @@ func publicKeyPool(accepted []*machineconfig.Key, signing *machineconfig.Key) (*
 	}
 
 	if signing != nil && len(signing.Key) > 0 {
-		key, err := parsePublicKey(signing.Key)
+		key, err := pp.keys.parse(signing.Key, parsePublicKey)
 		if err != nil {
 			return nil, fmt.Errorf("cluster.serviceAccount.key: %w", err)
 		}

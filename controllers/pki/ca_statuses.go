@@ -23,6 +23,8 @@ type CAStatusesController = DerivedController[pki.CAStatusSpec, pki.CAStatusExte
 
 // NewCAStatusesController creates a CAStatusesController.
 func NewCAStatusesController() *CAStatusesController {
+	parser := &poolParser{}
+
 	return newDerivedController[pki.CAStatusSpec, pki.CAStatusExtension]("pki.CAStatusesController",
 		[]controller.Input{configview.Input()},
 		func(ctx context.Context, r controller.Reader, _ *zap.Logger) (map[resource.ID]pki.CAStatusSpec, bool, error) {
@@ -31,7 +33,7 @@ func NewCAStatusesController() *CAStatusesController {
 				return nil, false, err
 			}
 
-			pools, err := trustPools(doc)
+			pools, err := trustPools(doc, parser)
 			if err != nil {
 				return nil, false, fmt.Errorf("error building accepted CAs: %w", err)
 			}

@@ -3,7 +3,6 @@ package pki
 import (
 	stdx509 "crypto/x509"
 	"slices"
-	"strings"
 	"sync"
 
 	"github.com/cosi-project/runtime/pkg/resource"
@@ -12,19 +11,20 @@ import (
 	"github.com/nodepki/nodepki/resources/pki"
 )
 
-// poolCAs holds the parsed CAs of each root's trust pool for one CertificateStatusesController, so
-// that a rotation step, which changes the status of every certificate of a root, parses the root's
-// pool once rather than once per certificate. One entry per root, keyed by the pool's certificates:
-// a changed AcceptedCA replaces the entry, and the parse is the same as without it. The parsed
-// certificates are only read (x509 verification does not modify them).
+// poolCAs parses the CAs of each root's trust pool for one CertificateStatusesController, so that
+// a rotation step, which changes the status of every certificate of a root, parses the root's pool
+// once rather than once per certificate, and parses only the CAs the step added (a parseMemo per
+// root). The parse is the same as without it; the parsed certificates are only read (x509
+// verification does not modify them).
 type poolCAs struct {
 	mu     sync.Mutex
-	byRoot map[resource.ID]parsedPool
+	byRoot map[resource.ID]*rootPoolCAs
 }
 
-type parsedPool struct {
+type rootPoolCAs struct {
 	certificates []string
 	cas          []*stdx509.Certificate
+	memo         parseMemo[string, *stdx509.Certificate]
 }
 
 // get returns the CAs of a root's pool, nil without one.
@@ -38,18 +38,34 @@ func (c *poolCAs) get(root resource.ID, pool *pki.AcceptedCA) []*stdx509.Certifi
 	c.mu.Lock()
 	defer c.mu.Unlock()
 
-	if e, ok := c.byRoot[root]; ok && slices.Equal(e.certificates, certificates) {
+	e, ok := c.byRoot[root]
+	if !ok {
+		if c.byRoot == nil {
+			c.byRoot = map[resource.ID]*rootPoolCAs{}
+		}
+
+		e = &rootPoolCAs{}
+		c.byRoot[root] = e
+	}
+
+	if e.cas != nil && slices.Equal(e.certificates, certificates) {
 		return e.cas
 	}
 
-	// AcceptedCAs only holds certificates that parsed when the pool was built.
-	cas, _ := certs.ParseCertificates([]byte(strings.Join(certificates, "")))
+	e.certificates, e.cas = slices.Clone(certificates), make([]*stdx509.Certificate, 0, len(certificates))
 
-	if c.byRoot == nil {
-		c.byRoot = map[resource.ID]parsedPool{}
+	for _, crtPEM := range certificates {
+		// AcceptedCAs only holds certificates that parsed when the pool was built.
+		if crt, err := e.memo.parse(crtPEM, parseCertificatePEM); err == nil {
+			e.cas = append(e.cas, crt)
+		}
 	}
 
-	c.byRoot[root] = parsedPool{certificates: slices.Clone(certificates), cas: cas}
+	e.memo.endRound()
 
-	return cas
+	return e.cas
+}
+
+func parseCertificatePEM(crtPEM string) (*stdx509.Certificate, error) {
+	return certs.ParseCertificate([]byte(crtPEM))
 }

@@ -28,7 +28,7 @@ func BenchmarkIssueLeaves(b *testing.B) {
 	doc.Cluster.AcceptedAggregatorCAs = []*machineconfig.Certificate{ctest.NewCA(b, certs.RootAggregator).Accepted()}
 	addresses := []netip.Addr{netip.MustParseAddr("10.5.0.2"), netip.MustParseAddr("2001:db8::2")}
 
-	pools, err := acceptedCAs(doc)
+	pools, err := acceptedCAs(doc, &poolParser{})
 	require.NoError(b, err)
 
 	sans, err := certSANs(doc, addresses, "node-1")
@@ -66,6 +66,8 @@ func BenchmarkIssueLeaves(b *testing.B) {
 
 	b.ReportAllocs()
 
+	reportCPU := ctest.CPUPerOp(b)
+
 	for b.Loop() {
 		for _, request := range requests {
 			profile, err := profileOf(&request)
@@ -84,5 +86,6 @@ func BenchmarkIssueLeaves(b *testing.B) {
 		}
 	}
 
+	reportCPU()
 	b.ReportMetric(float64(len(requests)), "certs/op")
 }
