@@ -163,15 +163,26 @@ func (p *trustPool) spec() pki.AcceptedCASpec {
 // it parsed for the previous config (see parseMemo), so that a config change parses only the CAs
 // and keys it adds.
 type poolParser struct {
-	accepted parseMemo[[]byte, []*stdx509.Certificate]
-	issuing  parseMemo[[]byte, *stdx509.Certificate]
-	keys     parseMemo[[]byte, pemEntry]
+	// certificates is keyed by the PEM of an accepted or issuing entry, so that a CA that moves
+	// from one to the other in a rotation step is not parsed again.
+	certificates parseMemo[[]byte, []*stdx509.Certificate]
+	keys         parseMemo[[]byte, pemEntry]
 }
 
 func (pp *poolParser) endRound() {
-	pp.accepted.endRound()
-	pp.issuing.endRound()
+	pp.certificates.endRound()
 	pp.keys.endRound()
+}
+
+// issuingCertificate parses the first certificate of an issuing CA's PEM, as certs.ParseCertificate
+// does: when the whole PEM is a bundle of certificates, its first one (remembered); otherwise
+// directly, so that what follows the first block is ignored as before.
+func (pp *poolParser) issuingCertificate(data []byte) (*stdx509.Certificate, error) {
+	if crts, err := pp.certificates.parse(data, certs.ParseCertificates); err == nil {
+		return crts[0], nil
+	}
+
+	return certs.ParseCertificate(data)
 }
 
 func (pp *poolParser) certificatePool(field string, accepted []*machineconfig.Certificate, issuingField string, issuing *machineconfig.CertificateAndKey) (*trustPool, error) {
@@ -182,7 +193,7 @@ func (pp *poolParser) certificatePool(field string, accepted []*machineconfig.Ce
 			continue
 		}
 
-		crts, err := pp.accepted.parse(entry.Crt, certs.ParseCertificates)
+		crts, err := pp.certificates.parse(entry.Crt, certs.ParseCertificates)
 		if err != nil {
 			return nil, fmt.Errorf("%s[%d].crt: %w", field, i, err)
 		}
@@ -193,7 +204,7 @@ func (pp *poolParser) certificatePool(field string, accepted []*machineconfig.Ce
 	}
 
 	if issuing != nil && len(issuing.Crt) > 0 {
-		crt, err := pp.issuing.parse(issuing.Crt, certs.ParseCertificate)
+		crt, err := pp.issuingCertificate(issuing.Crt)
 		if err != nil {
 			return nil, fmt.Errorf("%s.crt: %w", issuingField, err)
 		}

@@ -2,6 +2,7 @@ package pki
 
 import (
 	"errors"
+	"slices"
 	"testing"
 
 	"github.com/stretchr/testify/require"
@@ -87,6 +88,10 @@ func TestTrustPoolsLikeUncached(t *testing.T) {
 			doc.Cluster.AcceptedServiceAccountKeys = []*machineconfig.Key{{Key: s.ServiceAccount}}
 			doc.Cluster.ServiceAccount = &machineconfig.Key{Key: nextKey}
 		}},
+		{"issuing certificate followed by its key", func(doc *machineconfig.Document) {
+			doc.Machine.CA = &machineconfig.CertificateAndKey{Crt: append(slices.Clone(next.Crt), next.Key...), Key: next.Key}
+			doc.Machine.AcceptedCAs = []*machineconfig.Certificate{s.OS.Accepted()}
+		}},
 		{"bad accepted CA", func(doc *machineconfig.Document) {
 			doc.Machine.CA = next.Pair()
 			doc.Machine.AcceptedCAs = []*machineconfig.Certificate{{Crt: []byte("not a certificate")}}
@@ -123,7 +128,7 @@ func TestTrustPoolsLikeUncached(t *testing.T) {
 			entries += len(p.entries)
 		}
 
-		kept := len(parser.accepted.previous) + len(parser.issuing.previous) + len(parser.keys.previous)
+		kept := len(parser.certificates.previous) + len(parser.keys.previous)
 		require.LessOrEqual(t, kept, entries, "%s: the memo keeps only the config's CAs and keys", step.name)
 	}
 }
