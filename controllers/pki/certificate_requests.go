@@ -60,7 +60,13 @@ func NewCertificateRequestsController(opts CertificateRequestsOptions) *Certific
 			}
 
 			return certificateRequests(doc, node, opts.TrustdEndpoints)
-		})
+		}).withLabels(requestLabels)
+}
+
+// requestLabels are the labels of a request: its root and its issuer, which the mappers of a
+// root's secret and pool list by (requestsOfRoot, certificatesOfRoot).
+func requestLabels(spec pki.CertificateRequestSpec) map[string]string {
+	return map[string]string{pki.LabelRoot: spec.Root, pki.LabelIssuer: spec.Issuer}
 }
 
 // certificateRequests maps the config and the node to its requests; ready is false while a SAN

@@ -15,6 +15,7 @@ import (
 	"github.com/cosi-project/runtime/pkg/controller/generic/qtransform"
 	"github.com/cosi-project/runtime/pkg/resource"
 	"github.com/cosi-project/runtime/pkg/safe"
+	"github.com/cosi-project/runtime/pkg/state"
 	"go.uber.org/zap"
 
 	"github.com/nodepki/nodepki/pkg/certs"
@@ -83,12 +84,13 @@ func NewCertificateStatusesController(clock func() time.Time) *CertificateStatus
 // certificatesOfRoot maps a root's AcceptedCA to the certificates of that root obtained from
 // trustd; locally issued ones are brought here by their own NodeCertificate (see the controller).
 func certificatesOfRoot(ctx context.Context, _ *zap.Logger, r controller.QRuntime, root controller.ReducedResourceMetadata) ([]resource.Pointer, error) {
-	certificates, err := safe.ReaderListAll[*pki.NodeCertificate](ctx, r)
+	certificates, err := safe.ReaderListAll[*pki.NodeCertificate](ctx, r, state.WithLabelQuery(resource.LabelEqual(pki.LabelRoot, root.ID())))
 	if err != nil {
 		return nil, fmt.Errorf("error listing node certificates: %w", err)
 	}
 
-	requests, err := safe.ReaderListAll[*pki.CertificateRequest](ctx, r)
+	local, err := safe.ReaderListAll[*pki.CertificateRequest](ctx, r,
+		state.WithLabelQuery(resource.LabelEqual(pki.LabelRoot, root.ID()), resource.LabelEqual(pki.LabelIssuer, pki.IssuerLocal)))
 	if err != nil {
 		return nil, fmt.Errorf("error listing certificate requests: %w", err)
 	}
@@ -96,12 +98,7 @@ func certificatesOfRoot(ctx context.Context, _ *zap.Logger, r controller.QRuntim
 	var out []resource.Pointer
 
 	for crt := range certificates.All() {
-		if crt.TypedSpec().Root != root.ID() {
-			continue
-		}
-
-		request, ok := requests.Find(func(req *pki.CertificateRequest) bool { return req.Metadata().ID() == crt.Metadata().ID() })
-		if ok && request.TypedSpec().Issuer == pki.IssuerLocal {
+		if _, ok := local.Find(func(req *pki.CertificateRequest) bool { return req.Metadata().ID() == crt.Metadata().ID() }); ok {
 			continue
 		}
 

@@ -67,6 +67,8 @@ func setNodeCertificate(t *testing.T, env *ctest.Env, id resource.ID, spec pki.N
 
 	require.NoError(t, safe.StateModify(env.Ctx, env.State, pki.NewNodeCertificate(id), func(res *pki.NodeCertificate) error {
 		*res.TypedSpec() = spec
+		// Labelled as NodeCertificatesController labels it.
+		res.Metadata().Labels().Set(pki.LabelRoot, spec.Root)
 
 		return nil
 	}))

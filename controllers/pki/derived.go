@@ -28,6 +28,8 @@ type DerivedController[S typed.DeepCopyable[S], E typed.Extension] struct {
 	name   string
 	inputs []controller.Input
 	derive deriveFunc[S]
+	// labels, when set, gives the labels of the resource holding a spec.
+	labels func(S) map[string]string
 }
 
 // deriveFunc returns every resource to produce by ID; ready is false while an input is missing,
@@ -36,6 +38,13 @@ type deriveFunc[S any] func(ctx context.Context, r controller.Reader, logger *za
 
 func newDerivedController[S typed.DeepCopyable[S], E typed.Extension](name string, inputs []controller.Input, derive deriveFunc[S]) *DerivedController[S, E] {
 	return &DerivedController[S, E]{name: name, inputs: inputs, derive: derive}
+}
+
+// withLabels labels each output with what labels gives for its spec.
+func (ctrl *DerivedController[S, E]) withLabels(labels func(S) map[string]string) *DerivedController[S, E] {
+	ctrl.labels = labels
+
+	return ctrl
 }
 
 // Name implements controller.Controller interface.
@@ -109,6 +118,10 @@ func (ctrl *DerivedController[S, E]) write(ctx context.Context, r controller.Run
 		err = safe.WriterModify(ctx, r, ctrl.newResource(id), func(res *typed.Resource[S, E]) error {
 			*res.TypedSpec() = specs[id]
 
+			for k, v := range ctrl.labelsOf(specs[id]) {
+				res.Metadata().Labels().Set(k, v)
+			}
+
 			return nil
 		})
 
@@ -157,5 +170,23 @@ func (ctrl *DerivedController[S, E]) write(ctx context.Context, r controller.Run
 func (ctrl *DerivedController[S, E]) unchanged(res *typed.Resource[S, E], spec S) bool {
 	md := res.Metadata()
 
-	return md.Owner() == ctrl.name && md.Phase() == resource.PhaseRunning && reflect.DeepEqual(*res.TypedSpec(), spec)
+	if md.Owner() != ctrl.name || md.Phase() != resource.PhaseRunning || !reflect.DeepEqual(*res.TypedSpec(), spec) {
+		return false
+	}
+
+	for k, v := range ctrl.labelsOf(spec) {
+		if got, ok := md.Labels().Get(k); !ok || got != v {
+			return false
+		}
+	}
+
+	return true
+}
+
+func (ctrl *DerivedController[S, E]) labelsOf(spec S) map[string]string {
+	if ctrl.labels == nil {
+		return nil
+	}
+
+	return ctrl.labels(spec)
 }

@@ -75,17 +75,15 @@ func NewNodeCertificatesController(opts NodeCertificatesOptions) *NodeCertificat
 
 // requestsOfRoot maps a root's RootSecret or AcceptedCA to the requests of that root.
 func requestsOfRoot(ctx context.Context, _ *zap.Logger, r controller.QRuntime, root controller.ReducedResourceMetadata) ([]resource.Pointer, error) {
-	requests, err := safe.ReaderListAll[*pki.CertificateRequest](ctx, r)
+	requests, err := safe.ReaderListAll[*pki.CertificateRequest](ctx, r, state.WithLabelQuery(resource.LabelEqual(pki.LabelRoot, root.ID())))
 	if err != nil {
 		return nil, fmt.Errorf("error listing certificate requests: %w", err)
 	}
 
-	var out []resource.Pointer
+	out := make([]resource.Pointer, 0, requests.Len())
 
 	for req := range requests.All() {
-		if req.TypedSpec().Root == root.ID() {
-			out = append(out, req.Metadata())
-		}
+		out = append(out, req.Metadata())
 	}
 
 	return out, nil
@@ -111,6 +109,7 @@ func (ctrl *nodeCertificates) transform(ctx context.Context, r controller.Reader
 	request := req.TypedSpec()
 	spec := out.TypedSpec()
 	spec.Root = request.Root
+	out.Metadata().Labels().Set(pki.LabelRoot, request.Root)
 
 	root, err := getOptional[*pki.RootSecret](ctx, r, request.Root)
 	if err != nil {

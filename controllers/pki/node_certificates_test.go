@@ -109,6 +109,9 @@ func TestNodeCertificatesProfiles(t *testing.T) {
 				a.Len(spec.Request, 64)
 				a.Empty(spec.LastError)
 
+				rootLabel, _ := res.Metadata().Labels().Get(pki.LabelRoot)
+				a.Equal(row.root, rootLabel)
+
 				// Renewal at 2/3 of the life, at most 5% earlier (RenewAt has a resolution of one second).
 				renewAt := spec.RenewAt.Time
 				a.False(renewAt.After(issued.Add(row.lifetime*2/3)), "renewAt %s too late", renewAt)
@@ -117,6 +120,7 @@ func TestNodeCertificatesProfiles(t *testing.T) {
 
 			rtestutils.AssertResource(env.Ctx, t, env.State, row.id, func(res *pki.CertificateRequest, a *assert.Assertions) {
 				a.Equal(pki.IssuerLocal, res.TypedSpec().Issuer)
+				assertRequestLabels(a, res)
 			})
 		})
 	}
@@ -135,8 +139,18 @@ func TestNodeCertificatesProfiles(t *testing.T) {
 
 		rtestutils.AssertResource(env.Ctx, t, env.State, row.id, func(res *pki.CertificateRequest, a *assert.Assertions) {
 			a.Equal(pki.IssuerTrustd, res.TypedSpec().Issuer)
+			assertRequestLabels(a, res)
 		})
 	}
+}
+
+// assertRequestLabels checks the labels a request is listed by: its root and its issuer.
+func assertRequestLabels(a *assert.Assertions, req *pki.CertificateRequest) {
+	root, _ := req.Metadata().Labels().Get(pki.LabelRoot)
+	issuer, _ := req.Metadata().Labels().Get(pki.LabelIssuer)
+
+	a.Equal(req.TypedSpec().Root, root)
+	a.Equal(req.TypedSpec().Issuer, issuer)
 }
 
 func ipsOf(ips []net.IP) []string {
@@ -400,6 +414,9 @@ func TestNodeCertificatesWaitForTheTrustPool(t *testing.T) {
 		*accepted.TypedSpec() = pool(t, other)
 
 		request := pki.NewCertificateRequest(pki.CertAPI)
+		// Labelled as CertificateRequestsController labels it.
+		request.Metadata().Labels().Set(pki.LabelRoot, pki.RootOS)
+		request.Metadata().Labels().Set(pki.LabelIssuer, pki.IssuerLocal)
 		*request.TypedSpec() = pki.CertificateRequestSpec{
 			Root: pki.RootOS, Issuer: pki.IssuerLocal, CommonName: testHostname, DNSNames: []string{testHostname}, IPAddresses: addrs("10.5.0.2"),
 			KeyUsage: []string{pki.KeyUsageDigitalSignature}, ExtKeyUsage: []string{pki.ExtKeyUsageServerAuth}, Lifetime: time.Hour,

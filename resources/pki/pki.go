@@ -19,6 +19,15 @@ const (
 	RootServiceAccount = resource.ID("service-account")
 )
 
+// Labels of CertificateRequests (both) and NodeCertificates (LabelRoot), so that a change of one
+// root's secret or trust pool lists that root's requests and certificates, not every one.
+const (
+	// LabelRoot is the root of the certificate: one of the root IDs.
+	LabelRoot = "nodepki.dev/root"
+	// LabelIssuer is the issuer of a request: IssuerLocal or IssuerTrustd.
+	LabelIssuer = "nodepki.dev/issuer"
+)
+
 // AllRoots lists every root ID in a stable order.
 func AllRoots() []resource.ID {
 	return []resource.ID{RootOS, RootKubernetes, RootEtcd, RootAggregator, RootServiceAccount}
