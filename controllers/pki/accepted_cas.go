@@ -122,7 +122,7 @@ func trustPools(doc *machineconfig.Document, parser *poolParser) (map[resource.I
 
 // trustPool is one root's pool as the config defines it: its entries in order, each key once (by
 // SPKI fingerprint), the issuing one last. Its AcceptedCA is spec(); CAStatusesController reads
-// the parsed certificates of the entries instead, and so never encodes them.
+// the parsed certificates of the entries instead.
 type trustPool struct {
 	entries            []pemEntry
 	issuingFingerprint string
@@ -148,9 +148,9 @@ func (p *trustPool) spec() pki.AcceptedCASpec {
 
 	for _, e := range p.entries {
 		if e.crt != nil {
-			spec.Certificates = append(spec.Certificates, certificatePEM(e.crt))
+			spec.Certificates = append(spec.Certificates, e.pem)
 		} else {
-			spec.PublicKeys = append(spec.PublicKeys, e.publicKeyPEM)
+			spec.PublicKeys = append(spec.PublicKeys, e.pem)
 		}
 
 		spec.Fingerprints = append(spec.Fingerprints, e.fingerprint)
@@ -165,7 +165,7 @@ func (p *trustPool) spec() pki.AcceptedCASpec {
 type poolParser struct {
 	// certificates is keyed by the PEM of an accepted or issuing entry, so that a CA that moves
 	// from one to the other in a rotation step is not parsed again.
-	certificates parseMemo[[]byte, []*stdx509.Certificate]
+	certificates parseMemo[[]byte, []pemEntry]
 	keys         parseMemo[[]byte, pemEntry]
 }
 
@@ -177,12 +177,31 @@ func (pp *poolParser) endRound() {
 // issuingCertificate parses the first certificate of an issuing CA's PEM, as certs.ParseCertificate
 // does: when the whole PEM is a bundle of certificates, its first one (remembered); otherwise
 // directly, so that what follows the first block is ignored as before.
-func (pp *poolParser) issuingCertificate(data []byte) (*stdx509.Certificate, error) {
-	if crts, err := pp.certificates.parse(data, certs.ParseCertificates); err == nil {
-		return crts[0], nil
+func (pp *poolParser) issuingCertificate(data []byte) (pemEntry, error) {
+	if entries, err := pp.certificates.parse(data, parseCertificateEntries); err == nil {
+		return entries[0], nil
 	}
 
-	return certs.ParseCertificate(data)
+	crt, err := certs.ParseCertificate(data)
+	if err != nil {
+		return pemEntry{}, err
+	}
+
+	return certificateEntry(crt), nil
+}
+
+func parseCertificateEntries(data []byte) ([]pemEntry, error) {
+	crts, err := certs.ParseCertificates(data)
+	if err != nil {
+		return nil, err
+	}
+
+	entries := make([]pemEntry, 0, len(crts))
+	for _, crt := range crts {
+		entries = append(entries, certificateEntry(crt))
+	}
+
+	return entries, nil
 }
 
 func (pp *poolParser) certificatePool(field string, accepted []*machineconfig.Certificate, issuingField string, issuing *machineconfig.CertificateAndKey) (*trustPool, error) {
@@ -193,23 +212,23 @@ func (pp *poolParser) certificatePool(field string, accepted []*machineconfig.Ce
 			continue
 		}
 
-		crts, err := pp.certificates.parse(entry.Crt, certs.ParseCertificates)
+		entries, err := pp.certificates.parse(entry.Crt, parseCertificateEntries)
 		if err != nil {
 			return nil, fmt.Errorf("%s[%d].crt: %w", field, i, err)
 		}
 
-		for _, crt := range crts {
-			p.add(certificateEntry(crt))
+		for _, e := range entries {
+			p.add(e)
 		}
 	}
 
 	if issuing != nil && len(issuing.Crt) > 0 {
-		crt, err := pp.issuingCertificate(issuing.Crt)
+		e, err := pp.issuingCertificate(issuing.Crt)
 		if err != nil {
 			return nil, fmt.Errorf("%s.crt: %w", issuingField, err)
 		}
 
-		p.addLast(certificateEntry(crt))
+		p.addLast(e)
 	}
 
 	return p, nil
@@ -258,9 +277,11 @@ func withShortFingerprints(spec pki.AcceptedCASpec) pki.AcceptedCASpec {
 // pemEntry is one entry of a pool and its SPKI fingerprint: a CA certificate, or the PKIX PEM of
 // a public key.
 type pemEntry struct {
-	fingerprint  string
-	crt          *stdx509.Certificate
-	publicKeyPEM string
+	fingerprint string
+	crt         *stdx509.Certificate
+	// pem is the canonical PEM of the certificate (dropping whatever surrounded it in the config:
+	// comments, explanatory text) or of the PKIX public key.
+	pem string
 }
 
 // sameKey reports whether two entries have the same SPKI fingerprint: a pool holds each key once.
@@ -269,7 +290,7 @@ func (e pemEntry) sameKey(other pemEntry) bool {
 }
 
 func certificateEntry(crt *stdx509.Certificate) pemEntry {
-	return pemEntry{fingerprint: certs.Fingerprint(crt), crt: crt}
+	return pemEntry{fingerprint: certs.Fingerprint(crt), crt: crt, pem: string(pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: crt.Raw}))}
 }
 
 // parsePublicKey normalises a PEM public or private key to its PKIX PEM public key, so that both
@@ -285,11 +306,5 @@ func parsePublicKey(data []byte) (pemEntry, error) {
 		return pemEntry{}, fmt.Errorf("error encoding public key: %w", err)
 	}
 
-	return pemEntry{fingerprint: certs.SPKIFingerprint(der), publicKeyPEM: string(pem.EncodeToMemory(&pem.Block{Type: "PUBLIC KEY", Bytes: der}))}, nil
-}
-
-// certificatePEM re-encodes a certificate, dropping whatever surrounded it in the config
-// (comments, explanatory text), so the pool is canonical.
-func certificatePEM(crt *stdx509.Certificate) string {
-	return string(pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: crt.Raw}))
+	return pemEntry{fingerprint: certs.SPKIFingerprint(der), pem: string(pem.EncodeToMemory(&pem.Block{Type: "PUBLIC KEY", Bytes: der}))}, nil
 }
