@@ -6,6 +6,7 @@ import (
 	"maps"
 	"reflect"
 	"slices"
+	"time"
 
 	"github.com/cosi-project/runtime/pkg/controller"
 	"github.com/cosi-project/runtime/pkg/resource"
@@ -30,6 +31,9 @@ type DerivedController[S typed.DeepCopyable[S], E typed.Extension] struct {
 	derive deriveFunc[S]
 	// labels, when set, gives the labels of the resource holding a spec.
 	labels func(S) map[string]string
+	// minInterval, when set, is the least time between the starts of two passes: input changes
+	// that arrive sooner wait, and one pass covers them all.
+	minInterval time.Duration
 }
 
 // deriveFunc returns every resource to produce by ID; ready is false while an input is missing,
@@ -43,6 +47,15 @@ func newDerivedController[S typed.DeepCopyable[S], E typed.Extension](name strin
 // withLabels labels each output with what labels gives for its spec.
 func (ctrl *DerivedController[S, E]) withLabels(labels func(S) map[string]string) *DerivedController[S, E] {
 	ctrl.labels = labels
+
+	return ctrl
+}
+
+// withMinInterval makes a summary controller cover a burst of input changes (a rotation step
+// rewrites every certificate's status within milliseconds) with two passes, the first change's and
+// one at most d later, rather than a pass for each change.
+func (ctrl *DerivedController[S, E]) withMinInterval(d time.Duration) *DerivedController[S, E] {
+	ctrl.minInterval = d
 
 	return ctrl
 }
@@ -80,12 +93,29 @@ func (ctrl *DerivedController[S, E]) newResource(id resource.ID) *typed.Resource
 
 // Run implements controller.Controller interface.
 func (ctrl *DerivedController[S, E]) Run(ctx context.Context, r controller.Runtime, logger *zap.Logger) error {
+	var last time.Time
+
 	for {
 		select {
 		case <-ctx.Done():
 			return nil
 		case <-r.EventCh():
 		}
+
+		if wait := ctrl.minInterval - time.Since(last); wait > 0 {
+			if !sleep(ctx, wait) {
+				return nil
+			}
+
+			// The pass reads every input as it is now: a change that arrived during the wait is
+			// covered by it.
+			select {
+			case <-r.EventCh():
+			default:
+			}
+		}
+
+		last = time.Now()
 
 		specs, ready, err := ctrl.derive(ctx, r, logger)
 		if err != nil {
@@ -189,4 +219,17 @@ func (ctrl *DerivedController[S, E]) labelsOf(spec S) map[string]string {
 	}
 
 	return ctrl.labels(spec)
+}
+
+// sleep waits for d; false if ctx ended first.
+func sleep(ctx context.Context, d time.Duration) bool {
+	timer := time.NewTimer(d)
+	defer timer.Stop()
+
+	select {
+	case <-ctx.Done():
+		return false
+	case <-timer.C:
+		return true
+	}
 }

@@ -18,8 +18,9 @@ import (
 // RootSecrets (which CA keys it holds), CertificateStatuses (leaves) and CAStatuses (CAs).
 //
 // It reads the states CertificateStatusesController computes with the clock instead of reading
-// the clock itself, so it changes exactly when they do. It is a DerivedController because its one
-// output sums up many inputs of several types.
+// the clock itself, so it changes when they do, at most securityStatusInterval later: a burst of
+// status changes is summed up twice (at its first change and once after), not once per change.
+// It is a DerivedController because its one output sums up many inputs of several types.
 type SecurityStatusController = DerivedController[pki.SecurityStatusSpec, pki.SecurityStatusExtension]
 
 // NewSecurityStatusController creates a SecurityStatusController; apiTLSVersions are the TLS
@@ -53,8 +54,12 @@ func NewSecurityStatusController(apiTLSVersions []string) *SecurityStatusControl
 			spec.APITLSVersions = apiTLSVersions
 
 			return map[resource.ID]pki.SecurityStatusSpec{pki.SecurityStatusID: spec}, true, nil
-		})
+		}).withMinInterval(securityStatusInterval)
 }
+
+// securityStatusInterval is how often at most the summary is recomputed: it is read by people
+// and monitoring, and a rotation step rewrites a dozen statuses it sums up within milliseconds.
+const securityStatusInterval = 100 * time.Millisecond
 
 // securityStatus sums up the node's roots, leaves and CAs; the state lists them in ID order.
 func securityStatus(roots []*pki.RootSecret, leaves []*pki.CertificateStatus, cas []*pki.CAStatus) pki.SecurityStatusSpec {

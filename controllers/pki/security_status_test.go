@@ -2,6 +2,7 @@ package pki_test
 
 import (
 	"testing"
+	"testing/synctest"
 	"time"
 
 	"github.com/cosi-project/runtime/pkg/resource"
@@ -156,4 +157,42 @@ func TestSecurityStatusOfNodes(t *testing.T) {
 			})
 		})
 	}
+}
+
+// TestSecurityStatusSumsUpABurstOnce runs in a synctest bubble: ten statuses written one after the
+// other, each given the time to be seen, within the controller's interval, are summed up by the
+// pass of the first change and one pass after the interval, not by a pass each.
+func TestSecurityStatusSumsUpABurstOnce(t *testing.T) {
+	t.Parallel()
+
+	synctest.Test(t, func(t *testing.T) {
+		env := ctest.Run(t, ctrlpki.NewSecurityStatusController(tlsVersions))
+
+		ids := []resource.ID{
+			pki.CertAPI, pki.CertAPIClient, pki.CertEtcdServer, pki.CertEtcdPeer, pki.CertEtcdClient,
+			pki.CertEtcdAdmin, pki.CertKubeAPIServer, pki.CertKubeAPIServerKubeletClient, pki.CertFrontProxyClient, pki.CertTrustd,
+		}
+
+		for _, id := range ids {
+			require.NoError(t, safe.StateModify(env.Ctx, env.State, pki.NewCertificateStatus(id), func(res *pki.CertificateStatus) error {
+				*res.TypedSpec() = pki.CertificateStatusSpec{Trusted: true, State: pki.StateValid}
+
+				return nil
+			}))
+
+			// The controller has done whatever it does for this change.
+			synctest.Wait()
+		}
+
+		// The bubble's clock moves past the interval once every goroutine waits.
+		time.Sleep(time.Second)
+		synctest.Wait()
+
+		status, err := safe.StateGetByID[*pki.SecurityStatus](env.Ctx, env.State, pki.SecurityStatusID)
+		require.NoError(t, err)
+
+		assert.Equal(t, len(ids), status.TypedSpec().Leaves)
+		// Created by the first pass (one status or none), updated by the second (all ten).
+		assert.Equal(t, "2", status.Metadata().Version().String())
+	})
 }
