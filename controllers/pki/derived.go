@@ -29,7 +29,7 @@ type DerivedController[S typed.DeepCopyable[S], E typed.Extension] struct {
 	name   string
 	inputs []controller.Input
 	derive deriveFunc[S]
-	// labels, when set, gives the labels of the resource holding a spec.
+	// labels gives the labels of the resource holding a spec.
 	labels func(S) map[string]string
 	// minInterval, when set, is the least time between the starts of two passes: input changes
 	// that arrive sooner wait, and one pass covers them all.
@@ -41,7 +41,9 @@ type DerivedController[S typed.DeepCopyable[S], E typed.Extension] struct {
 type deriveFunc[S any] func(ctx context.Context, r controller.Reader, logger *zap.Logger) (specs map[resource.ID]S, ready bool, err error)
 
 func newDerivedController[S typed.DeepCopyable[S], E typed.Extension](name string, inputs []controller.Input, derive deriveFunc[S]) *DerivedController[S, E] {
-	return &DerivedController[S, E]{name: name, inputs: inputs, derive: derive}
+	noLabels := func(S) map[string]string { return nil }
+
+	return &DerivedController[S, E]{name: name, inputs: inputs, derive: derive, labels: noLabels}
 }
 
 // withLabels labels each output with what labels gives for its spec.
@@ -148,7 +150,7 @@ func (ctrl *DerivedController[S, E]) write(ctx context.Context, r controller.Run
 		err = safe.WriterModify(ctx, r, ctrl.newResource(id), func(res *typed.Resource[S, E]) error {
 			*res.TypedSpec() = specs[id]
 
-			for k, v := range ctrl.labelsOf(specs[id]) {
+			for k, v := range ctrl.labels(specs[id]) {
 				res.Metadata().Labels().Set(k, v)
 			}
 
@@ -204,21 +206,13 @@ func (ctrl *DerivedController[S, E]) unchanged(res *typed.Resource[S, E], spec S
 		return false
 	}
 
-	for k, v := range ctrl.labelsOf(spec) {
+	for k, v := range ctrl.labels(spec) {
 		if got, ok := md.Labels().Get(k); !ok || got != v {
 			return false
 		}
 	}
 
 	return true
-}
-
-func (ctrl *DerivedController[S, E]) labelsOf(spec S) map[string]string {
-	if ctrl.labels == nil {
-		return nil
-	}
-
-	return ctrl.labels(spec)
 }
 
 // sleep waits for d; false if ctx ended first.
