@@ -92,8 +92,7 @@ func (s *Server) backendFor(c *caller, target string) (proxy.Backend, error) {
 	if err := s.forwardingTarget(c.ctx, target); err != nil {
 		c.logger.Info("forwarding refused", zap.String("node", target), zap.Error(err))
 
-		return nil, status.Errorf(codes.PermissionDenied, "node %s is not a member of this cluster known to this node: not forwarded "+
-			"(a control plane forwards to the members it records, the control-plane endpoint and the control planes given to nodepkid --control-plane)", target)
+		return nil, err
 	}
 
 	c.logger.Debug("forwarding call", zap.String("node", target), zap.Strings("roles", c.roles))

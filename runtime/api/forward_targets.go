@@ -2,55 +2,96 @@ package api
 
 import (
 	"context"
-	"fmt"
 	"net/url"
+	"slices"
 
 	"github.com/cosi-project/runtime/pkg/safe"
 	"github.com/cosi-project/runtime/pkg/state"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 
+	"github.com/nodepki/nodepki/pkg/machineconfig"
 	"github.com/nodepki/nodepki/resources/cluster"
 )
 
 // forwardingTarget allows forwarding to target (canonical form) only when it names a cluster
 // member this node records (its ID, one of its addresses or its hostname), a configured control
-// plane (Options.ControlPlanes) or the host of the control-plane endpoint. Forwarding dials with this node's impersonator certificate:
-// without the check any caller could make a control plane dial any host on the API port.
+// plane (Options.ControlPlanes) or the host of the control-plane endpoint, or else when one of
+// the other control planes records it as a member (a worker gets its certificate from the trustd
+// of one control plane only, and that one alone records it). Forwarding dials with this node's
+// impersonator certificate: without the check any caller could make a control plane dial any host
+// on the API port. The refusal is a PermissionDenied status.
 func (s *Server) forwardingTarget(ctx context.Context, target string) error {
+	known, peers, err := s.recordedTarget(ctx, target)
+	if err != nil {
+		return status.Errorf(status.Code(err), "node %s: %s", target, status.Convert(err).Message())
+	}
+
+	if known {
+		return nil
+	}
+
+	return s.peerMembers.confirm(ctx, target, peers)
+}
+
+// recordedTarget reports whether this node allows target by its own records, and otherwise the
+// control planes to ask about it (canonical, not this node): the configured ones, the control
+// planes among the recorded members and the control-plane endpoint host.
+func (s *Server) recordedTarget(ctx context.Context, target string) (known bool, peers []string, err error) {
+	addPeer := func(p string) {
+		if p = canonicalNode(p); p != "" && !s.material.isLocal(p) && !slices.Contains(peers, p) {
+			peers = append(peers, p)
+		}
+	}
+
 	for _, cp := range s.opts.ControlPlanes {
 		if canonicalNode(cp) == target {
-			return nil
+			return true, nil, nil
 		}
+
+		addPeer(cp)
 	}
 
 	members, err := safe.StateListAll[*cluster.Member](ctx, s.opts.State)
 	if err != nil {
-		return fmt.Errorf("error listing the cluster members: %w", err)
+		return false, nil, status.Errorf(codes.Unavailable, "error listing the cluster members: %v", err)
 	}
 
 	for m := range members.All() {
-		if canonicalNode(m.Metadata().ID()) == target || (m.TypedSpec().Hostname != "" && canonicalNode(m.TypedSpec().Hostname) == target) {
-			return nil
+		if memberNamed(m, target) {
+			return true, nil, nil
 		}
 
-		for _, a := range m.TypedSpec().Addresses {
-			if canonicalNode(a) == target {
-				return nil
-			}
+		if mt := m.TypedSpec().MachineType; mt == machineconfig.TypeControlPlane || mt == machineconfig.TypeInit {
+			addPeer(m.Metadata().ID())
 		}
 	}
 
 	cfg, err := s.currentConfig(ctx)
 	if err != nil && !state.IsNotFoundError(err) {
-		return err
+		return false, nil, err
 	}
 
 	if cfg != nil {
 		if doc := cfg.Document(); doc.Cluster != nil && doc.Cluster.ControlPlane != nil {
-			if u, parseErr := url.Parse(doc.Cluster.ControlPlane.Endpoint); parseErr == nil && u.Hostname() != "" && canonicalNode(u.Hostname()) == target {
-				return nil
+			if u, parseErr := url.Parse(doc.Cluster.ControlPlane.Endpoint); parseErr == nil && u.Hostname() != "" {
+				if canonicalNode(u.Hostname()) == target {
+					return true, nil, nil
+				}
+
+				addPeer(u.Hostname())
 			}
 		}
 	}
 
-	return fmt.Errorf("%s is neither a recorded cluster member, a configured control plane nor the control-plane endpoint", target)
+	return false, peers, nil
+}
+
+// memberNamed reports whether target (canonical) is m's ID, one of its addresses or its hostname.
+func memberNamed(m *cluster.Member, target string) bool {
+	if canonicalNode(m.Metadata().ID()) == target || (m.TypedSpec().Hostname != "" && canonicalNode(m.TypedSpec().Hostname) == target) {
+		return true
+	}
+
+	return slices.ContainsFunc(m.TypedSpec().Addresses, func(a string) bool { return canonicalNode(a) == target })
 }

@@ -113,7 +113,9 @@ type Server struct {
 	material  *material
 	guard     *guard
 	forwarder *forwarder
-	node      *nodeService
+	// peerMembers asks the other control planes about forwarding targets this node does not record.
+	peerMembers *peerMembers
+	node        *nodeService
 
 	// localConn reaches the internal server; set by Serve before the public server starts.
 	localConn *grpc.ClientConn
@@ -151,6 +153,7 @@ func New(opts Options) (*Server, error) {
 	s.guard = newGuard(opts.Logger, s.material)
 	s.forwarder = newForwarder(opts.Logger, s.material, opts.APIPort)
 	s.material.onForwardingChange = s.forwarder.flush
+	s.peerMembers = newPeerMembers(opts.Logger, s.forwarder.recordsMember, time.Now)
 	s.node = &nodeService{server: s}
 
 	return s, nil
