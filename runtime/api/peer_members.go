@@ -134,7 +134,7 @@ func refusal(target string, denied, failed []string) error {
 	fmt.Fprintf(&b, ": not forwarded (%s)", forwardingRule)
 
 	if len(failed) > 0 {
-		fmt.Fprintf(&b, "; control planes that could not be asked: %s (retry, or address the call through the control plane whose trustd signed the node's certificate)",
+		fmt.Fprintf(&b, "; control planes that could not be asked: %s (if the trustd of one of them signed the node's certificate, retry, or address the call through it)",
 			strings.Join(failed, ", "))
 	}
 

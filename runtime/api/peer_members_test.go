@@ -70,7 +70,7 @@ func TestPeerMembersConfirm(t *testing.T) {
 	for _, tc := range []struct {
 		name    string
 		peers   []string
-		fake    fakePeers
+		fake    *fakePeers
 		allowed bool
 		want    []string // substrings of the refusal
 		notWant []string
@@ -78,19 +78,19 @@ func TestPeerMembersConfirm(t *testing.T) {
 		{
 			name:    "one peer records it",
 			peers:   []string{"10.5.0.2", "10.5.0.3"},
-			fake:    fakePeers{members: map[string][]string{"10.5.0.3": {target}}},
+			fake:    &fakePeers{members: map[string][]string{"10.5.0.3": {target}}},
 			allowed: true,
 		},
 		{
 			name:    "a peer records it while another cannot be asked",
 			peers:   []string{"10.5.0.2", "10.5.0.3"},
-			fake:    fakePeers{members: map[string][]string{"10.5.0.3": {target}}, errs: map[string]error{"10.5.0.2": errors.New("refused")}},
+			fake:    &fakePeers{members: map[string][]string{"10.5.0.3": {target}}, errs: map[string]error{"10.5.0.2": errors.New("refused")}},
 			allowed: true,
 		},
 		{
 			name:  "no peer records it",
 			peers: []string{"10.5.0.3", "10.5.0.2"},
-			fake:  fakePeers{members: map[string][]string{"10.5.0.2": {"10.5.0.8"}}},
+			fake:  &fakePeers{members: map[string][]string{"10.5.0.2": {"10.5.0.8"}}},
 			want: []string{
 				"node 10.5.0.7 is not a member of this cluster known to this node or to the control planes it asked (10.5.0.2, 10.5.0.3): not forwarded",
 				"`get members` on each",
@@ -100,23 +100,23 @@ func TestPeerMembersConfirm(t *testing.T) {
 		{
 			name:  "no peer to ask",
 			want:  []string{"node 10.5.0.7 is not a member of this cluster known to this node: not forwarded", "nodepkid --control-plane"},
-			fake:  fakePeers{},
+			fake:  &fakePeers{},
 			peers: nil,
 		},
 		{
 			name:  "a peer cannot be asked",
 			peers: []string{"10.5.0.2", "10.5.0.3"},
-			fake:  fakePeers{errs: map[string]error{"10.5.0.3": errors.New("dial tcp: secret detail")}},
+			fake:  &fakePeers{errs: map[string]error{"10.5.0.3": errors.New("dial tcp: secret detail")}},
 			want: []string{
 				"or to the control planes it asked (10.5.0.2): not forwarded",
-				"control planes that could not be asked: 10.5.0.3 (retry, or address the call through the control plane whose trustd signed",
+				"control planes that could not be asked: 10.5.0.3 (if the trustd of one of them signed the node's certificate, retry, or address the call through it)",
 			},
 			notWant: []string{"secret detail"},
 		},
 		{
 			name:    "a peer that does not answer in time",
 			peers:   []string{"10.5.0.2", "10.5.0.3"},
-			fake:    fakePeers{silent: map[string]bool{"10.5.0.2": true}},
+			fake:    &fakePeers{silent: map[string]bool{"10.5.0.2": true}},
 			want:    []string{"or to the control planes it asked (10.5.0.3)", "could not be asked: 10.5.0.2 "},
 			notWant: []string{"deadline"},
 		},

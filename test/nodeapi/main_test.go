@@ -29,16 +29,23 @@ func TestMain(m *testing.M) {
 	})
 }
 
-// startCluster creates a local cluster of real processes whose first node is firstAddress; it is
-// destroyed when the test ends.
+// startCluster creates a local cluster of real processes, one control plane and workers, whose
+// first node is firstAddress; it is destroyed when the test ends.
 func startCluster(t testing.TB, firstAddress string, workers int) *cluster.Cluster {
+	t.Helper()
+
+	return startClusterOf(t, firstAddress, 1, workers)
+}
+
+// startClusterOf is startCluster with controlPlanes control planes (the first nodes).
+func startClusterOf(t testing.TB, firstAddress string, controlPlanes, workers int) *cluster.Cluster {
 	t.Helper()
 
 	dir := t.TempDir()
 
 	c, err := cluster.Create(t.Context(), cluster.Options{
 		Name:          "test",
-		ControlPlanes: 1,
+		ControlPlanes: controlPlanes,
 		Workers:       workers,
 		Dir:           filepath.Join(dir, "cluster"),
 		Daemon:        filepath.Join(binDir, "nodepkid"),
