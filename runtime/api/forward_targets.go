@@ -87,11 +87,23 @@ func (s *Server) recordedTarget(ctx context.Context, target string) (known bool,
 	return false, peers, nil
 }
 
-// memberNamed reports whether target (canonical) is m's ID, one of its addresses or its hostname.
+// memberNamed reports whether target (canonical) is one of memberNames(m).
 func memberNamed(m *cluster.Member, target string) bool {
-	if canonicalNode(m.Metadata().ID()) == target || (m.TypedSpec().Hostname != "" && canonicalNode(m.TypedSpec().Hostname) == target) {
-		return true
+	return slices.Contains(memberNames(m), target)
+}
+
+// memberNames are the canonical names a member is reached by: its ID, its addresses and its
+// hostname.
+func memberNames(m *cluster.Member) []string {
+	names := []string{canonicalNode(m.Metadata().ID())}
+
+	for _, a := range m.TypedSpec().Addresses {
+		names = append(names, canonicalNode(a))
 	}
 
-	return slices.ContainsFunc(m.TypedSpec().Addresses, func(a string) bool { return canonicalNode(a) == target })
+	if m.TypedSpec().Hostname != "" {
+		names = append(names, canonicalNode(m.TypedSpec().Hostname))
+	}
+
+	return names
 }

@@ -8,6 +8,7 @@ import (
 	"runtime/debug"
 	"slices"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/siderolabs/grpc-proxy/proxy"
@@ -238,7 +239,7 @@ func (s *Server) directMachine(c *caller, fullMethod string, md metadata.MD) (pr
 		return proxy.One2Many, nil, status.Errorf(codes.InvalidArgument, "nodes metadata names %d nodes: at most %d per call", len(nodes), maxFanOut)
 	}
 
-	backends := make([]proxy.Backend, 0, len(nodes))
+	targets := make([]string, 0, len(nodes))
 
 	for _, name := range nodes {
 		target, err := parseNodeName(name)
@@ -246,10 +247,23 @@ func (s *Server) directMachine(c *caller, fullMethod string, md metadata.MD) (pr
 			return proxy.One2Many, nil, err
 		}
 
-		b := &labelledBackend{node: strings.TrimSpace(name)}
-		b.backend, b.err = s.backendFor(c, target)
-		backends = append(backends, b)
+		targets = append(targets, target)
 	}
+
+	// Each node is routed at once: a node that no record of this control plane names waits for the
+	// other control planes' answer, and the nodes of one call share it (see peerMembers).
+	backends := make([]proxy.Backend, len(nodes))
+
+	var wg sync.WaitGroup
+
+	for i, target := range targets {
+		b := &labelledBackend{node: strings.TrimSpace(nodes[i])}
+		backends[i] = b
+
+		wg.Go(func() { b.backend, b.err = s.backendFor(c, target) })
+	}
+
+	wg.Wait()
 
 	return proxy.One2Many, backends, nil
 }

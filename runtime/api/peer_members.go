@@ -14,6 +14,7 @@ import (
 	"github.com/cosi-project/runtime/pkg/state"
 	stateclient "github.com/cosi-project/runtime/pkg/state/protobuf/client"
 	"go.uber.org/zap"
+	"golang.org/x/sync/singleflight"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
@@ -39,18 +40,21 @@ const (
 const forwardingRule = "a control plane forwards to the members it or another control plane records (`get members` on each), " +
 	"the control-plane endpoint and the control planes given to nodepkid --control-plane"
 
-// askFunc asks the control plane peer whether it records target as a cluster member.
-type askFunc func(ctx context.Context, peer, target string) (bool, error)
+// listFunc returns the names (canonical IDs, addresses and hostnames) of the members the control
+// plane peer records.
+type listFunc func(ctx context.Context, peer string) (map[string]bool, error)
 
 // peerMembers decides on the targets this control plane does not record itself: it asks the other
-// control planes, all at once, whether they record the target, and allows it as soon as one says
-// yes. Nothing is dialed to the target before that. Confirmations are kept for peerMemberTTL, at
-// most maxPeerMembers of them; refusals are not kept, so a worker that just joined through another
-// control plane is reachable at once.
+// control planes, all at once, for the members they record, and allows the target as soon as one
+// of them records it. Nothing is dialed to the target before that. Concurrent lookups share one
+// listing per peer (a call to many nodes lists each peer once). Confirmations are kept for
+// peerMemberTTL, at most maxPeerMembers of them; refusals are not kept, so a worker that just
+// joined through another control plane is reachable at once.
 type peerMembers struct {
-	logger *zap.Logger
-	ask    askFunc
-	clock  func() time.Time
+	logger   *zap.Logger
+	list     listFunc
+	clock    func() time.Time
+	listings singleflight.Group // by peer
 
 	mu        sync.Mutex
 	confirmed map[string]*list.Element // by target; the element holds a *confirmation
@@ -63,8 +67,8 @@ type confirmation struct {
 	expires time.Time
 }
 
-func newPeerMembers(logger *zap.Logger, ask askFunc, clock func() time.Time) *peerMembers {
-	return &peerMembers{logger: logger, ask: ask, clock: clock, confirmed: map[string]*list.Element{}, order: list.New()}
+func newPeerMembers(logger *zap.Logger, lister listFunc, clock func() time.Time) *peerMembers {
+	return &peerMembers{logger: logger, list: lister, clock: clock, confirmed: map[string]*list.Element{}, order: list.New()}
 }
 
 // confirm returns nil when one of peers records target as a member, else a PermissionDenied
@@ -90,8 +94,8 @@ func (p *peerMembers) confirm(ctx context.Context, target string, peers []string
 
 	for _, peer := range peers {
 		go func() {
-			member, err := p.ask(ctx, peer, target)
-			answers <- answer{peer: peer, member: member, err: err}
+			names, err := p.listing(ctx, peer)
+			answers <- answer{peer: peer, member: names[target], err: err}
 		}()
 	}
 
@@ -183,14 +187,37 @@ func (p *peerMembers) store(target, peer string) {
 	p.confirmed[target] = p.order.PushFront(c)
 }
 
-// recordsMember asks the control plane peer, over the forwarding connection (mutual TLS with this
-// node's impersonator certificate, the peer's server certificate verified against the accepted OS
-// CAs), whether it records target as a member. The call carries no node metadata, so the peer
-// answers from its own state and never forwards it; it runs with the reader role.
-func (f *forwarder) recordsMember(ctx context.Context, peer, target string) (bool, error) {
+// listing returns the member names peer records, from one listing shared by the lookups that
+// need it at the same time. The listing has its own timeout, so that a lookup that gives up
+// does not fail the others that share it.
+func (p *peerMembers) listing(ctx context.Context, peer string) (map[string]bool, error) {
+	ch := p.listings.DoChan(peer, func() (any, error) {
+		listCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), peerLookupTimeout)
+		defer cancel()
+
+		return p.list(listCtx, peer)
+	})
+
+	select {
+	case <-ctx.Done():
+		return nil, fmt.Errorf("asking control plane %s: %w", peer, context.Cause(ctx))
+	case r := <-ch:
+		if r.Err != nil {
+			return nil, r.Err
+		}
+
+		return r.Val.(map[string]bool), nil //nolint:forcetypeassert // list returns map[string]bool only
+	}
+}
+
+// memberNamesOf lists the members the control plane peer records, over the forwarding connection
+// (mutual TLS with this node's impersonator certificate, the peer's server certificate verified
+// against the accepted OS CAs). The call carries no node metadata, so the peer answers from its
+// own state and never forwards it; it runs with the reader role.
+func (f *forwarder) memberNamesOf(ctx context.Context, peer string) (map[string]bool, error) {
 	rc, err := f.acquire(peer)
 	if err != nil {
-		return false, err
+		return nil, err
 	}
 
 	defer f.release(rc)
@@ -199,14 +226,16 @@ func (f *forwarder) recordsMember(ctx context.Context, peer, target string) (boo
 
 	members, err := safe.StateListAll[*cluster.Member](ctx, state.WrapCore(stateclient.NewAdapter(v1alpha1.NewStateClient(rc.conn))))
 	if err != nil {
-		return false, fmt.Errorf("error listing the members of control plane %s: %w", peer, err)
+		return nil, fmt.Errorf("error listing the members of control plane %s: %w", peer, err)
 	}
 
+	names := map[string]bool{}
+
 	for m := range members.All() {
-		if memberNamed(m, target) {
-			return true, nil
+		for _, name := range memberNames(m) {
+			names[name] = true
 		}
 	}
 
-	return false, nil
+	return names, nil
 }

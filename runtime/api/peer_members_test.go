@@ -16,46 +16,53 @@ import (
 	"go.uber.org/zap/zaptest"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/types/known/emptypb"
 
+	"github.com/nodepki/nodepki/api/machine"
 	"github.com/nodepki/nodepki/api/node"
 	"github.com/nodepki/nodepki/pkg/role"
 )
 
-// fakePeers answers for each peer: a member list, an error, or no answer until the context ends.
+// fakePeers answers for each peer: its members, an error, or no answer until the context ends;
+// release, if set, holds every listing until it is closed.
 type fakePeers struct {
 	members map[string][]string
 	errs    map[string]error
 	silent  map[string]bool
+	release chan struct{}
 
 	mu    sync.Mutex
 	asked []string
 }
 
-func (f *fakePeers) ask(ctx context.Context, peer, target string) (bool, error) {
+func (f *fakePeers) list(ctx context.Context, peer string) (map[string]bool, error) {
 	f.mu.Lock()
 	f.asked = append(f.asked, peer)
 	f.mu.Unlock()
 
+	if f.release != nil {
+		<-f.release
+	}
+
 	if f.silent[peer] {
 		<-ctx.Done()
 
-		return false, ctx.Err()
+		return nil, ctx.Err()
 	}
 
 	if err := f.errs[peer]; err != nil {
-		return false, err
+		return nil, err
 	}
 
+	names := map[string]bool{}
 	for _, m := range f.members[peer] {
-		if m == target {
-			return true, nil
-		}
+		names[m] = true
 	}
 
-	return false, nil
+	return names, nil
 }
 
-func (f *fakePeers) askedCount() int {
+func (f *fakePeers) listedCount() int {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 
@@ -125,7 +132,7 @@ func TestPeerMembersConfirm(t *testing.T) {
 			t.Parallel()
 
 			synctest.Test(t, func(t *testing.T) {
-				p := newPeerMembers(zaptest.NewLogger(t), tc.fake.ask, time.Now)
+				p := newPeerMembers(zaptest.NewLogger(t), tc.fake.list, time.Now)
 
 				start := time.Now()
 				err := p.confirm(t.Context(), target, tc.peers)
@@ -149,7 +156,7 @@ func TestPeerMembersConfirm(t *testing.T) {
 					assert.NotContains(t, status.Convert(err).Message(), w)
 				}
 
-				assert.Equal(t, len(tc.peers), tc.fake.askedCount(), "every peer is asked once")
+				assert.Equal(t, len(tc.peers), tc.fake.listedCount(), "every peer is asked once")
 			})
 		})
 	}
@@ -162,16 +169,16 @@ func TestPeerMembersCache(t *testing.T) {
 	clock := func() time.Time { return now }
 
 	fake := &fakePeers{members: map[string][]string{"10.5.0.2": {"10.5.0.7"}}}
-	p := newPeerMembers(zaptest.NewLogger(t), fake.ask, clock)
+	p := newPeerMembers(zaptest.NewLogger(t), fake.list, clock)
 	peers := []string{"10.5.0.2"}
 
 	require.NoError(t, p.confirm(t.Context(), "10.5.0.7", peers))
 	require.NoError(t, p.confirm(t.Context(), "10.5.0.7", peers))
-	assert.Equal(t, 1, fake.askedCount(), "a confirmation is kept")
+	assert.Equal(t, 1, fake.listedCount(), "a confirmation is kept")
 
 	require.Error(t, p.confirm(t.Context(), "10.5.0.8", peers))
 	require.Error(t, p.confirm(t.Context(), "10.5.0.8", peers))
-	assert.Equal(t, 3, fake.askedCount(), "a refusal is not kept")
+	assert.Equal(t, 3, fake.listedCount(), "a refusal is not kept")
 	assert.Len(t, p.confirmed, 1)
 
 	now = now.Add(peerMemberTTL)
@@ -184,17 +191,54 @@ func TestPeerMembersCache(t *testing.T) {
 func TestPeerMembersBound(t *testing.T) {
 	t.Parallel()
 
-	yes := func(context.Context, string, string) (bool, error) { return true, nil }
-	p := newPeerMembers(zaptest.NewLogger(t), yes, time.Now)
-
+	var targets []string
 	for i := range maxPeerMembers + 10 {
-		require.NoError(t, p.confirm(t.Context(), "10.6."+strconv.Itoa(i/256)+"."+strconv.Itoa(i%256), []string{"10.5.0.2"}))
+		targets = append(targets, "10.6."+strconv.Itoa(i/256)+"."+strconv.Itoa(i%256))
+	}
+
+	fake := &fakePeers{members: map[string][]string{"10.5.0.2": targets}}
+	p := newPeerMembers(zaptest.NewLogger(t), fake.list, time.Now)
+
+	for _, target := range targets {
+		require.NoError(t, p.confirm(t.Context(), target, []string{"10.5.0.2"}))
 	}
 
 	assert.Len(t, p.confirmed, maxPeerMembers)
 	assert.Equal(t, maxPeerMembers, p.order.Len())
 	assert.NotContains(t, p.confirmed, "10.6.0.0", "the least recently confirmed goes first")
 	assert.Contains(t, p.confirmed, "10.6.1.9")
+}
+
+// TestPeerMembersShareListings: lookups at the same time (a call to many nodes) list each peer once.
+func TestPeerMembersShareListings(t *testing.T) {
+	t.Parallel()
+
+	synctest.Test(t, func(t *testing.T) {
+		fake := &fakePeers{
+			members: map[string][]string{"10.5.0.2": {"10.6.0.1", "10.6.0.2"}, "10.5.0.3": {"10.6.0.3"}},
+			release: make(chan struct{}),
+		}
+		p := newPeerMembers(zaptest.NewLogger(t), fake.list, time.Now)
+		peers := []string{"10.5.0.2", "10.5.0.3"}
+
+		var wg sync.WaitGroup
+
+		errs := make([]error, 4)
+
+		for i, target := range []string{"10.6.0.1", "10.6.0.2", "10.6.0.3", "10.6.0.4"} {
+			wg.Go(func() { errs[i] = p.confirm(t.Context(), target, peers) })
+		}
+
+		synctest.Wait()
+		close(fake.release)
+		wg.Wait()
+
+		assert.Equal(t, len(peers), fake.listedCount(), "one listing per peer")
+		assert.NoError(t, errs[0])
+		assert.NoError(t, errs[1])
+		assert.NoError(t, errs[2])
+		assert.Equal(t, codes.PermissionDenied, status.Code(errs[3]), "%v", errs[3])
+	})
 }
 
 // recordingListener accepts connections on its address and counts them.
@@ -248,6 +292,20 @@ func TestForwardingThroughPeer(t *testing.T) {
 	require.Error(t, err)
 	assert.Equal(t, codes.PermissionDenied, status.Code(err), "%v", err)
 	assert.Contains(t, status.Convert(err).Message(), "node 127.0.170.9 is not a member of this cluster known to this node or to the control planes it asked (127.0.170.3")
+	// talosctl's one-to-many form: each node is decided on its own.
+	resp, err := machineClient(a.dialAs(t, p, role.Reader)).Version(toNodes(callCtx(t), "127.0.170.4", "127.0.170.9"), &emptypb.Empty{})
+	require.NoError(t, err)
+	require.Len(t, resp.GetMessages(), 2)
+
+	byNode := map[string]*machine.Version{}
+	for _, msg := range resp.GetMessages() {
+		byNode[msg.GetMetadata().GetHostname()] = msg
+	}
+
+	assert.Empty(t, byNode["127.0.170.4"].GetMetadata().GetError())
+	assert.NotEmpty(t, byNode["127.0.170.4"].GetVersion().GetTag())
+	assert.Equal(t, int32(codes.PermissionDenied), byNode["127.0.170.9"].GetMetadata().GetStatus().GetCode())
+
 	assert.Zero(t, unknown.accepted.Load(), "an address no control plane records is never dialed")
 
 	// The worker forwards nothing, even to a node a control plane records.

@@ -153,7 +153,7 @@ func New(opts Options) (*Server, error) {
 	s.guard = newGuard(opts.Logger, s.material)
 	s.forwarder = newForwarder(opts.Logger, s.material, opts.APIPort)
 	s.material.onForwardingChange = s.forwarder.flush
-	s.peerMembers = newPeerMembers(opts.Logger, s.forwarder.recordsMember, time.Now)
+	s.peerMembers = newPeerMembers(opts.Logger, s.forwarder.memberNamesOf, time.Now)
 	s.node = &nodeService{server: s}
 
 	return s, nil
