@@ -64,6 +64,16 @@ func listenSamePort(t *testing.T, addrs ...string) []net.Listener {
 	return nil
 }
 
+// versionsByNode indexes the replies of a Version call to several nodes by their node label.
+func versionsByNode(resp *machine.VersionResponse) map[string]*machine.Version {
+	byNode := map[string]*machine.Version{}
+	for _, msg := range resp.GetMessages() {
+		byNode[msg.GetMetadata().GetHostname()] = msg
+	}
+
+	return byNode
+}
+
 func toNodes(ctx context.Context, nodes ...string) context.Context {
 	md, _ := metadata.FromOutgoingContext(ctx)
 	md = md.Copy()
@@ -133,10 +143,7 @@ func TestMachineService(t *testing.T) {
 		require.NoError(t, err)
 		require.Len(t, resp.GetMessages(), 2)
 
-		byNode := map[string]*machine.Version{}
-		for _, msg := range resp.GetMessages() {
-			byNode[msg.GetMetadata().GetHostname()] = msg
-		}
+		byNode := versionsByNode(resp)
 
 		assert.Empty(t, byNode["127.0.80.3"].GetMetadata().GetError())
 		assert.NotEmpty(t, byNode["127.0.80.3"].GetVersion().GetTag())

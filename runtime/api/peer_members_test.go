@@ -18,7 +18,6 @@ import (
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/types/known/emptypb"
 
-	"github.com/nodepki/nodepki/api/machine"
 	"github.com/nodepki/nodepki/api/node"
 	"github.com/nodepki/nodepki/pkg/role"
 )
@@ -297,10 +296,7 @@ func TestForwardingThroughPeer(t *testing.T) {
 	require.NoError(t, err)
 	require.Len(t, resp.GetMessages(), 2)
 
-	byNode := map[string]*machine.Version{}
-	for _, msg := range resp.GetMessages() {
-		byNode[msg.GetMetadata().GetHostname()] = msg
-	}
+	byNode := versionsByNode(resp)
 
 	assert.Empty(t, byNode["127.0.170.4"].GetMetadata().GetError())
 	assert.NotEmpty(t, byNode["127.0.170.4"].GetVersion().GetTag())
