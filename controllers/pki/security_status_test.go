@@ -8,6 +8,7 @@ import (
 	"github.com/cosi-project/runtime/pkg/resource"
 	"github.com/cosi-project/runtime/pkg/resource/rtestutils"
 	"github.com/cosi-project/runtime/pkg/safe"
+	"github.com/cosi-project/runtime/pkg/state"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
@@ -184,15 +185,34 @@ func TestSecurityStatusSumsUpABurstOnce(t *testing.T) {
 			synctest.Wait()
 		}
 
-		// The bubble's clock moves past the interval once every goroutine waits.
-		time.Sleep(time.Second)
-		synctest.Wait()
+		// Waiting for the sum of all ten lets the bubble's clock move past the interval.
+		events := make(chan safe.WrappedStateEvent[*pki.SecurityStatus], 16)
+		require.NoError(t, safe.StateWatch(env.Ctx, env.State, pki.NewSecurityStatus().Metadata(), events))
 
-		status, err := safe.StateGetByID[*pki.SecurityStatus](env.Ctx, env.State, pki.SecurityStatusID)
-		require.NoError(t, err)
+		for {
+			var ev safe.WrappedStateEvent[*pki.SecurityStatus]
 
-		assert.Equal(t, len(ids), status.TypedSpec().Leaves)
-		// Created by the first pass (one status or none), updated by the second (all ten).
-		assert.Equal(t, "2", status.Metadata().Version().String())
+			select {
+			case ev = <-events:
+			case <-env.Ctx.Done():
+				t.Fatal("timeout waiting for the sum of all statuses")
+			}
+
+			if ev.Type() != state.Created && ev.Type() != state.Updated {
+				continue
+			}
+
+			res, err := ev.Resource()
+			require.NoError(t, err)
+
+			if res.TypedSpec().Leaves != len(ids) {
+				continue
+			}
+
+			// Created by the first pass (one status or none), updated by the second (all ten).
+			assert.Equal(t, "2", res.Metadata().Version().String())
+
+			return
+		}
 	})
 }
