@@ -77,21 +77,22 @@ func TestEveryControlPlaneReachesTheWorker(t *testing.T) {
 	cfg, err := clientconfig.Open(c.Talosconfig)
 	require.NoError(t, err)
 
-	through := func(t *testing.T, endpoint string) *client.Client {
-		t.Helper()
+	// One client per control plane, each with that control plane as its only endpoint.
+	through := map[string]*client.Client{}
 
-		cl, err := client.New(t.Context(), client.ClientOptions{Config: cfg, Endpoints: []string{endpoint}})
+	for _, cp := range controlPlanes {
+		cl, err := client.New(t.Context(), client.ClientOptions{Config: cfg, Endpoints: []string{cp}})
 		require.NoError(t, err)
 
 		t.Cleanup(func() { cl.Close() })
 
-		return cl
+		through[cp] = cl
 	}
 
 	// The premise: the worker is recorded by the first control plane only.
 	require.EventuallyWithT(t, func(collect *assert.CollectT) {
 		for i, cp := range controlPlanes {
-			_, err := safe.StateGetByID[*cluster.Member](t.Context(), through(t, cp).COSI(), worker)
+			_, err := safe.StateGetByID[*cluster.Member](t.Context(), through[cp].COSI(), worker)
 			if i == 0 {
 				assert.NoError(collect, err, "%s records the worker", cp)
 			} else {
@@ -102,7 +103,7 @@ func TestEveryControlPlaneReachesTheWorker(t *testing.T) {
 
 	for _, cp := range controlPlanes {
 		t.Run("nodepki client through "+cp, func(t *testing.T) {
-			cl := through(t, cp)
+			cl := through[cp]
 
 			v, err := cl.Node().Version(cl.WithNode(t.Context(), worker), &nodeapi.VersionRequest{})
 			require.NoError(t, err)
