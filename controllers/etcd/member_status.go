@@ -21,6 +21,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/nodepki/nodepki/controllers/configview"
+	"github.com/nodepki/nodepki/controllers/supervised"
 	etcdpkg "github.com/nodepki/nodepki/pkg/etcd"
 	"github.com/nodepki/nodepki/pkg/machineconfig"
 	"github.com/nodepki/nodepki/pkg/process"
@@ -51,8 +52,8 @@ const (
 )
 
 // MemberStatusController runs the etcd member of a control plane and reports it as
-// MemberStatus/local. It is a bare Run loop rather than a generic controller because its subject
-// is a process: it wakes on process exits and on a probe timer as well as on resource events.
+// MemberStatus/local. It runs on supervised.Loop rather than a generic controller because its
+// subject is a process: it wakes on process exits and on a probe timer as well as on resource events.
 //
 // The member bootstraps a new cluster only when Bootstrap/etcd exists (`nodepkictl bootstrap`);
 // otherwise it joins a running member (learner first, promoted once in sync) found at the control
@@ -126,18 +127,7 @@ func (ctrl *MemberStatusController) Run(ctx context.Context, r controller.Runtim
 	ctrl.sup.Name, ctrl.sup.Address, ctrl.sup.LogFile = "etcd", ctrl.Address, ctrl.config().LogFile
 	ctrl.sup.MinBackoff, ctrl.sup.MaxBackoff = cmp.Or(ctrl.MinBackoff, DefaultMinBackoff), cmp.Or(ctrl.MaxBackoff, DefaultMaxBackoff)
 
-	probe := time.NewTicker(cmp.Or(ctrl.ProbeInterval, DefaultProbeInterval))
-	defer probe.Stop()
-
 	defer ctrl.closeClient()
-
-	// etcd stops with nodepkid, whichever way Run returns on shutdown; after a crash it keeps
-	// running, to be adopted.
-	defer func() {
-		if ctx.Err() != nil {
-			ctrl.shutdown(logger)
-		}
-	}()
 
 	if !ctrl.adopted {
 		ctrl.adopted = true
@@ -155,53 +145,13 @@ func (ctrl *MemberStatusController) Run(ctx context.Context, r controller.Runtim
 		}
 	}
 
-	for {
-		exited := ctrl.sup.Running()
-
-		select {
-		case <-ctx.Done():
-			return nil
-		case <-r.EventCh():
-		case <-probe.C:
-		case <-exited:
-			ctrl.sup.Exited(logger)
-		}
-
-		if !ctrl.controlPlane(ctx, r) {
-			ctrl.shutdown(logger)
-
-			if err := r.Destroy(ctx, etcd.NewMemberStatus(etcd.LocalMemberID).Metadata()); err != nil && !state.IsNotFoundError(err) {
-				return fmt.Errorf("error removing etcd member status: %w", err)
-			}
-
-			continue
-		}
-
-		status := ctrl.reconcile(ctx, r, logger)
-
-		if err := safe.WriterModify(ctx, r, etcd.NewMemberStatus(etcd.LocalMemberID), func(res *etcd.MemberStatus) error {
-			*res.TypedSpec() = status
-
-			return nil
-		}); err != nil {
-			return fmt.Errorf("error writing etcd member status: %w", err)
-		}
-
-		r.ResetRestartBackoff()
-	}
-}
-
-// controlPlane reports whether the node runs etcd: only control planes do, and a node without a
-// machine config yet waits.
-func (ctrl *MemberStatusController) controlPlane(ctx context.Context, r controller.Reader) bool {
-	doc, err := configview.Read(ctx, r)
-
-	return err == nil && doc != nil && doc.Machine.IsControlPlane()
-}
-
-// shutdown stops etcd with nodepkid (a crash leaves it running, to be adopted).
-func (ctrl *MemberStatusController) shutdown(logger *zap.Logger) {
-	ctrl.sup.Shutdown(logger, stopGrace)
+	return supervised.Loop[etcd.MemberStatusSpec, etcd.MemberStatusExtension]{
+		Sup:           &ctrl.sup,
+		ProbeInterval: cmp.Or(ctrl.ProbeInterval, DefaultProbeInterval),
+		StopGrace:     stopGrace,
+		StatusID:      etcd.LocalMemberID,
+		Reconcile:     ctrl.reconcile,
+	}.Run(ctx, r, logger)
 }
 
 // reconcile starts, probes or restarts the member and returns its status.

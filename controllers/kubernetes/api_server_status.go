@@ -19,6 +19,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/nodepki/nodepki/controllers/configview"
+	"github.com/nodepki/nodepki/controllers/supervised"
 	etcdpkg "github.com/nodepki/nodepki/pkg/etcd"
 	kubepki "github.com/nodepki/nodepki/pkg/kubernetes"
 	"github.com/nodepki/nodepki/pkg/process"
@@ -45,9 +46,9 @@ const (
 )
 
 // APIServerStatusController runs the kube-apiserver of a control plane and reports it as
-// APIServerStatus/kube-apiserver. Like etcd's MemberStatusController it is a bare Run loop: its
-// subject is a process, so it wakes on process exits and on a probe timer as well as on resource
-// events.
+// APIServerStatus/kube-apiserver. Like etcd's MemberStatusController it runs on supervised.Loop:
+// its subject is a process, so it wakes on process exits and on a probe timer as well as on
+// resource events.
 //
 // kube-apiserver listens on <Address>:6443 and uses the node's own etcd member, so it starts once
 // the files of APIServerFilesController are written and the local member is healthy. It runs in
@@ -113,47 +114,13 @@ func (ctrl *APIServerStatusController) Run(ctx context.Context, r controller.Run
 	ctrl.sup.Name, ctrl.sup.Address, ctrl.sup.LogFile = "kube-apiserver", ctrl.Address, ctrl.logFile()
 	ctrl.sup.MinBackoff, ctrl.sup.MaxBackoff = cmp.Or(ctrl.MinBackoff, DefaultMinBackoff), cmp.Or(ctrl.MaxBackoff, DefaultMaxBackoff)
 
-	probe := time.NewTicker(cmp.Or(ctrl.ProbeInterval, DefaultProbeInterval))
-	defer probe.Stop()
-
-	// kube-apiserver stops with nodepkid, whichever way Run returns on shutdown; after a crash it
-	// keeps running, to be adopted.
-	defer func() {
-		if ctx.Err() != nil {
-			ctrl.shutdown(logger)
-		}
-	}()
-
-	for {
-		exited := ctrl.sup.Running()
-
-		select {
-		case <-ctx.Done():
-			return nil
-		case <-r.EventCh():
-		case <-probe.C:
-		case <-exited:
-			ctrl.sup.Exited(logger)
-		}
-
-		if !ctrl.controlPlane(ctx, r) {
-			ctrl.shutdown(logger)
-
-			if err := r.Destroy(ctx, kubernetes.NewAPIServerStatus(kubernetes.APIServerStatusID).Metadata()); err != nil && !state.IsNotFoundError(err) {
-				return fmt.Errorf("error removing the kube-apiserver status: %w", err)
-			}
-
-			continue
-		}
-
-		status := ctrl.reconcile(ctx, r, logger)
-
-		if err := ctrl.writeStatus(ctx, r, status); err != nil {
-			return err
-		}
-
-		r.ResetRestartBackoff()
-	}
+	return supervised.Loop[kubernetes.APIServerStatusSpec, kubernetes.APIServerStatusExtension]{
+		Sup:           &ctrl.sup,
+		ProbeInterval: cmp.Or(ctrl.ProbeInterval, DefaultProbeInterval),
+		StopGrace:     stopGrace,
+		StatusID:      kubernetes.APIServerStatusID,
+		Reconcile:     ctrl.reconcile,
+	}.Run(ctx, r, logger)
 }
 
 func (ctrl *APIServerStatusController) writeStatus(ctx context.Context, r controller.Runtime, status kubernetes.APIServerStatusSpec) error {
@@ -166,14 +133,6 @@ func (ctrl *APIServerStatusController) writeStatus(ctx context.Context, r contro
 	}
 
 	return nil
-}
-
-// controlPlane reports whether the node runs kube-apiserver: only control planes do, and a node
-// without a machine config yet waits.
-func (ctrl *APIServerStatusController) controlPlane(ctx context.Context, r controller.Reader) bool {
-	doc, err := configview.Read(ctx, r)
-
-	return err == nil && doc != nil && doc.Machine.IsControlPlane()
 }
 
 // adopt takes over a kube-apiserver a previous nodepkid left running, once: its command line names
@@ -196,11 +155,6 @@ func (ctrl *APIServerStatusController) adopt(logger *zap.Logger, cfg kubepki.API
 
 		logger.Info("adopted running kube-apiserver", zap.Int("pid", proc.PID))
 	}
-}
-
-// shutdown stops kube-apiserver with nodepkid (a crash leaves it running, to be adopted).
-func (ctrl *APIServerStatusController) shutdown(logger *zap.Logger) {
-	ctrl.sup.Shutdown(logger, stopGrace)
 }
 
 // reconcile starts, probes or restarts kube-apiserver and returns its status.
