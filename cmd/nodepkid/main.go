@@ -76,7 +76,7 @@ shows its state.`,
 		"extra trustd endpoints for workers (host or host:port), besides cluster.controlPlane.endpoint's host")
 	flags.StringSliceVar(&opts.controlPlanes, "control-plane", nil,
 		"addresses and host names of the other control planes (on a control plane): the node API forwards calls to them "+
-			"(besides the members it records and cluster.controlPlane.endpoint's host) and asks them about the members they record, "+
+			"(besides the members it records and cluster.controlPlane.endpoint's host) and asks those given by address about the members they record, "+
 			"so that a worker another control plane signed for is reached too; trustd never signs them for a worker")
 	flags.BoolVar(&opts.hostAddresses, "host-addresses", true,
 		"add the host's non-loopback addresses to the node addresses (certificate SANs)")

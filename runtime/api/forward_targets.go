@@ -2,6 +2,7 @@ package api
 
 import (
 	"context"
+	"net/netip"
 	"net/url"
 	"slices"
 
@@ -35,8 +36,8 @@ func (s *Server) forwardingTarget(ctx context.Context, target string) error {
 }
 
 // recordedTarget reports whether this node allows target by its own records, and otherwise the
-// control planes to ask about it (canonical, not this node): the configured ones, the control
-// planes among the recorded members and the control-plane endpoint host.
+// control planes to ask about it (canonical, not this node): the configured ones given by address,
+// the control planes among the recorded members and the control-plane endpoint host.
 func (s *Server) recordedTarget(ctx context.Context, target string) (known bool, peers []string, err error) {
 	addPeer := func(p string) {
 		if p = canonicalNode(p); p != "" && !s.material.isLocal(p) && !slices.Contains(peers, p) {
@@ -49,7 +50,11 @@ func (s *Server) recordedTarget(ctx context.Context, target string) (known bool,
 			return true, nil, nil
 		}
 
-		addPeer(cp)
+		// A control plane given by name is given by its address too (cluster create passes both,
+		// the name for trustd's binding): asking by name would send every refusal to DNS.
+		if _, err := netip.ParseAddr(canonicalNode(cp)); err == nil {
+			addPeer(cp)
+		}
 	}
 
 	members, err := safe.StateListAll[*cluster.Member](ctx, s.opts.State)
