@@ -73,8 +73,13 @@ func NewSecrets(t testing.TB) *Secrets {
 	}
 }
 
-// Endpoint is the control plane endpoint of generated configs.
+// Endpoint is the control plane endpoint of generated control-plane configs.
 const Endpoint = "https://cluster.example.test:6443"
+
+// WorkerEndpoint is the control plane endpoint of generated worker configs. A worker dials trustd
+// at its host: a name would be looked up through DNS, which no test may reach, and nothing of a
+// test listens on this address.
+const WorkerEndpoint = "https://127.0.0.1:6443"
 
 // ControlPlane is a control plane config carrying every root with its key.
 func ControlPlane(s *Secrets) *machineconfig.Document {
@@ -106,7 +111,7 @@ func Worker(s *Secrets) *machineconfig.Document {
 			CA:    s.OS.CertOnly(),
 		},
 		Cluster: &machineconfig.ClusterSection{
-			ControlPlane: &machineconfig.ControlPlane{Endpoint: Endpoint},
+			ControlPlane: &machineconfig.ControlPlane{Endpoint: WorkerEndpoint},
 			ClusterName:  "test",
 			CA:           s.Kubernetes.CertOnly(),
 		},

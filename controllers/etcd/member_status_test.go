@@ -25,9 +25,7 @@ import (
 )
 
 // runMember runs the graph of a control plane with a supervised etcd member on address and asks
-// it to bootstrap.
-// runMember runs the graph of one control plane with an etcd member; etcdLifetime, when set, is
-// machine.certificateLifetimes.etcd.
+// it to bootstrap; etcdLifetime, when set, is machine.certificateLifetimes.etcd.
 func runMember(t *testing.T, binary, address string, etcdLifetime time.Duration) (*ctest.Env, string) {
 	t.Helper()
 

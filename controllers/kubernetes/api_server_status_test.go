@@ -5,6 +5,7 @@ import (
 	"os"
 	"path/filepath"
 	"testing"
+	"testing/synctest"
 	"time"
 
 	"github.com/cosi-project/runtime/pkg/resource/rtestutils"
@@ -18,7 +19,6 @@ import (
 	ctrlpki "github.com/nodepki/nodepki/controllers/pki"
 	"github.com/nodepki/nodepki/resources/etcd"
 	"github.com/nodepki/nodepki/resources/kubernetes"
-	"github.com/nodepki/nodepki/resources/pki"
 )
 
 const statusNode = "127.0.110.5"
@@ -103,14 +103,18 @@ func TestAPIServerStatusExitAtStart(t *testing.T) {
 	})
 }
 
+// TestAPIServerStatusNotOnWorkers runs in a synctest bubble, so that "no status" is checked once
+// the controllers have done all they do for a worker's config.
 func TestAPIServerStatusNotOnWorkers(t *testing.T) {
-	env, _ := runAPIServerStatus(t, "/nonexistent/kube-apiserver")
-	env.SetMachineConfig(t, ctest.Worker(ctest.NewSecrets(t)))
-	setEtcdHealthy(t, env)
+	synctest.Test(t, func(t *testing.T) {
+		env, _ := runAPIServerStatus(t, "/nonexistent/kube-apiserver")
+		env.SetMachineConfig(t, ctest.Worker(ctest.NewSecrets(t)))
+		setEtcdHealthy(t, env)
 
-	rtestutils.AssertResources(env.Ctx, t, env.State, []string{"os"}, func(*pki.AcceptedCA, *assert.Assertions) {})
+		synctest.Wait()
 
-	statuses, err := safe.StateListAll[*kubernetes.APIServerStatus](env.Ctx, env.State)
-	require.NoError(t, err)
-	assert.Zero(t, statuses.Len())
+		statuses, err := safe.StateListAll[*kubernetes.APIServerStatus](env.Ctx, env.State)
+		require.NoError(t, err)
+		assert.Zero(t, statuses.Len())
+	})
 }

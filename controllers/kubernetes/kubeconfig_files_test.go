@@ -9,7 +9,6 @@ import (
 	"time"
 
 	"github.com/cosi-project/runtime/pkg/resource/rtestutils"
-	"github.com/cosi-project/runtime/pkg/safe"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 	"k8s.io/client-go/tools/clientcmd"
@@ -21,7 +20,6 @@ import (
 	kubepki "github.com/nodepki/nodepki/pkg/kubernetes"
 	"github.com/nodepki/nodepki/pkg/machineconfig"
 	"github.com/nodepki/nodepki/resources/kubernetes"
-	"github.com/nodepki/nodepki/resources/pki"
 )
 
 const kubeconfigNode = "127.0.110.6"
@@ -135,17 +133,4 @@ func TestKubeconfigFilesRenewal(t *testing.T) {
 			assert.GreaterOrEqual(c, crt.NotBefore.Sub(first.NotBefore), time.Second)
 		}
 	}, 10*time.Second, 100*time.Millisecond)
-}
-
-func TestKubeconfigFilesNotOnWorkers(t *testing.T) {
-	dir := filepath.Join(t.TempDir(), "kubernetes")
-	env := runKubeconfigFiles(t, dir)
-	env.SetMachineConfig(t, ctest.Worker(ctest.NewSecrets(t)))
-
-	rtestutils.AssertResources(env.Ctx, t, env.State, []string{"kubernetes"}, func(*pki.AcceptedCA, *assert.Assertions) {})
-
-	files, err := safe.StateListAll[*kubernetes.KubeconfigFiles](env.Ctx, env.State)
-	require.NoError(t, err)
-	assert.Zero(t, files.Len())
-	assert.NoDirExists(t, dir)
 }

@@ -15,6 +15,8 @@ import (
 	"github.com/cosi-project/runtime/pkg/safe"
 	"github.com/cosi-project/runtime/pkg/state"
 	"go.uber.org/zap"
+
+	"github.com/nodepki/nodepki/pkg/ctxtime"
 )
 
 // DerivedController produces all resources of one type at once, as a function of its inputs.
@@ -105,8 +107,8 @@ func (ctrl *DerivedController[S, E]) Run(ctx context.Context, r controller.Runti
 		}
 
 		if wait := ctrl.minInterval - time.Since(last); wait > 0 {
-			if !sleep(ctx, wait) {
-				return nil
+			if ctxtime.Sleep(ctx, wait) != nil {
+				return nil //nolint:nilerr // the context ended: the controller stops, as at the top of the loop
 			}
 
 			// The pass reads every input as it is now: a change that arrived during the wait is
@@ -213,17 +215,4 @@ func (ctrl *DerivedController[S, E]) unchanged(res *typed.Resource[S, E], spec S
 	}
 
 	return true
-}
-
-// sleep waits for d; false if ctx ended first.
-func sleep(ctx context.Context, d time.Duration) bool {
-	timer := time.NewTimer(d)
-	defer timer.Stop()
-
-	select {
-	case <-ctx.Done():
-		return false
-	case <-timer.C:
-		return true
-	}
 }

@@ -13,6 +13,7 @@ import (
 	"k8s.io/client-go/tools/clientcmd"
 
 	"github.com/nodepki/nodepki/pkg/atomicfile"
+	"github.com/nodepki/nodepki/pkg/ctxtime"
 	"github.com/nodepki/nodepki/pkg/kubeconfig"
 )
 
@@ -32,7 +33,7 @@ func (r *rotation) writeTransitionalKubeconfig(ctx context.Context) error {
 		return err
 	}
 
-	return sleep(ctx, r.opts.ClientGrace)
+	return ctxtime.Sleep(ctx, r.opts.ClientGrace)
 }
 
 // finishKubeconfig ends a Kubernetes CA rotation: --kubeconfig gets the final credentials, an

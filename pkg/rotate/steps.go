@@ -16,6 +16,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	"github.com/nodepki/nodepki/pkg/clientconfig"
+	"github.com/nodepki/nodepki/pkg/ctxtime"
 	"github.com/nodepki/nodepki/pkg/machineconfig"
 	"github.com/nodepki/nodepki/resources/pki"
 )
@@ -73,7 +74,7 @@ func (r *rotation) accept(ctx context.Context) error {
 	if changed && r.opts.ClientGrace > 0 {
 		// The old talosconfig stops working when the nodes' certificates change: give clients
 		// that read it just before a moment to finish and read the new one.
-		return sleep(ctx, r.opts.ClientGrace)
+		return ctxtime.Sleep(ctx, r.opts.ClientGrace)
 	}
 
 	return nil
@@ -722,16 +723,4 @@ func retryUnavailable(ctx context.Context, fn func() (string, error)) (string, e
 	}
 
 	return detail, lastErr
-}
-
-func sleep(ctx context.Context, d time.Duration) error {
-	t := time.NewTimer(d)
-	defer t.Stop()
-
-	select {
-	case <-ctx.Done():
-		return ctx.Err()
-	case <-t.C:
-		return nil
-	}
 }

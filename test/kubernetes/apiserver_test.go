@@ -237,11 +237,7 @@ func TestAPIServerOnNodepkiFiles(t *testing.T) {
 		step := time.Now()
 		patch(t, c, fmt.Sprintf(`[{"op": "add", "path": "/cluster/acceptedCAs", "value": [{"crt": %q}]}]`, base64.StdEncoding.EncodeToString(newCrt)))
 
-		crt, key, err := newCA.Issue(certs.Profile{
-			CommonName: "new-admin", Organization: []string{"system:masters"},
-			KeyUsage: x509.KeyUsageDigitalSignature, ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth}, Lifetime: time.Hour,
-		}, time.Now())
-		require.NoError(t, err)
+		crt, key := issueClient(t, newCA, "new-admin", "system:masters")
 
 		withNewClient := rest.CopyConfig(restConfig)
 		withNewClient.CertData, withNewClient.KeyData = crt, key

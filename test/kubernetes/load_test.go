@@ -31,6 +31,7 @@ import (
 	"k8s.io/client-go/tools/clientcmd"
 
 	"github.com/nodepki/nodepki/pkg/cluster"
+	"github.com/nodepki/nodepki/pkg/ctxtime"
 )
 
 const (
@@ -286,7 +287,7 @@ func startAPILoad(kubeconfig string, cps []string) *apiLoad {
 					l.ok[i].Add(1)
 				}
 
-				sleepCtx(ctx, probeInterval)
+				_ = ctxtime.Sleep(ctx, probeInterval)
 			}
 		})
 	}
@@ -317,16 +318,6 @@ func (l *apiLoad) waitCalls(t testing.TB, n int64) {
 func (l *apiLoad) stop() {
 	l.cancel()
 	l.wg.Wait()
-}
-
-func sleepCtx(ctx context.Context, d time.Duration) {
-	t := time.NewTimer(d)
-	defer t.Stop()
-
-	select {
-	case <-ctx.Done():
-	case <-t.C:
-	}
 }
 
 // readyProber probes every kube-apiserver's /readyz together every probeInterval, each on a new
@@ -380,7 +371,7 @@ func startReadyProber(kubeconfig string, cps []string) *readyProber {
 			}
 
 			p.record(results, sent)
-			sleepCtx(ctx, probeInterval-time.Since(sent))
+			_ = ctxtime.Sleep(ctx, probeInterval-time.Since(sent))
 		}
 	}()
 

@@ -3,13 +3,18 @@
 package kubernetes_test
 
 import (
+	"crypto/x509"
 	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
+	"github.com/stretchr/testify/require"
+
+	"github.com/nodepki/nodepki/pkg/certs"
 	"github.com/nodepki/nodepki/test/testbin"
 )
 
@@ -74,4 +79,17 @@ func requireTools(t testing.TB) {
 	}
 
 	t.Skipf("kubernetes tests need the Kubernetes and etcd binaries: %s", missing)
+}
+
+// issueClient issues a client pair of ca for cn in groups, valid for an hour.
+func issueClient(t *testing.T, ca *certs.CA, cn string, groups ...string) (crt, key []byte) {
+	t.Helper()
+
+	crt, key, err := ca.Issue(certs.Profile{
+		CommonName: cn, Organization: groups, KeyUsage: x509.KeyUsageDigitalSignature | x509.KeyUsageKeyEncipherment,
+		ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth}, Lifetime: time.Hour,
+	}, time.Now())
+	require.NoError(t, err)
+
+	return crt, key
 }

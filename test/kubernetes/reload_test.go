@@ -97,11 +97,7 @@ func TestWhatKubeAPIServerReloads(t *testing.T) {
 		writes[kubepki.ClientCAFile] = append(bundle, crt...)
 		writeFiles(t, pki, writes)
 
-		clientCrt, clientKey, err := ca.Issue(certs.Profile{
-			CommonName: "witness", KeyUsage: x509.KeyUsageDigitalSignature,
-			ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth}, Lifetime: time.Hour,
-		}, time.Now())
-		require.NoError(t, err)
+		clientCrt, clientKey := issueClient(t, ca, "witness")
 
 		cfg := rest.CopyConfig(admin)
 		cfg.CertData, cfg.KeyData = clientCrt, clientKey
@@ -109,11 +105,7 @@ func TestWhatKubeAPIServerReloads(t *testing.T) {
 	}
 
 	t.Run("the etcd client pair is reloaded on new connections", func(t *testing.T) {
-		crt, key, err := etcdCA.Issue(certs.Profile{
-			CommonName: "kube-apiserver", KeyUsage: x509.KeyUsageDigitalSignature | x509.KeyUsageKeyEncipherment,
-			ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth}, Lifetime: time.Hour,
-		}, time.Now())
-		require.NoError(t, err)
+		crt, key := issueClient(t, etcdCA, "kube-apiserver")
 
 		writeFiles(t, pki, map[string][]byte{kubepki.EtcdClientCertFile: crt, kubepki.EtcdClientKeyFile: key})
 
@@ -141,11 +133,7 @@ func TestWhatKubeAPIServerReloads(t *testing.T) {
 		aggregatorCA, err := certs.LoadCA(b.Certs.K8sAggregator.Crt, b.Certs.K8sAggregator.Key)
 		require.NoError(t, err)
 
-		crt, key, err := aggregatorCA.Issue(certs.Profile{
-			CommonName: "front-proxy-client", KeyUsage: x509.KeyUsageDigitalSignature | x509.KeyUsageKeyEncipherment,
-			ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth}, Lifetime: time.Hour,
-		}, time.Now())
-		require.NoError(t, err)
+		crt, key := issueClient(t, aggregatorCA, "front-proxy-client")
 
 		writeFiles(t, pki, map[string][]byte{kubepki.ProxyClientCertFile: crt, kubepki.ProxyClientKeyFile: key})
 
@@ -375,11 +363,7 @@ type etcdProxy struct {
 func startEtcdProxy(t *testing.T, ca *certs.CA, backendURL string) *etcdProxy {
 	t.Helper()
 
-	clientCrt, clientKey, err := ca.Issue(certs.Profile{
-		CommonName: "etcd-proxy", KeyUsage: x509.KeyUsageDigitalSignature,
-		ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth}, Lifetime: time.Hour,
-	}, time.Now())
-	require.NoError(t, err)
+	clientCrt, clientKey := issueClient(t, ca, "etcd-proxy")
 
 	clientPair, err := tls.X509KeyPair(clientCrt, clientKey)
 	require.NoError(t, err)

@@ -20,6 +20,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
 	"github.com/nodepki/nodepki/pkg/cluster"
+	"github.com/nodepki/nodepki/pkg/ctxtime"
 	kubepki "github.com/nodepki/nodepki/pkg/kubernetes"
 	"github.com/nodepki/nodepki/pkg/rotate"
 )
@@ -211,7 +212,7 @@ func TestKubernetesRotation(t *testing.T) {
 					p, err := proxyCreds(i, proxyDir(i))
 					if err == nil {
 						if _, pairErr := p.httpClient(); pairErr != nil {
-							sleepCtx(ctx, probeInterval)
+							_ = ctxtime.Sleep(ctx, probeInterval)
 
 							continue
 						}
@@ -236,7 +237,7 @@ func TestKubernetesRotation(t *testing.T) {
 					}
 					mu.Unlock()
 
-					sleepCtx(ctx, probeInterval)
+					_ = ctxtime.Sleep(ctx, probeInterval)
 				}
 			})
 		}
@@ -388,7 +389,7 @@ func testServiceAccountRotation(t *testing.T, c *cluster.Cluster, kubeconfig, pl
 				minted = append(minted, observation{at: at, cp: cp, err: mintErr, keyID: keyID})
 				mu.Unlock()
 
-				sleepCtx(ctx, probeInterval)
+				_ = ctxtime.Sleep(ctx, probeInterval)
 			}
 		})
 	}
